@@ -1,0 +1,273 @@
+"""The site file: pydantic v2 models, loading, and every check a person needs to fix a file.
+
+This is the only module that knows YAML keys. `load_site(path)` returns a `SiteConfig` or
+raises `ConfigError` whose `problems` are one plain line each, with the path of the key
+(`meters[12].bus: no bus named 'rs485-x'`).
+"""
+
+from __future__ import annotations
+
+import re
+import zoneinfo
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+
+from .meter_models import SHIPPED_MODELS_DIR, MeterModel, load_models
+
+Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
+CIRCUITS = ("stairwell_lighting", "street_lighting", "lift", "pump", "gate", "main_supply", "other")
+SECRET_WORDS = ("password", "token", "secret", "api_key", "apikey")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SiteInfo(_Strict):
+    id: Id
+    name: str
+    timezone: str = "Asia/Shanghai"
+    latitude: float = Field(ge=-90, le=90)
+    longitude: float = Field(ge=-180, le=180)
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(v)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone '{v}' (use an IANA name such as Asia/Shanghai)") from None
+        return v
+
+
+class Storage(_Strict):
+    path: str = "var/gateway.db"
+    commit_interval_s: float = Field(default=1.0, gt=0, le=60)
+
+
+class _BusBase(_Strict):
+    id: Id
+    timeout_s: float = Field(default=1.0, gt=0, le=30)
+    retries: int = Field(default=1, ge=0, le=5, description="re-asks after a garbled answer; a silent meter is never re-asked in the same poll")
+    pause_ms: float = Field(default=0, ge=0, le=5000, description="quiet time between requests")
+    max_gap_registers: int = Field(default=32, ge=0, le=124)
+    offline_after: int = Field(default=3, ge=1, le=100)
+    backoff_max_s: float = Field(default=300, ge=1, le=3600)
+
+
+class ModbusTcpBus(_BusBase):
+    type: Literal["modbus_tcp"]
+    host: str
+    port: int = Field(default=502, ge=1, le=65535)
+    framer: Literal["socket", "rtu"] = "socket"
+
+
+class ModbusRtuBus(_BusBase):
+    type: Literal["modbus_rtu"]
+    port: str
+    baudrate: int = Field(default=9600, ge=300, le=921600)
+    bytesize: Literal[7, 8] = 8
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+
+
+Bus = Annotated[Union[ModbusTcpBus, ModbusRtuBus], Field(discriminator="type")]
+BUS_TYPES = ("modbus_tcp", "modbus_rtu")
+
+
+class Meter(_Strict):
+    id: Id
+    name: str = ""
+    bus: str
+    unit: int = Field(ge=1, le=247)
+    model: str
+    poll_s: float = Field(default=30, ge=1, le=86400)
+    timeout_s: float | None = Field(default=None, gt=0, le=30)
+    circuit: Literal["stairwell_lighting", "street_lighting", "lift", "pump", "gate",
+                     "main_supply", "other"] = "other"
+    building: str | None = None
+    enabled: bool = True
+
+
+class SiteConfig(_Strict):
+    site: SiteInfo
+    storage: Storage = Storage()
+    meter_models: list[str] = Field(default_factory=list, description="extra model directories")
+    buses: list[Bus] = Field(default_factory=list)
+    meters: list[Meter] = Field(default_factory=list)
+
+    # Set by parse_site, not by the file.
+    _base_dir: Path = PrivateAttr(default=Path("."))
+    _models: dict[str, MeterModel] = PrivateAttr(default_factory=dict)
+
+    @property
+    def base_dir(self) -> Path:
+        return self._base_dir
+
+    @property
+    def models(self) -> dict[str, MeterModel]:
+        return self._models
+
+    def bus(self, bus_id: str) -> ModbusTcpBus | ModbusRtuBus:
+        return next(b for b in self.buses if b.id == bus_id)
+
+    def meter(self, meter_id: str) -> Meter:
+        return next(m for m in self.meters if m.id == meter_id)
+
+    @property
+    def storage_path(self) -> Path:
+        p = Path(self.storage.path)
+        return p if p.is_absolute() else self.base_dir / p
+
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[str], source: str = ""):
+        self.problems = problems
+        self.source = source
+        super().__init__("\n".join(problems))
+
+
+# ---- loading ---------------------------------------------------------------------------------
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """Safe loader that refuses a key written twice in one mapping (YAML would keep the last)."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key '{key}' appears twice (first on line {seen[key] + 1})",
+                key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _path(loc: tuple) -> str:
+    out = ""
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in BUS_TYPES and i > 0 and isinstance(loc[i - 1], int):
+            continue  # pydantic's union tag, not a key the user wrote
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _message(err: dict) -> str:
+    kind, loc = err["type"], err["loc"]
+    key = loc[-1] if loc else ""
+    if kind == "extra_forbidden":
+        if isinstance(key, str) and any(w in key.lower() for w in SECRET_WORDS) and not key.endswith("_env"):
+            return (f"secrets are not written in the site file: use '{key}_env' naming an "
+                    "environment variable")
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "union_tag_invalid":
+        return f"unknown bus type '{err['ctx']['tag']}' (expected one of: {', '.join(BUS_TYPES)})"
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        bound = {"greater_than_equal": "at least", "greater_than": "more than",
+                 "less_than_equal": "at most", "less_than": "less than"}[kind]
+        limit = next(iter(err["ctx"].values()))
+        return f"{err['input']!r} is out of range: must be {bound} {limit}"
+    if kind == "union_tag_not_found":
+        return f"'type' is missing (one of: {', '.join(BUS_TYPES)})"
+    if kind == "literal_error":
+        return f"{err['input']!r} is not allowed; {err['msg'].replace('Input should be ', 'expected ')}"
+    msg = err["msg"]
+    return re.sub(r"^Value error, ", "", msg)
+
+
+def _cross_check(data: dict, models: dict[str, MeterModel]) -> list[str]:
+    """Checks across sections, on the raw data so they run even when some entries are invalid."""
+    problems: list[str] = []
+
+    def entries(section: str) -> list[tuple[int, dict]]:
+        items = data.get(section)
+        return [(i, x) for i, x in enumerate(items) if isinstance(x, dict)] if isinstance(items, list) else []
+
+    def dupes(section: str) -> None:
+        first: dict[Any, int] = {}
+        for i, item in entries(section):
+            ident = item.get("id")
+            if ident is None or not isinstance(ident, str):
+                continue
+            if ident in first:
+                problems.append(f"{section}[{i}].id: '{ident}' is already used by {section}[{first[ident]}]")
+            else:
+                first[ident] = i
+
+    dupes("buses")
+    dupes("meters")
+    buses = {b.get("id"): b for _, b in entries("buses")}
+    where: dict[tuple[Any, Any], int] = {}
+    for i, m in entries("meters"):
+        bus_id, model, unit = m.get("bus"), m.get("model"), m.get("unit")
+        if bus_id is not None and bus_id not in buses:
+            known = ", ".join(sorted(str(b) for b in buses)) or "none defined"
+            problems.append(f"meters[{i}].bus: no bus named '{bus_id}' (buses: {known})")
+        if model is not None and model not in models:
+            problems.append(f"meters[{i}].model: no meter model '{model}' "
+                            f"(known: {', '.join(sorted(models)) or 'none'})")
+        if bus_id is not None and isinstance(unit, int):
+            if (bus_id, unit) in where:
+                j = where[(bus_id, unit)]
+                problems.append(f"meters[{i}].unit: unit {unit} on bus '{bus_id}' is already "
+                                f"meters[{j}] ('{data['meters'][j].get('id')}')")
+            else:
+                where[(bus_id, unit)] = i
+    return problems
+
+
+def load_site(path: str | Path) -> SiteConfig:
+    path = Path(path)
+    src = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{src}: no such file"], src) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([f"{src}: cannot read: {e}"], src) from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(e, "problem", None) or str(e)
+        raise ConfigError([f"{src}{where}: not valid YAML: {what}"], src) from None
+    return parse_site(data, base_dir=path.resolve().parent, source=src)
+
+
+def parse_site(data: Any, base_dir: Path, source: str = "site file") -> SiteConfig:
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}: expected a mapping of sections (site, buses, meters, ...)"], source)
+    problems: list[str] = []
+    cfg = None
+    try:
+        cfg = SiteConfig.model_validate(data)
+    except ValidationError as e:
+        problems += [f"{_path(err['loc'])}: {_message(err)}" for err in e.errors()]
+    extra_dirs = data.get("meter_models") if isinstance(data.get("meter_models"), list) else []
+    models, model_problems = load_models(model_dirs(base_dir, [str(d) for d in extra_dirs]))
+    problems += model_problems + _cross_check(data, models)
+    if problems or cfg is None:
+        raise ConfigError(problems, source)
+    cfg._base_dir = base_dir
+    cfg._models = models
+    return cfg
+
+
+def model_dirs(base_dir: Path, extra: list[str]) -> list[Path]:
+    """Shipped models first, then the site's own (a later file of the same name wins)."""
+    return [SHIPPED_MODELS_DIR, base_dir / "meter_models", *(base_dir / d for d in extra)]
