@@ -1,0 +1,185 @@
+"""The `gateway` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .config import ConfigError, SiteConfig, load_site
+from .meter_models import SHIPPED_MODELS_DIR
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="estate-gateway: public meters, access, patrol and alarms for a residential compound.")
+
+EXAMPLE_SITE = SHIPPED_MODELS_DIR.parent / "site.example.yaml"
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr)
+    # pymodbus reports every timeout and reconnect itself; the driver says it once, with context.
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _load(path: Path) -> SiteConfig:
+    try:
+        return load_site(path)
+    except ConfigError as e:
+        for p in e.problems:
+            typer.echo(f"{e.source}: {p}" if not p.startswith(e.source) else p, err=True)
+        typer.echo(f"{len(e.problems)} problem(s) in {e.source}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _run_until_signal(main) -> None:
+    """Run `main(stop_event)`; SIGINT/SIGTERM set the event (finish in flight, flush, exit 0)."""
+    async def runner():
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    asyncio.run(runner())
+
+
+async def _gateway_until(gw, stop: asyncio.Event, seconds: float | None) -> None:
+    from .store import LedgerError
+    task = asyncio.create_task(gw.run(status_every_s=60 if seconds is None else min(10.0, seconds)))
+    waiter = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({task, waiter}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    gw.stop()
+    waiter.cancel()
+    try:
+        await task
+    except LedgerError as e:
+        raise fail(str(e)) from None
+
+
+@app.command("check-config")
+def check_config(file: Path = typer.Argument(..., help="site file (YAML)")) -> None:
+    """Validate a site file: exit 0 with a summary, or 2 with every problem and where it is."""
+    cfg = _load(file)
+    models = sorted({m.model for m in cfg.meters})
+    typer.echo(f"OK {file}: site {cfg.site.id} ({cfg.site.name}), {len(cfg.buses)} buses, "
+               f"{len(cfg.meters)} meters ({len(models)} models: {', '.join(models)}), "
+               f"ledger {cfg.storage_path}")
+    for b in cfg.buses:
+        n = sum(1 for m in cfg.meters if m.bus == b.id)
+        where = f"{b.host}:{b.port}" if b.type == "modbus_tcp" else f"{b.port} {b.baudrate} {b.bytesize}{b.parity}{b.stopbits}"
+        typer.echo(f"  {b.id:<12} {b.type:<11} {where:<28} {n} meters")
+
+
+@app.command()
+def run(config: Path = typer.Option(..., "-c", "--config", help="site file"),
+        verbose: bool = typer.Option(False, "-v", "--verbose")) -> None:
+    """Poll every meter of the site into the ledger until SIGINT/SIGTERM."""
+    from .runtime import Gateway
+    cfg = _load(config)
+    setup_logging(verbose)
+    _run_until_signal(lambda stop: _gateway_until(Gateway(cfg), stop, None))
+
+
+@app.command()
+def demo(seconds: Optional[float] = typer.Option(None, "--seconds", help="stop after N seconds (default: Ctrl-C)"),
+         data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="keep the ledger here (default: a temporary directory)"),
+         site: Path = typer.Option(EXAMPLE_SITE, "--site", help="site file to simulate"),
+         line_speed: bool = typer.Option(False, "--line-speed", help="emulate RS-485 line timing")) -> None:
+    """Simulate the example site's meters and run the gateway against them (no hardware, no servers)."""
+    from .runtime import Gateway
+    from simulators.site import SiteSimulation
+
+    cfg = _load(site)
+    setup_logging()
+    tmp = None
+    if data_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="gateway-demo-")
+        data_dir = Path(tmp.name)
+    result: dict = {}
+
+    async def main(stop: asyncio.Event) -> None:
+        sim = SiteSimulation(cfg, line_speed=line_speed)
+        await sim.start()
+        try:
+            patched = sim.patched_config()
+            data = patched.model_dump(mode="json")
+            data["storage"]["path"] = str((data_dir / "gateway.db").resolve())
+            from .config import parse_site
+            gw = Gateway(parse_site(data, base_dir=cfg.base_dir))
+            await _gateway_until(gw, stop, seconds)
+            result.update(gw.summary(), ledger=str(gw.cfg.storage_path))
+        finally:
+            await sim.stop()
+
+    try:
+        _run_until_signal(main)
+    finally:
+        if result:
+            typer.echo(f"demo: polled {result['polled']} of {result['meters']} meters on {result['buses']} buses, "
+                       f"{result['readings_stored']} readings stored, {result['offline']} offline"
+                       + ("" if tmp else f" (ledger {result['ledger']})"))
+        if tmp:
+            tmp.cleanup()
+
+
+@app.command()
+def read(meter: str = typer.Argument(..., help="meter id from the site file"),
+         config: Path = typer.Option(..., "-c", "--config", help="site file"),
+         as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table")) -> None:
+    """Poll one meter once and print what it says."""
+    from .drivers.modbus import ModbusBus
+
+    cfg = _load(config)
+    setup_logging()
+    logging.getLogger("gateway").setLevel(logging.ERROR)
+    try:
+        m = cfg.meter(meter)
+    except StopIteration:
+        raise fail(f"no meter '{meter}' in {config} (meters: {', '.join(x.id for x in cfg.meters[:8])}"
+                   f"{', ...' if len(cfg.meters) > 8 else ''})", 2) from None
+    model = cfg.models[m.model]
+
+    async def once():
+        bus = ModbusBus(cfg.bus(m.bus), [(m, model)], lambda e: None)
+        try:
+            return bus, await bus.poll(bus.meters[0])
+        finally:
+            await bus.close()
+
+    bus, reading = asyncio.run(once())
+    st = bus.meters[0]
+    if reading is None:
+        raise fail(f"meter {m.id} (bus {m.bus} at {bus.where}, unit {m.unit}): {st.last_error}")
+    if as_json:
+        typer.echo(json.dumps({"meter": m.id, "ts": reading.ts.isoformat(), "values": reading.values,
+                               "counters": {k: str(v) for k, v in reading.counters.items()}},
+                              ensure_ascii=False, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+    table = Table(title=f"{m.id} {m.name} — {model.name}, bus {m.bus} unit {m.unit}, {reading.ts:%Y-%m-%d %H:%M:%S} UTC")
+    table.add_column("field")
+    table.add_column("value", justify="right")
+    table.add_column("unit")
+    for f in model.fields:
+        if f.name in reading.values:
+            v = reading.counters.get(f.name, reading.values[f.name])
+            table.add_row(f.name, f"{v}" if f.name in reading.counters else f"{v:.4g}", f.unit)
+    Console().print(table)
+
+
+def main() -> None:  # pragma: no cover - console script entry
+    app()

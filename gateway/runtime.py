@@ -1,0 +1,103 @@
+"""Builds the gateway from a SiteConfig, supervises its tasks and shuts it down cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+
+from .clock import REAL_CLOCK, Clock
+from .config import SiteConfig
+from .drivers.modbus import ModbusBus
+from .hub import Hub
+from .store import Ledger
+
+log = logging.getLogger(__name__)
+
+
+def build_buses(cfg: SiteConfig, publish, clock: Clock = REAL_CLOCK) -> list[ModbusBus]:
+    by_bus = defaultdict(list)
+    for m in cfg.meters:
+        if m.enabled:
+            by_bus[m.bus].append((m, cfg.models[m.model]))
+    return [ModbusBus(b, by_bus[b.id], publish, clock) for b in cfg.buses if by_bus[b.id]]
+
+
+class Gateway:
+    def __init__(self, cfg: SiteConfig, clock: Clock = REAL_CLOCK):
+        self.cfg = cfg
+        self.clock = clock
+        self.hub = Hub()
+        self.buses = build_buses(cfg, self.hub.publish, clock)
+        self.ledger: Ledger | None = None
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def summary(self) -> dict:
+        stats = [b.stats() for b in self.buses]
+        return {
+            "buses": len(self.buses),
+            "meters": sum(s["meters"] for s in stats),
+            "online": sum(s["online"] for s in stats),
+            "offline": sum(s["offline"] for s in stats),
+            "polled": sum(1 for b in self.buses for m in b.meters if m.stats.ok),
+            "polls": sum(s["polls"] for s in stats),
+            "failures": sum(s["failures"] for s in stats),
+            "overruns": sum(s["overruns"] for s in stats),
+            "readings_stored": self.ledger.readings_written if self.ledger else 0,
+        }
+
+    async def run(self, status_every_s: float | None = 60.0, grace_s: float = 5.0) -> None:
+        """Run until `stop()`; then let each bus finish its exchange in flight and flush the ledger."""
+        self.ledger = Ledger(self.cfg.storage_path, self.cfg.storage.commit_interval_s)
+        ledger_task = asyncio.create_task(self.ledger.run(self.hub), name="ledger")
+        bus_tasks = [asyncio.create_task(self._supervise(b), name=f"bus-{b.bus.id}") for b in self.buses]
+        status_task = (asyncio.create_task(self._report(status_every_s), name="status")
+                       if status_every_s else None)
+        log.info("gateway %s: polling %d meters on %d buses, ledger %s", self.cfg.site.id,
+                 sum(len(b.meters) for b in self.buses), len(self.buses), self.cfg.storage_path)
+        try:
+            await self._stop.wait()
+        finally:
+            for b in self.buses:
+                b.stop()
+            if bus_tasks:
+                _, late = await asyncio.wait(bus_tasks, timeout=grace_s)
+                for t in late:
+                    t.cancel()
+                await asyncio.gather(*bus_tasks, return_exceptions=True)
+            if status_task:
+                status_task.cancel()
+            ledger_task.cancel()
+            await asyncio.gather(ledger_task, return_exceptions=True)
+            self.ledger.close()
+            log.info("gateway stopped: %s", self._summary_line())
+
+    async def _supervise(self, bus: ModbusBus) -> None:
+        # A bug in a driver must not take the other buses down: log it and start that bus again.
+        while not self._stop.is_set():
+            try:
+                await bus.run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("bus %s: driver failed unexpectedly; restarting it in 5 s", bus.bus.id)
+                await bus.close()
+                try:
+                    async with asyncio.timeout(5):
+                        await self._stop.wait()
+                except TimeoutError:
+                    pass
+
+    def _summary_line(self) -> str:
+        s = self.summary()
+        return (f"{s['meters']} meters on {s['buses']} buses, {s['online']} online, "
+                f"{s['offline']} offline, {s['polls']} polls, {s['readings_stored']} readings stored")
+
+    async def _report(self, every_s: float) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            log.info("status: %s", self._summary_line())

@@ -1,0 +1,199 @@
+"""The SQLite ledger: the gateway's local truth.
+
+WAL mode with synchronous=FULL, so a committed transaction survives a power cut; commits are
+batched (at most about once per `commit_interval_s`) to spare the SD card. The schema is
+versioned with `PRAGMA user_version` and upgraded by the ordered MIGRATIONS below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Iterator
+
+from .clock import from_us, to_us
+from .events import DeviceStatus, Reading
+from .hub import Hub
+
+log = logging.getLogger(__name__)
+
+# Each entry upgrades the schema by one version; never edit a released entry, append a new one.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE readings (
+        id       INTEGER PRIMARY KEY,
+        meter    TEXT    NOT NULL,
+        ts_us    INTEGER NOT NULL,          -- UTC microseconds since the epoch
+        fields   TEXT    NOT NULL,          -- JSON {field: float}
+        counters TEXT    NOT NULL           -- JSON {field: "exact decimal"}
+    );
+    CREATE INDEX readings_meter_ts ON readings (meter, ts_us);
+    CREATE TABLE device_status (
+        id     INTEGER PRIMARY KEY,
+        device TEXT    NOT NULL,
+        kind   TEXT    NOT NULL,
+        ts_us  INTEGER NOT NULL,
+        online INTEGER NOT NULL,
+        reason TEXT    NOT NULL
+    );
+    CREATE INDEX device_status_device_ts ON device_status (device, ts_us);
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class LedgerError(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReading:
+    id: int
+    meter: str
+    ts: datetime
+    values: dict[str, float]
+    counters: dict[str, Decimal]
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA busy_timeout=5000")
+        return db
+    except (OSError, sqlite3.Error) as e:
+        raise LedgerError(f"ledger {path}: cannot open: {e}") from None
+
+
+def migrate(db: sqlite3.Connection, path: Path) -> None:
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise LedgerError(f"ledger {path}: schema version {version} is newer than this gateway "
+                          f"understands ({SCHEMA_VERSION}); upgrade the gateway")
+    for v in range(version, SCHEMA_VERSION):
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in filter(str.strip, MIGRATIONS[v].split(";")):
+                db.execute(stmt)
+            db.execute(f"PRAGMA user_version = {v + 1}")
+            db.execute("COMMIT")
+        except sqlite3.Error as e:
+            db.execute("ROLLBACK")
+            raise LedgerError(f"ledger {path}: migration to version {v + 1} failed: {e}") from None
+        log.info("ledger %s: schema upgraded to version %d", path, v + 1)
+
+
+class Ledger:
+    def __init__(self, path: Path, commit_interval_s: float = 1.0):
+        self.path = Path(path)
+        self.commit_interval_s = commit_interval_s
+        self._db = _connect(self.path)
+        migrate(self._db, self.path)
+        self._readings: list[tuple] = []
+        self._statuses: list[tuple] = []
+        self.readings_written = 0
+        self.commits = 0
+
+    # ---- writing ----
+
+    def add(self, event: object) -> None:
+        if isinstance(event, Reading):
+            self._readings.append((
+                event.meter, to_us(event.ts),
+                json.dumps(event.values, separators=(",", ":")),
+                json.dumps({k: str(v) for k, v in event.counters.items()}, separators=(",", ":")),
+            ))
+        elif isinstance(event, DeviceStatus):
+            self._statuses.append((event.device, event.kind, to_us(event.ts), int(event.online), event.reason))
+
+    @property
+    def pending(self) -> int:
+        return len(self._readings) + len(self._statuses)
+
+    def flush(self) -> int:
+        """Commit everything added so far in one transaction; returns the rows written."""
+        if not self.pending:
+            return 0
+        readings, statuses = self._readings, self._statuses
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            db.executemany("INSERT INTO readings (meter, ts_us, fields, counters) VALUES (?,?,?,?)", readings)
+            db.executemany("INSERT INTO device_status (device, kind, ts_us, online, reason) VALUES (?,?,?,?,?)",
+                           statuses)
+            db.execute("COMMIT")
+        except sqlite3.Error:
+            db.execute("ROLLBACK")
+            raise
+        self._readings, self._statuses = [], []
+        self.readings_written += len(readings)
+        self.commits += 1
+        return len(readings) + len(statuses)
+
+    async def run(self, hub: Hub) -> None:
+        """Take readings and statuses from the hub and commit them in batches until cancelled.
+
+        On cancellation everything received so far is committed before returning.
+        """
+        sub = hub.subscribe(Reading, DeviceStatus, name="ledger")
+        flusher = asyncio.create_task(self._flush_periodically(), name="ledger-flush")
+        try:
+            while True:
+                for event in await sub.get_batch():
+                    self.add(event)
+        finally:
+            flusher.cancel()
+            for event in sub.take_all():
+                self.add(event)
+            sub.close()
+            self._flush_logged()
+
+    async def _flush_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.commit_interval_s)
+            self._flush_logged()
+
+    def _flush_logged(self) -> None:
+        try:
+            self.flush()
+        except sqlite3.Error as e:
+            # Keep the batch: the next flush retries it (disk full, locked file, ...).
+            log.error("ledger %s: commit failed, will retry: %s", self.path, e)
+
+    def close(self) -> None:
+        self._flush_logged()
+        self._db.close()
+
+    # ---- reading ----
+
+    def count_readings(self, meter: str | None = None) -> int:
+        if meter is None:
+            return self._db.execute("SELECT count(*) FROM readings").fetchone()[0]
+        return self._db.execute("SELECT count(*) FROM readings WHERE meter = ?", (meter,)).fetchone()[0]
+
+    def meters_with_readings(self) -> set[str]:
+        return {r[0] for r in self._db.execute("SELECT DISTINCT meter FROM readings")}
+
+    def readings(self, meter: str | None = None) -> Iterator[StoredReading]:
+        sql = "SELECT id, meter, ts_us, fields, counters FROM readings"
+        args: tuple = ()
+        if meter is not None:
+            sql += " WHERE meter = ?"
+            args = (meter,)
+        for rid, m, ts, fields, counters in self._db.execute(sql + " ORDER BY id", args):
+            yield StoredReading(rid, m, from_us(ts), json.loads(fields),
+                                {k: Decimal(v) for k, v in json.loads(counters).items()})
+
+    def latest_status(self) -> dict[str, bool]:
+        rows = self._db.execute(
+            "SELECT device, online FROM device_status WHERE id IN "
+            "(SELECT max(id) FROM device_status GROUP BY device)")
+        return {d: bool(o) for d, o in rows}
