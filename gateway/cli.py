@@ -181,5 +181,65 @@ def read(meter: str = typer.Argument(..., help="meter id from the site file"),
     Console().print(table)
 
 
+def _units(text: str) -> range:
+    try:
+        lo, _, hi = text.partition("-")
+        r = range(int(lo), int(hi or lo) + 1)
+    except ValueError:
+        raise fail(f"--units {text!r}: expected a range such as 1-247", 2) from None
+    if not r or r.start < 1 or r.stop > 248:
+        raise fail(f"--units {text!r}: unit ids are 1-247", 2)
+    return r
+
+
+@app.command()
+def scan(port: Optional[str] = typer.Option(None, "--port", help="serial port, e.g. /dev/ttyUSB0"),
+         host: Optional[str] = typer.Option(None, "--host", help="Modbus TCP serial server"),
+         tcp_port: int = typer.Option(502, "--tcp-port"),
+         framer: str = typer.Option("socket", "--framer", help="TCP framing: socket or rtu"),
+         baudrate: int = typer.Option(9600, "--baudrate"),
+         parity: str = typer.Option("N", "--parity"),
+         stopbits: int = typer.Option(1, "--stopbits"),
+         units: str = typer.Option("1-247", "--units", help="unit id range"),
+         timeout: float = typer.Option(0.2, "--timeout", help="seconds to wait for a unit to answer"),
+         config: Optional[Path] = typer.Option(None, "-c", "--config", help="site file (adds its own meter models)"),
+         as_json: bool = typer.Option(False, "--json")) -> None:
+    """Probe a serial port or TCP host for unit ids and name the model each one looks like."""
+    from pydantic import ValidationError
+
+    from .config import ModbusRtuBus, ModbusTcpBus
+    from .drivers.modbus import BusDown
+    from .drivers.modbus_scan import scan as run_scan
+    from .meter_models import load_models
+
+    if (port is None) == (host is None):
+        raise fail("give either --port (serial) or --host (TCP)", 2)
+    try:
+        bus = (ModbusTcpBus(id="scan", type="modbus_tcp", host=host, port=tcp_port, framer=framer, timeout_s=timeout)
+               if host else
+               ModbusRtuBus(id="scan", type="modbus_rtu", port=port, baudrate=baudrate, parity=parity,
+                            stopbits=stopbits, timeout_s=timeout))
+    except ValidationError as e:
+        raise fail("; ".join(f"--{err['loc'][-1]}: {err['msg']}" for err in e.errors()), 2) from None
+    models = _load(config).models if config else load_models([SHIPPED_MODELS_DIR])[0]
+    setup_logging()
+    logging.getLogger("gateway").setLevel(logging.CRITICAL)
+    where = f"{host}:{tcp_port}" if host else f"{port} {baudrate} 8{parity}{stopbits}"
+    try:
+        found = asyncio.run(run_scan(bus, _units(units), models, timeout, max(timeout, 1.0)))
+    except BusDown:
+        raise fail(f"cannot open {where}: check the cable, the port name and that nothing else uses it") from None
+    if as_json:
+        typer.echo(json.dumps([vars(f) for f in found], ensure_ascii=False, indent=2))
+        return
+    typer.echo(f"scanned {where}, units {units}: {len(found)} answered")
+    for f in found:
+        v = f.values
+        volts = v.get("voltage_v", v.get("voltage_l1_v"))
+        detail = (f"{volts:.1f} V, {v.get('freq_hz', float('nan')):.2f} Hz, {v.get('energy_kwh', float('nan')):.2f} kWh"
+                  if f.model else f.note)
+        typer.echo(f"  unit {f.unit:>3}: {f.model or 'unknown':<16} {detail}")
+
+
 def main() -> None:  # pragma: no cover - console script entry
     app()

@@ -48,7 +48,7 @@ class SimMeter:
         self._export_kwh = round(rng.uniform(0.0, 3.0), 2)  # public loads never export
         self._t = clock()
         self._functions = {f.function for f in model.fields}
-        self._snap_t: float | None = None
+        self._snap_key: tuple[float, bool] | None = None
         self._snap: dict[str, tuple[float, list[int]]] = {}
 
     # ---- energy ---------------------------------------------------------------------------
@@ -96,14 +96,14 @@ class SimMeter:
     def _snapshot(self) -> dict[str, tuple[float, list[int]]]:
         """field name -> (shown value, register words), computed once per clock reading."""
         now = self.clock()
-        if now != self._snap_t:
+        if (now, self.lights_on_daytime) != self._snap_key:
             eng = self._engineering(now)
             snap = {}
             for f in self.model.fields:
                 words = f.encode_raw(f.raw_for(self._value_for(f, eng)))
                 wire = b"".join(w.to_bytes(2, "big") for w in words)
                 snap[f.name] = (f.value(f.raw_from_bytes(wire)), words)
-            self._snap, self._snap_t = snap, now
+            self._snap, self._snap_key = snap, (now, self.lights_on_daytime)
         return self._snap
 
     def values(self) -> dict[str, float]:

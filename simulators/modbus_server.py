@@ -102,44 +102,44 @@ def _request_len(buf: bytes | bytearray, i: int) -> int | None:
 
 
 class RtuDecoder:
-    """Finds request frames in a byte stream, skipping noise and frames with a bad CRC."""
+    """Finds request frames in a byte stream, skipping noise and frames with a bad CRC.
+
+    Without timing to delimit frames, a frame is a known request length whose CRC matches,
+    at any offset: noise before it is dropped and counted once in `ignored`.
+    """
 
     def __init__(self) -> None:
         self.buf = bytearray()
         self.ignored = 0
+        self._dropped = False  # bytes were discarded since the last good frame
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         buf = self.buf
         buf += data
         if len(buf) > _MAX_BUFFER:
             del buf[:len(buf) - _MAX_BUFFER]
-            self.ignored += 1
+            self._dropped = True
         frames: list[tuple[int, bytes]] = []
-        start = 0  # everything before start has been used or discarded
-        pending: int | None = None  # first offset that may still become a frame
+        start = 0  # everything before start is used or noise
+        pending: int | None = None  # first offset that may still grow into a frame
         i = 0
         while len(buf) - i >= 4:
             n = _request_len(buf, i)
-            if n is None:
-                i += 1
+            if n is not None and 0 < n <= len(buf) - i \
+                    and crc16(buf[i:i + n - 2]) == int.from_bytes(buf[i + n - 2:i + n], "little"):
+                if i > start or self._dropped:
+                    self.ignored += 1
+                    self._dropped = False
+                frames.append((buf[i], bytes(buf[i + 1:i + n - 2])))
+                i = start = i + n
+                pending = None
                 continue
-            if n == 0 or len(buf) - i < n:
-                if pending is None:
-                    pending = i
-                i += 1
-                continue
-            body, crc = buf[i:i + n - 2], buf[i + n - 2:i + n]
-            if crc16(body) != int.from_bytes(crc, "little"):
-                i += 1
-                continue
-            if i > start:
-                self.ignored += 1  # noise or a damaged frame before this one
-            frames.append((buf[i], bytes(buf[i + 1:i + n - 2])))
-            i += n
-            start, pending = i, None
+            if pending is None and n is not None and (n == 0 or n > len(buf) - i):
+                pending = i
+            i += 1
         keep = pending if pending is not None else max(start, len(buf) - 3)
-        if keep > start and frames == [] and pending is None:
-            self.ignored += 1
+        if keep > start:
+            self._dropped = True
         del buf[:keep]
         return frames
 
@@ -169,19 +169,22 @@ class ModbusLineServer:
         self.timing = timing
         self.requests = 0
         self.answers = 0
-        self._ignored = 0
+        self.ignored = 0  # noise, bad CRC, frames for units not on the line, non-Modbus data
         self._line_free = 0.0
         self._pending: dict[int, asyncio.TimerHandle] = {}
         self._seq = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
-    def ignored(self) -> int:
-        return self._ignored
-
-    @property
     def address(self) -> str:
+        """Where the master connects: host:port or the pty path."""
         raise NotImplementedError
+
+    def _feed_rtu(self, decoder: RtuDecoder, data: bytes) -> list[tuple[int, bytes]]:
+        before = decoder.ignored
+        frames = decoder.feed(data)
+        self.ignored += decoder.ignored - before
+        return frames
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -215,7 +218,7 @@ class ModbusLineServer:
                 self.answers += 1
                 reply(bytes([(pdu[0] | 0x80) & 0xFF, GATEWAY_TARGET_FAILED]), False)
             else:
-                self._ignored += 1
+                self.ignored += 1
             return
         loop = self._loop or asyncio.get_running_loop()
         now = loop.time()
@@ -297,12 +300,6 @@ class _TcpServer(ModbusLineServer):
             await self._server.wait_closed()
             self._server = None
 
-    @property
-    def ignored(self) -> int:
-        return self._ignored + sum(c.rtu.ignored for c in self._connections) + self._closed_ignored
-
-    _closed_ignored = 0
-
     def _received(self, conn: _Connection, data: bytes) -> None:
         raise NotImplementedError
 
@@ -318,7 +315,7 @@ class MbapServer(_TcpServer):
         while len(buf) >= 7:
             tid, pid, length, unit = struct.unpack(">HHHB", buf[:7])
             if pid != 0 or not 2 <= length <= 254:
-                self._ignored += 1  # not Modbus: drop what we have and wait for the next
+                self.ignored += 1  # not Modbus: drop what we have and wait for the next
                 buf.clear()
                 return
             if len(buf) < 6 + length:
@@ -336,12 +333,8 @@ class RtuTcpServer(_TcpServer):
     """RTU frames over TCP, as a serial server in transparent mode passes them."""
 
     def _received(self, conn: _Connection, data: bytes) -> None:
-        for unit, pdu in conn.rtu.feed(data):
+        for unit, pdu in self._feed_rtu(conn.rtu, data):
             self.request(unit, pdu, lambda resp, corrupt, unit=unit: conn.write(rtu_frame(unit, resp, corrupt)))
-
-    async def _close(self) -> None:
-        self._closed_ignored += sum(c.rtu.ignored for c in self._connections)
-        await super()._close()
 
 
 # ---- pseudo-terminal transport -------------------------------------------------------------
@@ -360,10 +353,6 @@ class RtuPtyServer(ModbusLineServer):
     @property
     def address(self) -> str:
         return self.port_path
-
-    @property
-    def ignored(self) -> int:
-        return self._ignored + self._rtu.ignored
 
     async def _open(self) -> None:
         self._master, self._slave = os.openpty()
@@ -394,7 +383,7 @@ class RtuPtyServer(ModbusLineServer):
             if e.errno == errno.EIO:  # no slave open; cannot happen while we hold it
                 return
             raise
-        for unit, pdu in self._rtu.feed(data):
+        for unit, pdu in self._feed_rtu(self._rtu, data):
             self.request(unit, pdu, lambda resp, corrupt, unit=unit: self._write(rtu_frame(unit, resp, corrupt)))
 
     def _write(self, data: bytes) -> None:

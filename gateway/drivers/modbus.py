@@ -204,7 +204,8 @@ class ModbusBus:
 
     # ---- one exchange ----
 
-    async def _read(self, unit: int, req: ReadRequest, timeout: float) -> list[int]:
+    async def read_registers(self, unit: int, req: ReadRequest, timeout: float) -> list[int]:
+        """One exchange (connecting first if needed); raises a PollError subclass on failure."""
         await self._ensure_connected(timeout)
         if self.bus.pause_ms:
             wait = self._last_exchange + self.bus.pause_ms / 1000 - self.clock.monotonic()
@@ -265,7 +266,7 @@ class ModbusBus:
                 while True:
                     st.stats.requests += 1
                     try:
-                        regs = await self._read(st.meter.unit, req, st.timeout_s)
+                        regs = await self.read_registers(st.meter.unit, req, st.timeout_s)
                         break
                     except PollError as e:
                         if e.retry and attempt < self.bus.retries:
