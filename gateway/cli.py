@@ -111,15 +111,22 @@ def demo(seconds: Optional[float] = typer.Option(None, "--seconds", help="stop a
     result: dict = {}
 
     async def main(stop: asyncio.Event) -> None:
+        from .config import parse_site
+        from .console import LiveView
+
         sim = SiteSimulation(cfg, line_speed=line_speed)
         await sim.start()
         try:
-            patched = sim.patched_config()
-            data = patched.model_dump(mode="json")
+            data = sim.patched_config().model_dump(mode="json")
             data["storage"]["path"] = str((data_dir / "gateway.db").resolve())
-            from .config import parse_site
             gw = Gateway(parse_site(data, base_dir=cfg.base_dir))
-            await _gateway_until(gw, stop, seconds)
+            view = LiveView(gw)
+            follow = asyncio.create_task(view.follow())
+            try:
+                await _gateway_until(gw, stop, seconds)
+            finally:
+                follow.cancel()
+            view.console.print(view.table())
             result.update(gw.summary(), ledger=str(gw.cfg.storage_path))
         finally:
             await sim.stop()

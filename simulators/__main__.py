@@ -28,8 +28,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("site_file")
     p.add_argument("--line-speed", action="store_true", help="emulate RS-485 line time")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--dead", nargs="+", default=[], metavar="METER", help="meters that never answer")
-    p.add_argument("--slow", nargs="+", type=_slow, default=[], metavar="METER=SECONDS",
+    p.add_argument("--dead", nargs="+", action="extend", default=[], metavar="METER", help="meters that never answer")
+    p.add_argument("--slow", nargs="+", action="extend", type=_slow, default=[], metavar="METER=SECONDS",
                    help="meters that answer late")
     return p.parse_args(argv)
 

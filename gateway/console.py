@@ -1,0 +1,76 @@
+"""What the terminal shows while the gateway runs in front of a person (the demo)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+
+from rich.console import Console
+from rich.table import Table
+
+from .events import Reading
+from .runtime import Gateway
+
+CIRCUIT_NAMES = {
+    "stairwell_lighting": "楼道照明 stairwell lights", "street_lighting": "路灯 street lights",
+    "lift": "电梯 lifts", "pump": "水泵 pumps", "gate": "门岗道闸 gates", "main_supply": "总表 main supply",
+    "other": "其他 other",
+}
+
+
+class LiveView:
+    """Keeps the latest reading per meter and prints a status line and a closing table."""
+
+    def __init__(self, gw: Gateway, console: Console | None = None):
+        self.gw = gw
+        self.console = console or Console(stderr=False)
+        self.latest: dict[str, Reading] = {}
+        self.circuit = {m.id: m.circuit for m in gw.cfg.meters}
+
+    async def follow(self, every_s: float = 5.0) -> None:
+        sub = self.gw.hub.subscribe(Reading, maxlen=10_000, name="console")
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        next_line = start + every_s
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(max(0.0, next_line - loop.time())):
+                        for r in await sub.get_batch():
+                            self.latest[r.meter] = r
+                except TimeoutError:
+                    pass
+                if loop.time() >= next_line:
+                    self.console.print(f"[{loop.time() - start:4.0f}s] {self.status_line()}", highlight=False,
+                                       soft_wrap=True)
+                    next_line += every_s
+        finally:
+            sub.close()
+
+    def _by_circuit(self) -> dict[str, list[Reading]]:
+        groups: dict[str, list[Reading]] = defaultdict(list)
+        for meter, r in self.latest.items():
+            groups[self.circuit.get(meter, "other")].append(r)
+        return groups
+
+    def status_line(self) -> str:
+        s = self.gw.summary()
+        parts = [f"{len(self.latest)}/{s['meters']} meters read, {s['offline']} offline, "
+                 f"{s['readings_stored']} readings stored"]
+        groups = self._by_circuit()
+        for kind in ("main_supply", "street_lighting", "lift"):
+            if groups.get(kind):
+                kw = sum(r.values.get("power_kw", 0.0) for r in groups[kind])
+                parts.append(f"{CIRCUIT_NAMES[kind].split()[0]} {kw:.1f} kW")
+        return " · ".join(parts)
+
+    def table(self) -> Table:
+        t = Table(title="公共用电 public-area meters (latest readings)")
+        for col, just in (("circuit", "left"), ("meters", "right"), ("power kW", "right"),
+                          ("energy kWh (sum of counters)", "right")):
+            t.add_column(col, justify=just)
+        for kind, readings in sorted(self._by_circuit().items()):
+            kw = sum(r.values.get("power_kw", 0.0) for r in readings)
+            kwh = sum(r.counters.get("energy_kwh", 0) for r in readings)
+            t.add_row(CIRCUIT_NAMES.get(kind, kind), str(len(readings)), f"{kw:.2f}", f"{kwh:,.2f}")
+        return t
