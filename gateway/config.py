@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
+                      model_validator)
 
 from .meter_models import SHIPPED_MODELS_DIR, MeterModel, load_models
 
@@ -92,12 +93,56 @@ class Meter(_Strict):
     enabled: bool = True
 
 
+EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+class InfluxConfig(_Strict):
+    """Where time series go. Version 2 means the /api/v2/write API (InfluxDB 2.x, 3.x and
+    compatible engines); version 1 means InfluxDB 1.x's /write endpoint."""
+
+    version: Literal[1, 2] = 2
+    url: str = Field(pattern=r"^https?://[^\s/]+")
+    org: str | None = None
+    bucket: str | None = None
+    token_env: EnvName | None = None
+    database: str | None = None
+    retention_policy: str | None = None
+    username_env: EnvName | None = None
+    password_env: EnvName | None = None
+    ca_file: str | None = None
+    verify_tls: bool = True
+    timeout_s: float = Field(default=10, gt=0, le=300)
+    gzip: bool = True
+    batch_size: int = Field(default=5000, ge=1, le=100_000)
+    batch_age_s: float = Field(default=5, ge=0, le=3600)
+    backoff_max_s: float = Field(default=300, ge=1, le=3600)
+    outbox_max_mb: float = Field(default=1024, gt=0)
+    stats_interval_s: float = Field(default=60, ge=1, le=3600)
+
+    @model_validator(mode="after")
+    def _keys_of_the_version(self) -> "InfluxConfig":
+        need = ("org", "bucket") if self.version == 2 else ("database",)
+        foreign = ("database", "retention_policy", "username_env", "password_env") if self.version == 2 \
+            else ("org", "bucket", "token_env")
+        missing = [k for k in need if not getattr(self, k)]
+        wrong = [k for k in foreign if getattr(self, k) is not None]
+        problems = []
+        if missing:
+            problems.append(f"version {self.version} needs {', '.join(missing)}")
+        if wrong:
+            problems.append(f"{', '.join(wrong)} belong(s) to version {3 - self.version}, not {self.version}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
 class SiteConfig(_Strict):
     site: SiteInfo
     storage: Storage = Storage()
     meter_models: list[str] = Field(default_factory=list, description="extra model directories")
     buses: list[Bus] = Field(default_factory=list)
     meters: list[Meter] = Field(default_factory=list)
+    influxdb: InfluxConfig | None = None
 
     # Set by parse_site, not by the file.
     _base_dir: Path = PrivateAttr(default=Path("."))
@@ -172,6 +217,12 @@ def _message(err: dict) -> str:
             return (f"secrets are not written in the site file: use '{key}_env' naming an "
                     "environment variable")
         return "unknown key"
+    if kind == "string_pattern_mismatch":
+        if key == "url":
+            return f"{err['input']!r} is not a URL (expected http://host:port or https://host:port)"
+        if isinstance(key, str) and key.endswith("_env"):
+            return f"{err['input']!r} is not an environment variable name"
+        return f"{err['input']!r}: use letters, digits, '.', '_' and '-' only"
     if kind == "missing":
         return "required key is missing"
     if kind == "union_tag_invalid":

@@ -34,4 +34,13 @@ class DeviceStatus:
     reason: str = ""
 
 
-Event = Reading | DeviceStatus
+
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayStats:
+    """The gateway's own health, published periodically (self metrics)."""
+
+    ts: datetime
+    values: Mapping[str, float | int]
+    bus: str = ""  # empty for the gateway as a whole

@@ -9,6 +9,7 @@ from collections import defaultdict
 from .clock import REAL_CLOCK, Clock
 from .config import SiteConfig
 from .drivers.modbus import ModbusBus
+from .events import GatewayStats
 from .hub import Hub
 from .store import Ledger
 
@@ -30,6 +31,7 @@ class Gateway:
         self.hub = Hub()
         self.buses = build_buses(cfg, self.hub.publish, clock)
         self.ledger: Ledger | None = None
+        self.drainer = None
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
@@ -49,13 +51,31 @@ class Gateway:
             "readings_stored": self.ledger.readings_written if self.ledger else 0,
         }
 
+    def _open_ledger(self) -> Ledger:
+        influx = self.cfg.influxdb
+        encoder = None
+        if influx:
+            from .sinks.schema import Encoder, SiteIndex
+            encoder = Encoder(SiteIndex.from_config(self.cfg))
+        ledger = Ledger(self.cfg.storage_path, self.cfg.storage.commit_interval_s, encoder)
+        if influx:
+            from .sinks.drainer import Drainer
+            from .sinks.influxdb import make_writer
+            self.drainer = Drainer(ledger, make_writer(influx, self.cfg.base_dir), influx, self.clock)
+        return ledger
+
     async def run(self, status_every_s: float | None = 60.0, grace_s: float = 5.0) -> None:
         """Run until `stop()`; then let each bus finish its exchange in flight and flush the ledger."""
-        self.ledger = Ledger(self.cfg.storage_path, self.cfg.storage.commit_interval_s)
+        self.ledger = self._open_ledger()
         ledger_task = asyncio.create_task(self.ledger.run(self.hub), name="ledger")
         bus_tasks = [asyncio.create_task(self._supervise(b), name=f"bus-{b.bus.id}") for b in self.buses]
         status_task = (asyncio.create_task(self._report(status_every_s), name="status")
                        if status_every_s else None)
+        side_tasks = []
+        if self.drainer:
+            side_tasks = [asyncio.create_task(self.drainer.run(), name="influx-drain"),
+                          asyncio.create_task(self._publish_stats(self.cfg.influxdb.stats_interval_s),
+                                              name="self-metrics")]
         log.info("gateway %s: polling %d meters on %d buses, ledger %s", self.cfg.site.id,
                  sum(len(b.meters) for b in self.buses), len(self.buses), self.cfg.storage_path)
         try:
@@ -72,6 +92,14 @@ class Gateway:
                 status_task.cancel()
             ledger_task.cancel()
             await asyncio.gather(ledger_task, return_exceptions=True)
+            if self.drainer:
+                # After the ledger's last commit, so the final points get their chance too.
+                side_tasks[1].cancel()
+                self.drainer.stop()
+                _, late = await asyncio.wait(side_tasks, timeout=grace_s)
+                for t in late:
+                    t.cancel()
+                await asyncio.gather(*side_tasks, return_exceptions=True)
             self.ledger.close()
             log.info("gateway stopped: %s", self._summary_line())
 
@@ -96,6 +124,21 @@ class Gateway:
         s = self.summary()
         return (f"{s['meters']} meters on {s['buses']} buses, {s['online']} online, "
                 f"{s['offline']} offline, {s['polls']} polls, {s['readings_stored']} readings stored")
+
+    def self_metrics(self) -> list[GatewayStats]:
+        now = self.clock.now()
+        points = [GatewayStats(now, {k: v for k, v in b.stats().items() if k != "bus"}, bus=b.bus.id)
+                  for b in self.buses]
+        overall = {"readings_stored": self.ledger.readings_written if self.ledger else 0,
+                   **(self.drainer.stats() if self.drainer else {})}
+        points.append(GatewayStats(now, overall))
+        return points
+
+    async def _publish_stats(self, every_s: float) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            for p in self.self_metrics():
+                self.hub.publish(p)
 
     async def _report(self, every_s: float) -> None:
         while True:

@@ -44,8 +44,28 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX device_status_device_ts ON device_status (device, ts_us);
     """,
+    """
+    CREATE TABLE outbox (
+        id          INTEGER PRIMARY KEY,    -- send order
+        measurement TEXT    NOT NULL,
+        priority    INTEGER NOT NULL,       -- shed order when over budget (lowest first)
+        ts_ms       INTEGER NOT NULL,       -- the point's own time
+        line        TEXT    NOT NULL,       -- line protocol, precision ms
+        essential   TEXT                    -- the point thinned to what is never shed, or NULL
+    );
+    CREATE INDEX outbox_priority ON outbox (priority, id);
+    CREATE TABLE outbox_rejected (
+        id          INTEGER PRIMARY KEY,
+        line        TEXT    NOT NULL,
+        status      INTEGER NOT NULL,
+        reason      TEXT    NOT NULL,
+        rejected_us INTEGER NOT NULL
+    );
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+NEVER_SHED = 100  # outbox priority of what the disk budget may never drop (energy counters)
 
 
 class LedgerError(Exception):
@@ -92,19 +112,31 @@ def migrate(db: sqlite3.Connection, path: Path) -> None:
 
 
 class Ledger:
-    def __init__(self, path: Path, commit_interval_s: float = 1.0):
+    """Readings, statuses and the outbox. `encoder` (an event -> OutboxRow) turns the outbox on:
+    every row is then committed in the same transaction as the reading it comes from."""
+
+    def __init__(self, path: Path, commit_interval_s: float = 1.0, encoder=None):
         self.path = Path(path)
         self.commit_interval_s = commit_interval_s
+        self.encoder = encoder
         self._db = _connect(self.path)
         migrate(self._db, self.path)
         self._readings: list[tuple] = []
         self._statuses: list[tuple] = []
+        self._outbox: list[tuple] = []
         self.readings_written = 0
         self.commits = 0
+        self.committed = asyncio.Event()  # set after each commit that added outbox rows
+        self.outbox_depth, self.outbox_bytes = self._db.execute(
+            "SELECT count(*), coalesce(sum(length(line)), 0) FROM outbox").fetchone()
 
     # ---- writing ----
 
     def add(self, event: object) -> None:
+        if self.encoder is not None:
+            row = self.encoder(event)
+            if row is not None:
+                self._outbox.append((row.measurement, row.priority, row.ts_ms, row.line, row.essential))
         if isinstance(event, Reading):
             self._readings.append((
                 event.meter, to_us(event.ts),
@@ -116,27 +148,33 @@ class Ledger:
 
     @property
     def pending(self) -> int:
-        return len(self._readings) + len(self._statuses)
+        return len(self._readings) + len(self._statuses) + len(self._outbox)
 
     def flush(self) -> int:
         """Commit everything added so far in one transaction; returns the rows written."""
         if not self.pending:
             return 0
-        readings, statuses = self._readings, self._statuses
+        readings, statuses, outbox = self._readings, self._statuses, self._outbox
         db = self._db
         db.execute("BEGIN")
         try:
             db.executemany("INSERT INTO readings (meter, ts_us, fields, counters) VALUES (?,?,?,?)", readings)
             db.executemany("INSERT INTO device_status (device, kind, ts_us, online, reason) VALUES (?,?,?,?,?)",
                            statuses)
+            db.executemany("INSERT INTO outbox (measurement, priority, ts_ms, line, essential) VALUES (?,?,?,?,?)",
+                           outbox)
             db.execute("COMMIT")
         except sqlite3.Error:
             db.execute("ROLLBACK")
             raise
-        self._readings, self._statuses = [], []
+        self._readings, self._statuses, self._outbox = [], [], []
         self.readings_written += len(readings)
         self.commits += 1
-        return len(readings) + len(statuses)
+        if outbox:
+            self.outbox_depth += len(outbox)
+            self.outbox_bytes += sum(len(r[3]) for r in outbox)
+            self.committed.set()
+        return len(readings) + len(statuses) + len(outbox)
 
     async def run(self, hub: Hub) -> None:
         """Take readings and statuses from the hub and commit them in batches until cancelled.
@@ -171,6 +209,85 @@ class Ledger:
     def close(self) -> None:
         self._flush_logged()
         self._db.close()
+
+    # ---- the outbox (drained by a sink) ----
+
+    def outbox_batch(self, limit: int) -> list[tuple[int, str]]:
+        """The oldest rows, in send order: ids are contiguous, so a batch is an id range."""
+        return self._db.execute("SELECT id, line FROM outbox ORDER BY id LIMIT ?", (limit,)).fetchall()
+
+    def outbox_oldest_ms(self) -> int | None:
+        row = self._db.execute("SELECT min(ts_ms) FROM outbox WHERE id = (SELECT min(id) FROM outbox)").fetchone()
+        return row[0]
+
+    def outbox_confirmed(self, rows: list[tuple[int, str]], now_us: int) -> None:
+        """Delete rows the server confirmed (an id range) and note when, in one transaction."""
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            db.execute("DELETE FROM outbox WHERE id BETWEEN ? AND ?", (rows[0][0], rows[-1][0]))
+            db.execute("INSERT INTO meta (key, value) VALUES ('influx_last_ok_us', ?) "
+                       "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(now_us),))
+            db.execute("COMMIT")
+        except sqlite3.Error:
+            db.execute("ROLLBACK")
+            raise
+        self.outbox_depth -= len(rows)
+        self.outbox_bytes -= sum(len(line) for _, line in rows)
+
+    def outbox_reject(self, rows: list[tuple[int, str]], status: int, reason: str, now_us: int) -> None:
+        """Move rows the server refused as bad data aside, with its reason, in one transaction."""
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            db.executemany("INSERT INTO outbox_rejected (line, status, reason, rejected_us) VALUES (?,?,?,?)",
+                           [(line, status, reason, now_us) for _, line in rows])
+            db.execute("DELETE FROM outbox WHERE id BETWEEN ? AND ?", (rows[0][0], rows[-1][0]))
+            db.execute("COMMIT")
+        except sqlite3.Error:
+            db.execute("ROLLBACK")
+            raise
+        self.outbox_depth -= len(rows)
+        self.outbox_bytes -= sum(len(line) for _, line in rows)
+
+    def rejected_count(self) -> int:
+        return self._db.execute("SELECT count(*) FROM outbox_rejected").fetchone()[0]
+
+    def shed(self, target_bytes: int) -> dict[str, int]:
+        """Bring the outbox under `target_bytes`, lowest priority and oldest first.
+
+        Points with an essential part (meter points: their energy counters) are thinned to it
+        and marked never to be shed again; other points are deleted. Returns rows per measurement.
+        """
+        shed: dict[str, int] = {}
+        db = self._db
+        while self.outbox_bytes > target_bytes:
+            rows = db.execute(
+                "SELECT id, measurement, length(line), essential FROM outbox WHERE priority < ? "
+                "ORDER BY priority, id LIMIT 1000", (NEVER_SHED,)).fetchall()
+            if not rows:
+                break
+            freed = 0
+            db.execute("BEGIN")
+            for rid, measurement, size, essential in rows:
+                if essential is None:
+                    db.execute("DELETE FROM outbox WHERE id = ?", (rid,))
+                    self.outbox_depth -= 1
+                    freed += size
+                else:
+                    db.execute("UPDATE outbox SET line = essential, essential = NULL, priority = ? WHERE id = ?",
+                               (NEVER_SHED, rid))
+                    freed += size - len(essential)
+                shed[measurement] = shed.get(measurement, 0) + 1
+                if self.outbox_bytes - freed <= target_bytes:
+                    break
+            db.execute("COMMIT")
+            self.outbox_bytes -= freed
+        return shed
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
 
     # ---- reading ----
 

@@ -1,0 +1,153 @@
+"""Drains the ledger's outbox into InfluxDB: nothing lost, nothing doubled.
+
+Rows leave the outbox only after the server confirmed them. Points carry their original
+timestamps, so a batch sent again after a crash overwrites itself instead of duplicating.
+Failures back off exponentially with jitter and resume by themselves; a batch the server
+refuses as bad data is split until the bad points are isolated, and only those are moved
+aside (with the server's reason), so they never block the points behind them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+
+from ..clock import REAL_CLOCK, Clock, to_us
+from ..config import InfluxConfig
+from ..store import Ledger
+from .influxdb import WriteError
+
+log = logging.getLogger(__name__)
+
+BUDGET_WARN = 0.8   # warn when the outbox reaches this share of its disk budget
+SHED_TO = 0.9       # shedding brings it back to this share
+
+
+class Drainer:
+    def __init__(self, ledger: Ledger, writer, cfg: InfluxConfig, clock: Clock = REAL_CLOCK):
+        self.ledger = ledger
+        self.writer = writer
+        self.cfg = cfg
+        self.clock = clock
+        self.budget = int(cfg.outbox_max_mb * 1024 * 1024)
+        self.points_written = 0
+        self.batches_written = 0
+        self.write_failures = 0
+        self.rejected = 0
+        self._failing: str | None = None  # the reason of the current outage, logged once
+        self._budget_warned = False
+        self._stop = False
+
+    # ---- the disk budget ----
+
+    def check_budget(self) -> None:
+        used = self.ledger.outbox_bytes
+        if used >= BUDGET_WARN * self.budget and not self._budget_warned:
+            self._budget_warned = True
+            log.warning("outbox at %.0f%% of its %s MB disk budget (%d points waiting for InfluxDB)",
+                        100 * used / self.budget, self.cfg.outbox_max_mb, self.ledger.outbox_depth)
+        elif used < 0.7 * self.budget:
+            self._budget_warned = False
+        if used > self.budget:
+            shed = self.ledger.shed(int(SHED_TO * self.budget))
+            log.warning("outbox over its disk budget: shed %s (energy counters are kept)",
+                        ", ".join(f"{n} {m}" for m, n in shed.items()) or "nothing sheddable")
+
+    # ---- sending ----
+
+    async def _send(self, rows: list[tuple[int, str]]) -> None:
+        """Send rows; isolate bad points and oversize batches by halving. Raises WriteError to retry."""
+        try:
+            await self.writer.write([line for _, line in rows])
+        except WriteError as e:
+            if e.kind == "too_large" and len(rows) > 1 or e.kind == "bad_data" and len(rows) > 1:
+                half = len(rows) // 2
+                await self._send(rows[:half])
+                await self._send(rows[half:])
+                return
+            if e.kind in ("bad_data", "too_large"):
+                self.ledger.outbox_reject(rows, e.status or 0, e.reason, to_us(self.clock.now()))
+                self.rejected += len(rows)
+                log.error("InfluxDB refused a point (%s), moved aside: %s", e, rows[0][1][:200])
+                return
+            raise
+        self.ledger.outbox_confirmed(rows, to_us(self.clock.now()))
+        self.points_written += len(rows)
+        self.batches_written += 1
+
+    def _backoff(self, failures: int) -> float:
+        # Full jitter keeps a fleet of boxes from hammering a restarted server in step.
+        return random.uniform(0.5, 1.0) * min(self.cfg.backoff_max_s, 0.5 * 2 ** min(failures, 20))
+
+    async def run(self) -> None:
+        """Send until stopped; once stopped, send what is left if the server takes it, then return."""
+        failures = 0
+        try:
+            while True:
+                self.check_budget()
+                rows = self.ledger.outbox_batch(self.cfg.batch_size)
+                if self._stop and not rows:
+                    break
+                if not self._stop and (not rows or (len(rows) < self.cfg.batch_size and not self._old_enough())):
+                    await self._wait_for_more()
+                    continue
+                try:
+                    await self._send(rows)
+                except WriteError as e:
+                    failures += 1
+                    self.write_failures += 1
+                    self._outage(e)
+                    if self._stop:
+                        break  # the outbox keeps them for the next start
+                    await self._sleep(self._backoff(failures))
+                    continue
+                failures = 0
+                self._recovered()
+        finally:
+            await self.writer.close()
+
+    def _old_enough(self) -> bool:
+        oldest = self.ledger.outbox_oldest_ms()
+        return oldest is not None and (to_us(self.clock.now()) // 1000 - oldest) >= self.cfg.batch_age_s * 1000
+
+    async def _wait_for_more(self) -> None:
+        self.ledger.committed.clear()
+        try:
+            async with asyncio.timeout(max(0.05, min(self.cfg.batch_age_s, 1.0))):
+                await self.ledger.committed.wait()
+        except TimeoutError:
+            pass
+
+    async def _sleep(self, seconds: float) -> None:
+        end = self.clock.monotonic() + seconds
+        while not self._stop and self.clock.monotonic() < end:
+            await asyncio.sleep(min(0.2, end - self.clock.monotonic()))
+
+    def _outage(self, e: WriteError) -> None:
+        if self._failing is None:
+            hint = " (check the credentials and the database/bucket name)" if e.kind == "config" else ""
+            log.error("InfluxDB %s: write failed, points stay in the outbox and will be sent later: %s%s",
+                      self.cfg.url, e, hint)
+        self._failing = str(e)
+
+    def _recovered(self) -> None:
+        if self._failing is not None:
+            log.info("InfluxDB %s: writing again; %d points still in the outbox",
+                     self.cfg.url, self.ledger.outbox_depth)
+            self._failing = None
+
+    def stop(self) -> None:
+        self._stop = True
+        self.ledger.committed.set()
+
+    def stats(self) -> dict:
+        oldest = self.ledger.outbox_oldest_ms()
+        return {
+            "outbox_depth": self.ledger.outbox_depth,
+            "outbox_bytes": self.ledger.outbox_bytes,
+            "outbox_age_s": max(0.0, (to_us(self.clock.now()) // 1000 - oldest) / 1000) if oldest else 0.0,
+            "points_written": self.points_written,
+            "write_failures": self.write_failures,
+            "points_rejected": self.rejected,
+        }

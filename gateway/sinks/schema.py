@@ -1,0 +1,92 @@
+"""Which events become which InfluxDB measurements: the schema, described as data.
+
+Adding a measurement is adding one `Measurement` to MEASUREMENTS: its event type, tags,
+fields, the fields that may never be shed, and its shed priority. The README documents the
+resulting schema; it is stable once released (dashboards and head office depend on it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from ..clock import to_us
+from ..config import SiteConfig
+from ..events import DeviceStatus, GatewayStats, Reading
+from .lineprotocol import line
+
+
+@dataclass(frozen=True)
+class SiteIndex:
+    """What tags need to know about the site, looked up once."""
+
+    site: str
+    meter_tags: Mapping[str, Mapping[str, str]]
+
+    @classmethod
+    def from_config(cls, cfg: SiteConfig) -> "SiteIndex":
+        return cls(cfg.site.id, {m.id: {"building": m.building or "", "circuit": m.circuit} for m in cfg.meters})
+
+
+@dataclass(frozen=True)
+class Measurement:
+    name: str
+    event: type
+    tags: Callable[[Any, SiteIndex], Mapping[str, Any]]
+    fields: Callable[[Any], Mapping[str, Any]]
+    # Shed order when the outbox is over its disk budget: lower goes first.
+    priority: int
+    # Fields that survive shedding (the point is thinned to these instead of dropped).
+    essential: Callable[[Any], Mapping[str, Any]] | None = None
+
+
+MEASUREMENTS: list[Measurement] = [
+    Measurement(
+        "meter", Reading,
+        tags=lambda e, s: {"site": s.site, "meter": e.meter, **s.meter_tags.get(e.meter, {})},
+        fields=lambda e: {**e.values, **e.counters},  # counters overwrite their float twins: exact text
+        essential=lambda e: e.counters,
+        priority=1,
+    ),
+    Measurement(
+        "device_status", DeviceStatus,
+        tags=lambda e, s: {"site": s.site, "device": e.device, "kind": e.kind},
+        fields=lambda e: {"online": e.online, "reason": e.reason},
+        priority=2,
+    ),
+    Measurement(
+        "gateway", GatewayStats,
+        tags=lambda e, s: {"site": s.site, "bus": e.bus},
+        fields=lambda e: e.values,
+        priority=0,
+    ),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    measurement: str
+    priority: int
+    ts_ms: int
+    line: str
+    essential: str | None
+
+
+class Encoder:
+    """Turns an event into its outbox row (line protocol), or None if it has no measurement."""
+
+    def __init__(self, index: SiteIndex, measurements: list[Measurement] = MEASUREMENTS):
+        self.index = index
+        self._by_type = {m.event: m for m in measurements}
+
+    def __call__(self, event: object) -> OutboxRow | None:
+        m = self._by_type.get(type(event))
+        if m is None:
+            return None
+        ts_ms = to_us(event.ts) // 1000
+        tags = m.tags(event, self.index)
+        full = line(m.name, tags, m.fields(event), ts_ms)
+        if full is None:
+            return None
+        essential = line(m.name, tags, m.essential(event), ts_ms) if m.essential else None
+        return OutboxRow(m.name, m.priority, ts_ms, full, essential)

@@ -1,0 +1,291 @@
+"""Time series into real InfluxDB 1.x and VictoriaMetrics (InfluxDB v2 write API): nothing lost,
+nothing doubled, bad data set aside."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+import sys
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+import yaml
+from hypothesis import given, strategies as st
+
+from gateway.config import parse_site
+from gateway.events import DeviceStatus, GatewayStats, Reading
+from gateway.runtime import Gateway
+from gateway.sinks.drainer import Drainer
+from gateway.sinks.influxdb import make_writer
+from gateway.sinks.lineprotocol import line
+from gateway.sinks.schema import Encoder, SiteIndex
+from gateway.store import NEVER_SHED, Ledger
+from servers import Influx1
+from simulators.site import SiteSimulation
+
+SITE = {"id": "wanhu", "name": "万户新居", "latitude": 44.15, "longitude": 125.83}
+T0 = datetime(2026, 11, 23, 12, 0, 0, 123000, tzinfo=timezone.utc)
+T0_MS = int(T0.timestamp() * 1000)
+
+
+def influx_cfg(kind: str, server, **extra) -> dict:
+    if kind == "v1":
+        return {"version": 1, "url": server.url, "database": server.database, "batch_age_s": 0, **extra}
+    return {"version": 2, "url": server.url, "org": "wanhu", "bucket": "gateway", "batch_age_s": 0, **extra}
+
+
+def small_site(tmp_path, influx: dict | None, buses=None, meters=None):
+    data = {"site": SITE, "storage": {"path": str(tmp_path / "gw.db"), "commit_interval_s": 0.2},
+            "buses": buses or [{"id": "b", "type": "modbus_tcp", "host": "127.0.0.1", "timeout_s": 0.3}],
+            "meters": meters or [
+                {"id": "B01-stair", "bus": "b", "unit": 1, "model": "chint-ddsu666", "poll_s": 1,
+                 "circuit": "stairwell_lighting", "building": "B01"},
+                {"id": "PUMP1", "bus": "b", "unit": 2, "model": "chint-dtsu666", "poll_s": 1, "circuit": "pump"}]}
+    if influx:
+        data["influxdb"] = influx
+    return parse_site(data, base_dir=tmp_path)
+
+
+async def drain(ledger: Ledger, drainer: Drainer, timeout: float = 20) -> None:
+    task = asyncio.create_task(drainer.run())
+    try:
+        async with asyncio.timeout(timeout):
+            while ledger.outbox_depth:
+                await asyncio.sleep(0.05)
+    finally:
+        drainer.stop()
+        await asyncio.wait_for(task, 10)
+
+
+# ---- line protocol --------------------------------------------------------------------------
+
+def test_line_protocol_escaping_and_types():
+    got = line("meter", {"site": "wan hu", "meter": "B,01=x", "building": ""},
+               {"voltage_v": 220.0, "energy_kwh": Decimal("12345.67"), "n": 3, "ok": True,
+                "reason": 'say "hi"\\', "bad": float("nan")}, 1700000000123)
+    assert got == ('meter,meter=B\\,01\\=x,site=wan\\ hu voltage_v=220.0,energy_kwh=12345.67,n=3i,ok=true,'
+                   'reason="say \\"hi\\"\\\\" 1700000000123')
+    assert line("m", {}, {"x": float("inf")}, 1) is None
+
+
+@given(st.decimals(allow_nan=False, allow_infinity=False, places=4, min_value=0, max_value=10**9))
+def test_counters_are_written_as_their_exact_decimal_text(d):
+    text = line("meter", {}, {"energy_kwh": d}, 0).split(" ")[1].split("=")[1]
+    assert Decimal(text) == d and "E" not in text.upper()
+
+
+def test_schema_describes_meter_points_with_site_tags(tmp_path):
+    cfg = small_site(tmp_path, None)
+    row = Encoder(SiteIndex.from_config(cfg))(
+        Reading("B01-stair", T0, {"voltage_v": 221.5, "energy_kwh": 1234.56}, {"energy_kwh": Decimal("1234.56")}))
+    assert row.line == (f"meter,building=B01,circuit=stairwell_lighting,meter=B01-stair,site=wanhu "
+                        f"voltage_v=221.5,energy_kwh=1234.56 {T0_MS}")
+    assert row.essential == f"meter,building=B01,circuit=stairwell_lighting,meter=B01-stair,site=wanhu energy_kwh=1234.56 {T0_MS}"
+    status = Encoder(SiteIndex.from_config(cfg))(DeviceStatus("b", "bus", False, T0, "refused"))
+    assert status.line == f'device_status,device=b,kind=bus,site=wanhu online=false,reason="refused" {T0_MS}'
+
+
+# ---- both server generations read back exactly ------------------------------------------------
+
+def _events():
+    out = []
+    for i in range(50):
+        ts = T0 + timedelta(seconds=30 * i)
+        out.append(Reading("B01-stair", ts, {"voltage_v": 220.0 + i / 8, "power_kw": 0.125 * i,
+                                             "energy_kwh": 1000.5 + i},
+                           {"energy_kwh": Decimal("1000.5") + i}))
+        out.append(Reading("PUMP1", ts, {"voltage_l1_v": 230.25, "energy_kwh": 98765.43 + i},
+                           {"energy_kwh": Decimal("98765.43") + i}))
+    out.append(DeviceStatus("PUMP1", "meter", False, T0 + timedelta(seconds=7), "no answer within 0.3 s"))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["v1", "v2"])
+async def test_points_read_back_exactly(tmp_path, kind, request):
+    server = request.getfixturevalue("influx1" if kind == "v1" else "victoria")
+    cfg = small_site(tmp_path, influx_cfg(kind, server, batch_size=17))
+    ledger = Ledger(cfg.storage_path, encoder=Encoder(SiteIndex.from_config(cfg)))
+    for e in _events():
+        ledger.add(e)
+    ledger.flush()
+    assert ledger.outbox_depth == 101
+    await drain(ledger, Drainer(ledger, make_writer(cfg.influxdb, tmp_path), cfg.influxdb))
+    if kind == "v1":
+        points = server.points("meter")
+        assert len(points) == 100
+        stair = sorted((p for p in points if p["meter"] == "B01-stair"), key=lambda p: p["time"])
+        for i, p in enumerate(stair):
+            assert p["time"] == T0_MS + 30_000 * i
+            assert (p["site"], p["building"], p["circuit"]) == ("wanhu", "B01", "stairwell_lighting")
+            assert p["voltage_v"] == 220.0 + i / 8 and p["power_kw"] == 0.125 * i
+            assert Decimal(repr(p["energy_kwh"])) == Decimal("1000.5") + i
+        pump = [p for p in points if p["meter"] == "PUMP1"]
+        assert {p["circuit"] for p in pump} == {"pump"} and all(p["building"] is None for p in pump)
+        (status,) = server.points("device_status")
+        assert status["online"] is False and status["reason"] == "no answer within 0.3 s"
+        assert status["time"] == T0_MS + 7000
+    else:
+        series = {s["metric"]["__name__"] + "/" + s["metric"]["meter"]: s
+                  for s in server.export('{__name__=~"meter_.*"}')}
+        s = series["meter_energy_kwh/B01-stair"]
+        assert s["metric"] == {"__name__": "meter_energy_kwh", "site": "wanhu", "meter": "B01-stair",
+                               "building": "B01", "circuit": "stairwell_lighting"}
+        assert s["timestamps"] == [T0_MS + 30_000 * i for i in range(50)]
+        assert [Decimal(repr(v)) for v in s["values"]] == [Decimal("1000.5") + i for i in range(50)]
+        assert series["meter_voltage_l1_v/PUMP1"]["values"] == [230.25] * 50
+    ledger.close()
+
+
+# ---- bad data, oversize batches, the disk budget --------------------------------------------
+
+async def test_bad_points_are_set_aside_without_blocking_the_rest(tmp_path, influx1):
+    cfg = small_site(tmp_path, influx_cfg("v1", influx1, batch_size=1000))
+    ledger = Ledger(cfg.storage_path, encoder=Encoder(SiteIndex.from_config(cfg)))
+    events = _events()
+    for e in events[:40]:
+        ledger.add(e)
+    ledger.flush()
+    # a point whose field type conflicts with what the database already has (string vs float)
+    # once the first half is written, and a line that is not line protocol at all
+    ledger._outbox.append(("meter", 1, T0_MS, f'meter,meter=X,site=wanhu voltage_v="high" {T0_MS}', None))
+    ledger._outbox.append(("meter", 1, T0_MS, "this is not line protocol", None))
+    for e in events[40:]:
+        ledger.add(e)
+    ledger.flush()
+    drainer = Drainer(ledger, make_writer(cfg.influxdb, tmp_path), cfg.influxdb)
+    await drain(ledger, drainer)
+    assert len(influx1.points("meter")) == 100  # every good point behind the bad ones arrived
+    rejected = sqlite3.connect(cfg.storage_path).execute(
+        "SELECT line, status, reason FROM outbox_rejected ORDER BY id").fetchall()
+    assert [r[0] for r in rejected] == [f'meter,meter=X,site=wanhu voltage_v="high" {T0_MS}', "this is not line protocol"]
+    assert all(r[1] == 400 and r[2] for r in rejected)
+    assert drainer.rejected == 2
+    ledger.close()
+
+
+async def test_413_splits_the_batch(tmp_path):
+    server = Influx1(tmp_path / "small", max_body_size=3000)
+    (tmp_path / "small").mkdir()
+    server.start()
+    try:
+        cfg = small_site(tmp_path, influx_cfg("v1", server, batch_size=100, gzip=False))
+        ledger = Ledger(cfg.storage_path, encoder=Encoder(SiteIndex.from_config(cfg)))
+        for e in _events():
+            ledger.add(e)
+        ledger.flush()
+        drainer = Drainer(ledger, make_writer(cfg.influxdb, tmp_path), cfg.influxdb)
+        await drain(ledger, drainer)
+        assert len(server.points("meter")) == 100 and drainer.rejected == 0
+        assert drainer.batches_written > 2
+        ledger.close()
+    finally:
+        server.stop()
+
+
+def test_budget_sheds_self_metrics_first_and_never_energy_counters(tmp_path):
+    cfg = small_site(tmp_path, None)
+    ledger = Ledger(tmp_path / "l.db", encoder=Encoder(SiteIndex.from_config(cfg)))
+    for i in range(200):
+        ledger.add(GatewayStats(T0 + timedelta(seconds=i), {"polls": i, "outbox_depth": 5}))
+    for e in _events():
+        ledger.add(e)
+    ledger.flush()
+    full = ledger.outbox_bytes
+    # 1) a budget that self metrics alone can satisfy
+    shed = ledger.shed(full - 1000)
+    assert set(shed) == {"gateway"} and ledger.outbox_bytes <= full - 1000
+    # 2) nothing left but energy counters, whatever the budget
+    ledger.shed(0)
+    rows = sqlite3.connect(tmp_path / "l.db").execute("SELECT measurement, priority, line FROM outbox").fetchall()
+    assert len(rows) == 100 and {r[0] for r in rows} == {"meter"} and {r[1] for r in rows} == {NEVER_SHED}
+    assert all(" energy_kwh=" in r[2] and "voltage" not in r[2] for r in rows)
+    assert ledger.outbox_depth == 100
+    ledger.close()
+
+
+# ---- outages and crashes, end to end with the simulators ------------------------------------
+
+def ledger_points(db_path) -> set[tuple[str, int]]:
+    db = sqlite3.connect(db_path)
+    return {(m, ts // 1000) for m, ts in db.execute("SELECT meter, ts_us FROM readings")}
+
+
+def influx_points(server) -> list[tuple[str, int]]:
+    if isinstance(server, Influx1):
+        return [(p["meter"], p["time"]) for p in server.points("meter")]
+    return [(s["metric"]["meter"], ts) for s in server.export('{__name__="meter_energy_kwh"}')
+            for ts in s["timestamps"]]
+
+
+@pytest.mark.parametrize("kind", ["v1", "v2"])
+async def test_outage_loses_and_doubles_nothing(tmp_path, kind, request):
+    server = request.getfixturevalue("influx1" if kind == "v1" else "victoria")
+    cfg = small_site(tmp_path, influx_cfg(kind, server, batch_size=50, backoff_max_s=1))
+    async with SiteSimulation(cfg) as sim:
+        gw = Gateway(sim.patched_config())
+        task = asyncio.create_task(gw.run(status_every_s=None))
+        await asyncio.sleep(2)
+        server.stop()
+        await asyncio.sleep(4)  # polling goes on; points wait in the outbox
+        assert gw.ledger.outbox_depth > 0
+        server.start()
+        async with asyncio.timeout(20):
+            while gw.ledger.outbox_depth:
+                await asyncio.sleep(0.1)
+        gw.stop()
+        await asyncio.wait_for(task, 10)
+    written = influx_points(server)
+    assert len(written) == len(set(written))  # exactly once
+    assert set(written) == ledger_points(cfg.storage_path)
+    assert len(written) >= 2 * 6
+
+
+async def test_without_influxdb_the_ledger_alone_runs(tmp_path):
+    cfg = small_site(tmp_path, None)
+    async with SiteSimulation(cfg) as sim:
+        gw = Gateway(sim.patched_config())
+        task = asyncio.create_task(gw.run(status_every_s=None))
+        await asyncio.sleep(1.5)
+        gw.stop()
+        await asyncio.wait_for(task, 10)
+    assert gw.drainer is None
+    db = sqlite3.connect(cfg.storage_path)
+    assert db.execute("SELECT count(*) FROM readings").fetchone()[0] >= 2
+    assert db.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0
+
+
+async def test_sigkill_during_run_loses_and_doubles_nothing(tmp_path, influx1):
+    cfg = small_site(tmp_path, influx_cfg("v1", influx1, batch_size=5, backoff_max_s=1))
+    async with SiteSimulation(cfg) as sim:
+        data = sim.patched_config().model_dump(mode="json")
+        site_file = tmp_path / "site.yaml"
+        site_file.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+        for round_ in range(4):
+            if round_ == 1:
+                influx1.stop()      # one run with the database down
+            if round_ == 2:
+                influx1.start()
+            proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", "run", "-c", str(site_file),
+                                                        stderr=asyncio.subprocess.DEVNULL)
+            await asyncio.sleep(2.5)
+            proc.send_signal(signal.SIGKILL)
+            await proc.wait()
+        # a last, clean run drains what the kills left behind
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", "run", "-c", str(site_file),
+                                                    stderr=asyncio.subprocess.DEVNULL)
+        await asyncio.sleep(2.5)
+        proc.send_signal(signal.SIGTERM)
+        assert await proc.wait() == 0
+    ledger = Ledger(cfg.storage_path)
+    depth = ledger.outbox_depth
+    ledger.close()
+    if depth:  # the last run's final points: send them now
+        ledger = Ledger(cfg.storage_path, encoder=None)
+        await drain(ledger, Drainer(ledger, make_writer(cfg.influxdb, tmp_path), cfg.influxdb))
+        ledger.close()
+    written = influx_points(influx1)
+    assert len(written) == len(set(written))
+    assert set(written) == ledger_points(cfg.storage_path)
+    assert len(written) >= 5 * 2 * 2
