@@ -87,8 +87,13 @@ def check_config(file: Path = typer.Argument(..., help="site file (YAML)")) -> N
 def run(config: Path = typer.Option(..., "-c", "--config", help="site file"),
         verbose: bool = typer.Option(False, "-v", "--verbose")) -> None:
     """Poll every meter of the site into the ledger until SIGINT/SIGTERM."""
+    from .config import missing_env
     from .runtime import Gateway
     cfg = _load(config)
+    for problem in missing_env(cfg):
+        typer.echo(f"{config}: {problem}", err=True)
+    if missing_env(cfg):
+        raise typer.Exit(2)
     setup_logging(verbose)
     _run_until_signal(lambda stop: _gateway_until(Gateway(cfg), stop, None))
 
@@ -186,6 +191,53 @@ def read(meter: str = typer.Argument(..., help="meter id from the site file"),
             v = reading.counters.get(f.name, reading.values[f.name])
             table.add_row(f.name, f"{v}" if f.name in reading.counters else f"{v:.4g}", f.unit)
     Console().print(table)
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit} ago"
+    return f"{seconds:.0f} s ago"
+
+
+@app.command()
+def status(config: Path = typer.Option(..., "-c", "--config", help="site file"),
+           as_json: bool = typer.Option(False, "--json")) -> None:
+    """Buses, meters online/offline, outbox depth and age, last write to InfluxDB (from the ledger)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .status import NoLedger, collect
+
+    cfg = _load(config)
+    try:
+        st = collect(cfg)
+    except NoLedger as e:
+        raise fail(str(e)) from None
+    if as_json:
+        typer.echo(json.dumps(st, ensure_ascii=False, indent=2))
+        return
+    console = Console()
+    table = Table(title=f"{cfg.site.name} ({cfg.site.id}) — ledger {st['ledger']}")
+    for col in ("bus", "where", "link", "meters", "online", "offline", "last reading"):
+        table.add_column(col)
+    for b in st["buses"]:
+        link = {True: "ok", False: "[red]down[/red]", None: "-"}[b["connected"]]
+        table.add_row(b["id"], b["where"], link, str(b["meters"]), str(b["online"]),
+                      f"[red]{len(b['offline'])}[/red]" if b["offline"] else "0", _age(b["last_reading_age_s"]))
+    console.print(table)
+    for b in st["buses"]:
+        for m in b["offline"]:
+            console.print(f"  offline: {m['meter']} (bus {b['id']}) since {m['since']}: {m['reason']}", highlight=False)
+    o = st["outbox"]
+    if st["influxdb"]:
+        console.print(f"InfluxDB {st['influxdb']}: outbox {o['depth']} points ({o['bytes'] / 1e6:.1f} MB), "
+                      f"oldest {_age(o['oldest_age_s'])}; last successful write {_age(o['last_write_age_s'])}; "
+                      f"{o['rejected']} points set aside as bad data", highlight=False)
+    else:
+        console.print("InfluxDB: not configured (the ledger alone keeps the readings)")
 
 
 def _units(text: str) -> range:

@@ -319,6 +319,18 @@ def parse_site(data: Any, base_dir: Path, source: str = "site file") -> SiteConf
     return cfg
 
 
+def missing_env(cfg: SiteConfig) -> list[str]:
+    """Secrets the site file names (`*_env`) whose environment variables are not set."""
+    import os
+    out = []
+    if cfg.influxdb:
+        for key in ("token_env", "username_env", "password_env"):
+            name = getattr(cfg.influxdb, key)
+            if name and name not in os.environ:
+                out.append(f"influxdb.{key}: environment variable {name} is not set")
+    return out
+
+
 def model_dirs(base_dir: Path, extra: list[str]) -> list[Path]:
     """Shipped models first, then the site's own (a later file of the same name wins)."""
     return [SHIPPED_MODELS_DIR, base_dir / "meter_models", *(base_dir / d for d in extra)]

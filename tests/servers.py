@@ -10,6 +10,7 @@ import json
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.parse
@@ -23,10 +24,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _http(url: str, data: bytes | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
+def make_tls(d: Path) -> tuple[Path, Path, Path]:
+    """A throw-away CA and a server certificate for 127.0.0.1: (ca.pem, server.pem, server.key)."""
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=gateway test CA")
+    run("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "server.pem", "-days", "2", "-extfile", "san.ext")
+    return d / "ca.pem", d / "server.pem", d / "server.key"
+
+
+def _http(url: str, data: bytes | None = None, timeout: float = 5.0, ca: Path | None = None) -> tuple[int, bytes]:
     req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+    ctx = ssl.create_default_context(cafile=str(ca)) if ca else None
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with urllib.request.urlopen(req, timeout=timeout, context=ctx) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
@@ -37,15 +52,21 @@ class Server:
 
     name = "server"
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, tls: bool = False):
         self.workdir = workdir
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self.log = workdir / f"{self.name}.log"
+        self.ca = self.cert = self.key = None
+        if tls:
+            self.ca, self.cert, self.key = make_tls(workdir)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ca else 'http'}://127.0.0.1:{self.port}"
+
+    def http(self, path: str, data: bytes | None = None) -> tuple[int, bytes]:
+        return _http(self.url + path, data, ca=self.ca)
 
     def command(self) -> list[str]:
         raise NotImplementedError
@@ -84,8 +105,8 @@ class Influx1(Server):
     name = "influxd"
     database = "gateway"
 
-    def __init__(self, workdir: Path, max_body_size: int = 25_000_000):
-        super().__init__(workdir)
+    def __init__(self, workdir: Path, max_body_size: int = 25_000_000, tls: bool = False):
+        super().__init__(workdir, tls)
         self.max_body_size = max_body_size
 
     def command(self) -> list[str]:
@@ -104,6 +125,9 @@ bind-address = "127.0.0.1:{free_port()}"
   bind-address = "127.0.0.1:{self.port}"
   log-enabled = false
   max-body-size = {self.max_body_size}
+  https-enabled = {"true" if self.ca else "false"}
+  https-certificate = "{self.cert or ''}"
+  https-private-key = "{self.key or ''}"
 [monitor]
   store-enabled = false
 [continuous_queries]
@@ -112,7 +136,7 @@ bind-address = "127.0.0.1:{free_port()}"
         return [shutil.which("influxd") or "influxd", "-config", str(conf)]
 
     def ready(self) -> bool:
-        return _http(self.url + "/ping")[0] == 204
+        return self.http("/ping")[0] == 204
 
     def start(self, timeout: float = 30.0) -> None:
         super().start(timeout)
@@ -120,7 +144,7 @@ bind-address = "127.0.0.1:{free_port()}"
 
     def query(self, q: str) -> dict:
         params = urllib.parse.urlencode({"q": q, "db": self.database, "epoch": "ms"})
-        status, body = _http(f"{self.url}/query?{params}", data=b"")
+        status, body = self.http(f"/query?{params}", data=b"")
         assert status == 200, body
         return json.loads(body)
 
@@ -138,16 +162,17 @@ class Victoria(Server):
     name = "victoria-metrics"
 
     def command(self) -> list[str]:
+        tls = ["-tls", f"-tlsCertFile={self.cert}", f"-tlsKeyFile={self.key}"] if self.ca else []
         return [shutil.which("victoria-metrics") or "victoria-metrics", f"-httpListenAddr=127.0.0.1:{self.port}",
-                f"-storageDataPath={self.workdir / 'vm'}", "-retentionPeriod=100y", "-loggerLevel=ERROR"]
+                f"-storageDataPath={self.workdir / 'vm'}", "-retentionPeriod=100y", "-loggerLevel=ERROR", *tls]
 
     def ready(self) -> bool:
-        return _http(self.url + "/health")[0] == 200
+        return self.http("/health")[0] == 200
 
     def export(self, match: str) -> list[dict]:
-        _http(self.url + "/internal/force_flush")
+        self.http("/internal/force_flush")
         params = urllib.parse.urlencode({"match[]": match})
-        status, body = _http(f"{self.url}/api/v1/export?{params}")
+        status, body = self.http(f"/api/v1/export?{params}")
         assert status == 200, body
         return [json.loads(line) for line in body.splitlines() if line.strip()]
 

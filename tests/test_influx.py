@@ -289,3 +289,82 @@ async def test_sigkill_during_run_loses_and_doubles_nothing(tmp_path, influx1):
     assert len(written) == len(set(written))
     assert set(written) == ledger_points(cfg.storage_path)
     assert len(written) >= 5 * 2 * 2
+
+
+# ---- visibility ------------------------------------------------------------------------------
+
+async def _gateway_cli(*args: str, env=None) -> tuple[int, str, str]:
+    import os
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", *args,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                                                env={**os.environ, **(env or {})})
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_status_shows_buses_meters_and_the_outbox(tmp_path, influx1):
+    cfg = small_site(tmp_path, influx_cfg("v1", influx1, batch_size=10_000, batch_age_s=3600))
+    async with SiteSimulation(cfg) as sim:
+        sim.meter("PUMP1").dead = True
+        data = sim.patched_config().model_dump(mode="json")
+        data["buses"][0]["offline_after"] = 1
+        site_file = tmp_path / "site.yaml"
+        site_file.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+        code, _, err = await _gateway_cli("status", "-c", str(site_file))
+        assert code == 1 and "no ledger" in err
+        gw = Gateway(parse_site(data, base_dir=tmp_path))
+        task = asyncio.create_task(gw.run(status_every_s=None, grace_s=0.1))
+        await asyncio.sleep(2.0)
+        code, out, err = await _gateway_cli("status", "-c", str(site_file), "--json")
+        gw.stop()
+        await asyncio.wait_for(task, 10)
+    assert code == 0, err
+    import json
+    st = json.loads(out)
+    (bus,) = st["buses"]
+    assert bus["meters"] == 2 and bus["online"] == 1 and bus["connected"] is None
+    assert [m["meter"] for m in bus["offline"]] == ["PUMP1"] and "no answer" in bus["offline"][0]["reason"]
+    assert bus["last_reading_age_s"] < 5
+    o = st["outbox"]
+    assert o["depth"] >= 2 and o["oldest_age_s"] >= 1 and o["last_write_age_s"] is None  # batch not due yet
+    code, out, _ = await _gateway_cli("status", "-c", str(site_file))
+    assert code == 0 and "PUMP1" in out and "outbox" in out
+
+
+async def test_missing_secret_env_is_one_clear_line(tmp_path, influx1):
+    cfg = {"site": SITE, "influxdb": {"version": 1, "url": influx1.url, "database": "gateway",
+                                      "username_env": "GW_TEST_INFLUX_USER"}}
+    site_file = tmp_path / "site.yaml"
+    site_file.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    code, _, err = await _gateway_cli("run", "-c", str(site_file))
+    assert code == 2
+    assert err.strip() == f"{site_file}: influxdb.username_env: environment variable GW_TEST_INFLUX_USER is not set"
+
+
+@pytest.mark.parametrize("kind", ["v1", "v2"])
+async def test_tls_with_a_ca_file(tmp_path, kind):
+    from servers import Victoria
+    (tmp_path / "srv").mkdir()
+    server = (Influx1 if kind == "v1" else Victoria)(tmp_path / "srv", tls=True)
+    server.start()
+    try:
+        for ca_file, ok in ((None, False), (str(server.ca), True)):
+            extra = {"ca_file": ca_file} if ca_file else {}
+            cfg = small_site(tmp_path, influx_cfg(kind, server, **extra))
+            writer = make_writer(cfg.influxdb, tmp_path)
+            try:
+                line_ = f"meter,meter=tls,site=wanhu voltage_v=230.5 {T0_MS}"
+                if ok:
+                    await writer.write([line_])
+                else:
+                    from gateway.sinks.influxdb import WriteError
+                    with pytest.raises(WriteError, match="(?i)certificate"):
+                        await writer.write([line_])
+            finally:
+                await writer.close()
+        if kind == "v1":
+            assert [p["voltage_v"] for p in server.points("meter")] == [230.5]
+        else:
+            assert server.export('{__name__="meter_voltage_v"}')[0]["values"] == [230.5]
+    finally:
+        server.stop()
