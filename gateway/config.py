@@ -115,6 +115,7 @@ class InfluxConfig(_Strict):
     gzip: bool = True
     batch_size: int = Field(default=5000, ge=1, le=100_000)
     batch_age_s: float = Field(default=5, ge=0, le=3600)
+    max_in_flight: int = Field(default=2, ge=1, le=8)
     backoff_max_s: float = Field(default=300, ge=1, le=3600)
     outbox_max_mb: float = Field(default=1024, gt=0)
     stats_interval_s: float = Field(default=60, ge=1, le=3600)

@@ -68,12 +68,14 @@ class Gateway:
         """Run until `stop()`; then let each bus finish its exchange in flight and flush the ledger."""
         self.ledger = self._open_ledger()
         ledger_task = asyncio.create_task(self.ledger.run(self.hub), name="ledger")
-        bus_tasks = [asyncio.create_task(self._supervise(b), name=f"bus-{b.bus.id}") for b in self.buses]
+        bus_tasks = [asyncio.create_task(self._supervise(f"bus {b.bus.id}", b.run, b.close), name=f"bus-{b.bus.id}")
+                     for b in self.buses]
         status_task = (asyncio.create_task(self._report(status_every_s), name="status")
                        if status_every_s else None)
         side_tasks = []
         if self.drainer:
-            side_tasks = [asyncio.create_task(self.drainer.run(), name="influx-drain"),
+            side_tasks = [asyncio.create_task(self._supervise("InfluxDB drainer", self.drainer.run),
+                                              name="influx-drain"),
                           asyncio.create_task(self._publish_stats(self.cfg.influxdb.stats_interval_s),
                                               name="self-metrics")]
         log.info("gateway %s: polling %d meters on %d buses, ledger %s", self.cfg.site.id,
@@ -103,17 +105,20 @@ class Gateway:
             self.ledger.close()
             log.info("gateway stopped: %s", self._summary_line())
 
-    async def _supervise(self, bus: ModbusBus) -> None:
-        # A bug in a driver must not take the other buses down: log it and start that bus again.
-        while not self._stop.is_set():
+    async def _supervise(self, what: str, run, cleanup=None) -> None:
+        # A bug in one part must not take the others down: log it and start that part again.
+        while True:
             try:
-                await bus.run()
+                await run()
                 return
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("bus %s: driver failed unexpectedly; restarting it in 5 s", bus.bus.id)
-                await bus.close()
+                log.exception("%s failed unexpectedly; restarting it in 5 s", what)
+                if cleanup:
+                    await cleanup()
+                if self._stop.is_set():
+                    return
                 try:
                     async with asyncio.timeout(5):
                         await self._stop.wait()

@@ -46,7 +46,7 @@ MIGRATIONS: list[str] = [
     """,
     """
     CREATE TABLE outbox (
-        id          INTEGER PRIMARY KEY,    -- send order
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,  -- send order; never reused
         measurement TEXT    NOT NULL,
         priority    INTEGER NOT NULL,       -- shed order when over budget (lowest first)
         ts_ms       INTEGER NOT NULL,       -- the point's own time
@@ -101,7 +101,7 @@ def migrate(db: sqlite3.Connection, path: Path) -> None:
     for v in range(version, SCHEMA_VERSION):
         db.execute("BEGIN IMMEDIATE")
         try:
-            for stmt in filter(str.strip, MIGRATIONS[v].split(";")):
+            for stmt in _statements(MIGRATIONS[v]):
                 db.execute(stmt)
             db.execute(f"PRAGMA user_version = {v + 1}")
             db.execute("COMMIT")
@@ -109,6 +109,18 @@ def migrate(db: sqlite3.Connection, path: Path) -> None:
             db.execute("ROLLBACK")
             raise LedgerError(f"ledger {path}: migration to version {v + 1} failed: {e}") from None
         log.info("ledger %s: schema upgraded to version %d", path, v + 1)
+
+
+def _statements(script: str):
+    """Split a migration into statements (sqlite decides where one ends, comments included)."""
+    buf = ""
+    for text_line in script.splitlines(keepends=True):
+        buf += text_line
+        if sqlite3.complete_statement(buf):
+            yield buf
+            buf = ""
+    if buf.strip():
+        raise sqlite3.OperationalError(f"incomplete statement at the end of a migration: {buf.strip()[:80]}")
 
 
 class Ledger:
@@ -212,9 +224,14 @@ class Ledger:
 
     # ---- the outbox (drained by a sink) ----
 
-    def outbox_batch(self, limit: int) -> list[tuple[int, str]]:
-        """The oldest rows, in send order: ids are contiguous, so a batch is an id range."""
-        return self._db.execute("SELECT id, line FROM outbox ORDER BY id LIMIT ?", (limit,)).fetchall()
+    def outbox_batch(self, limit: int, after_id: int = 0) -> list[tuple[int, str]]:
+        """The oldest rows after `after_id`, in send order; a batch is an id range."""
+        return self._db.execute("SELECT id, line FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+                                (after_id, limit)).fetchall()
+
+    def outbox_ts_ms(self, row_id: int) -> int | None:
+        row = self._db.execute("SELECT ts_ms FROM outbox WHERE id = ?", (row_id,)).fetchone()
+        return row[0] if row else None
 
     def outbox_oldest_ms(self) -> int | None:
         row = self._db.execute("SELECT min(ts_ms) FROM outbox WHERE id = (SELECT min(id) FROM outbox)").fetchone()

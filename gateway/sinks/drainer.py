@@ -81,34 +81,58 @@ class Drainer:
         return random.uniform(0.5, 1.0) * min(self.cfg.backoff_max_s, 0.5 * 2 ** min(failures, 20))
 
     async def run(self) -> None:
-        """Send until stopped; once stopped, send what is left if the server takes it, then return."""
+        """Send until stopped; once stopped, send what is left if the server takes it, then return.
+
+        Up to `max_in_flight` batches are on the wire at once, so the server never waits for our
+        SQLite work; each batch is deleted when its own confirmation arrives. After a failure all
+        batches in flight are let finish, and sending starts again from the oldest row left.
+        """
         failures = 0
+        cursor = 0  # highest id handed to a send
+        inflight: set[asyncio.Task] = set()
         try:
             while True:
                 self.check_budget()
-                rows = self.ledger.outbox_batch(self.cfg.batch_size)
-                if self._stop and not rows:
-                    break
-                if not self._stop and (not rows or (len(rows) < self.cfg.batch_size and not self._old_enough())):
+                while len(inflight) < self.cfg.max_in_flight:
+                    rows = self.ledger.outbox_batch(self.cfg.batch_size, cursor)
+                    if not rows or (len(rows) < self.cfg.batch_size and not self._stop
+                                    and not self._old_enough(rows)):
+                        break
+                    inflight.add(asyncio.create_task(self._send(rows)))
+                    cursor = rows[-1][0]
+                if not inflight:
+                    if self._stop:
+                        break
                     await self._wait_for_more()
                     continue
-                try:
-                    await self._send(rows)
-                except WriteError as e:
-                    failures += 1
-                    self.write_failures += 1
-                    self._outage(e)
-                    if self._stop:
-                        break  # the outbox keeps them for the next start
-                    await self._sleep(self._backoff(failures))
+                done, inflight = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                errors = [t.exception() for t in done if t.exception() is not None]
+                if not errors:
+                    failures = 0
+                    self._recovered()
                     continue
-                failures = 0
-                self._recovered()
+                if inflight:
+                    await asyncio.wait(inflight)
+                    errors += [t.exception() for t in inflight if t.exception() is not None]
+                    inflight = set()
+                cursor = 0
+                e = errors[0]
+                if not isinstance(e, WriteError):
+                    raise e
+                failures += 1
+                self.write_failures += 1
+                self._outage(e)
+                if self._stop:
+                    break  # the outbox keeps them for the next start
+                await self._sleep(self._backoff(failures))
         finally:
+            for t in inflight:
+                t.cancel()
+            await asyncio.gather(*inflight, return_exceptions=True)
             await self.writer.close()
 
-    def _old_enough(self) -> bool:
-        oldest = self.ledger.outbox_oldest_ms()
+    def _old_enough(self, rows: list[tuple[int, str]]) -> bool:
+        oldest = self.ledger.outbox_ts_ms(rows[0][0])
         return oldest is not None and (to_us(self.clock.now()) // 1000 - oldest) >= self.cfg.batch_age_s * 1000
 
     async def _wait_for_more(self) -> None:
