@@ -170,9 +170,18 @@ class Victoria(Server):
         return self.http("/health")[0] == 200
 
     def export(self, match: str) -> list[dict]:
-        self.http("/internal/force_flush")
+        """Every sample matching; waits until the answer stops changing, since VictoriaMetrics
+        makes freshly written samples searchable only after a short delay."""
         params = urllib.parse.urlencode({"match[]": match})
-        status, body = self.http(f"/api/v1/export?{params}")
-        assert status == 200, body
-        return [json.loads(line) for line in body.splitlines() if line.strip()]
+        last, stable_since = None, time.monotonic()
+        deadline = time.monotonic() + 5
+        while True:
+            self.http("/internal/force_flush")
+            status, body = self.http(f"/api/v1/export?{params}")
+            assert status == 200, body
+            if body != last:
+                last, stable_since = body, time.monotonic()
+            elif time.monotonic() - stable_since >= 0.6 or time.monotonic() > deadline:
+                return [json.loads(line) for line in body.splitlines() if line.strip()]
+            time.sleep(0.15)
 

@@ -236,9 +236,12 @@ async def test_outage_loses_and_doubles_nothing(tmp_path, kind, request):
                 await asyncio.sleep(0.1)
         gw.stop()
         await asyncio.wait_for(task, 10)
+    left = sqlite3.connect(cfg.storage_path).execute("SELECT count(*) FROM outbox").fetchone()[0]
+    assert left == 0  # the final points were sent on the way out
+    expected = ledger_points(cfg.storage_path)
     written = influx_points(server)
     assert len(written) == len(set(written))  # exactly once
-    assert set(written) == ledger_points(cfg.storage_path)
+    assert set(written) == expected
     assert len(written) >= 2 * 6
 
 
