@@ -8,6 +8,7 @@ correct a shipped model by placing a file of the same name in its own model dire
 from __future__ import annotations
 
 import struct
+from functools import lru_cache
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -73,12 +74,22 @@ def to_canonical(raw: bytes, word_order: str) -> bytes:
 
 def float32_text(x: float) -> str:
     """The shortest decimal text that reads back as the same float32 (what the meter meant)."""
-    packed = struct.pack(">f", x)
+    return _float32_text(struct.pack(">f", x))  # keyed by bits: 0.0 and -0.0 are equal floats
+
+
+@lru_cache(maxsize=8192)  # counters repeat or creep: most polls ask for a value seen before
+def _float32_text(packed: bytes) -> str:
+    x = struct.unpack(">f", packed)[0]
     for digits in range(6, 10):
         text = f"{x:.{digits}g}"
         if struct.pack(">f", float(text)) == packed:
             return text
     return repr(x)
+
+
+@lru_cache(maxsize=256)
+def _decimal(x: float) -> Decimal:
+    return Decimal(repr(x))
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,9 +123,9 @@ class FieldSpec:
         """The scaled value without binary rounding (for energy counters)."""
         d = Decimal(float32_text(raw)) if self.type == "float32" else Decimal(raw)
         if self.scale != 1:
-            d *= Decimal(repr(self.scale))
+            d *= _decimal(self.scale)
         if self.offset:
-            d += Decimal(repr(self.offset))
+            d += _decimal(self.offset)
         return d
 
     def raw_for(self, value: float) -> int | float:

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import sqlite3
+import struct
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .clock import from_us, to_us
-from .events import DeviceStatus, Reading
+from .events import DeviceStatus, GatewayStats, Reading
 from .hub import Hub
 
 log = logging.getLogger(__name__)
@@ -26,12 +27,17 @@ log = logging.getLogger(__name__)
 # Each entry upgrades the schema by one version; never edit a released entry, append a new one.
 MIGRATIONS: list[str] = [
     """
-    CREATE TABLE readings (
+    CREATE TABLE field_sets (
         id       INTEGER PRIMARY KEY,
-        meter    TEXT    NOT NULL,
-        ts_us    INTEGER NOT NULL,          -- UTC microseconds since the epoch
-        fields   TEXT    NOT NULL,          -- JSON {field: float}
-        counters TEXT    NOT NULL           -- JSON {field: "exact decimal"}
+        names    TEXT    NOT NULL UNIQUE    -- "voltage_v,current_a,...": the order of `vals`
+    );
+    CREATE TABLE readings (
+        id        INTEGER PRIMARY KEY,
+        meter     TEXT    NOT NULL,
+        ts_us     INTEGER NOT NULL,         -- UTC microseconds since the epoch
+        field_set INTEGER NOT NULL REFERENCES field_sets (id),
+        vals      BLOB    NOT NULL,         -- float64 little-endian, one per name of the field set
+        counters  TEXT    NOT NULL          -- JSON {field: "exact decimal"}
     );
     CREATE INDEX readings_meter_ts ON readings (meter, ts_us);
     CREATE TABLE device_status (
@@ -139,6 +145,8 @@ class Ledger:
         self.readings_written = 0
         self.commits = 0
         self.committed = asyncio.Event()  # set after each commit that added outbox rows
+        self._field_sets: dict[tuple[str, ...], int] = {}
+        self._field_names: dict[int, tuple[str, ...]] = {}
         self.outbox_depth, self.outbox_bytes = self._db.execute(
             "SELECT count(*), coalesce(sum(length(line)), 0) FROM outbox").fetchone()
 
@@ -150,13 +158,26 @@ class Ledger:
             if row is not None:
                 self._outbox.append((row.measurement, row.priority, row.ts_ms, row.line, row.essential))
         if isinstance(event, Reading):
+            # Values as packed doubles: formatting floats as text is most of a reading's cost.
+            values = event.values
             self._readings.append((
-                event.meter, to_us(event.ts),
-                json.dumps(event.values, separators=(",", ":")),
+                event.meter, to_us(event.ts), self._field_set(tuple(values)),
+                struct.pack(f"<{len(values)}d", *values.values()),
                 json.dumps({k: str(v) for k, v in event.counters.items()}, separators=(",", ":")),
             ))
         elif isinstance(event, DeviceStatus):
             self._statuses.append((event.device, event.kind, to_us(event.ts), int(event.online), event.reason))
+
+    def _field_set(self, names: tuple[str, ...]) -> int:
+        found = self._field_sets.get(names)
+        if found is None:
+            text = ",".join(names)
+            db = self._db
+            db.execute("INSERT INTO field_sets (names) VALUES (?) ON CONFLICT (names) DO NOTHING", (text,))
+            found = db.execute("SELECT id FROM field_sets WHERE names = ?", (text,)).fetchone()[0]
+            self._field_sets[names] = found
+            self._field_names[found] = names
+        return found
 
     @property
     def pending(self) -> int:
@@ -170,7 +191,8 @@ class Ledger:
         db = self._db
         db.execute("BEGIN")
         try:
-            db.executemany("INSERT INTO readings (meter, ts_us, fields, counters) VALUES (?,?,?,?)", readings)
+            db.executemany("INSERT INTO readings (meter, ts_us, field_set, vals, counters) VALUES (?,?,?,?,?)",
+                           readings)
             db.executemany("INSERT INTO device_status (device, kind, ts_us, online, reason) VALUES (?,?,?,?,?)",
                            statuses)
             db.executemany("INSERT INTO outbox (measurement, priority, ts_ms, line, essential) VALUES (?,?,?,?,?)",
@@ -189,26 +211,23 @@ class Ledger:
         return len(readings) + len(statuses) + len(outbox)
 
     async def run(self, hub: Hub) -> None:
-        """Take readings and statuses from the hub and commit them in batches until cancelled.
+        """Take readings and statuses from the hub and commit them every `commit_interval_s`
+        until cancelled; on cancellation everything received so far is committed first.
 
-        On cancellation everything received so far is committed before returning.
+        Events wait in the subscription between commits: waking up for each one would cost
+        more than storing it.
         """
-        sub = hub.subscribe(Reading, DeviceStatus, name="ledger")
-        flusher = asyncio.create_task(self._flush_periodically(), name="ledger-flush")
+        sub = hub.subscribe(Reading, DeviceStatus, GatewayStats, name="ledger")
         try:
             while True:
-                for event in await sub.get_batch():
+                await asyncio.sleep(self.commit_interval_s)
+                for event in sub.take_all():
                     self.add(event)
+                self._flush_logged()
         finally:
-            flusher.cancel()
             for event in sub.take_all():
                 self.add(event)
             sub.close()
-            self._flush_logged()
-
-    async def _flush_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(self.commit_interval_s)
             self._flush_logged()
 
     def _flush_logged(self) -> None:
@@ -317,13 +336,15 @@ class Ledger:
         return {r[0] for r in self._db.execute("SELECT DISTINCT meter FROM readings")}
 
     def readings(self, meter: str | None = None) -> Iterator[StoredReading]:
-        sql = "SELECT id, meter, ts_us, fields, counters FROM readings"
+        sql = "SELECT id, meter, ts_us, field_set, vals, counters FROM readings"
         args: tuple = ()
         if meter is not None:
             sql += " WHERE meter = ?"
             args = (meter,)
-        for rid, m, ts, fields, counters in self._db.execute(sql + " ORDER BY id", args):
-            yield StoredReading(rid, m, from_us(ts), json.loads(fields),
+        sets = {i: tuple(n.split(",")) for i, n in self._db.execute("SELECT id, names FROM field_sets")}
+        for rid, m, ts, fset, vals, counters in self._db.execute(sql + " ORDER BY id", args):
+            names = sets[fset]
+            yield StoredReading(rid, m, from_us(ts), dict(zip(names, struct.unpack(f"<{len(names)}d", vals))),
                                 {k: Decimal(v) for k, v in json.loads(counters).items()})
 
     def latest_status(self) -> dict[str, bool]:

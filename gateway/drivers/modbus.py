@@ -17,7 +17,7 @@ from decimal import Decimal
 
 from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
-from pymodbus.exceptions import ConnectionException, ModbusException
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.framer import FramerRTU
 
 from ..clock import REAL_CLOCK, Clock
@@ -147,17 +147,15 @@ class ModbusBus:
 
     def _make_client(self):
         b = self.bus
-        # Our own deadline (per meter) ends an exchange; pymodbus's is only a backstop, and its
-        # retries are ours to decide, so it gets none.
-        backstop = max([b.timeout_s] + [s.timeout_s for s in self.meters]) + 1.0
+        # The timeout is set again per exchange (each meter may have its own); retries are ours.
         trace = self._watch.trace if self._watch else None
         if b.type == "modbus_tcp":
             return AsyncModbusTcpClient(
                 b.host, port=b.port, framer=FramerType.RTU if b.framer == "rtu" else FramerType.SOCKET,
-                timeout=backstop, retries=0, reconnect_delay=0, trace_packet=trace, name=b.id)
+                timeout=b.timeout_s, retries=0, reconnect_delay=0, trace_packet=trace, name=b.id)
         return AsyncModbusSerialClient(
             b.port, framer=FramerType.RTU, baudrate=b.baudrate, bytesize=b.bytesize, parity=b.parity,
-            stopbits=b.stopbits, timeout=backstop, retries=0, reconnect_delay=0, trace_packet=trace,
+            stopbits=b.stopbits, timeout=b.timeout_s, retries=0, reconnect_delay=0, trace_packet=trace,
             name=b.id)
 
     async def _ensure_connected(self, timeout: float) -> None:
@@ -213,17 +211,22 @@ class ModbusBus:
                 await asyncio.sleep(wait)
         call = (self.client.read_holding_registers if req.function == 3
                 else self.client.read_input_registers)
+        # pymodbus's own deadline is the meter's timeout (one timer per exchange, not two).
+        params = self.client.ctx.comm_params
+        if params.timeout_connect != timeout:
+            params.timeout_connect = timeout
         try:
             if self._watch is None:
-                async with asyncio.timeout(timeout):
-                    rr = await call(req.address, count=req.count, device_id=unit)
+                rr = await call(req.address, count=req.count, device_id=unit)
             else:
-                rr = await self._read_watched(call, unit, req, timeout)
-        except TimeoutError:
-            raise NoAnswer(f"no answer within {timeout:g} s") from None
+                rr = await self._read_watched(call, unit, req)
         except ConnectionException as e:
             self._bus_trouble(f"connection lost: {e}")
             raise BusDown(f"bus {self.bus.id} not connected") from None
+        except ModbusIOException as e:
+            if "No response" in str(e):
+                raise NoAnswer(f"no answer within {timeout:g} s") from None
+            raise Garbled(f"bad answer: {e}") from None
         except ModbusException as e:
             raise Garbled(f"bad answer: {e}") from None
         finally:
@@ -235,22 +238,20 @@ class ModbusBus:
             raise Garbled(f"answer has {len(regs)} registers, asked for {req.count}")
         return regs
 
-    async def _read_watched(self, call, unit: int, req: ReadRequest, timeout: float):
+    async def _read_watched(self, call, unit: int, req: ReadRequest):
         bad = self._watch.arm(unit, req)
         task = asyncio.ensure_future(call(req.address, count=req.count, device_id=unit))
         try:
-            done, _ = await asyncio.wait((task, bad), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((task, bad), return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
             task.cancel()
             raise
-        if task in done:
+        if task.done():
+            if isinstance(task.exception(), ModbusIOException) and self._watch.seen:
+                raise Garbled(f"incomplete or unreadable answer ({self._watch.seen[:32].hex(' ')})")
             return task.result()
         task.cancel()
-        if bad in done:
-            raise Garbled(f"CRC error in answer ({bad.result().hex(' ')})")
-        if self._watch.seen:
-            raise Garbled(f"incomplete or unreadable answer ({self._watch.seen[:32].hex(' ')})")
-        raise TimeoutError
+        raise Garbled(f"CRC error in answer ({bad.result().hex(' ')})")
 
     # ---- one poll of one meter ----
 
