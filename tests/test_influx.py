@@ -371,3 +371,24 @@ async def test_tls_with_a_ca_file(tmp_path, kind):
             assert server.export('{__name__="meter_voltage_v"}')[0]["values"] == [230.5]
     finally:
         server.stop()
+
+
+def test_budget_warns_at_80_percent_and_sheds_over_it(tmp_path, caplog):
+    cfg = small_site(tmp_path, {"version": 1, "url": "http://127.0.0.1:9", "database": "g", "outbox_max_mb": 0.01})
+    ledger = Ledger(tmp_path / "l.db", encoder=Encoder(SiteIndex.from_config(cfg)))
+    drainer = Drainer(ledger, make_writer(cfg.influxdb, tmp_path), cfg.influxdb)
+    budget = drainer.budget
+    events = iter(_events() * 10)
+    while ledger.outbox_bytes < 0.85 * budget:
+        ledger.add(next(events))
+        ledger.flush()
+    drainer.check_budget()
+    assert any("outbox at 8" in r.getMessage() for r in caplog.records)
+    assert ledger.outbox_bytes > 0.8 * budget  # a warning, nothing shed yet
+    while ledger.outbox_bytes <= budget:
+        ledger.add(next(events))
+        ledger.flush()
+    drainer.check_budget()
+    assert ledger.outbox_bytes <= 0.9 * budget
+    assert any("shed" in r.getMessage() for r in caplog.records)
+    ledger.close()

@@ -228,3 +228,22 @@ async def test_deadlines_do_not_drift_and_overruns_are_counted(tmp_path):
         await run_for(slow, 4.0)
         assert slow.meters[0].stats.overruns >= 1
         assert slow.meters[0].stats.polls <= 3
+
+
+async def test_pause_between_requests_is_kept_on_the_bus(tmp_path):
+    """Eastron meters reset when polled back to back: pause_ms spaces every request on the bus."""
+    cfg = site(tmp_path, [{"id": "b", "type": "modbus_tcp", "host": "127.0.0.1", "pause_ms": 150}],
+               meters_on("b", 3, model="eastron-sdm120"))
+    async with SiteSimulation(cfg) as sim:
+        bus = ModbusBus(sim.patched_config().buses[0], [(m, cfg.models[m.model]) for m in cfg.meters], Collector())
+        try:
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            for st in bus.meters:
+                assert await bus.poll(st) is not None
+            elapsed = loop.time() - start
+            requests = sum(st.stats.requests for st in bus.meters)
+            assert requests == 9  # SDM120: three reads each
+            assert elapsed >= (requests - 1) * 0.150
+        finally:
+            await bus.close()
