@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from contextlib import contextmanager
 import logging
 import sqlite3
 import struct
@@ -105,16 +106,25 @@ def migrate(db: sqlite3.Connection, path: Path) -> None:
         raise LedgerError(f"ledger {path}: schema version {version} is newer than this gateway "
                           f"understands ({SCHEMA_VERSION}); upgrade the gateway")
     for v in range(version, SCHEMA_VERSION):
-        db.execute("BEGIN IMMEDIATE")
         try:
-            for stmt in _statements(MIGRATIONS[v]):
-                db.execute(stmt)
-            db.execute(f"PRAGMA user_version = {v + 1}")
-            db.execute("COMMIT")
+            with _transaction(db, "IMMEDIATE"):
+                for stmt in _statements(MIGRATIONS[v]):
+                    db.execute(stmt)
+                db.execute(f"PRAGMA user_version = {v + 1}")
         except sqlite3.Error as e:
-            db.execute("ROLLBACK")
             raise LedgerError(f"ledger {path}: migration to version {v + 1} failed: {e}") from None
         log.info("ledger %s: schema upgraded to version %d", path, v + 1)
+
+
+@contextmanager
+def _transaction(db: sqlite3.Connection, mode: str = ""):
+    db.execute(f"BEGIN {mode}")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def _statements(script: str):
@@ -188,19 +198,13 @@ class Ledger:
         if not self.pending:
             return 0
         readings, statuses, outbox = self._readings, self._statuses, self._outbox
-        db = self._db
-        db.execute("BEGIN")
-        try:
+        with _transaction(self._db) as db:
             db.executemany("INSERT INTO readings (meter, ts_us, field_set, vals, counters) VALUES (?,?,?,?,?)",
                            readings)
             db.executemany("INSERT INTO device_status (device, kind, ts_us, online, reason) VALUES (?,?,?,?,?)",
                            statuses)
             db.executemany("INSERT INTO outbox (measurement, priority, ts_ms, line, essential) VALUES (?,?,?,?,?)",
                            outbox)
-            db.execute("COMMIT")
-        except sqlite3.Error:
-            db.execute("ROLLBACK")
-            raise
         self._readings, self._statuses, self._outbox = [], [], []
         self.readings_written += len(readings)
         self.commits += 1
@@ -256,38 +260,28 @@ class Ledger:
         row = self._db.execute("SELECT min(ts_ms) FROM outbox WHERE id = (SELECT min(id) FROM outbox)").fetchone()
         return row[0]
 
-    def outbox_confirmed(self, rows: list[tuple[int, str]], now_us: int) -> None:
-        """Delete rows the server confirmed (an id range) and note when, in one transaction."""
-        db = self._db
-        db.execute("BEGIN")
-        try:
-            db.execute("DELETE FROM outbox WHERE id BETWEEN ? AND ?", (rows[0][0], rows[-1][0]))
-            db.execute("INSERT INTO meta (key, value) VALUES ('influx_last_ok_us', ?) "
-                       "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(now_us),))
-            db.execute("COMMIT")
-        except sqlite3.Error:
-            db.execute("ROLLBACK")
-            raise
+    def _outbox_delete(self, db: sqlite3.Connection, rows: list[tuple[int, str]]) -> None:
+        db.execute("DELETE FROM outbox WHERE id BETWEEN ? AND ?", (rows[0][0], rows[-1][0]))
+
+    def _outbox_forget(self, rows: list[tuple[int, str]]) -> None:
         self.outbox_depth -= len(rows)
         self.outbox_bytes -= sum(len(line) for _, line in rows)
+
+    def outbox_confirmed(self, rows: list[tuple[int, str]], now_us: int) -> None:
+        """Delete rows the server confirmed (an id range) and note when, in one transaction."""
+        with _transaction(self._db) as db:
+            db.execute("INSERT INTO meta (key, value) VALUES ('influx_last_ok_us', ?) "
+                       "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(now_us),))
+            self._outbox_delete(db, rows)
+        self._outbox_forget(rows)
 
     def outbox_reject(self, rows: list[tuple[int, str]], status: int, reason: str, now_us: int) -> None:
         """Move rows the server refused as bad data aside, with its reason, in one transaction."""
-        db = self._db
-        db.execute("BEGIN")
-        try:
+        with _transaction(self._db) as db:
             db.executemany("INSERT INTO outbox_rejected (line, status, reason, rejected_us) VALUES (?,?,?,?)",
                            [(line, status, reason, now_us) for _, line in rows])
-            db.execute("DELETE FROM outbox WHERE id BETWEEN ? AND ?", (rows[0][0], rows[-1][0]))
-            db.execute("COMMIT")
-        except sqlite3.Error:
-            db.execute("ROLLBACK")
-            raise
-        self.outbox_depth -= len(rows)
-        self.outbox_bytes -= sum(len(line) for _, line in rows)
-
-    def rejected_count(self) -> int:
-        return self._db.execute("SELECT count(*) FROM outbox_rejected").fetchone()[0]
+            self._outbox_delete(db, rows)
+        self._outbox_forget(rows)
 
     def shed(self, target_bytes: int) -> dict[str, int]:
         """Bring the outbox under `target_bytes`, lowest priority and oldest first.
@@ -303,27 +297,23 @@ class Ledger:
                 "ORDER BY priority, id LIMIT 1000", (NEVER_SHED,)).fetchall()
             if not rows:
                 break
-            freed = 0
-            db.execute("BEGIN")
-            for rid, measurement, size, essential in rows:
-                if essential is None:
-                    db.execute("DELETE FROM outbox WHERE id = ?", (rid,))
-                    self.outbox_depth -= 1
-                    freed += size
-                else:
-                    db.execute("UPDATE outbox SET line = essential, essential = NULL, priority = ? WHERE id = ?",
-                               (NEVER_SHED, rid))
-                    freed += size - len(essential)
-                shed[measurement] = shed.get(measurement, 0) + 1
-                if self.outbox_bytes - freed <= target_bytes:
-                    break
-            db.execute("COMMIT")
+            freed = deleted = 0
+            with _transaction(db):
+                for rid, measurement, size, essential in rows:
+                    if essential is None:
+                        db.execute("DELETE FROM outbox WHERE id = ?", (rid,))
+                        deleted += 1
+                        freed += size
+                    else:
+                        db.execute("UPDATE outbox SET line = essential, essential = NULL, priority = ? "
+                                   "WHERE id = ?", (NEVER_SHED, rid))
+                        freed += size - len(essential)
+                    shed[measurement] = shed.get(measurement, 0) + 1
+                    if self.outbox_bytes - freed <= target_bytes:
+                        break
+            self.outbox_depth -= deleted
             self.outbox_bytes -= freed
         return shed
-
-    def get_meta(self, key: str) -> str | None:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
 
     # ---- reading ----
 
@@ -331,9 +321,6 @@ class Ledger:
         if meter is None:
             return self._db.execute("SELECT count(*) FROM readings").fetchone()[0]
         return self._db.execute("SELECT count(*) FROM readings WHERE meter = ?", (meter,)).fetchone()[0]
-
-    def meters_with_readings(self) -> set[str]:
-        return {r[0] for r in self._db.execute("SELECT DISTINCT meter FROM readings")}
 
     def readings(self, meter: str | None = None) -> Iterator[StoredReading]:
         sql = "SELECT id, meter, ts_us, field_set, vals, counters FROM readings"

@@ -5,24 +5,24 @@ import pytest
 from servers import Influx1, Victoria
 
 
-def _need(binary: str) -> None:
+def _serve(cls, tmp_path_factory):
+    binary = "influxd" if cls is Influx1 else "victoria-metrics"
     if shutil.which(binary) is None:
-        pytest.fail(f"{binary} is not installed: run .ci/run (it installs the Debian packages)")
+        pytest.fail(f"{binary} is not installed: run tools/setup-tests.sh (it installs the Debian packages)")
+    server = cls(tmp_path_factory.mktemp(cls.name))
+    server.start()
+    return server
 
 
 @pytest.fixture
 def influx1(tmp_path_factory):
-    _need("influxd")
-    server = Influx1(tmp_path_factory.mktemp("influx1"))
-    server.start()
+    server = _serve(Influx1, tmp_path_factory)
     yield server
     server.stop()
 
 
 @pytest.fixture
 def victoria(tmp_path_factory):
-    _need("victoria-metrics")
-    server = Victoria(tmp_path_factory.mktemp("vm"))
-    server.start()
+    server = _serve(Victoria, tmp_path_factory)
     yield server
     server.stop()
