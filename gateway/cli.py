@@ -119,11 +119,16 @@ def demo(seconds: Optional[float] = typer.Option(None, "--seconds", help="stop a
         from .config import parse_site
         from .console import LiveView
 
+        from simulators.field_site import FieldSimulation
+
         sim = SiteSimulation(cfg, line_speed=line_speed)
+        field = FieldSimulation(cfg)
         await sim.start()
+        await field.start()
         try:
-            data = sim.patched_config().model_dump(mode="json")
+            data = field.overrides(sim.patched_config().model_dump(mode="json"))
             data["storage"]["path"] = str((data_dir / "gateway.db").resolve())
+            data.pop("influxdb", None)  # the demo needs no server
             gw = Gateway(parse_site(data, base_dir=cfg.base_dir))
             view = LiveView(gw)
             follow = asyncio.create_task(view.follow())
@@ -134,6 +139,7 @@ def demo(seconds: Optional[float] = typer.Option(None, "--seconds", help="stop a
             view.console.print(view.table())
             result.update(gw.summary(), ledger=str(gw.cfg.storage_path))
         finally:
+            await field.stop()
             await sim.stop()
 
     try:

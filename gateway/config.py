@@ -77,6 +77,7 @@ class ModbusRtuBus(_BusBase):
 
 Bus = Annotated[Union[ModbusTcpBus, ModbusRtuBus], Field(discriminator="type")]
 BUS_TYPES = ("modbus_tcp", "modbus_rtu")
+UNION_TAGS = BUS_TYPES + ("serial", "mqtt", "wand")
 
 
 class Meter(_Strict):
@@ -137,6 +138,159 @@ class InfluxConfig(_Strict):
         return self
 
 
+class MqttConfig(_Strict):
+    host: str
+    port: int = Field(default=1883, ge=1, le=65535)
+    client_id: Id | None = None  # default: estate-gateway-<site id>; fixed, for a persistent session
+    username_env: EnvName | None = None
+    password_env: EnvName | None = None
+    tls: bool = False
+    ca_file: str | None = None
+    keepalive_s: int = Field(default=30, ge=5, le=600)
+
+
+class _SerialLine(_Strict):
+    port: str
+    baudrate: int = Field(default=9600, ge=300, le=921600)
+    bytesize: Literal[7, 8] = 8
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+
+
+class SerialCardReader(_SerialLine):
+    id: Id
+    type: Literal["serial"]
+    format: Literal["rdm6300", "wiegand_text", "pattern"] = "rdm6300"
+    encoding: Literal["hex_raw", "hex", "decimal", "fac_card"] = "decimal"  # wiegand_text only
+    bits: Literal[26, 34] = 26                                               # wiegand_text decimal
+    pattern: str | None = None     # format pattern: a regex with a named group 'card'
+    base: Literal[10, 16] = 10     # format pattern
+    door: Id
+    direction: Literal["in", "out", ""] = ""
+    debounce_s: float = Field(default=2.0, ge=0, le=60)
+
+    @model_validator(mode="after")
+    def _pattern(self) -> "SerialCardReader":
+        if self.format == "pattern":
+            if not self.pattern:
+                raise ValueError("format 'pattern' needs a 'pattern' with a named group (?P<card>...)")
+            try:
+                if "card" not in re.compile(self.pattern).groupindex:
+                    raise ValueError("the pattern has no named group (?P<card>...)")
+            except re.error as e:
+                raise ValueError(f"pattern is not a valid regular expression: {e}") from None
+        return self
+
+
+class JsonMapping(_Strict):
+    """Which JSON keys of a controller's message hold what (dotted paths allowed)."""
+    card: str = "card"
+    door: str = "door"
+    reader: str = "reader"
+    direction: str = "direction"
+    time: str = "time"
+
+
+class MqttCardReader(_Strict):
+    id: Id
+    type: Literal["mqtt"]
+    topic: str
+    door: Id | None = None          # used when the message names no door
+    direction: Literal["in", "out", ""] = ""
+    card_format: Literal["decimal", "hex", "fac_card", "auto"] = "auto"
+    mapping: JsonMapping = JsonMapping()
+    debounce_s: float = Field(default=2.0, ge=0, le=60)
+
+
+CardReader = Annotated[Union[SerialCardReader, MqttCardReader], Field(discriminator="type")]
+
+
+class DoorEventMapping(_Strict):
+    door: str = "door"
+    event: str = "event"
+    time: str = "time"
+
+
+class Door(_Strict):
+    id: Id
+    name: str = ""
+    topic: str | None = None        # door events (opened/closed/forced_open/held_open) over MQTT
+    mapping: DoorEventMapping = DoorEventMapping()
+    event_names: dict[str, Literal["opened", "closed", "forced_open", "held_open"]] = Field(default_factory=dict)
+    held_open_s: float = Field(default=60, gt=0, le=3600)
+
+
+class CardEntry(_Strict):
+    number: str
+    holder: str = ""
+    household: str = ""
+    role: str = "resident"
+    valid_from: str = ""
+    valid_to: str = ""
+    revoked: bool = False
+
+
+class Cards(_Strict):
+    file: str | None = "cards.csv"
+    entries: list[CardEntry] = Field(default_factory=list)
+    hash_key_env: EnvName = "CARD_HASH_KEY"
+    reload_s: float = Field(default=2.0, ge=0.2, le=3600)
+
+
+class Checkpoint(_Strict):
+    id: Id
+    tag: str = Field(pattern=r"^[0-9A-Fa-f]{4,20}$")
+    name: str = ""
+
+
+class MqttPatrolReader(_Strict):
+    id: Id
+    type: Literal["mqtt"]
+    topic: str
+    mapping: dict[str, str] = Field(default_factory=lambda: {"guard": "guard", "tag": "tag", "time": "time",
+                                                             "reader": "reader"})
+
+
+class WandPatrolReader(_SerialLine):
+    id: Id
+    type: Literal["wand"]
+
+
+PatrolReader = Annotated[Union[MqttPatrolReader, WandPatrolReader], Field(discriminator="type")]
+
+
+class Shift(_Strict):
+    start: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    end: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    every_minutes: int = Field(ge=10, le=24 * 60)
+
+
+class Route(_Strict):
+    id: Id
+    name: str = ""
+    checkpoints: list[str] = Field(min_length=2)
+    leg_minutes: float | list[float] = 5.0       # one value for every leg, or one per leg
+    tolerance_minutes: float = Field(default=3.0, ge=0, le=120)
+    shifts: list[Shift] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _legs(self) -> "Route":
+        if isinstance(self.leg_minutes, list) and len(self.leg_minutes) != len(self.checkpoints) - 1:
+            raise ValueError(f"leg_minutes has {len(self.leg_minutes)} values for "
+                             f"{len(self.checkpoints) - 1} legs")
+        return self
+
+    def legs(self) -> list[float]:
+        n = len(self.checkpoints) - 1
+        return list(self.leg_minutes) if isinstance(self.leg_minutes, list) else [self.leg_minutes] * n
+
+
+class Patrol(_Strict):
+    checkpoints: list[Checkpoint] = Field(default_factory=list)
+    readers: list[PatrolReader] = Field(default_factory=list)
+    routes: list[Route] = Field(default_factory=list)
+
+
 class SiteConfig(_Strict):
     site: SiteInfo
     storage: Storage = Storage()
@@ -144,6 +298,11 @@ class SiteConfig(_Strict):
     buses: list[Bus] = Field(default_factory=list)
     meters: list[Meter] = Field(default_factory=list)
     influxdb: InfluxConfig | None = None
+    mqtt: MqttConfig | None = None
+    card_readers: list[CardReader] = Field(default_factory=list)
+    doors: list[Door] = Field(default_factory=list)
+    cards: Cards = Cards(file=None)
+    patrol: Patrol = Patrol()
 
     # Set by parse_site, not by the file.
     _base_dir: Path = PrivateAttr(default=Path("."))
@@ -203,7 +362,7 @@ def _path(loc: tuple) -> str:
     for i, part in enumerate(loc):
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in BUS_TYPES and i > 0 and isinstance(loc[i - 1], int):
+        elif part in UNION_TAGS and i > 0 and isinstance(loc[i - 1], int):
             continue  # pydantic's union tag, not a key the user wrote
         else:
             out += f".{part}" if out else str(part)
@@ -227,14 +386,14 @@ def _message(err: dict) -> str:
     if kind == "missing":
         return "required key is missing"
     if kind == "union_tag_invalid":
-        return f"unknown bus type '{err['ctx']['tag']}' (expected one of: {', '.join(BUS_TYPES)})"
+        return f"unknown type '{err['ctx']['tag']}' (expected one of: {err['ctx']['expected_tags']})"
     if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
         bound = {"greater_than_equal": "at least", "greater_than": "more than",
                  "less_than_equal": "at most", "less_than": "less than"}[kind]
         limit = next(iter(err["ctx"].values()))
         return f"{err['input']!r} is out of range: must be {bound} {limit}"
     if kind == "union_tag_not_found":
-        return f"'type' is missing (one of: {', '.join(BUS_TYPES)})"
+        return "'type' is missing"
     if kind == "literal_error":
         return f"{err['input']!r} is not allowed; {err['msg'].replace('Input should be ', 'expected ')}"
     msg = err["msg"]
@@ -262,6 +421,9 @@ def _cross_check(data: dict, models: dict[str, MeterModel]) -> list[str]:
 
     dupes("buses")
     dupes("meters")
+    dupes("card_readers")
+    dupes("doors")
+    problems.extend(_check_access_patrol(data))
     buses = {b.get("id"): b for _, b in entries("buses")}
     where: dict[tuple[Any, Any], int] = {}
     for i, m in entries("meters"):
@@ -279,6 +441,50 @@ def _cross_check(data: dict, models: dict[str, MeterModel]) -> list[str]:
                                 f"meters[{j}] ('{data['meters'][j].get('id')}')")
             else:
                 where[(bus_id, unit)] = i
+    return problems
+
+
+def _check_access_patrol(data: dict) -> list[str]:
+    problems: list[str] = []
+
+    def items(container: Any, key: str) -> list[tuple[int, dict]]:
+        seq = container.get(key) if isinstance(container, dict) else None
+        return [(i, x) for i, x in enumerate(seq) if isinstance(x, dict)] if isinstance(seq, list) else []
+
+    doors = {d.get("id") for _, d in items(data, "doors")}
+    uses_mqtt = False
+    for i, r in items(data, "card_readers"):
+        uses_mqtt |= r.get("type") == "mqtt"
+        door = r.get("door")
+        if door is not None and door not in doors:
+            problems.append(f"card_readers[{i}].door: no door named '{door}' "
+                            f"(doors: {', '.join(sorted(map(str, doors))) or 'none defined'})")
+    uses_mqtt |= any(d.get("topic") for _, d in items(data, "doors"))
+    patrol = data.get("patrol") if isinstance(data.get("patrol"), dict) else {}
+    tags: dict[str, int] = {}
+    ids: dict[str, int] = {}
+    for i, c in items(patrol, "checkpoints"):
+        cid, tag = c.get("id"), str(c.get("tag", "")).upper()
+        if cid in ids:
+            problems.append(f"patrol.checkpoints[{i}].id: '{cid}' is already used by patrol.checkpoints[{ids[cid]}]")
+        ids.setdefault(cid, i)
+        if tag and tag in tags:
+            problems.append(f"patrol.checkpoints[{i}].tag: tag {tag} is already patrol.checkpoints[{tags[tag]}]")
+        tags.setdefault(tag, i)
+    for section in ("readers", "routes"):
+        seen: dict[Any, int] = {}
+        for i, x in items(patrol, section):
+            if x.get("id") in seen:
+                problems.append(f"patrol.{section}[{i}].id: '{x.get('id')}' is already used by "
+                                f"patrol.{section}[{seen[x.get('id')]}]")
+            seen.setdefault(x.get("id"), i)
+    uses_mqtt |= any(r.get("type") == "mqtt" for _, r in items(patrol, "readers"))
+    for i, r in items(patrol, "routes"):
+        for j, cp in enumerate(r.get("checkpoints") or []):
+            if cp not in ids:
+                problems.append(f"patrol.routes[{i}].checkpoints[{j}]: no checkpoint named '{cp}'")
+    if uses_mqtt and not isinstance(data.get("mqtt"), dict):
+        problems.append("mqtt: required, because readers or doors use MQTT topics")
     return problems
 
 
@@ -324,11 +530,12 @@ def missing_env(cfg: SiteConfig) -> list[str]:
     """Secrets the site file names (`*_env`) whose environment variables are not set."""
     import os
     out = []
-    if cfg.influxdb:
+    for section in ("influxdb", "mqtt"):
+        part = getattr(cfg, section)
         for key in ("token_env", "username_env", "password_env"):
-            name = getattr(cfg.influxdb, key)
+            name = getattr(part, key, None)
             if name and name not in os.environ:
-                out.append(f"influxdb.{key}: environment variable {name} is not set")
+                out.append(f"{section}.{key}: environment variable {name} is not set")
     return out
 
 

@@ -8,7 +8,7 @@ from collections import defaultdict
 from rich.console import Console
 from rich.table import Table
 
-from .events import Reading
+from .events import CardSwipe, DoorEvent, PatrolCheckin, Reading
 from .runtime import Gateway
 
 CIRCUIT_NAMES = {
@@ -26,9 +26,12 @@ class LiveView:
         self.console = console or Console(stderr=False)
         self.latest: dict[str, Reading] = {}
         self.circuit = {m.id: m.circuit for m in gw.cfg.meters}
+        self.swipes: dict[str, int] = defaultdict(int)
+        self.doors: dict[str, int] = defaultdict(int)
+        self.checkins = 0
 
     async def follow(self, every_s: float = 5.0) -> None:
-        sub = self.gw.hub.subscribe(Reading, maxlen=10_000, name="console")
+        sub = self.gw.hub.subscribe(Reading, CardSwipe, DoorEvent, PatrolCheckin, maxlen=10_000, name="console")
         loop = asyncio.get_running_loop()
         start = loop.time()
         next_line = start + every_s
@@ -36,8 +39,8 @@ class LiveView:
             while True:
                 try:
                     async with asyncio.timeout(max(0.0, next_line - loop.time())):
-                        for r in await sub.get_batch():
-                            self.latest[r.meter] = r
+                        for e in await sub.get_batch():
+                            self._take(e)
                 except TimeoutError:
                     pass
                 if loop.time() >= next_line:
@@ -46,6 +49,16 @@ class LiveView:
                     next_line += every_s
         finally:
             sub.close()
+
+    def _take(self, e) -> None:
+        if isinstance(e, Reading):
+            self.latest[e.meter] = e
+        elif isinstance(e, CardSwipe):
+            self.swipes[e.category] += 1
+        elif isinstance(e, DoorEvent):
+            self.doors[e.state] += 1
+        else:
+            self.checkins += 1
 
     def _by_circuit(self) -> dict[str, list[Reading]]:
         groups: dict[str, list[Reading]] = defaultdict(list)
@@ -62,6 +75,11 @@ class LiveView:
             if groups.get(kind):
                 kw = sum(r.values.get("power_kw", 0.0) for r in groups[kind])
                 parts.append(f"{CIRCUIT_NAMES[kind].split()[0]} {kw:.1f} kW")
+        if self.swipes or self.doors or self.checkins:
+            odd = sum(n for k, n in self.swipes.items() if k in ("unknown", "revoked", "expired"))
+            parts.append(f"门禁 {sum(self.swipes.values())} swipes ({odd} unknown/revoked/expired), "
+                         f"{self.doors.get('forced_open', 0) + self.doors.get('held_open', 0)} door alarms")
+            parts.append(f"巡更 {self.checkins} check-ins")
         return " · ".join(parts)
 
     def table(self) -> Table:

@@ -44,3 +44,45 @@ class GatewayStats:
     ts: datetime
     values: Mapping[str, float | int]
     bus: str = ""  # empty for the gateway as a whole
+
+
+@dataclass(frozen=True, slots=True)
+class CardSwipe:
+    """A card presented at a reader, classified against the card registry.
+
+    `card` is the canonical number and never leaves the gateway; `card_hash` (keyed) does.
+    """
+
+    reader: str
+    door: str
+    direction: str          # "in" | "out" | ""
+    ts: datetime
+    card: str = field(repr=False)
+    card_hash: str
+    category: str           # resident | staff | visitor | unknown | revoked | expired
+    holder: str = ""
+    household: str = ""
+    role: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DoorEvent:
+    door: str
+    state: str              # opened | closed | forced_open | held_open
+    ts: datetime
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PatrolCheckin:
+    """A checkpoint read: `ts` is when the reader recorded it (a wand's own clock), `received`
+    when it reached the gateway (a wand download arrives hours later)."""
+
+    reader: str
+    checkpoint: str         # checkpoint id, or "" for a tag no checkpoint has
+    tag: str
+    guard: str              # the guard's name from the registry, or "" if unknown
+    guard_hash: str
+    ts: datetime
+    received: datetime
+    source: str             # "online" | "wand"

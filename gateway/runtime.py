@@ -32,6 +32,9 @@ class Gateway:
         self.buses = build_buses(cfg, self.hub.publish, clock)
         self.ledger: Ledger | None = None
         self.drainer = None
+        self.registry = None
+        self.mqtt = None
+        self.field_drivers: list = []
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
@@ -50,6 +53,87 @@ class Gateway:
             "overruns": sum(s["overruns"] for s in stats),
             "readings_stored": self.ledger.readings_written if self.ledger else 0,
         }
+
+    def _field_devices(self) -> list:
+        """Card readers, doors and patrol readers, wired to the registry and the MQTT link.
+
+        Returns the coroutines to run; empty when the site file has none of them.
+        """
+        cfg = self.cfg
+        if not (cfg.card_readers or cfg.doors or cfg.patrol.readers):
+            return []
+        import os
+        from zoneinfo import ZoneInfo
+
+        from .cards import CardRegistry, load_hash_key
+        from .drivers.card_reader import (CardDesk, DoorEventsDriver, MqttCardReaderDriver,
+                                          SerialCardReaderDriver)
+        from .drivers.patrol import Checkpoints, MqttPatrolReaderDriver, WandDriver
+
+        tz = ZoneInfo(cfg.site.timezone)
+        publish = self.hub.publish
+        cards_file = cfg.base_dir / cfg.cards.file if cfg.cards.file else None
+        self.registry = CardRegistry(cards_file, cfg.site.timezone,
+                                     [e.model_dump() for e in cfg.cards.entries])
+        for problem in self.registry.problems[:5]:
+            log.warning("cards: %s", problem)
+        if len(self.registry.problems) > 5:
+            log.warning("cards: and %d more problems in the card list", len(self.registry.problems) - 5)
+        key = load_hash_key(cfg.cards.hash_key_env)
+        if key is None:
+            key = self.ledger.secret("card_hash_key")
+            log.warning("cards: %s is not set; card hashes use a key kept in the ledger (set it to share "
+                        "hashes across boxes)", cfg.cards.hash_key_env)
+        desk = CardDesk(self.registry, key, publish, self.clock)
+        doors = {d.id for d in cfg.doors}
+        runs, subscriptions = [], []
+        for r in cfg.card_readers:
+            if r.type == "serial":
+                d = SerialCardReaderDriver(r, desk, self.clock)
+                runs.append((f"card reader {r.id}", d.run))
+            else:
+                d = MqttCardReaderDriver(r, doors, desk, tz, self.clock)
+                subscriptions.append((r.topic, d.handle))
+            self.field_drivers.append(d)
+        for door in cfg.doors:
+            if door.topic:
+                d = DoorEventsDriver(door, doors, publish, tz)
+                subscriptions.append((door.topic, d.handle))
+                self.field_drivers.append(d)
+        checkpoints = Checkpoints(cfg.patrol)
+        for r in cfg.patrol.readers:
+            if r.type == "wand":
+                d = WandDriver(r, checkpoints, desk, publish, tz, self.clock)
+                runs.append((f"patrol wand {r.id}", d.run))
+            else:
+                d = MqttPatrolReaderDriver(r, checkpoints, desk, publish, tz, self.clock)
+                subscriptions.append((r.topic, d.handle))
+            self.field_drivers.append(d)
+        if subscriptions:
+            from .mqtt import MqttLink, MqttSettings
+            m = cfg.mqtt
+            self.mqtt = MqttLink(MqttSettings(
+                host=m.host, port=m.port, client_id=m.client_id or f"estate-gateway-{cfg.site.id}",
+                username=os.environ.get(m.username_env) if m.username_env else None,
+                password=os.environ.get(m.password_env) if m.password_env else None,
+                tls=m.tls, ca_file=str(cfg.base_dir / m.ca_file) if m.ca_file else None, keepalive=m.keepalive_s))
+            for topic, handler in subscriptions:
+                self.mqtt.subscribe(topic, handler)
+            runs.append(("MQTT link", self.mqtt.run))
+        runs.append(("card registry", self._reload_cards))
+        return runs
+
+    async def _reload_cards(self) -> None:
+        failed = None
+        while True:
+            await asyncio.sleep(self.cfg.cards.reload_s)
+            if self.registry.reload_if_changed():
+                log.info("cards: card list reloaded, %d cards (%d problems)", len(self.registry),
+                         len(self.registry.problems))
+            elif self.registry.load_error and self.registry.load_error != failed:
+                log.error("cards: cannot reload the card list, keeping the previous one: %s",
+                          self.registry.load_error)
+            failed = self.registry.load_error
 
     def _open_ledger(self) -> Ledger:
         influx = self.cfg.influxdb
@@ -72,6 +156,8 @@ class Gateway:
                      for b in self.buses]
         status_task = (asyncio.create_task(self._report(status_every_s), name="status")
                        if status_every_s else None)
+        field_tasks = [asyncio.create_task(self._supervise(what, run), name=what)
+                       for what, run in self._field_devices()]
         side_tasks = []
         if self.drainer:
             side_tasks = [asyncio.create_task(self._supervise("InfluxDB drainer", self.drainer.run),
@@ -92,6 +178,9 @@ class Gateway:
                 await asyncio.gather(*bus_tasks, return_exceptions=True)
             if status_task:
                 status_task.cancel()
+            for t in field_tasks:
+                t.cancel()
+            await asyncio.gather(*field_tasks, return_exceptions=True)
             ledger_task.cancel()
             await asyncio.gather(ledger_task, return_exceptions=True)
             if self.drainer:

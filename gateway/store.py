@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from contextlib import contextmanager
 import logging
 import sqlite3
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .clock import from_us, to_us
-from .events import DeviceStatus, GatewayStats, Reading
+from .events import CardSwipe, DeviceStatus, DoorEvent, GatewayStats, PatrolCheckin, Reading
 from .hub import Hub
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,43 @@ MIGRATIONS: list[str] = [
     );
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    """
+    CREATE TABLE swipes (
+        id        INTEGER PRIMARY KEY,
+        ts_us     INTEGER NOT NULL,
+        reader    TEXT    NOT NULL,
+        door      TEXT    NOT NULL,
+        direction TEXT    NOT NULL,
+        card_hash TEXT    NOT NULL,         -- keyed hash; the clear number stays in cards.csv
+        card_tail TEXT    NOT NULL,         -- last 4 digits, what a guard can read off the card
+        category  TEXT    NOT NULL,
+        holder    TEXT    NOT NULL,
+        household TEXT    NOT NULL,
+        role      TEXT    NOT NULL
+    );
+    CREATE INDEX swipes_ts ON swipes (ts_us);
+    CREATE TABLE door_events (
+        id     INTEGER PRIMARY KEY,
+        ts_us  INTEGER NOT NULL,
+        door   TEXT    NOT NULL,
+        state  TEXT    NOT NULL,
+        source TEXT    NOT NULL
+    );
+    CREATE INDEX door_events_ts ON door_events (ts_us);
+    CREATE TABLE patrol_checkins (
+        id          INTEGER PRIMARY KEY,
+        ts_us       INTEGER NOT NULL,       -- when the reader recorded it
+        received_us INTEGER NOT NULL,
+        reader      TEXT    NOT NULL,
+        checkpoint  TEXT    NOT NULL,
+        tag         TEXT    NOT NULL,
+        guard       TEXT    NOT NULL,
+        guard_hash  TEXT    NOT NULL,
+        source      TEXT    NOT NULL,
+        UNIQUE (reader, tag, ts_us, guard_hash)  -- a wand downloaded twice is stored once
+    );
+    CREATE INDEX patrol_checkins_ts ON patrol_checkins (ts_us);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 NEVER_SHED = 100  # outbox priority of what the disk budget may never drop (energy counters)
@@ -116,6 +154,19 @@ def migrate(db: sqlite3.Connection, path: Path) -> None:
         log.info("ledger %s: schema upgraded to version %d", path, v + 1)
 
 
+def _insert_field_events(db: sqlite3.Connection, events: list) -> None:
+    swipes = [(to_us(e.ts), e.reader, e.door, e.direction, e.card_hash, e.card[-4:], e.category, e.holder,
+               e.household, e.role) for e in events if isinstance(e, CardSwipe)]
+    doors = [(to_us(e.ts), e.door, e.state, e.source) for e in events if isinstance(e, DoorEvent)]
+    checkins = [(to_us(e.ts), to_us(e.received), e.reader, e.checkpoint, e.tag, e.guard, e.guard_hash, e.source)
+                for e in events if isinstance(e, PatrolCheckin)]
+    db.executemany("INSERT INTO swipes (ts_us, reader, door, direction, card_hash, card_tail, category, holder, "
+                   "household, role) VALUES (?,?,?,?,?,?,?,?,?,?)", swipes)
+    db.executemany("INSERT INTO door_events (ts_us, door, state, source) VALUES (?,?,?,?)", doors)
+    db.executemany("INSERT OR IGNORE INTO patrol_checkins (ts_us, received_us, reader, checkpoint, tag, guard, "
+                   "guard_hash, source) VALUES (?,?,?,?,?,?,?,?)", checkins)
+
+
 @contextmanager
 def _transaction(db: sqlite3.Connection, mode: str = ""):
     db.execute(f"BEGIN {mode}")
@@ -152,6 +203,7 @@ class Ledger:
         self._readings: list[tuple] = []
         self._statuses: list[tuple] = []
         self._outbox: list[tuple] = []
+        self._field_events: list = []
         self.readings_written = 0
         self.commits = 0
         self.committed = asyncio.Event()  # set after each commit that added outbox rows
@@ -177,6 +229,8 @@ class Ledger:
             ))
         elif isinstance(event, DeviceStatus):
             self._statuses.append((event.device, event.kind, to_us(event.ts), int(event.online), event.reason))
+        elif isinstance(event, (CardSwipe, DoorEvent, PatrolCheckin)):
+            self._field_events.append(event)
 
     def _field_set(self, names: tuple[str, ...]) -> int:
         found = self._field_sets.get(names)
@@ -191,28 +245,30 @@ class Ledger:
 
     @property
     def pending(self) -> int:
-        return len(self._readings) + len(self._statuses) + len(self._outbox)
+        return len(self._readings) + len(self._statuses) + len(self._outbox) + len(self._field_events)
 
     def flush(self) -> int:
         """Commit everything added so far in one transaction; returns the rows written."""
         if not self.pending:
             return 0
         readings, statuses, outbox = self._readings, self._statuses, self._outbox
+        field_events = self._field_events
         with _transaction(self._db) as db:
+            _insert_field_events(db, field_events)
             db.executemany("INSERT INTO readings (meter, ts_us, field_set, vals, counters) VALUES (?,?,?,?,?)",
                            readings)
             db.executemany("INSERT INTO device_status (device, kind, ts_us, online, reason) VALUES (?,?,?,?,?)",
                            statuses)
             db.executemany("INSERT INTO outbox (measurement, priority, ts_ms, line, essential) VALUES (?,?,?,?,?)",
                            outbox)
-        self._readings, self._statuses, self._outbox = [], [], []
+        self._readings, self._statuses, self._outbox, self._field_events = [], [], [], []
         self.readings_written += len(readings)
         self.commits += 1
         if outbox:
             self.outbox_depth += len(outbox)
             self.outbox_bytes += sum(len(r[3]) for r in outbox)
             self.committed.set()
-        return len(readings) + len(statuses) + len(outbox)
+        return len(readings) + len(statuses) + len(outbox) + len(field_events)
 
     async def run(self, hub: Hub) -> None:
         """Take readings and statuses from the hub and commit them every `commit_interval_s`
@@ -221,7 +277,8 @@ class Ledger:
         Events wait in the subscription between commits: waking up for each one would cost
         more than storing it.
         """
-        sub = hub.subscribe(Reading, DeviceStatus, GatewayStats, name="ledger")
+        sub = hub.subscribe(Reading, DeviceStatus, GatewayStats, CardSwipe, DoorEvent, PatrolCheckin,
+                            name="ledger")
         try:
             while True:
                 await asyncio.sleep(self.commit_interval_s)
@@ -314,6 +371,15 @@ class Ledger:
             self.outbox_depth -= deleted
             self.outbox_bytes -= freed
         return shed
+
+    def secret(self, name: str) -> bytes:
+        """A random key kept in the ledger (created on first use), for when no env var gives one."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (f"secret:{name}",)).fetchone()
+        if row:
+            return bytes.fromhex(row[0])
+        key = os.urandom(32)
+        self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (f"secret:{name}", key.hex()))
+        return key
 
     # ---- reading ----
 

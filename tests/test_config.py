@@ -66,7 +66,7 @@ def test_every_problem_is_listed_with_its_path(tmp_path):
         "meters[2].model: no meter model 'nope'",
         "meters[3].unit: unit 1 on bus 'bus-b01' is already meters[0] ('B01-stair')",
         "buses[0].password: secrets are not written in the site file: use 'password_env'",
-        "buses[2]: unknown bus type 'modbus_foo'",
+        "buses[2]: unknown type 'modbus_foo' (expected one of: 'modbus_tcp', 'modbus_rtu')",
         "buses[2].id: 'bus-b01' is already used by buses[0]",
     ]
     for line in expected:

@@ -67,7 +67,97 @@ def main() -> None:
         unit += 1
         lines.append(meter(f"SL{k:02d}", f"路灯回路{k}", "bus-guard", unit, "chint-ddsu666", 30,
                            "street_lighting"))
+    lines += access_and_patrol()
     OUT.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_cards()
+
+
+GATES = [("gate-n", "北门"), ("gate-s", "南门"), ("gate-e", "东门"), ("gate-w", "西门")]
+# 40 checkpoints: the north loop (buildings 1-48), the south loop (49-96), the perimeter.
+ROUTES = [("north", "北环线", range(1, 15)), ("south", "南环线", range(15, 29)), ("perimeter", "周界线", range(29, 41))]
+
+
+def access_and_patrol() -> list[str]:
+    out = [
+        "",
+        "# MQTT broker on the box (mosquitto); networked gate controllers and online patrol readers",
+        "# publish through it. Secrets come from the environment.",
+        "mqtt: {host: 127.0.0.1, port: 1883, username_env: MQTT_USER, password_env: MQTT_PASSWORD}",
+        "",
+        "doors:",
+    ]
+    for gid, name in GATES:
+        out.append(f"  - {{id: {gid}, name: {name}, topic: wanhu/acs/{gid}/door, held_open_s: 60}}")
+    out += ["", "# 8 gate readers: the guard-room gate (north) has two serial readers; each other gate has a",
+            "# networked controller with an in and an out reader, bridged to MQTT (the message names the",
+            "# reader and the direction).", "card_readers:",
+            "  - {id: gate-n-in, type: serial, port: /dev/ttyUSB1, format: rdm6300, door: gate-n, direction: in}",
+            "  - {id: gate-n-out, type: serial, port: /dev/ttyUSB2, format: wiegand_text, encoding: decimal, "
+            "bits: 26, door: gate-n, direction: out}"]
+    for gid, _ in GATES[1:]:
+        out.append(f"  - {{id: acs-{gid}, type: mqtt, topic: wanhu/acs/{gid}/swipe, door: {gid}}}")
+    out += ["", "cards: {file: cards.example.csv, hash_key_env: CARD_HASH_KEY}", "", "patrol:", "  checkpoints:"]
+    for k in range(1, 41):
+        out.append(f"    - {{id: CP{k:02d}, tag: \"{0x04A10000 + k * 7919:08X}\", name: {k}号巡更点}}")
+    out += ["  readers:",
+            "    - {id: pr-1, type: mqtt, topic: wanhu/patrol/pr-1/read}",
+            "    - {id: pr-2, type: mqtt, topic: wanhu/patrol/pr-2/read}",
+            "    - {id: wand-1, type: wand, port: /dev/ttyUSB3}",
+            "    - {id: wand-2, type: wand, port: /dev/ttyUSB4}",
+            "  routes:"]
+    for rid, name, cps in ROUTES:
+        ids = ", ".join(f"CP{k:02d}" for k in cps)
+        out.append(f"    - id: {rid}\n      name: {name}\n      checkpoints: [{ids}]\n"
+                   f"      leg_minutes: 4\n      tolerance_minutes: 3\n      shifts:\n"
+                   f"        - {{start: \"20:00\", end: \"06:00\", every_minutes: 120}}\n"
+                   f"        - {{start: \"06:00\", end: \"20:00\", every_minutes: 240}}")
+    return out
+
+
+SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁任沈姚卢姜崔钟谭陆汪范金石廖贾夏韦付方白邹孟熊秦邱江尹薛闫段雷侯龙史陶黎贺顾毛郝龚邵万钱严覃武戴莫孔向汤"
+GIVEN = "伟芳娜敏静丽强磊军洋勇艳杰娟涛明超秀霞平刚桂英华玉兰萍红鹏辉建国海燕雪梅志宏文斌林凤春晓东"
+
+
+def write_cards() -> None:
+    """≈12,000 registered cards: residents of every flat, staff (10 guards), some visitors."""
+    import random
+    rnd = random.Random(20261123)
+    rows = ["number,holder,household,role,valid_from,valid_to,revoked"]
+
+    def name() -> str:
+        return rnd.choice(SURNAMES) + "".join(rnd.choice(GIVEN) for _ in range(rnd.randint(1, 2)))
+
+    used: set[int] = set()
+
+    low24: set[int] = set()
+
+    def number() -> str:
+        # distinct in their low 24 bits too, so a 26-bit reader tells every card apart
+        while True:
+            v = rnd.randrange(1_000_000, 4_000_000_000)
+            if v not in used and v & 0xFFFFFF not in low24:
+                used.add(v)
+                low24.add(v & 0xFFFFFF)
+                return f"{v:010d}"
+
+    for k in range(1, 11):
+        rows.append(f"{number()},{name()},,staff:guard,2024-01-01,,")
+    for job, n in (("electrician", 1), ("manager", 1), ("clerk", 1), ("cleaner", 18), ("refuse", 2)):
+        for _ in range(n):
+            rows.append(f"{number()},{name()},,staff:{job},2024-01-01,,")
+    flats = [f"B{b:02d}-{u}-{f}0{d}" for b in range(1, 97) for u in range(1, 5) for f in range(1, 7) for d in range(1, 5)]
+    for flat in flats[:9216]:
+        for _ in range(1 if rnd.random() < 0.7 else 2):
+            revoked = "1" if rnd.random() < 0.01 else ""
+            valid_to = "2025-12-31" if rnd.random() < 0.01 else ""
+            rows.append(f"{number()},{name()},{flat},resident,2023-06-01,{valid_to},{revoked}")
+            if len(rows) > 11_900:
+                break
+        if len(rows) > 11_900:
+            break
+    for _ in range(100):
+        rows.append(f"{number()},{name()},,visitor,2026-11-01,2026-12-31,")
+    (OUT.parent / "cards.example.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

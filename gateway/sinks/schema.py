@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping
 
 from ..clock import to_us
 from ..config import SiteConfig
-from ..events import DeviceStatus, GatewayStats, Reading
+from ..events import CardSwipe, DeviceStatus, DoorEvent, GatewayStats, PatrolCheckin, Reading
 from .lineprotocol import line
 
 
@@ -53,6 +53,27 @@ MEASUREMENTS: list[Measurement] = [
         tags=lambda e, s: {"site": s.site, "device": e.device, "kind": e.kind},
         fields=lambda e: {"online": e.online, "reason": e.reason},
         priority=2,
+    ),
+    Measurement(
+        "access", CardSwipe,
+        tags=lambda e, s: {"site": s.site, "reader": e.reader, "door": e.door, "direction": e.direction,
+                           "category": e.category},
+        # never the card number: its keyed hash, and who holds it where the registry knows
+        fields=lambda e: {"card_hash": e.card_hash, "holder": e.holder, "household": e.household, "role": e.role},
+        priority=3,
+    ),
+    Measurement(
+        "door", DoorEvent,
+        tags=lambda e, s: {"site": s.site, "door": e.door, "state": e.state},
+        fields=lambda e: {"event": e.state, "source": e.source},
+        priority=3,
+    ),
+    Measurement(
+        "patrol", PatrolCheckin,
+        tags=lambda e, s: {"site": s.site, "reader": e.reader, "checkpoint": e.checkpoint, "source": e.source},
+        fields=lambda e: {"guard": e.guard, "guard_hash": e.guard_hash, "tag": e.tag,
+                          "delay_s": (e.received - e.ts).total_seconds()},
+        priority=3,
     ),
     Measurement(
         "gateway", GatewayStats,

@@ -1,0 +1,31 @@
+"""Bad input is a logged, counted event, never a crash: one line per episode per source."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+log = logging.getLogger("gateway.drivers")
+
+
+class BadInput:
+    def __init__(self, where: str):
+        self.where = where  # e.g. "card reader gate-n-in (/dev/ttyUSB1)"
+        self.counts: Counter[str] = Counter()
+        self._since_good = 0
+
+    def bad(self, kind: str, detail: str = "") -> None:
+        self.counts[kind] += 1
+        self._since_good += 1
+        if self._since_good == 1:
+            log.warning("%s: %s%s; more bad input from here is counted, not logged, until good input arrives",
+                        self.where, kind.replace("_", " "), f" ({detail})" if detail else "")
+
+    def good(self) -> None:
+        if self._since_good > 1:
+            log.info("%s: good input again after %d bad", self.where, self._since_good)
+        self._since_good = 0
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())

@@ -1,0 +1,156 @@
+"""Guard-patrol checkpoint reads -> PatrolCheckin, from online readers (MQTT) and offline wands.
+
+A wand download arrives hours after the round: each read keeps the time the wand recorded
+(site local time, converted to UTC), not the arrival time, and a wand downloaded twice gives
+each read once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from ..clock import REAL_CLOCK, Clock
+from ..config import MqttPatrolReader, Patrol, WandPatrolReader
+from ..events import PatrolCheckin
+from . import json_msg
+from .bad_input import BadInput
+from .card_frames import WandParser, parse_card_text
+from .card_reader import CardDesk
+from .serial_line import SerialLine
+
+log = logging.getLogger(__name__)
+
+
+class Checkpoints:
+    def __init__(self, patrol: Patrol):
+        self.by_tag = {c.tag.upper(): c.id for c in patrol.checkpoints}
+
+    def lookup(self, tag: str) -> str:
+        return self.by_tag.get(tag.strip().upper().removeprefix("0X"), "")
+
+
+class _Seen:
+    """Reads already published, so a repeated download is ignored (bounded memory; the
+    ledger's unique key catches what is older than this)."""
+
+    def __init__(self, size: int = 50_000):
+        self.size = size
+        self._keys: OrderedDict[tuple, None] = OrderedDict()
+
+    def first_time(self, key: tuple) -> bool:
+        if key in self._keys:
+            return False
+        self._keys[key] = None
+        if len(self._keys) > self.size:
+            self._keys.popitem(last=False)
+        return True
+
+
+class _PatrolSource:
+    def __init__(self, reader_id: str, checkpoints: Checkpoints, desk: CardDesk, publish, clock: Clock):
+        self.reader_id = reader_id
+        self.checkpoints = checkpoints
+        self.desk = desk
+        self.publish = publish
+        self.clock = clock
+        self.seen = _Seen()
+        self.checkins = self.duplicates = 0
+
+    def checkin(self, guard_text: str, card_format: str, tag: str, ts: datetime, source: str) -> None:
+        value, bits = parse_card_text(guard_text, card_format)
+        guard, guard_hash = self.desk.guard(value, bits, ts)
+        tag = tag.strip().upper()
+        if not self.seen.first_time((tag, ts, guard_hash)):
+            self.duplicates += 1
+            return
+        self.checkins += 1
+        self.publish(PatrolCheckin(self.reader_id, self.checkpoints.lookup(tag), tag, guard, guard_hash, ts,
+                                   self.clock.now(), source))
+
+
+class MqttPatrolReaderDriver(_PatrolSource):
+    def __init__(self, cfg: MqttPatrolReader, checkpoints: Checkpoints, desk: CardDesk, publish, tz: ZoneInfo,
+                 clock: Clock = REAL_CLOCK):
+        super().__init__(cfg.id, checkpoints, desk, publish, clock)
+        self.cfg = cfg
+        self.tz = tz
+        self.bad = BadInput(f"patrol reader {cfg.id} (MQTT {cfg.topic})")
+
+    def handle(self, topic: str, payload: bytes, arrival: datetime) -> None:
+        m = self.cfg.mapping
+        try:
+            doc = json_msg.load(payload)
+            guard = json_msg.text(doc, m.get("guard", "guard"))
+            tag = json_msg.text(doc, m.get("tag", "tag"))
+            ts = json_msg.timestamp(doc, m.get("time", "time"), self.tz, arrival)
+            try:
+                self.checkin(guard, "auto", tag, ts, "online")
+            except ValueError as e:
+                raise json_msg.BadMessage("bad_card", str(e)) from None
+        except json_msg.BadMessage as e:
+            self.bad.bad(e.kind, f"{topic}: {e}")
+            return
+        self.bad.good()
+
+
+class WandDriver(_PatrolSource):
+    """A wand on a USB-serial cradle; each download is parsed as it streams in."""
+
+    def __init__(self, cfg: WandPatrolReader, checkpoints: Checkpoints, desk: CardDesk, publish, tz: ZoneInfo,
+                 clock: Clock = REAL_CLOCK):
+        super().__init__(cfg.id, checkpoints, desk, publish, clock)
+        self.cfg = cfg
+        self.tz = tz
+        self.parser = WandParser()
+        self.bad = BadInput(f"patrol wand {cfg.id} ({cfg.port})")
+        self.line = SerialLine(f"patrol wand {cfg.id}", cfg, self.feed)
+        self.downloads = 0
+        self._last_data = 0.0
+
+    QUIET_S = 3.0  # a download that stops this long without END was cut off
+
+    def feed(self, data: bytes) -> None:
+        self._last_data = self.clock.monotonic()
+        before = dict(self.parser.errors)
+        batches = self.parser.feed(data)
+        for kind, n in self.parser.errors.items():
+            for _ in range(n - before.get(kind, 0)):
+                self.bad.bad(kind)
+        self._take(batches)
+
+    def _take(self, batches) -> None:
+        for batch in batches:
+            self.downloads += 1
+            new = 0
+            for rec in batch.records:
+                ts = rec.local_time.replace(tzinfo=self.tz)
+                try:
+                    before_n = self.checkins
+                    self.checkin(rec.guard_tag, "hex", rec.checkpoint_tag, ts, "wand")
+                    new += self.checkins - before_n
+                except ValueError as e:
+                    self.bad.bad("bad_card", str(e))
+            if batch.complete:
+                self.bad.good()
+                log.info("patrol wand %s: download of %d reads, %d new", batch.wand, len(batch.records), new)
+            else:
+                log.warning("patrol wand %s: download incomplete (%d reads kept, %d new): download it again",
+                            batch.wand or self.cfg.id, len(batch.records), new)
+
+    async def _watch_quiet(self) -> None:
+        while True:
+            await asyncio.sleep(self.QUIET_S / 3)
+            if self._last_data and self.clock.monotonic() - self._last_data > self.QUIET_S:
+                self._last_data = 0.0
+                self._take(self.parser.flush())
+
+    async def run(self) -> None:
+        watch = asyncio.create_task(self._watch_quiet())
+        try:
+            await self.line.run()
+        finally:
+            watch.cancel()

@@ -1,0 +1,213 @@
+"""Card readers, doors and patrol readers end to end: simulators on ptys and a real mosquitto,
+through the real gateway into the ledger and the outbox."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+import aiomqtt
+import pytest
+
+from gateway.config import parse_site
+from gateway.drivers.card_frames import WandRecord, wiegand26_frame
+from gateway.events import CardSwipe, DoorEvent, PatrolCheckin
+from gateway.runtime import Gateway
+from mosquitto import mqtt_broker  # noqa: F401  (fixture)
+from simulators.card_reader import SerialCardReaderSim
+from simulators.patrol import WandSim
+
+TZ = ZoneInfo("Asia/Shanghai")
+SITE = {"id": "wanhu", "name": "万户新居", "timezone": "Asia/Shanghai", "latitude": 44.15, "longitude": 125.83}
+RESIDENT, GUARD, REVOKED, UNKNOWN = 1234567890, 2000000001, 3000000003, 3999999999
+W26_CARD = (12 << 16) | 34567  # registered as "12,34567", read by a Wiegand-26 reader
+
+
+def cards_csv(path, extra_rows=()):
+    rows = ["number,holder,household,role,valid_from,valid_to,revoked",
+            f"{RESIDENT:010d},张伟,B01-1-101,resident,,,",
+            f"{GUARD:010d},李强,,staff:guard,,,",
+            f"{REVOKED:010d},王芳,B02-1-201,resident,,,1",
+            '"12,34567",赵敏,B03-2-302,resident,,,', *extra_rows]
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+
+def site_data(tmp_path, broker, rdm_port, wiegand_port, wand_port):
+    return {
+        "site": SITE,
+        "storage": {"path": str(tmp_path / "gw.db"), "commit_interval_s": 0.2},
+        "influxdb": {"version": 1, "url": "http://127.0.0.1:9", "database": "g"},  # outbox only, never sent
+        "mqtt": {"host": "127.0.0.1", "port": broker.port},
+        "doors": [{"id": "gate-n", "name": "北门"},
+                  {"id": "gate-s", "name": "南门", "topic": "wanhu/acs/gate-s/door"}],
+        "card_readers": [
+            {"id": "gate-n-in", "type": "serial", "port": rdm_port, "format": "rdm6300", "door": "gate-n",
+             "direction": "in", "debounce_s": 1.0},
+            {"id": "gate-n-out", "type": "serial", "port": wiegand_port, "format": "wiegand_text",
+             "encoding": "hex_raw", "door": "gate-n", "direction": "out"},
+            {"id": "acs-gate-s", "type": "mqtt", "topic": "wanhu/acs/gate-s/swipe", "door": "gate-s"},
+        ],
+        "cards": {"file": "cards.csv", "hash_key_env": "GW_TEST_CARD_KEY", "reload_s": 0.2},
+        "patrol": {
+            "checkpoints": [{"id": "CP01", "tag": "04A1B2C3"}, {"id": "CP02", "tag": "04A1B2C4"}],
+            "readers": [{"id": "pr-1", "type": "mqtt", "topic": "wanhu/patrol/pr-1/read"},
+                        {"id": "wand-1", "type": "wand", "port": wand_port}],
+            "routes": [{"id": "north", "checkpoints": ["CP01", "CP02"],
+                        "shifts": [{"start": "20:00", "end": "06:00", "every_minutes": 120}]}],
+        },
+    }
+
+
+class Running:
+    """The gateway with its field devices, plus a collector of what it published."""
+
+    def __init__(self, gw: Gateway):
+        self.gw = gw
+        self.sub = gw.hub.subscribe(CardSwipe, DoorEvent, PatrolCheckin, name="test")
+        self.seen: list = []
+        self.task: asyncio.Task | None = None
+
+    async def __aenter__(self):
+        self.task = asyncio.create_task(self.gw.run(status_every_s=None, grace_s=1))
+        await self.until(lambda: self.gw.mqtt is not None and self.gw.mqtt.connected, "MQTT connected")
+        await self.until(lambda: all(getattr(d, "line", None) is None or d.line.connected
+                                     for d in self.gw.field_drivers), "serial lines open")
+        return self
+
+    async def __aexit__(self, *exc):
+        self.gw.stop()
+        await asyncio.wait_for(self.task, 15)
+
+    def events(self, cls):
+        self.seen += self.sub.take_all()
+        return [e for e in self.seen if isinstance(e, cls)]
+
+    async def until(self, cond, what: str, timeout: float = 10):
+        async with asyncio.timeout(timeout):
+            while not cond():
+                await asyncio.sleep(0.02)
+
+
+async def publish(broker, topic: str, payload) -> None:
+    async with aiomqtt.Client("127.0.0.1", broker.port) as c:
+        await c.publish(topic, payload if isinstance(payload, (bytes, str)) else json.dumps(payload), qos=1)
+
+
+@pytest.fixture
+async def field(tmp_path, mqtt_broker, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("GW_TEST_CARD_KEY", "test-key")
+    broker = mqtt_broker()
+    rdm = SerialCardReaderSim("rdm6300")
+    wiegand = SerialCardReaderSim("wiegand_text", encoding="hex_raw", bits=26)
+    wand = WandSim("wand-1")
+    for sim in (rdm, wiegand, wand):
+        await sim.start()
+    cards_csv(tmp_path / "cards.csv")
+    data = site_data(tmp_path, broker, rdm.port_path, wiegand.port_path, wand.port_path)
+    gw = Gateway(parse_site(data, base_dir=tmp_path))
+    try:
+        async with Running(gw) as run:
+            yield run, broker, rdm, wiegand, wand, tmp_path
+    finally:
+        for sim in (rdm, wiegand, wand):
+            await sim.stop()
+
+
+async def test_serial_swipes_are_debounced_classified_and_hashed(field):
+    run, broker, rdm, wiegand, wand, tmp_path = field
+    await rdm.hold(RESIDENT, 0.6)                      # a card held: many frames, one swipe
+    wiegand.swipe(W26_CARD)                             # 26-bit reader, card registered as 12,34567
+    rdm.noise(b"\x02GARBAGE\x03\x00\xff" * 5)           # garbage on the line
+    rdm.swipe(REVOKED)
+    rdm.swipe(UNKNOWN)
+    await run.until(lambda: len(run.events(CardSwipe)) >= 4, "four swipes")
+    swipes = run.events(CardSwipe)
+    rdm_swipes = [s for s in swipes if s.reader == "gate-n-in"]
+    (w26,) = [s for s in swipes if s.reader == "gate-n-out"]  # its own line: order against the other unknown
+    assert [s.category for s in rdm_swipes] == ["resident", "revoked", "unknown"]
+    assert rdm_swipes[0].holder == "张伟" and rdm_swipes[0].household == "B01-1-101" and rdm_swipes[0].direction == "in"
+    assert (w26.category, w26.holder, w26.direction) == ("resident", "赵敏", "out")
+    assert all(len(s.card_hash) == 16 and s.card not in s.card_hash for s in swipes)
+    reader = next(d for d in run.gw.field_drivers if getattr(d, "cfg", None) and d.cfg.id == "gate-n-in")
+    assert reader.bad.total > 0 and reader.swipes == 3
+
+
+async def test_mqtt_swipes_doors_and_bad_payloads(field):
+    run, broker, *_ = field
+    t = datetime(2026, 11, 23, 3, 2, 11, tzinfo=TZ)
+    await publish(broker, "wanhu/acs/gate-s/swipe", {"card": f"{UNKNOWN:010d}", "reader": "gate-s-in",
+                                                     "direction": "in", "time": t.isoformat()})
+    for bad in (b"not json", b"[1,2]", json.dumps({"card": {"x": 1}}), json.dumps({"card": "12x"}),
+                json.dumps({"card": f"{RESIDENT:010d}", "door": "nowhere"}), b"x" * 100_000):
+        await publish(broker, "wanhu/acs/gate-s/swipe", bad)
+    await publish(broker, "wanhu/acs/gate-s/door", {"door": "gate-s", "event": "forced_open", "time": t.isoformat()})
+    await publish(broker, "wanhu/acs/gate-s/door", {"door": "gate-s", "event": "exploded"})
+    await publish(broker, "wanhu/acs/gate-s/swipe", {"card": f"{RESIDENT:010d}", "reader": "gate-s-out",
+                                                     "direction": "out"})
+    await run.until(lambda: len(run.events(CardSwipe)) >= 2 and run.events(DoorEvent), "swipes and door event")
+    first, second = run.events(CardSwipe)
+    assert (first.reader, first.door, first.category, first.ts) == ("gate-s-in", "gate-s", "unknown", t)
+    assert (second.reader, second.direction, second.category) == ("gate-s-out", "out", "resident")
+    (door,) = run.events(DoorEvent)
+    assert (door.door, door.state, door.ts) == ("gate-s", "forced_open", t)
+    swipe_driver = next(d for d in run.gw.field_drivers if getattr(d, "cfg", None) and d.cfg.id == "acs-gate-s")
+    assert swipe_driver.bad.total == 5  # the oversize one never reaches a handler
+    assert run.gw.mqtt.stats()["oversize"] == 1
+
+
+async def test_patrol_online_and_wand_downloaded_twice(field):
+    run, broker, rdm, wiegand, wand, tmp_path = field
+    t = datetime(2026, 11, 23, 20, 4, 0, tzinfo=TZ)
+    await publish(broker, "wanhu/patrol/pr-1/read", {"reader": "pr-1", "guard": f"{GUARD:010d}", "tag": "04a1b2c3",
+                                                    "time": t.isoformat()})
+    await run.until(lambda: len(run.events(PatrolCheckin)) == 1, "the online read")
+    local = datetime(2026, 11, 23, 22, 10, 0)
+    wand.records.extend([WandRecord(1, f"{GUARD:08X}", "04A1B2C4", local),
+                         WandRecord(2, f"{GUARD:08X}", "DEADBEEF", local + timedelta(minutes=4))])
+    await wand.download()
+    await run.until(lambda: len(run.events(PatrolCheckin)) >= 3, "three check-ins")
+    await wand.download()  # the guard downloads again: nothing new
+    await asyncio.sleep(0.5)
+    online, w1, w2 = run.events(PatrolCheckin)
+    assert (online.reader, online.checkpoint, online.guard, online.source, online.ts) == ("pr-1", "CP01", "李强", "online", t)
+    assert (w1.checkpoint, w1.guard, w1.source) == ("CP02", "李强", "wand")
+    assert w1.ts == local.replace(tzinfo=TZ) and w1.received > w1.ts  # the wand's time, not arrival
+    assert (w2.checkpoint, w2.tag) == ("", "DEADBEEF")  # a tag no checkpoint has
+    assert len(run.events(PatrolCheckin)) == 3
+
+
+async def test_card_file_edited_while_running(field):
+    run, broker, rdm, wiegand, wand, tmp_path = field
+    rdm.swipe(UNKNOWN)
+    await run.until(lambda: len(run.events(CardSwipe)) == 1, "first swipe")
+    cards_csv(tmp_path / "cards.csv", [f"{UNKNOWN:010d},新住户,B09-1-101,resident,,,"])
+    os.utime(tmp_path / "cards.csv", ns=(1, 10**18))  # a new mtime even within the clock's resolution
+    await asyncio.sleep(0.6)
+    await asyncio.sleep(1.1)  # past the reader's debounce window
+    rdm.swipe(UNKNOWN)
+    await run.until(lambda: len(run.events(CardSwipe)) == 2, "second swipe")
+    assert [s.category for s in run.events(CardSwipe)] == ["unknown", "resident"]
+    assert run.events(CardSwipe)[1].holder == "新住户"
+
+
+async def test_field_events_reach_the_ledger_and_outbox_without_card_numbers(field):
+    run, broker, rdm, wiegand, wand, tmp_path = field
+    rdm.swipe(RESIDENT)
+    await publish(broker, "wanhu/acs/gate-s/door", {"event": "held_open"})
+    await publish(broker, "wanhu/patrol/pr-1/read", {"guard": f"{GUARD:010d}", "tag": "04A1B2C3"})
+    await run.until(lambda: run.events(CardSwipe) and run.events(DoorEvent) and run.events(PatrolCheckin), "events")
+    await asyncio.sleep(0.5)  # a ledger commit
+    db = sqlite3.connect(tmp_path / "gw.db")
+    (swipe,) = db.execute("SELECT reader, category, holder, card_tail, card_hash FROM swipes").fetchall()
+    assert swipe[:4] == ("gate-n-in", "resident", "张伟", f"{RESIDENT:010d}"[-4:])
+    assert db.execute("SELECT door, state FROM door_events").fetchall() == [("gate-s", "held_open")]
+    assert db.execute("SELECT checkpoint, guard, source FROM patrol_checkins").fetchall() == [("CP01", "李强", "online")]
+    lines = [r[0] for r in db.execute("SELECT line FROM outbox WHERE measurement IN ('access', 'door', 'patrol')")]
+    assert len(lines) == 3
+    for number in (RESIDENT, GUARD):
+        assert all(f"{number:010d}" not in line and f"{number:08X}" not in line for line in lines)
+    assert any(line.startswith("access,") and f'card_hash="{swipe[4]}"' in line for line in lines)
