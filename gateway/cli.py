@@ -77,6 +77,10 @@ def check_config(file: Path = typer.Argument(..., help="site file (YAML)")) -> N
     typer.echo(f"OK {file}: site {cfg.site.id} ({cfg.site.name}), {len(cfg.buses)} buses, "
                f"{len(cfg.meters)} meters ({len(models)} models: {', '.join(models)}), "
                f"ledger {cfg.storage_path}")
+    if cfg.card_readers or cfg.doors or cfg.patrol.readers:
+        p = cfg.patrol
+        typer.echo(f"  access: {len(cfg.card_readers)} card readers, {len(cfg.doors)} doors; patrol: "
+                   f"{len(p.checkpoints)} checkpoints, {len(p.routes)} routes, {len(p.readers)} readers")
     for b in cfg.buses:
         n = sum(1 for m in cfg.meters if m.bus == b.id)
         where = f"{b.host}:{b.port}" if b.type == "modbus_tcp" else f"{b.port} {b.baudrate} {b.bytesize}{b.parity}{b.stopbits}"

@@ -567,9 +567,15 @@ class MqttLink:
 
     @staticmethod
     def _close_quietly(client: aiomqtt.Client) -> None:
-        # A failed connect can leave paho's socket (and its reader on the loop) behind.
         try:
+            # A failed connect can leave paho's socket (and its reader on the loop) behind.
             client._client._sock_close()
+            # aiomqtt keeps a lost connection's error in a future that only the message
+            # iterator reads; if the connection broke while no one iterated (during a graceful
+            # stop), asyncio would log "Future exception was never retrieved".
+            fut = client._disconnected
+            if fut.done() and not fut.cancelled():
+                fut.exception()
         except Exception:  # noqa: BLE001
             pass
 

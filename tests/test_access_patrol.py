@@ -211,3 +211,32 @@ async def test_field_events_reach_the_ledger_and_outbox_without_card_numbers(fie
     for number in (RESIDENT, GUARD):
         assert all(f"{number:010d}" not in line and f"{number:08X}" not in line for line in lines)
     assert any(line.startswith("access,") and f'card_hash="{swipe[4]}"' in line for line in lines)
+
+
+async def test_broker_restart_loses_no_qos1_swipe(field):
+    """A controller keeps publishing (QoS 1) while the broker restarts: every swipe arrives."""
+    run, broker, *_ = field
+    sent = 60
+
+    async def controller():
+        n = 0
+        while n < sent:
+            try:
+                async with aiomqtt.Client("127.0.0.1", broker.port, identifier="acs-gate-s",
+                                          clean_session=False) as c:
+                    while n < sent:
+                        await c.publish("wanhu/acs/gate-s/swipe", json.dumps(
+                            {"card": f"{3_500_000_000 + n:010d}", "reader": "gate-s-in", "direction": "in"}), qos=1)
+                        n += 1
+                        await asyncio.sleep(0.05)
+            except aiomqtt.MqttError:
+                await asyncio.sleep(0.2)
+
+    task = asyncio.create_task(controller())
+    await asyncio.sleep(1.0)
+    await asyncio.to_thread(broker.stop)
+    await asyncio.sleep(1.0)
+    await asyncio.to_thread(broker.start)
+    await asyncio.wait_for(task, 30)
+    await run.until(lambda: len({s.card for s in run.events(CardSwipe)}) == sent, "every swipe", timeout=30)
+    assert {s.card for s in run.events(CardSwipe)} == {f"{3_500_000_000 + n:010d}" for n in range(sent)}

@@ -174,16 +174,11 @@ async def test_password_file(mqtt_broker, run_link, caplog):
 
 
 @pytest.mark.parametrize("tool", [True, False], ids=["mosquitto_passwd", "own-hash"])
-async def test_password_file_formats(tmp_path, run_link, tool):
-    broker = Mosquitto(tmp_path, users={"gateway": "pw"}, password_tool=tool)
-    broker.start()
-    try:
-        link = MqttLink(settings_for(broker, username="gateway", password="pw"))
-        run_link(link)
-        await until(lambda: link.connected, what="connect")
-        link.stop()
-    finally:
-        broker.stop()
+async def test_password_file_formats(mqtt_broker, run_link, tool):
+    broker = mqtt_broker(users={"gateway": "pw"}, password_tool=tool)
+    link = MqttLink(settings_for(broker, username="gateway", password="pw"))
+    run_link(link)
+    await until(lambda: link.connected, what="connect")
 
 
 async def test_tls(mqtt_broker, run_link, caplog):
