@@ -240,3 +240,15 @@ async def test_broker_restart_loses_no_qos1_swipe(field):
     await asyncio.wait_for(task, 30)
     await run.until(lambda: len({s.card for s in run.events(CardSwipe)}) == sent, "every swipe", timeout=30)
     assert {s.card for s in run.events(CardSwipe)} == {f"{3_500_000_000 + n:010d}" for n in range(sent)}
+
+
+def test_debounce_holds_are_one_swipe_and_a_burst_of_cards_stays_correct():
+    from gateway.drivers.card_reader import Debounce
+    d = Debounce(2.0)
+    # a card held for 10 s, frames every 0.15 s: one swipe; it counts again after 2 s away
+    assert [d.accept(7, t * 0.15) for t in range(67)].count(True) == 1
+    assert d.accept(7, 10.0 + 2.01)
+    # 5,000 distinct cards in one second, then each again within the window: none twice
+    assert all(d.accept(c, 20.0 + c / 5000) for c in range(100, 5100))
+    assert not any(d.accept(c, 21.5) for c in range(100, 5100))
+    assert all(d.accept(c, 24.0) for c in range(100, 5100))

@@ -56,12 +56,16 @@ class Debounce:
     def __init__(self, window_s: float):
         self.window_s = window_s
         self._last: dict[int, float] = {}
+        self._limit = 1000
 
     def accept(self, card: int, now: float) -> bool:
         last = self._last.get(card)
         self._last[card] = now
-        if len(self._last) > 1000:  # forget cards not seen for a while
+        if len(self._last) > self._limit:
+            # Forget cards not seen for a while; the next sweep waits until the table doubles,
+            # so a burst of distinct cards costs O(1) per swipe, not a sweep per swipe.
             self._last = {k: t for k, t in self._last.items() if now - t <= self.window_s}
+            self._limit = max(1000, 2 * len(self._last))
         return last is None or now - last > self.window_s
 
 
