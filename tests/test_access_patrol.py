@@ -176,7 +176,9 @@ async def test_patrol_online_and_wand_downloaded_twice(field):
     assert (online.reader, online.checkpoint, online.guard, online.source, online.ts) == ("pr-1", "CP01", "李强", "online", t)
     assert (w1.checkpoint, w1.guard, w1.source) == ("CP02", "李强", "wand")
     assert w1.ts == local.replace(tzinfo=TZ) and w1.received > w1.ts  # the wand's time, not arrival
-    assert (w2.checkpoint, w2.tag) == ("", "DEADBEEF")  # a tag no checkpoint has
+    assert (w2.checkpoint, w2.tag) == ("", "DEADBEEF")  # a tag no checkpoint has: kept, and counted
+    wand_driver = next(d for d in run.gw.field_drivers if getattr(d, "cfg", None) and d.cfg.id == "wand-1")
+    assert wand_driver.bad.counts["unknown_checkpoint"] == 1 and wand_driver.duplicates == 2
     assert len(run.events(PatrolCheckin)) == 3
 
 

@@ -68,8 +68,10 @@ class _PatrolSource:
             self.duplicates += 1
             return
         self.checkins += 1
-        self.publish(PatrolCheckin(self.reader_id, self.checkpoints.lookup(tag), tag, guard, guard_hash, ts,
-                                   self.clock.now(), source))
+        checkpoint = self.checkpoints.lookup(tag)
+        if not checkpoint:  # still published: a guard at a tag the site file lacks is worth seeing
+            self.bad.bad("unknown_checkpoint", f"tag {tag} is no checkpoint of the site file")
+        self.publish(PatrolCheckin(self.reader_id, checkpoint, tag, guard, guard_hash, ts, self.clock.now(), source))
 
 
 class MqttPatrolReaderDriver(_PatrolSource):
