@@ -1,0 +1,103 @@
+"""The rules engine: events in (`handle`), time in (`tick`), alerts out (through the AlertBook).
+
+`handle(event)` is synchronous and cheap: rules are indexed by event type and by the event's
+meter / device / door, so one event costs only the rules that care about it. `tick(now)` runs the
+time-based checks (stale meters, held-open doors, `for` durations, patrol deadlines, re-notify);
+the runtime calls it every second, replay calls it from its simulated clock. No rule ever asks
+the wall clock: time comes from event timestamps and `tick(now)`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Iterable
+
+from ..events import CardSwipe, DeviceStatus, DoorEvent, PatrolCheckin, Reading
+from .access import AccessRuleImpl, DoorRuleImpl
+from .alerts import DEFAULT_RENOTIFY_S, Alert, AlertBook, OnChange
+from .base import Rule, SiteView
+from .consumption import ConsumptionRuleImpl
+from .counter import CounterRuleImpl
+from .daylight import DaylightRuleImpl
+from .models import Rule as RuleModel
+from .models import parse_rules
+from .offline import OfflineRuleImpl
+from .patrol import PatrolRuleImpl
+from .threshold import ThresholdRuleImpl
+
+IMPLS: dict[str, type[Rule]] = {
+    "threshold": ThresholdRuleImpl, "offline": OfflineRuleImpl, "counter": CounterRuleImpl,
+    "daylight": DaylightRuleImpl, "consumption": ConsumptionRuleImpl, "access": AccessRuleImpl,
+    "door": DoorRuleImpl, "patrol": PatrolRuleImpl,
+}
+
+_KEY = {Reading: lambda e: e.meter, DeviceStatus: lambda e: e.device, CardSwipe: lambda e: e.door,
+        DoorEvent: lambda e: e.door, PatrolCheckin: lambda e: e.reader}
+
+
+class Engine:
+    def __init__(self, site: SiteView | Any, rules: Iterable[RuleModel | dict] = (),
+                 on_change: OnChange | None = None, book: AlertBook | None = None):
+        self.site = site if isinstance(site, SiteView) else SiteView.from_config(site)
+        models = [r if not isinstance(r, dict) else parse_rules([r])[0] for r in rules]
+        self._renotify = {m.id: m.renotify_s for m in models}
+        self.book = book or AlertBook(on_change, self._renotify_s)
+        if book is not None and on_change is not None:
+            self.book.on_change = on_change
+        self.rules: list[Rule] = [IMPLS[m.kind](m, self.site, self.book) for m in models if m.enabled]
+        self.by_id = {r.id: r for r in self.rules}
+        # event type -> (key -> rules, rules for every key)
+        self._index: dict[type, tuple[dict[str, list[Rule]], list[Rule]]] = {}
+        for t in _KEY:
+            keyed: dict[str, list[Rule]] = {}
+            anyone: list[Rule] = []
+            for r in self.rules:
+                if t not in r.wants:
+                    continue
+                keys = r.keys(t)
+                if keys is None:
+                    anyone.append(r)
+                else:
+                    for k in keys:
+                        keyed.setdefault(k, []).append(r)
+            self._index[t] = (keyed, anyone)
+        self._tickers = [r for r in self.rules if type(r).tick is not Rule.tick]
+        self.handled = 0
+        self.last_tick: datetime | None = None
+
+    def _renotify_s(self, a: Alert) -> float | None:
+        every = self._renotify.get(a.rule)
+        if every is not None:
+            return every
+        return DEFAULT_RENOTIFY_S if a.severity == "critical" else None
+
+    def handle(self, event: object) -> None:
+        entry = self._index.get(type(event))
+        if entry is None:
+            return
+        self.handled += 1
+        keyed, anyone = entry
+        if keyed:
+            for r in keyed.get(_KEY[type(event)](event), ()):
+                r.on_event(event)
+        for r in anyone:
+            r.on_event(event)
+
+    def tick(self, now: datetime) -> None:
+        self.last_tick = now
+        for r in self._tickers:
+            r.tick(now)
+        self.book.due_renotify(now)
+
+    # ---- people and the ledger ----------------------------------------------------------------
+    def ack(self, alert_id: str, by: str, note: str, at: datetime) -> Alert | None:
+        return self.book.ack(alert_id, by, note, at)
+
+    def note_replacement(self, meter: str, at: datetime) -> None:
+        """A meter replacement was recorded: counters start again from the new meter's reading."""
+        for r in self.rules:
+            if isinstance(r, CounterRuleImpl | ConsumptionRuleImpl):
+                r.note_replacement(meter, at)
+
+    def active(self) -> list[Alert]:
+        return self.book.active()

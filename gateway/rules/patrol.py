@@ -1,0 +1,297 @@
+"""Guard patrol rounds judged against the route's schedule.
+
+Schedule: each shift (start, end, every_minutes; site local time; end <= start crosses midnight)
+starts a round at start, start + every, ... while before end. Checkpoint k of a round is expected
+at round start + the sum of the first k legs. Tolerance T = the rule's, else the route's.
+
+A read (PatrolCheckin of a route checkpoint, from one of the rule's `readers` if given) belongs
+to the round whose expected time for that checkpoint is nearest to the read's RECORDED time
+(`ts`, never the arrival time). Per checkpoint, its first read decides: |delta| <= T on time,
+delta < -T early, delta > T late. A checkpoint first read after a later checkpoint of the same
+round was read is out of order. A checkpoint with no read by expected + T (strictly after) is
+missed; a
+round with no read at all by start + T is "not started" (one issue, not one per checkpoint).
+All issues of a round go into ONE alert, source "<route>@<YYYY-MM-DDTHH:MM local start>",
+updated as issues appear; it is latching (cleared by its acknowledgement).
+
+Online routes (some reader of the route is not a wand) are judged live: at tick for deadlines,
+at the read for early / late / out of order (a checkpoint first called missed and then read late
+becomes late). Reader offline: a DeviceStatus(kind "reader", online False) for a route reader
+raises a reader alert (source = reader id, cleared when it is back online) and no round issue
+is raised while it is offline; a round that had no read at all while another patrol reader
+reported during it is, at its end, reported as that route's reader being silent (reader alert)
+instead of "not started".
+
+Wand routes (every reader of the route is a wand): reads arrive in downloads, hours late.
+Nothing is judged at tick. A round is judged, once and completely by recorded times, when a
+download arrives after it: a wand read whose arrival (`received`) is later than the round's end
+(last expected + T); judging waits `settle_s` after the last read of the download arrived, so the
+whole batch is in. A wand route whose round ended more than `wand_wait_hours` ago without a
+download since raises a reader alert (wand not downloaded), cleared by the next download.
+(A download with no new reads publishes nothing, so it cannot be told from no download.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+
+from ..events import DeviceStatus, PatrolCheckin
+from .base import Rule
+
+WHAT_ZH = {"not_started": "未开始", "missed": "漏点", "late": "迟到", "early": "早到", "out_of_order": "顺序错误"}
+
+
+@dataclass
+class Round:
+    route: str
+    start: datetime
+    expected: list[datetime]
+    end: datetime                                   # last expected + T
+    reads: dict[int, datetime] = field(default_factory=dict)   # checkpoint index -> first recorded time
+    order: list[tuple[datetime, int]] = field(default_factory=list)
+    issues: dict[tuple[str, int], dict] = field(default_factory=dict)
+    judged: bool = False
+    closed: bool = False
+
+
+class PatrolRuleImpl(Rule):
+    kind = "patrol"
+    wants = (PatrolCheckin, DeviceStatus)
+
+    def __init__(self, cfg, site, book):
+        super().__init__(cfg, site, book)
+        self.routes = {r: site.routes[r] for r in (cfg.routes or site.routes)}
+        self.readers = set(cfg.readers)
+        self.tol = {r: timedelta(minutes=cfg.tolerance_minutes if cfg.tolerance_minutes is not None
+                                 else info.tolerance_min) for r, info in self.routes.items()}
+        self.offsets = {}
+        for r, info in self.routes.items():
+            acc, offs = 0.0, [0.0]
+            for leg in info.legs_min:
+                acc += leg
+                offs.append(acc)
+            self.offsets[r] = [timedelta(minutes=x) for x in offs]
+        self.index = {r: {cp: i for i, cp in enumerate(info.checkpoints)} for r, info in self.routes.items()}
+        route_readers = self.readers or set(site.readers)
+        self.wand = bool(route_readers) and all(site.readers.get(x) == "wand" for x in route_readers)
+        self.rounds: dict[tuple[str, datetime], Round] = {}
+        self.offline: set[str] = set()
+        self.other_reads: list[datetime] = []        # recorded times of reads by readers not ours
+        self.download_at: datetime | None = None    # latest arrival of a wand read
+        self.download_seen: datetime | None = None  # latest arrival already judged
+        self.checks = set(cfg.checks)
+        self.started: datetime | None = None
+        self._horizon: dict[str, datetime] = {}     # route -> round starts generated up to here
+
+    def keys(self, event_type):
+        if event_type is DeviceStatus:
+            return sorted(self.readers or self.site.readers)
+        return None
+
+    # ---- the schedule ----------------------------------------------------------------------
+    def starts_on(self, route: str, d: date) -> list[datetime]:
+        """Round starts of shifts that begin on local date d."""
+        tz = self.site.tz
+        out = []
+        for start, end, every in self.routes[route].shifts:
+            s = datetime.combine(d, time.fromisoformat(start), tz)
+            e = datetime.combine(d, time.fromisoformat(end), tz)
+            if e <= s:
+                e += timedelta(days=1)
+            t = s
+            while t < e:
+                out.append(t)
+                t = t + timedelta(minutes=every)
+        return sorted(out)
+
+    def _round(self, route: str, start: datetime) -> Round:
+        key = (route, start)
+        rd = self.rounds.get(key)
+        if rd is None:
+            exp = [start + o for o in self.offsets[route]]
+            rd = self.rounds[key] = Round(route, start, exp, exp[-1] + self.tol[route])
+        return rd
+
+    def _nearest(self, route: str, k: int, ts: datetime) -> Round:
+        d = ts.astimezone(self.site.tz).date()
+        best = None
+        for day in (d - timedelta(days=1), d, d + timedelta(days=1)):
+            for s in self.starts_on(route, day):
+                delta = abs(ts - (s + self.offsets[route][k]))
+                if best is None or delta < best[0]:
+                    best = (delta, s)
+        return self._round(route, best[1])
+
+    # ---- events ------------------------------------------------------------------------------
+    def on_event(self, e) -> None:
+        if isinstance(e, DeviceStatus):
+            if e.kind != "reader":
+                return
+            if e.online:
+                self.offline.discard(e.device)
+                self.clear(e.device, e.ts, "reader back online")
+            else:
+                self.offline.add(e.device)
+                self.raise_(e.device, e.ts, f"巡更机 {e.device} 离线" + (f"（{e.reason}）" if e.reason else ""),
+                            f"patrol reader {e.device} offline" + (f" ({e.reason})" if e.reason else ""),
+                            details={"reader": e.device, "what": "reader_offline"})
+            return
+        if self.readers and e.reader not in self.readers:
+            self.other_reads.append(e.ts)
+            if len(self.other_reads) > 1000:
+                del self.other_reads[:500]
+            return
+        for route, idx in self.index.items():
+            k = idx.get(e.checkpoint)
+            if k is None:
+                continue
+            rd = self._nearest(route, k, e.ts)
+            if k not in rd.reads or e.ts < rd.reads[k]:
+                rd.reads[k] = e.ts
+            rd.order.append((e.ts, k))
+            if self.wand:
+                if self.download_at is None or e.received > self.download_at:
+                    self.download_at = e.received
+            elif not rd.judged:
+                self._judge_reads(rd)
+                self._publish(rd, e.received)
+
+    def _judge_reads(self, rd: Round) -> None:
+        """Early / late / out of order for every read of the round, from the recorded times (so
+        the verdict does not depend on the order in which reads arrived)."""
+        tol = self.tol[rd.route]
+        rd.issues = {key: v for key, v in rd.issues.items() if key[0] in ("missed", "not_started")}
+        if rd.reads:
+            rd.issues.pop(("not_started", 0), None)
+        cps = self.routes[rd.route].checkpoints
+        for k, ts in rd.reads.items():
+            rd.issues.pop(("missed", k), None)
+            delta = ts - rd.expected[k]
+            info = {"checkpoint": cps[k], "expected": rd.expected[k].isoformat(),
+                    "recorded": ts.isoformat(), "delta_min": round(delta.total_seconds() / 60, 1)}
+            if delta > tol:
+                rd.issues[("late", k)] = info
+            elif delta < -tol:
+                rd.issues[("early", k)] = info
+            # out of order: a later checkpoint of this round was read before this one
+            if any(t < ts and j > k for j, t in rd.reads.items()):
+                rd.issues[("out_of_order", k)] = info
+
+    def _judge_deadlines(self, rd: Round, now: datetime) -> None:
+        tol = self.tol[rd.route]
+        if not rd.reads:
+            if now > rd.start + tol:
+                rd.issues[("not_started", 0)] = {"expected": rd.start.isoformat()}
+            return
+        for k, exp in enumerate(rd.expected):
+            if k not in rd.reads and now > exp + tol:
+                rd.issues[("missed", k)] = {"checkpoint": self.routes[rd.route].checkpoints[k],
+                                            "expected": exp.isoformat()}
+
+    def _publish(self, rd: Round, at: datetime) -> None:
+        issues = {key: v for key, v in rd.issues.items() if key[0] in self.checks}
+        source = f"{rd.route}@{rd.start.astimezone(self.site.tz):%Y-%m-%dT%H:%M}"
+        if not issues:
+            if self.active(source) is not None:
+                self.clear(source, at, "no issue left")
+            return
+        info = self.routes[rd.route]
+        parts_zh, parts_en = [], []
+        for (what, k), v in sorted(issues.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+            if what == "not_started":
+                parts_zh.append("未开始")
+                parts_en.append("not started")
+                continue
+            cp = self.site.checkpoints.get(v["checkpoint"], v["checkpoint"])
+            extra = f"（{v['delta_min']:+g} 分钟）" if "delta_min" in v and what in ("late", "early") else ""
+            parts_zh.append(f"{WHAT_ZH[what]} {cp}{extra}")
+            parts_en.append(f"{what.replace('_', ' ')} {v['checkpoint']}"
+                            + (f" ({v['delta_min']:+g} min)" if extra else ""))
+        local = rd.start.astimezone(self.site.tz)
+        self.raise_(source, at, f"{info.name} {local:%H:%M} 巡更：" + "；".join(parts_zh),
+                    f"{info.name} round {local:%H:%M}: " + "; ".join(parts_en), value=float(len(issues)),
+                    details={"route": rd.route, "round_start": rd.start.isoformat(),
+                             "issues": [dict(v, what=w) for (w, _), v in sorted(issues.items())]},
+                    latching=True)
+
+    # ---- time ----------------------------------------------------------------------------
+    def _due_rounds(self, now: datetime) -> None:
+        """Create the rounds that have started (so a round with no read at all is seen)."""
+        d = now.astimezone(self.site.tz).date()
+        for route in self.routes:
+            since = self._horizon.get(route, self.started)
+            for day in (d - timedelta(days=1), d):
+                for s in self.starts_on(route, day):
+                    if since <= s <= now:
+                        self._round(route, s)
+            self._horizon[route] = now
+
+    def tick(self, now: datetime) -> None:
+        if self.started is None:
+            self.started = now
+        self._due_rounds(now)
+        if self.wand:
+            self._tick_wand(now)
+            return
+        for key, rd in list(self.rounds.items()):
+            if rd.closed:
+                if now - rd.end > timedelta(hours=6):
+                    del self.rounds[key]
+                continue
+            if now < rd.start:
+                continue
+            if self._offline_route():
+                rd.issues = {k: v for k, v in rd.issues.items() if k[0] not in ("missed", "not_started")}
+            else:
+                self._judge_deadlines(rd, now)
+            if now > rd.end:
+                rd.closed = True
+                if not rd.reads and not self._offline_route() and self._others_reported(rd):
+                    rd.issues.pop(("not_started", 0), None)
+                    self._publish(rd, now)
+                    self._silent_reader(rd, now)
+                    continue
+            self._publish(rd, now)
+
+    def _offline_route(self) -> bool:
+        return bool(self.offline) and (not self.readers or bool(self.readers & self.offline))
+
+    def _others_reported(self, rd: Round) -> bool:
+        lo, hi = rd.start - self.tol[rd.route], rd.end
+        return any(lo <= t <= hi for t in self.other_reads)
+
+    def _silent_reader(self, rd: Round, now: datetime) -> None:
+        reader = ",".join(sorted(self.readers)) or rd.route
+        local = rd.start.astimezone(self.site.tz)
+        self.raise_(reader, now, f"巡更机 {reader} 无数据（{self.routes[rd.route].name} {local:%H:%M} 一轮无任何记录，"
+                                 "其他巡更机正常），疑似离线",
+                    f"patrol reader {reader} silent for round {local:%H:%M} of {rd.route} while others report",
+                    details={"reader": reader, "what": "reader_silent", "round_start": rd.start.isoformat()})
+
+    def _tick_wand(self, now: datetime) -> None:
+        if self.download_at is not None and self.download_at != self.download_seen \
+                and now - self.download_at >= timedelta(seconds=self.cfg.settle_s):
+            self.download_seen = self.download_at
+            reader = ",".join(sorted(self.readers)) or "wand"
+            self.clear(reader, now, "downloaded")
+            for key, rd in sorted(self.rounds.items(), key=lambda kv: kv[0][1]):
+                if rd.judged or rd.end >= self.download_at:
+                    continue
+                rd.judged = True
+                self._judge_reads(rd)
+                self._judge_deadlines(rd, rd.end + timedelta(microseconds=1))
+                self._publish(rd, now)
+            for key in [k for k, rd in self.rounds.items() if rd.judged and now - rd.end > timedelta(days=2)]:
+                del self.rounds[key]
+        wait = timedelta(hours=self.cfg.wand_wait_hours)
+        waiting = [rd for rd in self.rounds.values() if not rd.judged and now - rd.end > wait]
+        if waiting:
+            reader = ",".join(sorted(self.readers)) or "wand"
+            oldest = min(rd.start for rd in waiting)
+            local = oldest.astimezone(self.site.tz)
+            self.raise_(reader, now, f"巡更棒 {reader} 超过 {self.cfg.wand_wait_hours:g} 小时未下载"
+                                     f"（自 {local:%m-%d %H:%M} 那一轮起）",
+                        f"patrol wand {reader} not downloaded for {self.cfg.wand_wait_hours:g} h "
+                        f"(rounds since {local:%m-%d %H:%M} not judged)",
+                        details={"reader": reader, "what": "not_downloaded", "oldest_round": oldest.isoformat()})

@@ -1,0 +1,163 @@
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from test_rules_support import checkin, engine, sec, status
+
+TZ = ZoneInfo("Asia/Shanghai")
+NORTH = {"id": "pn", "kind": "patrol", "routes": ["north"], "readers": ["pr-1"]}
+WANDY = {"id": "pw", "kind": "patrol", "routes": ["wandy"], "readers": ["wand-1"], "settle_s": 30}
+
+
+def L(h, m, s=0, day=15):
+    return datetime(2025, 1, day, h, m, s, tzinfo=TZ)
+
+
+def run(e, start, end, step=1):
+    t = start
+    while t <= end:
+        e.tick(t)
+        t += sec(step)
+
+
+def issues(e, rule, source):
+    a = e.book.get(rule, source)
+    return sorted((i["what"], i.get("checkpoint", "")) for i in a.details["issues"]) if a else []
+
+
+def test_schedule_in_site_time_crosses_midnight():
+    e, _ = engine([NORTH])
+    starts = e.by_id["pn"].starts_on("north", L(0, 0).date())
+    assert [s.strftime("%H:%M") for s in starts] == ["06:00", "10:00", "14:00", "18:00", "20:00", "22:00",
+                                                      "00:00", "02:00", "04:00"]
+    assert starts[6] == L(0, 0, day=16)
+
+
+def test_online_round_on_time_including_edges():
+    e, rec = engine([NORTH])
+    e.tick(L(21, 50))
+    e.handle(checkin("pr-1", "CP01", L(22, 0)))
+    e.handle(checkin("pr-1", "CP02", L(22, 4, 30)))
+    e.handle(checkin("pr-1", "CP03", L(22, 11)))      # exactly +T: on time
+    e.handle(checkin("pr-1", "CP04", L(22, 9)))       # exactly -T: on time, but recorded before CP03
+    run(e, L(21, 50), L(22, 30), 10)
+    assert issues(e, "pn", "north@2025-01-15T22:00") == [("out_of_order", "CP03")]
+
+
+def test_perfect_round_raises_nothing():
+    e, rec = engine([NORTH])
+    e.tick(L(21, 50))
+    for k, m in enumerate((0, 4, 8, 12)):
+        e.handle(checkin("pr-1", f"CP0{k + 1}", L(22, m, 20)))
+    run(e, L(21, 50), L(23, 0), 10)
+    assert rec.changes == []
+
+
+def test_late_early_missed_then_late_read_and_out_of_order():
+    e, rec = engine([NORTH])
+    e.tick(L(21, 59))
+    e.handle(checkin("pr-1", "CP01", L(22, 0)))
+    e.handle(checkin("pr-1", "CP02", L(22, 7, 1)))    # +3 min 1 s: late
+    e.tick(L(22, 9))
+    e.handle(checkin("pr-1", "CP04", L(22, 8, 59)))   # -3 min 1 s: early
+    e.tick(L(22, 11))                                 # CP03 deadline exactly: not yet missed
+    src = "north@2025-01-15T22:00"
+    assert issues(e, "pn", src) == [("early", "CP04"), ("late", "CP02")]
+    e.tick(L(22, 11, 1))
+    assert issues(e, "pn", src) == [("early", "CP04"), ("late", "CP02"), ("missed", "CP03")]
+    a = e.book.get("pn", src)
+    assert a.message == "北环线 22:00 巡更：迟到 2号巡更点（+3 分钟）；漏点 3号巡更点；早到 4号巡更点（-3 分钟）"
+    e.handle(checkin("pr-1", "CP03", L(22, 11, 30)))  # read after all: late, and out of order
+    assert issues(e, "pn", src) == [("early", "CP04"), ("late", "CP02"), ("late", "CP03"),
+                                    ("out_of_order", "CP03")]
+    assert [w for w, *_ in rec.whats()] == ["raised", "updated", "updated", "updated"]
+    e.ack(a.id, "班长", "已问过", L(22, 30))
+    assert e.book.get("pn", src) is None               # latching: the ack closes it
+
+
+def test_not_started_is_one_issue_not_one_per_checkpoint():
+    e, rec = engine([NORTH])
+    run(e, L(21, 59), L(22, 3), 60)
+    assert rec.changes == []
+    e.tick(L(22, 3, 1))
+    run(e, L(22, 3, 1), L(22, 40), 10)
+    assert issues(e, "pn", "north@2025-01-15T22:00") == [("not_started", "")]
+    assert e.book.get("pn", "north@2025-01-15T22:00").message == "北环线 22:00 巡更：未开始"
+    assert len(e.active()) == 1
+
+
+def test_silent_reader_while_others_report_is_reader_alert():
+    e, rec = engine([NORTH])
+    run(e, L(21, 59), L(22, 5), 10)
+    e.handle(checkin("pr-2", "CP15", L(22, 5)))       # another route's reader is alive
+    run(e, L(22, 5), L(22, 20), 10)
+    assert e.book.get("pn", "north@2025-01-15T22:00") is None
+    a = e.book.get("pn", "pr-1")
+    assert a is not None and a.details["what"] == "reader_silent" and "疑似离线" in a.message
+
+
+def test_reader_reported_offline_suppresses_round_issues():
+    e, rec = engine([NORTH])
+    e.tick(L(21, 0))
+    e.handle(status("pr-1", "reader", False, L(21, 30), "no heartbeat"))
+    run(e, L(21, 30), L(23, 0), 30)
+    assert [a.source for a in e.active()] == ["pr-1"]
+    assert e.book.get("pn", "pr-1").message == "巡更机 pr-1 离线（no heartbeat）"
+    e.handle(status("pr-1", "reader", True, L(23, 0)))
+    assert e.active() == []
+
+
+def test_round_at_midnight_local_is_a_utc_afternoon():
+    e, rec = engine([NORTH])
+    e.tick(L(23, 50))
+    e.handle(checkin("pr-1", "CP01", L(23, 59, 30)))  # belongs to the 00:00 round of the 16th
+    e.handle(checkin("pr-1", "CP02", L(0, 4, day=16)))
+    e.handle(checkin("pr-1", "CP03", L(0, 8, day=16)))
+    e.handle(checkin("pr-1", "CP04", L(0, 16, day=16)))   # +4: late
+    run(e, L(23, 50), L(0, 30, day=16), 10)
+    assert L(0, 0, day=16).astimezone(ZoneInfo("UTC")).hour == 16
+    assert issues(e, "pn", "north@2025-01-16T00:00") == [("late", "CP04")]
+    assert e.book.get("pn", "north@2025-01-15T22:00") is None
+
+
+def test_wand_route_is_judged_only_after_a_download_by_recorded_times():
+    e, rec = engine([WANDY])
+    run(e, L(19, 59), L(23, 29), 30)
+    assert rec.changes == []                          # no verdict without a download
+    got = L(23, 30)
+    e.handle(checkin("wand-1", "CP11", L(20, 1), received=got, source="wand"))
+    e.handle(checkin("wand-1", "CP13", L(20, 9), received=got, source="wand"))   # CP12 skipped
+    run(e, L(23, 30), L(23, 30, 29), 1)
+    assert rec.changes == []                          # settle: the batch may still be streaming in
+    e.tick(L(23, 30, 30))
+    assert issues(e, "pw", "wandy@2025-01-15T20:00") == [("missed", "CP12")]
+    assert issues(e, "pw", "wandy@2025-01-15T22:00") == [("not_started", "")]
+    assert e.book.get("pw", "wandy@2025-01-15T20:00").raised_at == L(23, 30, 30)
+    n = len(rec.changes)
+    run(e, L(23, 31), L(0, 30, day=16), 60)           # the 00:00 round waits for the next download
+    assert len(rec.changes) == n
+
+
+def test_wand_download_during_a_round_does_not_judge_it():
+    e, rec = engine([WANDY])
+    e.tick(L(19, 59))
+    e.handle(checkin("wand-1", "CP11", L(20, 0), received=L(20, 5), source="wand"))
+    run(e, L(20, 5), L(20, 40), 10)
+    assert rec.changes == []                          # the 20:00 round ends 20:13: download was inside it
+    e.handle(checkin("wand-1", "CP12", L(20, 5), received=L(21, 0), source="wand"))
+    e.handle(checkin("wand-1", "CP13", L(20, 10), received=L(21, 0), source="wand"))
+    e.tick(L(21, 0, 30))
+    assert rec.changes == []                          # complete and on time: no alert
+
+
+def test_wand_not_downloaded_is_a_reader_alert_not_missed_points():
+    e, rec = engine([WANDY | {"wand_wait_hours": 2}])
+    run(e, L(19, 59), L(22, 13), 60)
+    assert rec.changes == []
+    e.tick(L(22, 13, 1))                              # 20:00 round ended 20:13 + 2 h
+    a = e.book.get("pw", "wand-1")
+    assert a.details["what"] == "not_downloaded" and "未下载" in a.message
+    assert len(e.active()) == 1
+    e.handle(checkin("wand-1", "CP11", L(20, 1), received=L(22, 30), source="wand"))
+    e.tick(L(22, 31))
+    assert e.book.get("pw", "wand-1") is None
+    assert issues(e, "pw", "wandy@2025-01-15T20:00") == [("missed", "CP12"), ("missed", "CP13")]
