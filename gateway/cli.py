@@ -77,6 +77,8 @@ def check_config(file: Path = typer.Argument(..., help="site file (YAML)")) -> N
     typer.echo(f"OK {file}: site {cfg.site.id} ({cfg.site.name}), {len(cfg.buses)} buses, "
                f"{len(cfg.meters)} meters ({len(models)} models: {', '.join(models)}), "
                f"ledger {cfg.storage_path}")
+    if cfg.rules:
+        typer.echo(f"  rules: {len(cfg.rules)} ({', '.join(sorted({r.kind for r in cfg.rules}))})")
     if cfg.card_readers or cfg.doors or cfg.patrol.readers:
         p = cfg.patrol
         typer.echo(f"  access: {len(cfg.card_readers)} card readers, {len(cfg.doors)} doors; patrol: "
@@ -141,6 +143,8 @@ def demo(seconds: Optional[float] = typer.Option(None, "--seconds", help="stop a
             finally:
                 follow.cancel()
             view.console.print(view.table())
+            for line in view.alarm_lines():
+                view.console.print(line, highlight=False, soft_wrap=True)
             result.update(gw.summary(), ledger=str(gw.cfg.storage_path))
         finally:
             await field.stop()
@@ -248,6 +252,98 @@ def status(config: Path = typer.Option(..., "-c", "--config", help="site file"),
                       f"{o['rejected']} points set aside as bad data", highlight=False)
     else:
         console.print("InfluxDB: not configured (the ledger alone keeps the readings)")
+
+
+alarms_app = typer.Typer(help="Alarms: list the open ones, acknowledge, look back.", no_args_is_help=True)
+app.add_typer(alarms_app, name="alarms")
+
+
+def _ledger_ro(cfg: SiteConfig):
+    import sqlite3
+    path = cfg.storage_path
+    if not path.exists():
+        raise fail(f"no ledger at {path} yet: has `gateway run -c ...` been started with this site file?")
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+
+def _local(us: int | None, cfg: SiteConfig) -> str:
+    from zoneinfo import ZoneInfo
+
+    from .clock import from_us
+    return from_us(us).astimezone(ZoneInfo(cfg.site.timezone)).strftime("%m-%d %H:%M:%S") if us else ""
+
+
+@alarms_app.command("list")
+def alarms_list(config: Path = typer.Option(..., "-c", "--config", help="site file"),
+                as_json: bool = typer.Option(False, "--json"),
+                english: bool = typer.Option(False, "--en", help="English messages")) -> None:
+    """Open alarms (active and acknowledged), newest first."""
+    cfg = _load(config)
+    db = _ledger_ro(cfg)
+    rows = db.execute("SELECT id, severity, state, message, message_en, raised_us, acked_by FROM alerts "
+                      "WHERE state != 'cleared' ORDER BY raised_us DESC").fetchall()
+    if as_json:
+        typer.echo(json.dumps([dict(zip(("id", "severity", "state", "message", "message_en", "raised_us",
+                                         "acked_by"), r)) for r in rows], ensure_ascii=False, indent=2))
+        return
+    if not rows:
+        typer.echo("no open alarms" if english else "没有未关闭的告警 (no open alarms)")
+        return
+    for aid, sev, state, msg, msg_en, raised, by in rows:
+        ack = f" [{'acked by' if english else '已确认'} {by}]" if state == "acknowledged" else ""
+        typer.echo(f"{_local(raised, cfg)}  {sev:<8} {msg_en if english else msg}{ack}\n    id {aid}")
+
+
+@alarms_app.command("ack")
+def alarms_ack(alert_id: str = typer.Argument(..., help="the alarm's id (from `alarms list`)"),
+               by: str = typer.Option(..., "--by", help="who acknowledges"),
+               note: str = typer.Option("", "--note", help="what was done or found"),
+               config: Path = typer.Option(..., "-c", "--config", help="site file")) -> None:
+    """Acknowledge an alarm; the running gateway applies it within a second."""
+    import sqlite3
+    import time as _time
+    cfg = _load(config)
+    db = _ledger_ro(cfg)
+    row = db.execute("SELECT state FROM alerts WHERE id = ?", (alert_id,)).fetchone()
+    db.close()
+    if row is None:
+        raise fail(f"no alarm with id {alert_id!r} (see `gateway alarms list -c {config}`)", 2)
+    if row[0] == "cleared":
+        raise fail(f"alarm {alert_id} is already cleared", 2)
+    db = sqlite3.connect(cfg.storage_path)
+    with db:
+        db.execute("INSERT INTO ack_requests (alert_id, by, note, ts_us) VALUES (?,?,?,?)",
+                   (alert_id, by, note, int(_time.time() * 1e6)))
+    typer.echo(f"acknowledgement of {alert_id} by {by} recorded; the gateway applies it within a second")
+
+
+@alarms_app.command("history")
+def alarms_history(config: Path = typer.Option(..., "-c", "--config", help="site file"),
+                   since: str = typer.Option("24h", "--since", help="e.g. 24h, 7d, or a date 2026-11-01"),
+                   as_json: bool = typer.Option(False, "--json")) -> None:
+    """Every change of every alarm since a time: raised, updated, acknowledged, cleared."""
+    import re as _re
+    from datetime import datetime as _dt, timedelta, timezone
+    from zoneinfo import ZoneInfo
+
+    from .clock import to_us
+    cfg = _load(config)
+    m = _re.fullmatch(r"(\d+)([hd])", since)
+    try:
+        start = (_dt.now(timezone.utc) - timedelta(**{"hours" if m.group(2) == "h" else "days": int(m.group(1))})
+                 if m else _dt.fromisoformat(since).replace(tzinfo=ZoneInfo(cfg.site.timezone)))
+    except ValueError:
+        raise fail(f"--since {since!r}: expected e.g. 24h, 7d or 2026-11-01", 2) from None
+    db = _ledger_ro(cfg)
+    rows = db.execute("SELECT h.ts_us, h.what, h.state, h.message, h.alert_id, a.severity FROM alert_history h "
+                      "JOIN alerts a ON a.id = h.alert_id WHERE h.ts_us >= ? ORDER BY h.id",
+                      (to_us(start),)).fetchall()
+    if as_json:
+        typer.echo(json.dumps([dict(zip(("ts_us", "what", "state", "message", "id", "severity"), r)) for r in rows],
+                              ensure_ascii=False, indent=2))
+        return
+    for ts, what, state, msg, aid, sev in rows:
+        typer.echo(f"{_local(ts, cfg)}  {what:<12} {sev:<8} {msg}")
 
 
 def _units(text: str) -> range:

@@ -17,6 +17,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
                       model_validator)
 
 from .meter_models import SHIPPED_MODELS_DIR, MeterModel, load_models
+from .rules.models import RULE_KINDS, Rule, check_rules
 
 Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
 CIRCUITS = ("stairwell_lighting", "street_lighting", "lift", "pump", "gate", "main_supply", "other")
@@ -77,7 +78,7 @@ class ModbusRtuBus(_BusBase):
 
 Bus = Annotated[Union[ModbusTcpBus, ModbusRtuBus], Field(discriminator="type")]
 BUS_TYPES = ("modbus_tcp", "modbus_rtu")
-UNION_TAGS = BUS_TYPES + ("serial", "mqtt", "wand")
+UNION_TAGS = BUS_TYPES + ("serial", "mqtt", "wand") + RULE_KINDS
 
 
 class Meter(_Strict):
@@ -291,6 +292,10 @@ class Patrol(_Strict):
     routes: list[Route] = Field(default_factory=list)
 
 
+class AlertOutputs(_Strict):
+    mqtt_prefix: str | None = None   # default "<site id>/alerts"
+
+
 class SiteConfig(_Strict):
     site: SiteInfo
     storage: Storage = Storage()
@@ -303,6 +308,8 @@ class SiteConfig(_Strict):
     doors: list[Door] = Field(default_factory=list)
     cards: Cards = Cards(file=None)
     patrol: Patrol = Patrol()
+    rules: list[Rule] = Field(default_factory=list)
+    alerts: "AlertOutputs" = Field(default_factory=lambda: AlertOutputs())
 
     # Set by parse_site, not by the file.
     _base_dir: Path = PrivateAttr(default=Path("."))
@@ -424,6 +431,7 @@ def _cross_check(data: dict, models: dict[str, MeterModel]) -> list[str]:
     dupes("card_readers")
     dupes("doors")
     problems.extend(_check_access_patrol(data))
+    problems.extend(check_rules(data))
     buses = {b.get("id"): b for _, b in entries("buses")}
     where: dict[tuple[Any, Any], int] = {}
     for i, m in entries("meters"):

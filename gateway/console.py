@@ -8,7 +8,7 @@ from collections import defaultdict
 from rich.console import Console
 from rich.table import Table
 
-from .events import CardSwipe, DoorEvent, PatrolCheckin, Reading
+from .events import AlertChange, CardSwipe, DoorEvent, PatrolCheckin, Reading
 from .runtime import Gateway
 
 CIRCUIT_NAMES = {
@@ -29,9 +29,11 @@ class LiveView:
         self.swipes: dict[str, int] = defaultdict(int)
         self.doors: dict[str, int] = defaultdict(int)
         self.checkins = 0
+        self.alerts: dict[str, object] = {}  # open alerts by id
 
     async def follow(self, every_s: float = 5.0) -> None:
-        sub = self.gw.hub.subscribe(Reading, CardSwipe, DoorEvent, PatrolCheckin, maxlen=10_000, name="console")
+        sub = self.gw.hub.subscribe(Reading, CardSwipe, DoorEvent, PatrolCheckin, AlertChange, maxlen=10_000,
+                                    name="console")
         loop = asyncio.get_running_loop()
         start = loop.time()
         next_line = start + every_s
@@ -57,6 +59,11 @@ class LiveView:
             self.swipes[e.category] += 1
         elif isinstance(e, DoorEvent):
             self.doors[e.state] += 1
+        elif isinstance(e, AlertChange):
+            if e.alert.state == "cleared":
+                self.alerts.pop(e.alert.id, None)
+            else:
+                self.alerts[e.alert.id] = e.alert
         else:
             self.checkins += 1
 
@@ -80,7 +87,15 @@ class LiveView:
             parts.append(f"门禁 {sum(self.swipes.values())} swipes ({odd} unknown/revoked/expired), "
                          f"{self.doors.get('forced_open', 0) + self.doors.get('held_open', 0)} door alarms")
             parts.append(f"巡更 {self.checkins} check-ins")
+        if self.gw.rules is not None:
+            parts.append(f"告警 {len(self.alerts)} open alarms")
         return " · ".join(parts)
+
+    def alarm_lines(self, limit: int = 8) -> list[str]:
+        alerts = sorted(self.alerts.values(), key=lambda a: ("info", "warning", "critical").index(a.severity),
+                        reverse=True)
+        return [f"  {a.severity:<8} {a.message}" for a in alerts[:limit]] + (
+            [f"  … and {len(alerts) - limit} more"] if len(alerts) > limit else [])
 
     def table(self) -> Table:
         t = Table(title="公共用电 public-area meters (latest readings)")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Mapping
+from typing import Any, Mapping
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,3 +87,43 @@ class PatrolCheckin:
     ts: datetime
     received: datetime
     source: str             # "online" | "wand"
+
+
+@dataclass(slots=True)
+class Alert:
+    id: str
+    rule: str
+    kind: str
+    source: str                 # meter / bus / door / route / reader id (or route@round)
+    severity: str               # info | warning | critical
+    state: str                  # active | acknowledged | cleared
+    message: str                # Chinese, for the guards
+    message_en: str
+    raised_at: datetime
+    updated_at: datetime
+    cleared_at: datetime | None = None
+    acked_by: str = ""
+    ack_note: str = ""
+    acked_at: datetime | None = None
+    value: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def open(self) -> bool:
+        return self.state != "cleared"
+
+    def snapshot(self) -> "Alert":
+        """A copy that later changes do not touch (what a subscriber should keep)."""
+        return dataclasses.replace(self, details=dict(self.details))
+
+
+@dataclass(frozen=True, slots=True)
+class AlertChange:
+    """An alert was raised, updated, acknowledged, cleared or announced again (`what`)."""
+
+    alert: Alert            # a snapshot: later changes do not touch it
+    what: str
+
+    @property
+    def ts(self) -> datetime:
+        return self.alert.updated_at

@@ -9,7 +9,7 @@ from collections import defaultdict
 from .clock import REAL_CLOCK, Clock
 from .config import SiteConfig
 from .drivers.modbus import ModbusBus
-from .events import GatewayStats
+from .events import AlertChange, CardSwipe, DeviceStatus, DoorEvent, GatewayStats, PatrolCheckin, Reading
 from .hub import Hub
 from .store import Ledger
 
@@ -34,6 +34,7 @@ class Gateway:
         self.drainer = None
         self.registry = None
         self.mqtt = None
+        self.rules = None
         self.field_drivers: list = []
         self._stop = asyncio.Event()
 
@@ -62,7 +63,6 @@ class Gateway:
         cfg = self.cfg
         if not (cfg.card_readers or cfg.doors or cfg.patrol.readers):
             return []
-        import os
         from zoneinfo import ZoneInfo
 
         from .cards import CardRegistry, load_hash_key
@@ -109,19 +109,88 @@ class Gateway:
                 d = MqttPatrolReaderDriver(r, checkpoints, desk, publish, tz, self.clock)
                 subscriptions.append((r.topic, d.handle))
             self.field_drivers.append(d)
-        if subscriptions:
-            from .mqtt import MqttLink, MqttSettings
-            m = cfg.mqtt
-            self.mqtt = MqttLink(MqttSettings(
-                host=m.host, port=m.port, client_id=m.client_id or f"estate-gateway-{cfg.site.id}",
-                username=os.environ.get(m.username_env) if m.username_env else None,
-                password=os.environ.get(m.password_env) if m.password_env else None,
-                tls=m.tls, ca_file=str(cfg.base_dir / m.ca_file) if m.ca_file else None, keepalive=m.keepalive_s))
-            for topic, handler in subscriptions:
-                self.mqtt.subscribe(topic, handler)
-            runs.append(("MQTT link", self.mqtt.run))
+        for topic, handler in subscriptions:
+            self.mqtt.subscribe(topic, handler)  # config checks made sure there is an mqtt section
         runs.append(("card registry", self._reload_cards))
         return runs
+
+    def _mqtt_link(self):
+        import os
+
+        from .mqtt import MqttLink, MqttSettings
+        m = self.cfg.mqtt
+        return MqttLink(MqttSettings(
+            host=m.host, port=m.port, client_id=m.client_id or f"estate-gateway-{self.cfg.site.id}",
+            username=os.environ.get(m.username_env) if m.username_env else None,
+            password=os.environ.get(m.password_env) if m.password_env else None,
+            tls=m.tls, ca_file=str(self.cfg.base_dir / m.ca_file) if m.ca_file else None, keepalive=m.keepalive_s))
+
+    # ---- alarms ----
+
+    def _alerting(self) -> list:
+        if not self.cfg.rules:
+            return []
+        from .rules.engine import Engine
+
+        def changed(alert, what: str) -> None:
+            self.hub.publish(AlertChange(alert.snapshot(), what))
+
+        self.rules = Engine(self.cfg, self.cfg.rules, on_change=changed)
+        runs = [("rules engine", self._run_rules)]
+        if self.mqtt is not None:
+            runs.append(("alert publisher", self._publish_alerts))
+        return runs
+
+    async def _run_rules(self) -> None:
+        sub = self.hub.subscribe(Reading, DeviceStatus, CardSwipe, DoorEvent, PatrolCheckin, name="rules")
+        engine = self.rules
+        next_tick = self.clock.monotonic()
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(max(0.0, next_tick - self.clock.monotonic())):
+                        events = await sub.get_batch()
+                except TimeoutError:
+                    events = []
+                for e in events:
+                    engine.handle(e)
+                if self.clock.monotonic() >= next_tick:
+                    next_tick += 1.0
+                    engine.tick(self.clock.now())
+                    self._apply_acks()
+        finally:
+            sub.close()
+
+    def _apply_acks(self) -> None:
+        for rid, alert_id, by, note, ts_us in self.ledger.ack_requests():
+            alert = self.rules.ack(alert_id, by, note, self.clock.now())
+            result = "acknowledged" if alert is not None else "no open alert with this id"
+            self.ledger.ack_done(rid, result)
+            log.info("alert %s: %s by %s (%s)", alert_id, result, by, note)
+
+    async def _publish_alerts(self) -> None:
+        """`<prefix>/<rule>/<source>`: JSON, retained while the alert is open; deleted when cleared."""
+        import json
+        prefix = self.cfg.alerts.mqtt_prefix or f"{self.cfg.site.id}/alerts"
+        sub = self.hub.subscribe(AlertChange, name="alert publisher")
+        try:
+            while True:
+                for change in await sub.get_batch():
+                    a = change.alert
+                    topic = f"{prefix}/{a.rule}/{a.source.replace('/', '_').replace('+', '_').replace('#', '_')}"
+                    body = json.dumps({"id": a.id, "rule": a.rule, "kind": a.kind, "source": a.source,
+                                       "severity": a.severity, "state": a.state, "event": change.what,
+                                       "message": a.message, "message_en": a.message_en,
+                                       "raised_at": a.raised_at.isoformat(), "updated_at": a.updated_at.isoformat(),
+                                       "acked_by": a.acked_by, "ack_note": a.ack_note, "value": a.value},
+                                      ensure_ascii=False)
+                    if a.state == "cleared":
+                        await self.mqtt.publish(topic, body, retain=False)
+                        await self.mqtt.publish(topic, b"", retain=True)  # deletes the retained alert
+                    else:
+                        await self.mqtt.publish(topic, body, retain=True)
+        finally:
+            sub.close()
 
     async def _reload_cards(self) -> None:
         failed = None
@@ -156,8 +225,12 @@ class Gateway:
                      for b in self.buses]
         status_task = (asyncio.create_task(self._report(status_every_s), name="status")
                        if status_every_s else None)
-        field_tasks = [asyncio.create_task(self._supervise(what, run), name=what)
-                       for what, run in self._field_devices()]
+        if self.cfg.mqtt and (self.cfg.rules or self.cfg.card_readers or self.cfg.doors or self.cfg.patrol.readers):
+            self.mqtt = self._mqtt_link()
+        runs = self._field_devices() + self._alerting()
+        if self.mqtt is not None:
+            runs.append(("MQTT link", self.mqtt.run))
+        field_tasks = [asyncio.create_task(self._supervise(what, run), name=what) for what, run in runs]
         side_tasks = []
         if self.drainer:
             side_tasks = [asyncio.create_task(self._supervise("InfluxDB drainer", self.drainer.run),

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .clock import from_us, to_us
-from .events import CardSwipe, DeviceStatus, DoorEvent, GatewayStats, PatrolCheckin, Reading
+from .events import AlertChange, CardSwipe, DeviceStatus, DoorEvent, GatewayStats, PatrolCheckin, Reading
 from .hub import Hub
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,45 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX patrol_checkins_ts ON patrol_checkins (ts_us);
     """,
+    """
+    CREATE TABLE alerts (
+        id         TEXT    PRIMARY KEY,     -- rule/source/raised µs
+        rule       TEXT    NOT NULL,
+        kind       TEXT    NOT NULL,
+        source     TEXT    NOT NULL,
+        severity   TEXT    NOT NULL,
+        state      TEXT    NOT NULL,        -- active | acknowledged | cleared
+        message    TEXT    NOT NULL,
+        message_en TEXT    NOT NULL,
+        raised_us  INTEGER NOT NULL,
+        updated_us INTEGER NOT NULL,
+        cleared_us INTEGER,
+        acked_by   TEXT    NOT NULL,
+        ack_note   TEXT    NOT NULL,
+        acked_us   INTEGER,
+        value      REAL,
+        details    TEXT    NOT NULL         -- JSON
+    );
+    CREATE INDEX alerts_state ON alerts (state, raised_us);
+    CREATE TABLE alert_history (
+        id       INTEGER PRIMARY KEY,
+        alert_id TEXT    NOT NULL,
+        what     TEXT    NOT NULL,          -- raised | updated | acknowledged | cleared | renotify
+        ts_us    INTEGER NOT NULL,
+        state    TEXT    NOT NULL,
+        message  TEXT    NOT NULL
+    );
+    CREATE INDEX alert_history_ts ON alert_history (ts_us);
+    CREATE TABLE ack_requests (           -- written by `gateway alarms ack`, applied by the runtime
+        id        INTEGER PRIMARY KEY,
+        alert_id  TEXT    NOT NULL,
+        by        TEXT    NOT NULL,
+        note      TEXT    NOT NULL,
+        ts_us     INTEGER NOT NULL,
+        done      INTEGER NOT NULL DEFAULT 0,
+        result    TEXT    NOT NULL DEFAULT ''
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 NEVER_SHED = 100  # outbox priority of what the disk budget may never drop (energy counters)
@@ -165,6 +204,21 @@ def _insert_field_events(db: sqlite3.Connection, events: list) -> None:
     db.executemany("INSERT INTO door_events (ts_us, door, state, source) VALUES (?,?,?,?)", doors)
     db.executemany("INSERT OR IGNORE INTO patrol_checkins (ts_us, received_us, reader, checkpoint, tag, guard, "
                    "guard_hash, source) VALUES (?,?,?,?,?,?,?,?)", checkins)
+    for change in (e for e in events if isinstance(e, AlertChange)):
+        a = change.alert
+        us = lambda t: to_us(t) if t else None  # noqa: E731
+        db.execute("INSERT INTO alerts (id, rule, kind, source, severity, state, message, message_en, raised_us, "
+                   "updated_us, cleared_us, acked_by, ack_note, acked_us, value, details) "
+                   "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (id) DO UPDATE SET "
+                   "severity = excluded.severity, state = excluded.state, message = excluded.message, "
+                   "message_en = excluded.message_en, updated_us = excluded.updated_us, "
+                   "cleared_us = excluded.cleared_us, acked_by = excluded.acked_by, ack_note = excluded.ack_note, "
+                   "acked_us = excluded.acked_us, value = excluded.value, details = excluded.details",
+                   (a.id, a.rule, a.kind, a.source, a.severity, a.state, a.message, a.message_en, us(a.raised_at),
+                    us(a.updated_at), us(a.cleared_at), a.acked_by, a.ack_note, us(a.acked_at), a.value,
+                    json.dumps(a.details, ensure_ascii=False, default=str)))
+        db.execute("INSERT INTO alert_history (alert_id, what, ts_us, state, message) VALUES (?,?,?,?,?)",
+                   (a.id, change.what, us(a.updated_at), a.state, a.message))
 
 
 @contextmanager
@@ -229,7 +283,7 @@ class Ledger:
             ))
         elif isinstance(event, DeviceStatus):
             self._statuses.append((event.device, event.kind, to_us(event.ts), int(event.online), event.reason))
-        elif isinstance(event, (CardSwipe, DoorEvent, PatrolCheckin)):
+        elif isinstance(event, (CardSwipe, DoorEvent, PatrolCheckin, AlertChange)):
             self._field_events.append(event)
 
     def _field_set(self, names: tuple[str, ...]) -> int:
@@ -277,7 +331,7 @@ class Ledger:
         Events wait in the subscription between commits: waking up for each one would cost
         more than storing it.
         """
-        sub = hub.subscribe(Reading, DeviceStatus, GatewayStats, CardSwipe, DoorEvent, PatrolCheckin,
+        sub = hub.subscribe(Reading, DeviceStatus, GatewayStats, CardSwipe, DoorEvent, PatrolCheckin, AlertChange,
                             name="ledger")
         try:
             while True:
@@ -380,6 +434,13 @@ class Ledger:
         key = os.urandom(32)
         self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (f"secret:{name}", key.hex()))
         return key
+
+    def ack_requests(self) -> list[tuple[int, str, str, str, int]]:
+        return self._db.execute("SELECT id, alert_id, by, note, ts_us FROM ack_requests WHERE done = 0 "
+                                "ORDER BY id").fetchall()
+
+    def ack_done(self, request_id: int, result: str) -> None:
+        self._db.execute("UPDATE ack_requests SET done = 1, result = ? WHERE id = ?", (result, request_id))
 
     # ---- reading ----
 

@@ -68,8 +68,21 @@ def main() -> None:
         lines.append(meter(f"SL{k:02d}", f"路灯回路{k}", "bus-guard", unit, "chint-ddsu666", 30,
                            "street_lighting"))
     lines += access_and_patrol()
+    lines += rules()
     OUT.write_text("\n".join(lines) + "\n", encoding="utf-8")
     write_cards()
+
+
+def rules() -> list[str]:
+    """The example rule set of gateway/rules/models.py, one rule per line."""
+    import yaml
+    from gateway.rules.models import example_rules
+    out = ["", "# Alarm rules (gateway/rules/): supply voltage per GB/T 12325 (198-235.4 V), overload, low pf,",
+           "# meters and buses offline, counters, street lights by daylight, abnormal consumption, access,",
+           "# doors and patrol rounds.", "rules:"]
+    for r in example_rules():
+        out.append("  - " + yaml.safe_dump(r, default_flow_style=True, allow_unicode=True, width=1000, sort_keys=False).strip())
+    return out
 
 
 GATES = [("gate-n", "北门"), ("gate-s", "南门"), ("gate-e", "东门"), ("gate-w", "西门")]

@@ -14,38 +14,11 @@ from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable
 
 from ..clock import to_us
+from ..events import Alert  # noqa: F401  (the lifecycle's subject; re-exported)
 
 SEVERITIES = ("info", "warning", "critical")
 STATES = ("active", "acknowledged", "cleared")
 DEFAULT_RENOTIFY_S = 900.0  # unacknowledged critical alerts, unless the rule says otherwise
-
-
-@dataclass(slots=True)
-class Alert:
-    id: str
-    rule: str
-    kind: str
-    source: str                 # meter / bus / door / route / reader id (or route@round)
-    severity: str               # info | warning | critical
-    state: str                  # active | acknowledged | cleared
-    message: str                # Chinese, for the guards
-    message_en: str
-    raised_at: datetime
-    updated_at: datetime
-    cleared_at: datetime | None = None
-    acked_by: str = ""
-    ack_note: str = ""
-    acked_at: datetime | None = None
-    value: float | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def open(self) -> bool:
-        return self.state != "cleared"
-
-    def snapshot(self) -> "Alert":
-        """A copy that later changes do not touch (what a subscriber should keep)."""
-        return dataclasses.replace(self, details=dict(self.details))
 
 
 OnChange = Callable[[Alert, str], None]

@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping
 
 from ..clock import to_us
 from ..config import SiteConfig
-from ..events import CardSwipe, DeviceStatus, DoorEvent, GatewayStats, PatrolCheckin, Reading
+from ..events import AlertChange, CardSwipe, DeviceStatus, DoorEvent, GatewayStats, PatrolCheckin, Reading
 from .lineprotocol import line
 
 
@@ -74,6 +74,15 @@ MEASUREMENTS: list[Measurement] = [
         fields=lambda e: {"guard": e.guard, "guard_hash": e.guard_hash, "tag": e.tag,
                           "delay_s": (e.received - e.ts).total_seconds()},
         priority=3,
+    ),
+    Measurement(
+        "alert", AlertChange,
+        tags=lambda e, s: {"site": s.site, "rule": e.alert.rule, "kind": e.alert.kind, "source": e.alert.source,
+                           "severity": e.alert.severity},
+        fields=lambda e: {"id": e.alert.id, "event": e.what, "state": e.alert.state, "message": e.alert.message,
+                          "message_en": e.alert.message_en,
+                          **({"value": float(e.alert.value)} if e.alert.value is not None else {})},
+        priority=4,
     ),
     Measurement(
         "gateway", GatewayStats,
