@@ -292,8 +292,17 @@ class Patrol(_Strict):
     routes: list[Route] = Field(default_factory=list)
 
 
+class Webhook(_Strict):
+    name: Id
+    url_env: EnvName                  # the URL carries the robot's key: a secret
+    format: Literal["json", "wecom"] = "json"
+    severities: list[Literal["info", "warning", "critical"]] = Field(default_factory=lambda: ["warning", "critical"])
+    timeout_s: float = Field(default=10, gt=0, le=120)
+
+
 class AlertOutputs(_Strict):
     mqtt_prefix: str | None = None   # default "<site id>/alerts"
+    webhooks: list[Webhook] = Field(default_factory=list)
 
 
 class SiteConfig(_Strict):
@@ -538,6 +547,9 @@ def missing_env(cfg: SiteConfig) -> list[str]:
     """Secrets the site file names (`*_env`) whose environment variables are not set."""
     import os
     out = []
+    for i, w in enumerate(cfg.alerts.webhooks):
+        if w.url_env not in os.environ:
+            out.append(f"alerts.webhooks[{i}].url_env: environment variable {w.url_env} is not set")
     for section in ("influxdb", "mqtt"):
         part = getattr(cfg, section)
         for key in ("token_env", "username_env", "password_env"):

@@ -35,6 +35,7 @@ class Gateway:
         self.registry = None
         self.mqtt = None
         self.rules = None
+        self.webhooks: list = []
         self.field_drivers: list = []
         self._stop = asyncio.Event()
 
@@ -139,7 +140,27 @@ class Gateway:
         runs = [("rules engine", self._run_rules)]
         if self.mqtt is not None:
             runs.append(("alert publisher", self._publish_alerts))
+        if self.cfg.alerts.webhooks:
+            import os
+            from zoneinfo import ZoneInfo
+
+            from .sinks.webhook import Webhook
+            self.webhooks = [Webhook(w.name, os.environ.get(w.url_env, ""), w.format, set(w.severities),
+                                     self.cfg.site.name, ZoneInfo(self.cfg.site.timezone), w.timeout_s)
+                             for w in self.cfg.alerts.webhooks]
+            runs += [(f"webhook {w.name}", w.run) for w in self.webhooks]
+            runs.append(("webhook feeder", self._feed_webhooks))
         return runs
+
+    async def _feed_webhooks(self) -> None:
+        sub = self.hub.subscribe(AlertChange, name="webhooks")
+        try:
+            while True:
+                for change in await sub.get_batch():
+                    for w in self.webhooks:
+                        w.offer(change)
+        finally:
+            sub.close()
 
     async def _run_rules(self) -> None:
         sub = self.hub.subscribe(Reading, DeviceStatus, CardSwipe, DoorEvent, PatrolCheckin, name="rules")
