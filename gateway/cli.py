@@ -91,6 +91,7 @@ def check_config(file: Path = typer.Argument(..., help="site file (YAML)")) -> N
 
 @app.command()
 def run(config: Path = typer.Option(..., "-c", "--config", help="site file"),
+        record: Optional[Path] = typer.Option(None, "--record", help="also write the raw device traffic here (JSON lines)"),
         verbose: bool = typer.Option(False, "-v", "--verbose")) -> None:
     """Poll every meter of the site into the ledger until SIGINT/SIGTERM."""
     from .config import missing_env
@@ -101,7 +102,7 @@ def run(config: Path = typer.Option(..., "-c", "--config", help="site file"),
     if missing_env(cfg):
         raise typer.Exit(2)
     setup_logging(verbose)
-    _run_until_signal(lambda stop: _gateway_until(Gateway(cfg), stop, None))
+    _run_until_signal(lambda stop: _gateway_until(Gateway(cfg, record=record), stop, None))
 
 
 @app.command()
@@ -344,6 +345,42 @@ def alarms_history(config: Path = typer.Option(..., "-c", "--config", help="site
         return
     for ts, what, state, msg, aid, sev in rows:
         typer.echo(f"{_local(ts, cfg)}  {what:<12} {sev:<8} {msg}")
+
+
+@app.command()
+def replay(recording: Path = typer.Argument(..., help="a file written by `gateway run --record`"),
+           config: Path = typer.Option(..., "-c", "--config", help="site file"),
+           speed: Optional[float] = typer.Option(None, "--speed", help="N times real time (default: as fast as possible)"),
+           tail_s: float = typer.Option(1800, "--tail", help="simulated seconds to run on after the last record"),
+           as_json: bool = typer.Option(False, "--json")) -> None:
+    """Drive recorded traffic through the real drivers and rules under a simulated clock; print the alerts."""
+    from zoneinfo import ZoneInfo
+
+    from .replay import replay as run_replay
+    cfg = _load(config)
+    setup_logging()
+    logging.getLogger("gateway").setLevel(logging.ERROR)
+    if not recording.exists():
+        raise fail(f"no such recording: {recording}", 2)
+    tz = ZoneInfo(cfg.site.timezone)
+
+    def show(c) -> None:
+        a = c.alert
+        if as_json:
+            typer.echo(json.dumps({"t": a.updated_at.isoformat(), "event": c.what, "rule": a.rule, "source": a.source,
+                                   "severity": a.severity, "state": a.state, "message": a.message},
+                                  ensure_ascii=False))
+        else:
+            typer.echo(f"{a.updated_at.astimezone(tz):%Y-%m-%d %H:%M:%S}  {c.what:<12} {a.severity:<8} "
+                       f"{a.rule} {a.source}: {a.message}")
+
+    try:
+        changes = asyncio.run(run_replay(cfg, recording, speed=speed, tail_s=tail_s, on_alert=show))
+    except (ValueError, OSError) as e:
+        raise fail(str(e), 2) from None
+    if not as_json:
+        typer.echo(f"replay: {sum(c.what == 'raised' for c in changes)} alerts raised, "
+                   f"{sum(c.what == 'cleared' for c in changes)} cleared")
 
 
 def _units(text: str) -> range:

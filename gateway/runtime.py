@@ -25,7 +25,7 @@ def build_buses(cfg: SiteConfig, publish, clock: Clock = REAL_CLOCK) -> list[Mod
 
 
 class Gateway:
-    def __init__(self, cfg: SiteConfig, clock: Clock = REAL_CLOCK):
+    def __init__(self, cfg: SiteConfig, clock: Clock = REAL_CLOCK, record: "Path | None" = None):
         self.cfg = cfg
         self.clock = clock
         self.hub = Hub()
@@ -36,6 +36,8 @@ class Gateway:
         self.mqtt = None
         self.rules = None
         self.webhooks: list = []
+        self.record_path = record
+        self.recorder = None
         self.field_drivers: list = []
         self._stop = asyncio.Event()
 
@@ -110,8 +112,11 @@ class Gateway:
                 d = MqttPatrolReaderDriver(r, checkpoints, desk, publish, tz, self.clock)
                 subscriptions.append((r.topic, d.handle))
             self.field_drivers.append(d)
+        for d in self.field_drivers:
+            if getattr(d, "line", None) is not None:
+                self._tap_serial(d)
         for topic, handler in subscriptions:
-            self.mqtt.subscribe(topic, handler)  # config checks made sure there is an mqtt section
+            self.mqtt.subscribe(topic, self._tap_mqtt(handler))  # config checks: there is an mqtt section
         runs.append(("card registry", self._reload_cards))
         return runs
 
@@ -125,6 +130,47 @@ class Gateway:
             username=os.environ.get(m.username_env) if m.username_env else None,
             password=os.environ.get(m.password_env) if m.password_env else None,
             tls=m.tls, ca_file=str(self.cfg.base_dir / m.ca_file) if m.ca_file else None, keepalive=m.keepalive_s))
+
+    def _tap_serial(self, driver) -> None:
+        if self.record_path:
+            feed = driver.line.on_data
+
+            def tapped(data: bytes) -> None:
+                if self.recorder is None:
+                    feed(data)
+                    return
+                now = self.clock.now()  # one instant for the record and the event: replay repeats it
+                self.recorder.serial(now, driver.cfg.id, data)
+                feed(data, now)
+            driver.line.on_data = tapped
+
+    def _tap_mqtt(self, handler):
+        if not self.record_path:
+            return handler
+
+        def tapped(topic: str, payload: bytes, at) -> None:
+            if self.recorder is not None:
+                self.recorder.mqtt(at, topic, payload)
+            handler(topic, payload, at)
+        return tapped
+
+    def _open_recorder(self) -> None:
+        """Before anything polls: the buses write their exchanges, and serial lines and MQTT
+        handlers were tapped when they were built (`_tap_*`)."""
+        from .recording import Recorder
+        self.recorder = Recorder(self.record_path, self.cfg.site.id, self.clock.now())
+        for bus in self.buses:
+            bus.recorder = self.recorder
+        log.info("recording device traffic to %s", self.record_path)
+
+    async def _flush_recording(self) -> None:
+        rec = self.recorder
+        try:
+            while True:
+                await asyncio.sleep(1.0)
+                rec.flush()
+        finally:
+            rec.close()
 
     # ---- alarms ----
 
@@ -241,6 +287,8 @@ class Gateway:
     async def run(self, status_every_s: float | None = 60.0, grace_s: float = 5.0) -> None:
         """Run until `stop()`; then let each bus finish its exchange in flight and flush the ledger."""
         self.ledger = self._open_ledger()
+        if self.record_path:
+            self._open_recorder()
         ledger_task = asyncio.create_task(self.ledger.run(self.hub), name="ledger")
         bus_tasks = [asyncio.create_task(self._supervise(f"bus {b.bus.id}", b.run, b.close), name=f"bus-{b.bus.id}")
                      for b in self.buses]
@@ -249,6 +297,8 @@ class Gateway:
         if self.cfg.mqtt and (self.cfg.rules or self.cfg.card_readers or self.cfg.doors or self.cfg.patrol.readers):
             self.mqtt = self._mqtt_link()
         runs = self._field_devices() + self._alerting()
+        if self.record_path:
+            runs.append(("recorder", self._flush_recording))
         if self.mqtt is not None:
             runs.append(("MQTT link", self.mqtt.run))
         field_tasks = [asyncio.create_task(self._supervise(what, run), name=what) for what, run in runs]

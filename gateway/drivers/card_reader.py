@@ -88,7 +88,8 @@ class SerialCardReaderDriver:
         self.line = SerialLine(f"card reader {cfg.id}", cfg, self.feed)
         self.reads = self.swipes = 0
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes, at: datetime | None = None) -> None:
+        """Bytes from the line; `at` is when they arrived (default now; given by recording and replay)."""
         before = dict(self.parser.errors)
         reads: list[CardRead] = self.parser.feed(data)
         for kind, n in self.parser.errors.items():
@@ -99,7 +100,8 @@ class SerialCardReaderDriver:
             self.bad.good()
             if self.debounce.accept(r.value, self.clock.monotonic()):
                 self.swipes += 1
-                self.desk.swipe(self.cfg.id, self.cfg.door, self.cfg.direction, r.value, r.bits, self.clock.now())
+                self.desk.swipe(self.cfg.id, self.cfg.door, self.cfg.direction, r.value, r.bits,
+                                at or self.clock.now())
 
     async def run(self) -> None:
         await self.line.run()

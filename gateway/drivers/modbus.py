@@ -137,6 +137,7 @@ class ModbusBus:
         self._bus_problem = ""
         self._next_connect = 0.0
         self._connect_backoff = 0.0
+        self.recorder = None  # a gateway.recording.Recorder while `run --record` records
 
     # ---- connection ----
 
@@ -261,6 +262,7 @@ class ModbusBus:
         ts = self.clock.now()
         values: dict[str, float] = {}
         counters: dict[str, Decimal] = {}
+        record = [] if self.recorder is not None else None  # the exchanges, for `run --record`
         try:
             for req in st.plan:
                 attempt = 0
@@ -268,8 +270,14 @@ class ModbusBus:
                     st.stats.requests += 1
                     try:
                         regs = await self.read_registers(st.meter.unit, req, st.timeout_s)
+                        if record is not None:
+                            record.append({"fn": req.function, "addr": req.address, "count": req.count,
+                                           "regs": list(regs)})
                         break
                     except PollError as e:
+                        if record is not None:
+                            record.append({"error": type(e).__name__, "detail": str(e),
+                                           **({"code": e.code} if isinstance(e, ExceptionReply) else {})})
                         if e.retry and attempt < self.bus.retries:
                             attempt += 1
                             setattr(st.stats, e.kind, getattr(st.stats, e.kind) + 1)
@@ -279,6 +287,9 @@ class ModbusBus:
         except PollError as e:
             self._failed(st, e)
             return None
+        finally:
+            if record is not None:
+                self.recorder.poll(ts, self.bus.id, st.meter.id, record)
         reading = Reading(st.meter.id, ts, values, counters)
         self._succeeded(st)
         self.publish(reading)

@@ -115,7 +115,7 @@ class WandDriver(_PatrolSource):
 
     QUIET_S = 3.0  # a download that stops this long without END was cut off
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes, at: datetime | None = None) -> None:
         self._last_data = self.clock.monotonic()
         before = dict(self.parser.errors)
         batches = self.parser.feed(data)
