@@ -157,7 +157,7 @@ class FieldSimulation:
                    "rounds": _shift_starts(rt.shifts)} for rt in self.cfg.patrol.routes]
         if routes:
             patrol = PatrolSim(routes, self.guards, seed=self.seed, tz=self.cfg.site.timezone)
-            reads = patrol.reads_between(now - max(self.history_s, 4 * 3600), now + 2 * 86400)
+            reads = patrol.reads_between(self._first_whole_round(now - 4 * 3600), now + 2 * 86400)
             readers = list(self.cfg.patrol.readers)
             for k, rd in enumerate(readers):  # each reader serves the routes given to it in turn
                 mine = [p for p in reads if [x["id"] for x in routes].index(p.route) % len(readers) == k]
@@ -169,6 +169,17 @@ class FieldSimulation:
                     jobs.append(self._wand(self.wands[rd.id], mine))
         jobs.append(self._serial_swipes())
         await asyncio.gather(*jobs)
+
+    def _first_whole_round(self, t: float) -> float:
+        """The first round start at or after t: history begins with whole rounds, so the rules
+        do not see rounds cut in half by the start of the simulation."""
+        starts = []
+        for rt in self.cfg.patrol.routes:
+            for day in (-1, 0, 1):
+                d = (datetime.fromtimestamp(t, self.tz) + timedelta(days=day)).date()
+                starts += [datetime.combine(d, st, self.tz).timestamp() for st in _shift_starts(rt.shifts)]
+        later = [x for x in starts if x >= t]
+        return min(later) - 600 if later else t  # the guard may set out a few minutes early
 
     @staticmethod
     async def _controller(sim: GateControllerSim, publish, start: float, now: float) -> None:
