@@ -183,6 +183,7 @@ class Gateway:
             self.hub.publish(AlertChange(alert.snapshot(), what))
 
         self.rules = Engine(self.cfg, self.cfg.rules, on_change=changed)
+        self.rules.book.keep_history = False  # the ledger keeps the history
         runs = [("rules engine", self._run_rules)]
         if self.mqtt is not None:
             runs.append(("alert publisher", self._publish_alerts))

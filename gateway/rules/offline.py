@@ -23,6 +23,8 @@ class OfflineRuleImpl(Rule):
     wants = (Reading, DeviceStatus)
 
     def __init__(self, cfg, site, book):
+        self._dirty = True             # an event arrived since the last sweep
+        self._next_due: datetime | None = None  # the next deadline a sweep must look at
         super().__init__(cfg, site, book)
         self.meters = self.select_meters()
         self.stale_after = {m: timedelta(seconds=cfg.periods * site.meters[m].poll_s) for m in self.meters}
@@ -44,6 +46,7 @@ class OfflineRuleImpl(Rule):
         if self.start is None:
             self.start = e.ts
         if isinstance(e, Reading):
+            # only moves this meter's deadline later: no sweep needed for it
             self.last_good[e.meter] = e.ts
             self.reported_off.pop(e.meter, None)
             self.down_since.pop(e.meter, None)
@@ -54,6 +57,7 @@ class OfflineRuleImpl(Rule):
                 self.bus_down.discard(bus)
                 self.clear(bus, e.ts, f"meter {e.meter} answering again")
             return
+        self._dirty = True  # an offline report can make a meter or bus down before its deadline
         if e.kind == "bus":
             if not e.online:
                 self.bus_off.setdefault(e.device, e.ts)
@@ -79,6 +83,11 @@ class OfflineRuleImpl(Rule):
     def tick(self, now: datetime) -> None:
         if self.start is None:
             self.start = now
+        # Nothing changes between events except deadlines passing: skip the sweep until one does.
+        if not self._dirty and self._next_due is not None and now < self._next_due:
+            return
+        self._dirty = False
+        next_due = None
         for bus, meters in self.buses.items():
             down = {}
             for m in meters:
@@ -86,8 +95,14 @@ class OfflineRuleImpl(Rule):
                 if since is not None:
                     down[m] = since
                     self.down_since.setdefault(m, since)
+                    when = since + self.settle[m] if self.active(m) is None else None
                 else:
                     self.down_since.pop(m, None)
+                    last = self.last_good.get(m, self.start)
+                    when = last + self.stale_after[m] if last is not None else None
+                if when is not None and (next_due is None or when < next_due):
+                    next_due = when
+            self._next_due = next_due
             if self.cfg.bus_alarm and (bus in self.bus_off or (len(down) == len(meters) and len(meters) > 1)):
                 self._bus_alert(bus, now, "all meters silent" if bus not in self.bus_off else "")
                 continue

@@ -91,7 +91,16 @@ class PatrolRuleImpl(Rule):
 
     # ---- the schedule ----------------------------------------------------------------------
     def starts_on(self, route: str, d: date) -> list[datetime]:
-        """Round starts of shifts that begin on local date d."""
+        """Round starts of shifts that begin on local date d (computed once per route and day)."""
+        cache = self.__dict__.setdefault("_starts", {})
+        found = cache.get((route, d))
+        if found is None:
+            if len(cache) > 64:
+                cache.clear()
+            found = cache[(route, d)] = self._starts_on(route, d)
+        return found
+
+    def _starts_on(self, route: str, d: date) -> list[datetime]:
         tz = self.site.tz
         out = []
         for start, end, every in self.routes[route].shifts:
