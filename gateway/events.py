@@ -29,7 +29,7 @@ class DeviceStatus:
     """A device (meter, bus, reader) went online or offline."""
 
     device: str
-    kind: str  # "meter" | "bus"
+    kind: str  # "meter" | "bus" | "reader" (card readers and patrol wands on serial lines)
     online: bool
     ts: datetime
     reason: str = ""

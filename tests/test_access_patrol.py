@@ -254,3 +254,21 @@ def test_debounce_holds_are_one_swipe_and_a_burst_of_cards_stays_correct():
     assert all(d.accept(c, 20.0 + c / 5000) for c in range(100, 5100))
     assert not any(d.accept(c, 21.5) for c in range(100, 5100))
     assert all(d.accept(c, 24.0) for c in range(100, 5100))
+
+
+async def test_a_reader_on_a_missing_port_is_reported_offline_once(tmp_path):
+    from gateway.cards import CardRegistry
+    from gateway.config import SerialCardReader
+    from gateway.drivers.card_reader import CardDesk, SerialCardReaderDriver
+    from gateway.events import DeviceStatus
+    published = []
+    desk = CardDesk(CardRegistry(None, "Asia/Shanghai"), b"k", published.append)
+    cfg = SerialCardReader(id="gate-x", type="serial", port=str(tmp_path / "ttyUSB9"), door="gate-n")
+    driver = SerialCardReaderDriver(cfg, desk)
+    task = asyncio.create_task(driver.run())
+    await asyncio.sleep(2.0)  # several reopen attempts
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    statuses = [e for e in published if isinstance(e, DeviceStatus)]
+    assert [(s.device, s.kind, s.online) for s in statuses] == [("gate-x", "reader", False)]
+    assert "ttyUSB9" in statuses[0].reason

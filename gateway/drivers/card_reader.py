@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 from ..cards import CardRegistry, card_hash
 from ..clock import REAL_CLOCK, Clock
 from ..config import Door, MqttCardReader, SerialCardReader
-from ..events import CardSwipe, DoorEvent
+from ..events import CardSwipe, DeviceStatus, DoorEvent
 from . import json_msg
 from .bad_input import BadInput
 from .card_frames import CardRead, PatternParser, Rdm6300Parser, WiegandTextParser, parse_card_text
@@ -85,7 +85,7 @@ class SerialCardReaderDriver:
         self.parser = make_parser(cfg)
         self.debounce = Debounce(cfg.debounce_s)
         self.bad = BadInput(f"card reader {cfg.id} ({cfg.port})")
-        self.line = SerialLine(f"card reader {cfg.id}", cfg, self.feed)
+        self.line = SerialLine(f"card reader {cfg.id}", cfg, self.feed, on_status=self._status)
         self.reads = self.swipes = 0
 
     def feed(self, data: bytes, at: datetime | None = None) -> None:
@@ -102,6 +102,9 @@ class SerialCardReaderDriver:
                 self.swipes += 1
                 self.desk.swipe(self.cfg.id, self.cfg.door, self.cfg.direction, r.value, r.bits,
                                 at or self.clock.now())
+
+    def _status(self, online: bool, reason: str) -> None:
+        self.desk.publish(DeviceStatus(self.cfg.id, "reader", online, self.clock.now(), reason))
 
     async def run(self) -> None:
         await self.line.run()

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 from ..clock import REAL_CLOCK, Clock
 from ..config import MqttPatrolReader, Patrol, WandPatrolReader
-from ..events import PatrolCheckin
+from ..events import DeviceStatus, PatrolCheckin
 from . import json_msg
 from .bad_input import BadInput
 from .card_frames import WandParser, parse_card_text
@@ -109,7 +109,7 @@ class WandDriver(_PatrolSource):
         self.tz = tz
         self.parser = WandParser()
         self.bad = BadInput(f"patrol wand {cfg.id} ({cfg.port})")
-        self.line = SerialLine(f"patrol wand {cfg.id}", cfg, self.feed)
+        self.line = SerialLine(f"patrol wand {cfg.id}", cfg, self.feed, on_status=self._status)
         self.downloads = 0
         self._last_data = 0.0
 
@@ -142,6 +142,9 @@ class WandDriver(_PatrolSource):
             else:
                 log.warning("patrol wand %s: download incomplete (%d reads kept, %d new): download it again",
                             batch.wand or self.cfg.id, len(batch.records), new)
+
+    def _status(self, online: bool, reason: str) -> None:
+        self.publish(DeviceStatus(self.cfg.id, "reader", online, self.clock.now(), reason))
 
     async def _watch_quiet(self) -> None:
         while True:

@@ -19,10 +19,12 @@ PARITY = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_O
 
 
 class SerialLine:
-    def __init__(self, what: str, cfg, on_data: Callable[[bytes], None], backoff_max_s: float = 30.0):
+    def __init__(self, what: str, cfg, on_data: Callable[[bytes], None], backoff_max_s: float = 30.0,
+                 on_status: Callable[[bool, str], None] | None = None):
         self.what = what          # e.g. "card reader gate-n-in"
         self.cfg = cfg            # port, baudrate, bytesize, parity, stopbits
         self.on_data = on_data
+        self.on_status = on_status  # (online, reason): a reader's DeviceStatus for the rules
         self.backoff_max_s = backoff_max_s
         self.opened = 0
         self.bytes = 0
@@ -44,6 +46,8 @@ class SerialLine:
             backoff = 0.0
             self.opened += 1
             self.connected = True
+            if self.on_status and (self._problem or self.opened == 1):
+                self.on_status(True, f"{self.cfg.port} open")
             if self._problem:
                 log.info("%s: %s open again", self.what, self.cfg.port)
                 self._problem = ""
@@ -64,4 +68,6 @@ class SerialLine:
     def _trouble(self, why: str) -> None:
         if not self._problem:
             log.error("%s: %s; retrying", self.what, why)
+            if self.on_status:
+                self.on_status(False, why)
         self._problem = why
