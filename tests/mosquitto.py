@@ -18,15 +18,13 @@ import hashlib
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from servers import free_port, make_tls
+from servers import Server
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 
@@ -51,17 +49,14 @@ def write_password_file(path: Path, users: dict[str, str], use_tool: bool = True
     path.chmod(0o600)
 
 
-class Mosquitto:
+class Mosquitto(Server):
     """A mosquitto process that can be stopped and started again on the same port and data."""
 
     name = "mosquitto"
 
     def __init__(self, workdir: Path, users: dict[str, str] | None = None, tls: bool = False,
                  persistence: bool = True, password_tool: bool = True):
-        self.workdir = workdir
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-        self.log = workdir / "mosquitto.log"
+        super().__init__(workdir, tls)
         self.conf = workdir / "mosquitto.conf"
         self.persistence = persistence
         self.users = dict(users or {})
@@ -69,9 +64,6 @@ class Mosquitto:
         if users is not None:
             self.password_file = workdir / "passwd"
             write_password_file(self.password_file, self.users, use_tool=password_tool)
-        self.ca = self.cert = self.key = None
-        if tls:
-            self.ca, self.cert, self.key = make_tls(workdir)
         self._write_conf()
 
     @property
@@ -107,32 +99,6 @@ class Mosquitto:
     def ready(self) -> bool:
         with socket.create_connection((self.host, self.port), timeout=0.5):
             return True
-
-    def start(self, timeout: float = 15.0) -> None:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-2000:]}")
-            try:
-                if self.ready():
-                    return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"{self.name} did not start in {timeout} s: {self.log.read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
 
     def restart(self) -> None:
         self.stop()
