@@ -21,6 +21,12 @@ class BadInput:
             log.warning("%s: %s%s; more bad input from here is counted, not logged, until good input arrives",
                         self.where, kind.replace("_", " "), f" ({detail})" if detail else "")
 
+    def parser_errors(self, errors: Counter[str], before: dict[str, int]) -> None:
+        """Count what a parser's error counter gained since `before` (a copy taken earlier)."""
+        for kind, n in errors.items():
+            for _ in range(n - before.get(kind, 0)):
+                self.bad(kind)
+
     def good(self) -> None:
         if self._since_good > 1:
             log.info("%s: good input again after %d bad", self.where, self._since_good)

@@ -92,9 +92,7 @@ class SerialCardReaderDriver:
         """Bytes from the line; `at` is when they arrived (default now; given by recording and replay)."""
         before = dict(self.parser.errors)
         reads: list[CardRead] = self.parser.feed(data)
-        for kind, n in self.parser.errors.items():
-            for _ in range(n - before.get(kind, 0)):
-                self.bad.bad(kind)
+        self.bad.parser_errors(self.parser.errors, before)
         for r in reads:
             self.reads += 1
             self.bad.good()

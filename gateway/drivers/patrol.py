@@ -119,9 +119,7 @@ class WandDriver(_PatrolSource):
         self._last_data = self.clock.monotonic()
         before = dict(self.parser.errors)
         batches = self.parser.feed(data)
-        for kind, n in self.parser.errors.items():
-            for _ in range(n - before.get(kind, 0)):
-                self.bad.bad(kind)
+        self.bad.parser_errors(self.parser.errors, before)
         self._take(batches)
 
     def _take(self, batches) -> None:
