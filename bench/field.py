@@ -74,23 +74,16 @@ import argparse
 import asyncio
 import cProfile
 import json
-import logging
 import os
-import pstats
 import random
 import resource
-import signal
-import sys
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-ROOT = Path(__file__).resolve().parent.parent
-for p in (ROOT, ROOT / "tests"):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
+from common import ROOT, Child, dist, fmt_dist, ms, out, print_profile, run, serve_child, swipe_spaced, until
 
 TARGETS = {"serial_latency_p99_ms_max": 20.0}
 CARDS_FILE = ROOT / "edge_config" / "cards.example.csv"
@@ -101,26 +94,7 @@ BURST_FRAMES = 256        # frames handed to the pty before waiting until it too
 READ_CHUNK = 1024         # serial_asyncio_fast reads at most this much per call
 LOW24 = 0xFFFFFF
 DEBOUNCE_PRUNE_AT = 1000  # gateway.drivers.card_reader.Debounce prunes above this many cards
-
-
-def out(line: str = "") -> None:
-    print(line, flush=True)
-
-
-def ms(ns: float) -> float:
-    return ns / 1e6
-
-
-def percentile(xs: list[float], q: float) -> float:
-    """Nearest rank: the smallest value with at least q % of the values at or below it."""
-    s = sorted(xs)
-    k = max(0, min(len(s) - 1, -(-len(s) * q // 100) - 1))
-    return s[int(k)]
-
-
-def dist(xs: list[float]) -> dict:
-    return {"n": len(xs), "p50": round(percentile(xs, 50), 3), "p99": round(percentile(xs, 99), 3),
-            "max": round(max(xs), 3), "mean": round(sum(xs) / len(xs), 3)}
+UNTIL_S = 10.0           # how long to wait for a serial line or the MQTT link
 
 
 # ==== the child: simulator and publisher in their own process ====================================
@@ -133,14 +107,8 @@ async def _child_main() -> None:
     from simulators.card_reader import SerialCardReaderSim
 
     loop = asyncio.get_running_loop()
-    stdin = asyncio.StreamReader(limit=1 << 26)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
     sims: dict[str, SerialCardReaderSim] = {}
     tz = ZoneInfo(TZ_NAME)
-
-    def reply(obj: dict) -> None:
-        sys.stdout.write(json.dumps(obj) + "\n")
-        sys.stdout.flush()
 
     def payload(value: int) -> bytes:
         return json.dumps({"card": f"{value:010d}", "reader": "gate-s-in", "direction": "in",
@@ -151,131 +119,55 @@ async def _child_main() -> None:
         client.pending_calls_threshold = 1 << 20  # many publishes wait for their PUBACK at once
         return client
 
-    while True:
-        line = await stdin.readline()
-        if not line:
-            return
-        cmd = json.loads(line)
-        op = cmd["op"]
-        try:
-            if op == "quit":
-                for sim in sims.values():
-                    await sim.stop()
-                reply({"ok": True})
-                return
-            if op == "reader":  # start a reader on a new pty
-                sim = SerialCardReaderSim(cmd["fmt"], encoding=cmd.get("encoding", "decimal"), bits=26)
-                await sim.start()
-                sims[cmd["name"]] = sim
-                reply({"port": sim.port_path})
-            elif op == "burst":  # as fast as the pty takes them
-                sim = sims[cmd["name"]]
-                values = cmd["values"]
-                frames = len(values)
-                b0 = sim.bytes_sent
-                t0 = time.monotonic_ns()
-                for i, v in enumerate(values):
-                    sim.swipe(v)
-                    if i % BURST_FRAMES == BURST_FRAMES - 1:
-                        await sim.drain()
-                await sim.drain()
-                t1 = time.monotonic_ns()
-                reply({"sent": frames, "bytes": sim.bytes_sent - b0, "t0_ns": t0, "t1_ns": t1})
-            elif op == "spaced":  # one swipe every gap_s, each stamped just before its write
-                sim = sims[cmd["name"]]
-                gap = cmd["gap_s"]
-                stamps = []
+    async def stop() -> None:
+        for sim in sims.values():
+            await sim.stop()
+
+    async def handle(op: str, cmd: dict) -> dict:
+        if op == "reader":  # start a reader on a new pty
+            sim = SerialCardReaderSim(cmd["fmt"], encoding=cmd.get("encoding", "decimal"), bits=26)
+            await sim.start()
+            sims[cmd["name"]] = sim
+            return {"port": sim.port_path}
+        if op == "burst":  # as fast as the pty takes them
+            sim = sims[cmd["name"]]
+            values = cmd["values"]
+            frames = len(values)
+            b0 = sim.bytes_sent
+            t0 = time.monotonic_ns()
+            for i, v in enumerate(values):
+                sim.swipe(v)
+                if i % BURST_FRAMES == BURST_FRAMES - 1:
+                    await sim.drain()
+            await sim.drain()
+            t1 = time.monotonic_ns()
+            return {"sent": frames, "bytes": sim.bytes_sent - b0, "t0_ns": t0, "t1_ns": t1}
+        if op == "spaced":  # one swipe every gap_s, each stamped just before its write
+            return {"t_ns": await swipe_spaced(sims[cmd["name"]], cmd["values"], cmd["gap_s"])}
+        if op == "mqtt_backlog":  # publish all, QoS 1, as fast as the broker acknowledges
+            values = cmd["values"]
+            t0 = time.monotonic_ns()
+            async with mqtt_client(cmd["port"], "bench-publisher") as client:
+                for i in range(0, len(values), 500):
+                    await asyncio.gather(*(client.publish(MQTT_TOPIC, payload(v), qos=1)
+                                           for v in values[i:i + 500]))
+            return {"published": len(values), "seconds": (time.monotonic_ns() - t0) / 1e9}
+        if op == "mqtt_spaced":
+            gap = cmd["gap_s"]
+            stamps = []
+            async with mqtt_client(cmd["port"], "bench-publisher") as client:
                 start = loop.time() + 0.05
                 for i, v in enumerate(cmd["values"]):
                     delay = start + i * gap - loop.time()
                     if delay > 0:
                         await asyncio.sleep(delay)
+                    body = payload(v)
                     stamps.append(time.monotonic_ns())
-                    sim.swipe(v)
-                await sim.drain()
-                reply({"t_ns": stamps})
-            elif op == "mqtt_backlog":  # publish all, QoS 1, as fast as the broker acknowledges
-                values = cmd["values"]
-                t0 = time.monotonic_ns()
-                async with mqtt_client(cmd["port"], "bench-publisher") as client:
-                    for i in range(0, len(values), 500):
-                        await asyncio.gather(*(client.publish(MQTT_TOPIC, payload(v), qos=1)
-                                               for v in values[i:i + 500]))
-                reply({"published": len(values), "seconds": (time.monotonic_ns() - t0) / 1e9})
-            elif op == "mqtt_spaced":
-                gap = cmd["gap_s"]
-                stamps = []
-                async with mqtt_client(cmd["port"], "bench-publisher") as client:
-                    start = loop.time() + 0.05
-                    for i, v in enumerate(cmd["values"]):
-                        delay = start + i * gap - loop.time()
-                        if delay > 0:
-                            await asyncio.sleep(delay)
-                        body = payload(v)
-                        stamps.append(time.monotonic_ns())
-                        await client.publish(MQTT_TOPIC, body, qos=1)
-                reply({"t_ns": stamps})
-            else:
-                reply({"error": f"unknown op {op!r}"})
-        except Exception as e:  # noqa: BLE001 - tell the parent, keep serving
-            reply({"error": f"{type(e).__name__}: {e}"})
+                    await client.publish(MQTT_TOPIC, body, qos=1)
+            return {"t_ns": stamps}
+        return {"error": f"unknown op {op!r}"}
 
-
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM if the bench dies without cleaning up (Linux prctl)."""
-    try:
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-class Child:
-    """The child process, driven over its stdin/stdout."""
-
-    def __init__(self, log_file: Path):
-        self.log_file = log_file
-        self.proc: asyncio.subprocess.Process | None = None
-        self._lock = asyncio.Lock()
-
-    async def __aenter__(self) -> "Child":
-        self._err = open(self.log_file, "wb")
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(Path(__file__).resolve()), "--child", cwd=ROOT,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=self._err,
-            limit=1 << 26, preexec_fn=_die_with_parent)
-        return self
-
-    async def call(self, op: str, timeout: float = 120.0, **kw) -> dict:
-        async with self._lock:
-            self.proc.stdin.write((json.dumps({"op": op, **kw}) + "\n").encode())
-            await self.proc.stdin.drain()
-            line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
-        if not line:
-            raise RuntimeError(f"bench child exited: {self._stderr_tail()}")
-        answer = json.loads(line)
-        if "error" in answer:
-            raise RuntimeError(f"bench child, {op}: {answer['error']}")
-        return answer
-
-    def _stderr_tail(self) -> str:
-        try:
-            return self.log_file.read_text(errors="replace")[-800:].strip() or "no output"
-        except OSError:
-            return "no output"
-
-    async def __aexit__(self, *exc) -> None:
-        if self.proc is None:
-            return
-        if self.proc.returncode is None:
-            try:
-                await self.call("quit", timeout=5)
-                await asyncio.wait_for(self.proc.wait(), 5)
-            except (Exception, asyncio.TimeoutError):  # noqa: BLE001
-                if self.proc.returncode is None:
-                    self.proc.kill()
-                    await self.proc.wait()
-        self._err.close()
+    await serve_child(handle, stop, limit=1 << 26)
 
 
 # ==== the gateway side ===========================================================================
@@ -351,14 +243,6 @@ def check_all_once(cards: list[str], values: list[int], what: str) -> None:
                            "bytes lost or cards debounced")
 
 
-async def until(cond, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 class Field:
     """What the gateway's runtime wires for card readers: one registry, one desk, one hub."""
 
@@ -396,7 +280,7 @@ async def serial_round(child: Child, field: Field, tap: HubTap, fmt: str, port: 
     count_chunks(drv)
     task = asyncio.create_task(drv.run())
     try:
-        await until(lambda: drv.line.connected, f"{fmt}: serial line open")
+        await until(lambda: drv.line.connected, f"{fmt}: serial line open", UNTIL_S)
         tap.reset()
         if profiler:
             profiler.enable()
@@ -505,6 +389,9 @@ class StageStamps:
         publish = desk.publish
 
         def stamped_publish(event) -> None:
+            if not isinstance(event, CardSwipe):  # the reader's own DeviceStatus
+                publish(event)
+                return
             t = time.monotonic_ns()
             self.input_ns[event.card] = self.current
             self.publish_ns[event.card] = t
@@ -541,7 +428,7 @@ async def serial_latency(child: Child, field: Field, tap: HubTap, port: str, val
     drv.line.on_data = stamps.wrap(drv.line.on_data)
     task = asyncio.create_task(drv.run())
     try:
-        await until(lambda: drv.line.connected, "rdm6300: serial line open")
+        await until(lambda: drv.line.connected, "rdm6300: serial line open", UNTIL_S)
         tap.reset()
         sent = await child.call("spaced", name="rdm6300", values=values, gap_s=gap_s,
                                 timeout=len(values) * gap_s + 60)
@@ -568,7 +455,7 @@ async def gateway_link(port: int, handler, client_id: str) -> tuple[MqttLink, as
     link = MqttLink(mqtt_settings(port, client_id))
     link.subscribe(MQTT_TOPIC, handler)
     task = asyncio.create_task(link.run())
-    await until(lambda: link.connected, "MQTT link connected and subscribed")
+    await until(lambda: link.connected, "MQTT link connected and subscribed", UNTIL_S)
     return link, task
 
 
@@ -675,27 +562,7 @@ async def mqtt_latency(child: Child, field: Field, tap: HubTap, port: int, value
     return latency_figures(tap, stamps, values, sent["t_ns"], ("broker+link", "driver", "hub"), skip)
 
 
-# ---- profile ----------------------------------------------------------------------------------------
-
-def print_profile(prof: cProfile.Profile, n: int, per: int, what: str) -> list[dict]:
-    stats = pstats.Stats(prof)
-    rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:n]
-    total = sum(v[2] for v in stats.stats.values())
-    out(f"  profile of {what}: {total / per * 1e6:.1f} profiled µs per swipe in all; costliest (own time):")
-    res = []
-    for (file, line, func), (cc, nc, tt, ct, _) in rows:
-        where = f"{Path(file).name}:{line}({func})" if line else func
-        out(f"    {tt / per * 1e6:8.2f} µs/swipe own, {ct / per * 1e6:8.2f} cumulative, {nc:>9} calls  {where}")
-        res.append({"function": where, "own_us": round(tt / per * 1e6, 3), "cum_us": round(ct / per * 1e6, 3),
-                    "calls": nc})
-    return res
-
-
 # ---- main ---------------------------------------------------------------------------------------------
-
-def fmt_dist(d: dict) -> str:
-    return f"p50 {d['p50']:.2f}  p99 {d['p99']:.2f}  max {d['max']:.2f} ms"
-
 
 async def main(args: argparse.Namespace) -> dict:
     from mosquitto import MOSQUITTO, Mosquitto
@@ -713,7 +580,7 @@ async def main(args: argparse.Namespace) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="bench-field-") as tmp_:
         tmp = Path(tmp_)
-        async with Child(tmp / "child.log") as child:
+        async with Child(__file__, tmp / "child.log") as child:
             tap = HubTap(field.hub)
             ports = {}
             for fmt in formats:
@@ -812,11 +679,11 @@ async def main(args: argparse.Namespace) -> dict:
                 out(f"latency: {args.latency_swipes} single swipes {args.gap_ms:g} ms apart (after "
                     f"{args.warmup_swipes} not counted), stamped with CLOCK_MONOTONIC in both processes:")
                 s = await serial_latency(child, field, tap, ports["rdm6300"], lat_cards, gap, args.warmup_swipes)
-                out(f"  serial rdm6300, frame written -> CardSwipe in the hub: {fmt_dist(s['total'])}")
-                out("    stages: " + "; ".join(f"{name} {fmt_dist(d)}" for name, d in s["stages"].items()))
+                out(f"  serial rdm6300, frame written -> CardSwipe in the hub: {fmt_dist(s['total'], show_n=False)}")
+                out("    stages: " + "; ".join(f"{name} {fmt_dist(d, show_n=False)}" for name, d in s["stages"].items()))
                 q = await mqtt_latency(child, field, tap, broker.port, lat_cards, gap, args.warmup_swipes)
-                out(f"  MQTT, publish -> CardSwipe in the hub: {fmt_dist(q['total'])}")
-                out("    stages: " + "; ".join(f"{name} {fmt_dist(d)}" for name, d in q["stages"].items()))
+                out(f"  MQTT, publish -> CardSwipe in the hub: {fmt_dist(q['total'], show_n=False)}")
+                out("    stages: " + "; ".join(f"{name} {fmt_dist(d, show_n=False)}" for name, d in q["stages"].items()))
                 result["latency_ms"] = {"serial_rdm6300": s, "mqtt": q, "gap_ms": args.gap_ms,
                                         "clock": "CLOCK_MONOTONIC (time.monotonic_ns) in both processes"}
 
@@ -825,12 +692,12 @@ async def main(args: argparse.Namespace) -> dict:
                     prof = cProfile.Profile()
                     await serial_round(child, field, tap, "rdm6300", ports["rdm6300"], args.wiegand_encoding,
                                        burst_cards, prof)
-                    result["profile_serial"] = print_profile(prof, args.profile, n, "an rdm6300 pty round")
+                    result["profile_serial"] = print_profile(prof, args.profile, n, "an rdm6300 pty round", "swipe")
                     prof = cProfile.Profile()
                     await mqtt_sessions(broker.port, ["bench-gateway-prof"])
                     await child.call("mqtt_backlog", port=broker.port, values=mqtt_cards)
                     await mqtt_gateway_drain(field, tap, broker.port, mqtt_cards, "bench-gateway-prof", prof)
-                    result["profile_mqtt"] = print_profile(prof, args.profile, m, "a gateway MQTT backlog")
+                    result["profile_mqtt"] = print_profile(prof, args.profile, m, "a gateway MQTT backlog", "swipe")
             finally:
                 broker.stop()
                 await tap.close()
@@ -867,10 +734,4 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    if "--child" in sys.argv[1:]:
-        asyncio.run(_child_main())
-        sys.exit(0)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    res = asyncio.run(main(parse_args()))
-    print(json.dumps(res, ensure_ascii=False), flush=True)
+    run(main, parse_args, _child_main)

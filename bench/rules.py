@@ -84,12 +84,9 @@ import cProfile
 import csv
 import gc
 import json
-import logging
 import os
-import pstats
 import random
 import resource
-import signal
 import sys
 import tempfile
 import time
@@ -99,10 +96,7 @@ from decimal import Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-ROOT = Path(__file__).resolve().parent.parent
-for p in (ROOT, ROOT / "tests"):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
+from common import ROOT, Child, dist, fmt_dist, ms, out, print_profile, run, serve_child, swipe_spaced, until
 
 TARGETS = {"events_per_s_min": 20_000, "latency_p99_ms_max": 50.0}
 SITE_FILE = ROOT / "edge_config" / "site.example.yaml"
@@ -113,34 +107,7 @@ KEY_ENV = "BENCH_RULES_CARD_HASH_KEY"
 GRID_S = 300                          # the load profile is sampled every 5 min, noise per reading
 WAND_DOWNLOADS = (dtime(7, 10), dtime(19, 10))
 PHASE_V = ("voltage_v", "voltage_l1_v", "voltage_l2_v", "voltage_l3_v")
-
-
-def out(line: str = "") -> None:
-    print(line, flush=True)
-
-
-def ms(ns: float) -> float:
-    return ns / 1e6
-
-
-def percentile(xs: list[float], q: float) -> float:
-    """Nearest rank: the smallest value with at least q % of the values at or below it."""
-    s = sorted(xs)
-    k = max(0, min(len(s) - 1, -(-len(s) * q // 100) - 1))
-    return s[int(k)]
-
-
-def dist(xs: list[float]) -> dict:
-    if not xs:
-        return {"n": 0}
-    return {"n": len(xs), "p50": round(percentile(xs, 50), 3), "p99": round(percentile(xs, 99), 3),
-            "max": round(max(xs), 3), "mean": round(sum(xs) / len(xs), 3)}
-
-
-def fmt_dist(d: dict) -> str:
-    if not d.get("n"):
-        return "none"
-    return f"p50 {d['p50']:.2f}  p99 {d['p99']:.2f}  max {d['max']:.2f} ms (n {d['n']})"
+UNTIL_S = 15.0                        # how long to wait for the gateway to come up
 
 
 # ==== the child: card reader simulator and MQTT subscriber in their own process =================
@@ -152,16 +119,10 @@ async def _child_main() -> None:
     from simulators.card_reader import SerialCardReaderSim
 
     loop = asyncio.get_running_loop()
-    stdin = asyncio.StreamReader(limit=1 << 24)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
     sim: SerialCardReaderSim | None = None
     received: list[tuple[int, str, bytes, bool]] = []
     arrived = asyncio.Event()
     watch: asyncio.Task | None = None
-
-    def reply(obj: dict) -> None:
-        sys.stdout.write(json.dumps(obj) + "\n")
-        sys.stdout.flush()
 
     async def subscriber(port: int, topic: str, ready: asyncio.Future) -> None:
         try:
@@ -177,157 +138,57 @@ async def _child_main() -> None:
                 ready.set_exception(e)
             raise
 
-    while True:
-        line = await stdin.readline()
-        if not line:
-            return
-        cmd = json.loads(line)
-        op = cmd["op"]
-        try:
-            if op == "quit":
-                if watch is not None:
-                    watch.cancel()
-                    await asyncio.gather(watch, return_exceptions=True)
-                if sim is not None:
-                    await sim.stop()
-                reply({"ok": True})
-                return
-            if op == "reader":
-                sim = SerialCardReaderSim("rdm6300")
-                await sim.start()
-                reply({"port": sim.port_path})
-            elif op == "subscribe":
-                ready = loop.create_future()
-                watch = asyncio.create_task(subscriber(cmd["port"], cmd["topic"], ready))
-                await asyncio.wait_for(ready, 15)
-                reply({"ok": True})
-            elif op == "spaced":  # one frame every gap_s, each stamped just before its write
-                gap = cmd["gap_s"]
-                stamps = []
-                start = loop.time() + 0.05
-                for i, v in enumerate(cmd["values"]):
-                    delay = start + i * gap - loop.time()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                    stamps.append(time.monotonic_ns())
-                    sim.swipe(v)
-                await sim.drain()
-                reply({"t_ns": stamps})
-            elif op == "received":  # wait until n messages arrived (or the timeout), send them all
-                deadline = loop.time() + cmd["timeout_s"]
-                while len(received) < cmd["n"] and loop.time() < deadline:
-                    if watch is not None and watch.done():
-                        break
-                    arrived.clear()
-                    try:
-                        await asyncio.wait_for(arrived.wait(), max(0.0, deadline - loop.time()))
-                    except asyncio.TimeoutError:
-                        break
-                await asyncio.sleep(cmd.get("linger_s", 0))  # anything beyond n shows up too
-                reply({"messages": [[t, topic, payload.decode("utf-8", "replace"), retain]
-                                    for t, topic, payload, retain in received]})
-            else:
-                reply({"error": f"unknown op {op!r}"})
-        except Exception as e:  # noqa: BLE001 - tell the parent, keep serving
-            reply({"error": f"{type(e).__name__}: {e}"})
+    async def stop() -> None:
+        if watch is not None:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
+        if sim is not None:
+            await sim.stop()
 
+    async def handle(op: str, cmd: dict) -> dict:
+        nonlocal sim, watch
+        if op == "reader":
+            sim = SerialCardReaderSim("rdm6300")
+            await sim.start()
+            return {"port": sim.port_path}
+        if op == "subscribe":
+            ready = loop.create_future()
+            watch = asyncio.create_task(subscriber(cmd["port"], cmd["topic"], ready))
+            await asyncio.wait_for(ready, 15)
+            return {"ok": True}
+        if op == "spaced":  # one frame every gap_s, each stamped just before its write
+            return {"t_ns": await swipe_spaced(sim, cmd["values"], cmd["gap_s"])}
+        if op == "received":  # wait until n messages arrived (or the timeout), send them all
+            deadline = loop.time() + cmd["timeout_s"]
+            while len(received) < cmd["n"] and loop.time() < deadline:
+                if watch is not None and watch.done():
+                    break
+                arrived.clear()
+                try:
+                    await asyncio.wait_for(arrived.wait(), max(0.0, deadline - loop.time()))
+                except asyncio.TimeoutError:
+                    break
+            await asyncio.sleep(cmd.get("linger_s", 0))  # anything beyond n shows up too
+            return {"messages": [[t, topic, payload.decode("utf-8", "replace"), retain]
+                                 for t, topic, payload, retain in received]}
+        return {"error": f"unknown op {op!r}"}
 
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM if the bench dies without cleaning up (Linux prctl)."""
-    try:
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-class Child:
-    """The child process, driven over its stdin/stdout."""
-
-    def __init__(self, log_file: Path):
-        self.log_file = log_file
-        self.proc: asyncio.subprocess.Process | None = None
-        self._lock = asyncio.Lock()
-
-    async def __aenter__(self) -> "Child":
-        self._err = open(self.log_file, "wb")
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(Path(__file__).resolve()), "--child", cwd=ROOT,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=self._err,
-            limit=1 << 26, preexec_fn=_die_with_parent)
-        return self
-
-    async def call(self, op: str, timeout: float = 120.0, **kw) -> dict:
-        async with self._lock:
-            self.proc.stdin.write((json.dumps({"op": op, **kw}) + "\n").encode())
-            await self.proc.stdin.drain()
-            line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
-        if not line:
-            raise RuntimeError(f"bench child exited: {self._stderr_tail()}")
-        answer = json.loads(line)
-        if "error" in answer:
-            raise RuntimeError(f"bench child, {op}: {answer['error']}")
-        return answer
-
-    def _stderr_tail(self) -> str:
-        try:
-            return self.log_file.read_text(errors="replace")[-800:].strip() or "no output"
-        except OSError:
-            return "no output"
-
-    async def __aexit__(self, *exc) -> None:
-        if self.proc is None:
-            return
-        if self.proc.returncode is None:
-            try:
-                await self.call("quit", timeout=5)
-                await asyncio.wait_for(self.proc.wait(), 5)
-            except (Exception, asyncio.TimeoutError):  # noqa: BLE001
-                if self.proc.returncode is None:
-                    self.proc.kill()
-                    await self.proc.wait()
-        self._err.close()
+    await serve_child(handle, stop, limit=1 << 24)
 
 
 # ==== part 1: throughput of the engine ===========================================================
 
 from gateway.cards import CardRegistry  # noqa: E402
-from gateway.clock import Clock  # noqa: E402
 from gateway.config import MqttCardReader, load_site, parse_site  # noqa: E402
 from gateway.drivers.card_frames import WandRecord, wand_download  # noqa: E402
 from gateway.drivers.card_reader import CardDesk, DoorEventsDriver, MqttCardReaderDriver  # noqa: E402
 from gateway.drivers.patrol import Checkpoints, MqttPatrolReaderDriver, WandDriver  # noqa: E402
 from gateway.events import AlertChange, CardSwipe, DeviceStatus, DoorEvent, PatrolCheckin, Reading  # noqa: E402
 from gateway.hub import Hub  # noqa: E402
+from gateway.replay import SimClock  # noqa: E402
 from gateway.rules.engine import Engine  # noqa: E402
 
 EVENT_TYPES = (Reading, DeviceStatus, CardSwipe, DoorEvent, PatrolCheckin)
-
-
-class SimClock(Clock):
-    """Simulated time for the drivers that stamp arrival (`received` of a PatrolCheckin)."""
-
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def now(self) -> datetime:
-        return datetime.fromtimestamp(self.t, timezone.utc)
-
-    def monotonic(self) -> float:
-        return self.t
-
-
-def _shift_starts(shifts) -> list[dtime]:
-    starts = set()
-    for sh in shifts:
-        h, m = map(int, sh.start.split(":"))
-        eh, em = map(int, sh.end.split(":"))
-        t, end = h * 60 + m, eh * 60 + em
-        length = (end - t) % (24 * 60) or 24 * 60
-        for k in range(0, length, sh.every_minutes):
-            minute = (t + k) % (24 * 60)
-            starts.add(dtime(minute // 60, minute % 60))
-    return sorted(starts)
 
 
 class Fault:
@@ -343,6 +204,7 @@ class DayMix:
     """
 
     def __init__(self, cfg, start_local: datetime, hours: int, seed: int):
+        from simulators.field_site import _shift_starts
         from simulators.gate_controller import GateControllerSim
         from simulators.patrol import PatrolSim
         from simulators.profiles import Profile
@@ -351,7 +213,7 @@ class DayMix:
         self.tz = ZoneInfo(cfg.site.timezone)
         self.t0 = start_local.timestamp()
         self.rng = random.Random(seed)
-        self.clock = SimClock()
+        self.clock = SimClock(datetime.fromtimestamp(0.0, timezone.utc))  # set to each event's arrival
         self._pending: list[tuple[float, int, object]] = []
         self._seq = 0
         self._arrival = 0.0
@@ -490,6 +352,12 @@ class DayMix:
         return [f for f in faults if f.meters]
 
     # ---- collecting what the drivers publish ----
+    def _arrive(self, arrival: float) -> datetime:
+        """The simulated clock (the drivers' arrival stamps) at `arrival`, epoch seconds; returns it (UTC)."""
+        self._arrival = arrival
+        self.clock.t = datetime.fromtimestamp(arrival, timezone.utc)
+        return self.clock.t
+
     def _collect(self, event) -> None:
         self._seq += 1
         self._pending.append((self._arrival, self._seq, event))
@@ -602,8 +470,7 @@ class DayMix:
         lo, hi = bisect.bisect_left(self.gate_times, c0), bisect.bisect_left(self.gate_times, c1)
         for t, i, _, topic, payload in self.gate_events[lo:hi]:
             arrival = t + 0.05 + self.rng.random() * 0.2
-            self._arrival = self.clock.t = arrival
-            when = datetime.fromtimestamp(arrival, timezone.utc)
+            when = self._arrive(arrival)
             door = self.controllers[i].controller
             if topic.endswith("/swipe"):
                 self.swipe_drivers[door].handle(topic, payload, when)
@@ -613,7 +480,7 @@ class DayMix:
             drv = self.swipe_drivers[self.burst_door]
             for i, card in enumerate(self.unknown[:6]):
                 t = self.burst_at + i * 12
-                self._arrival = self.clock.t = t + 0.1
+                self._arrive(t + 0.1)
                 body = {"card": f"{card:010d}", "reader": f"{self.burst_door}-in", "door": self.burst_door,
                         "direction": "in", "time": datetime.fromtimestamp(t, self.tz).isoformat(timespec="seconds")}
                 drv.handle(drv.cfg.topic, json.dumps(body).encode(), datetime.fromtimestamp(t + 0.1, timezone.utc))
@@ -624,7 +491,7 @@ class DayMix:
             if drv is None:
                 continue
             arrival = p.t + 0.3 + self.rng.random()
-            self._arrival = self.clock.t = arrival
+            self._arrive(arrival)
             body = {"reader": drv.cfg.id, "guard": f"{p.guard:010d}", "tag": p.tag,
                     "time": p.time.isoformat(timespec="seconds")}
             drv.handle(drv.cfg.topic, json.dumps(body).encode(), datetime.fromtimestamp(arrival, timezone.utc))
@@ -640,7 +507,7 @@ class DayMix:
                     for p in reads:
                         self.wand_seq += 1
                         records.append(WandRecord(self.wand_seq, p.guard_tag, p.tag, p.local_time))
-                    self._arrival = self.clock.t = at + 2.0
+                    self._arrive(at + 2.0)
                     drv.feed(wand_download(drv.cfg.id, records))
                 self.wand_from = at
 
@@ -805,33 +672,11 @@ def throughput(args: argparse.Namespace) -> dict:
         + ", ".join(f"{k} {v}" for k, v in res["alert_changes"].items()) + f"); open at the end: "
         f"{res['open_alerts_at_end']}")
     if prof is not None:
-        res["profile"] = print_profile(prof, args.profile, prof_events, "the engine, first 2 hours")
-    return res
-
-
-def print_profile(prof: cProfile.Profile, n: int, per: int, what: str) -> list[dict]:
-    stats = pstats.Stats(prof)
-    rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:n]
-    total = sum(v[2] for v in stats.stats.values())
-    out(f"  profile of {what}: {total / per * 1e6:.1f} profiled µs per event in all; costliest (own time):")
-    res = []
-    for (file, line, func), (cc, nc, tt, ct, _) in rows:
-        where = f"{Path(file).name}:{line}({func})" if line else func
-        out(f"    {tt / per * 1e6:8.2f} µs/event own, {ct / per * 1e6:8.2f} cumulative, {nc:>9} calls  {where}")
-        res.append({"function": where, "own_us": round(tt / per * 1e6, 3), "cum_us": round(ct / per * 1e6, 3),
-                    "calls": nc})
+        res["profile"] = print_profile(prof, args.profile, prof_events, "the engine, first 2 hours", "event")
     return res
 
 
 # ==== part 2: card frame -> alert on MQTT through a running gateway =============================
-
-async def until(cond, what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
 
 class Stamps:
     """Wrappers on the running gateway's objects that note when things happened."""
@@ -943,7 +788,7 @@ async def latency(args: argparse.Namespace, tmp: Path) -> dict:
     broker.start()
     prefix = f"{example.site.id}/alerts"
     try:
-        async with Child(tmp / "child.log") as child:
+        async with Child(__file__, tmp / "child.log") as child:
             port = (await child.call("reader"))["port"]
             if not port.startswith("/dev/pts/"):
                 raise RuntimeError(f"simulator at {port}, expected a local pty")
@@ -956,12 +801,12 @@ async def latency(args: argparse.Namespace, tmp: Path) -> dict:
             task = asyncio.create_task(gw.run(status_every_s=None, grace_s=1))
             try:
                 await until(lambda: gw.rules is not None and gw.ledger is not None and gw.mqtt is not None
-                            or task.done(), "the gateway built")
+                            or task.done(), "the gateway built", UNTIL_S)
                 if task.done():
                     task.result()
                 stamps.wrap_running(gw)
                 await until(lambda: gw.mqtt.connected and all(d.line.connected for d in gw.field_drivers),
-                            "gateway: MQTT connected and the serial line open")
+                            "gateway: MQTT connected and the serial line open", UNTIL_S)
                 await child.call("subscribe", port=broker.port, topic=f"{prefix}/#")
                 n = len(values)
                 out(f"latency: {args.cases} frames of distinct unknown cards {args.gap_ms:g} ms apart (after "
@@ -1122,10 +967,4 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    if "--child" in sys.argv[1:]:
-        asyncio.run(_child_main())
-        sys.exit(0)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    res = asyncio.run(main(parse_args()))
-    print(json.dumps(res, ensure_ascii=False), flush=True)
+    run(main, parse_args, _child_main)

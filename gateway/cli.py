@@ -351,7 +351,8 @@ def alarms_history(config: Path = typer.Option(..., "-c", "--config", help="site
 def replay(recording: Path = typer.Argument(..., help="a file written by `gateway run --record`"),
            config: Path = typer.Option(..., "-c", "--config", help="site file"),
            speed: Optional[float] = typer.Option(None, "--speed", help="N times real time (default: as fast as possible)"),
-           tail_s: float = typer.Option(1800, "--tail", help="simulated seconds to run on after the last record"),
+           tail_s: float = typer.Option(0, "--tail", help="simulated seconds to tick on after the last record "
+                                        "(no polls then: meters go stale)"),
            as_json: bool = typer.Option(False, "--json")) -> None:
     """Drive recorded traffic through the real drivers and rules under a simulated clock; print the alerts."""
     from zoneinfo import ZoneInfo

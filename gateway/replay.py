@@ -74,7 +74,7 @@ def _scripted(script: deque):
     return read_registers
 
 
-async def replay(cfg: SiteConfig, recording: Path, speed: float | None = None, tail_s: float = 1800.0,
+async def replay(cfg: SiteConfig, recording: Path, speed: float | None = None, tail_s: float = 0.0,
                  on_alert: Callable[[AlertChange], None] | None = None) -> list[AlertChange]:
     """Replay a recording; returns every alert change, in order. `speed` None = as fast as possible."""
     records = read(recording)

@@ -68,6 +68,8 @@ class CounterRuleImpl(Rule):
         t0, v0 = prev
         name = self.site.meter_name(m)
         if v < v0 - self.res - 1e-9:
+            if self._is(m, "backwards"):
+                return  # already said; the new counter creeping up is no news for the people on duty
             drop = v0 - v
             self.raise_(m, r.ts, f"{name} 电量读数倒退 {fmt(drop, 'kWh')}（{fmt(v0, 'kWh')} → {fmt(v, 'kWh')}），未登记换表",
                         f"{name} energy counter went backwards by {fmt(drop, 'kWh')} ({v0} -> {v}), no replacement recorded",

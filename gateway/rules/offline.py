@@ -56,6 +56,14 @@ class OfflineRuleImpl(Rule):
             if bus in self.bus_down:
                 self.bus_down.discard(bus)
                 self.clear(bus, e.ts, f"meter {e.meter} answering again")
+                # The bus is back: its other meters get a fresh period to answer before any of
+                # them counts as down on its own (they are polled one after another).
+                for other in self.buses.get(bus, []):
+                    if other != e.meter:
+                        self.reported_off.pop(other, None)
+                        self.down_since.pop(other, None)
+                        self.last_good[other] = max(self.last_good.get(other, e.ts), e.ts)
+                self._dirty = True
             return
         self._dirty = True  # an offline report can make a meter or bus down before its deadline
         if e.kind == "bus":
