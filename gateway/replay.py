@@ -10,7 +10,6 @@ the transports are left out, so a day replays in seconds and gives the alerts th
 from __future__ import annotations
 
 import asyncio
-import base64  # noqa: F401  (payload_b64 is accepted as well as payload_hex)
 import logging
 import tempfile
 from collections import deque
