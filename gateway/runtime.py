@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from collections import defaultdict
 
 from .clock import REAL_CLOCK, Clock
@@ -25,7 +26,7 @@ def build_buses(cfg: SiteConfig, publish, clock: Clock = REAL_CLOCK) -> list[Mod
 
 
 class Gateway:
-    def __init__(self, cfg: SiteConfig, clock: Clock = REAL_CLOCK, record: "Path | None" = None):
+    def __init__(self, cfg: SiteConfig, clock: Clock = REAL_CLOCK, record: Path | None = None):
         self.cfg = cfg
         self.clock = clock
         self.hub = Hub()

@@ -2,6 +2,7 @@ import shutil
 
 import pytest
 
+from mosquitto import mqtt_broker  # noqa: F401  (a fixture for every test module)
 from servers import Influx1, Victoria
 
 

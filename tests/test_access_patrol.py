@@ -7,17 +7,16 @@ import asyncio
 import json
 import os
 import sqlite3
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import aiomqtt
 import pytest
 
 from gateway.config import parse_site
-from gateway.drivers.card_frames import WandRecord, wiegand26_frame
+from gateway.drivers.card_frames import WandRecord
 from gateway.events import CardSwipe, DoorEvent, PatrolCheckin
 from gateway.runtime import Gateway
-from mosquitto import mqtt_broker  # noqa: F401  (fixture)
 from simulators.card_reader import SerialCardReaderSim
 from simulators.patrol import WandSim
 

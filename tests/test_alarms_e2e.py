@@ -14,7 +14,6 @@ import yaml
 from gateway.config import parse_site
 from gateway.events import AlertChange
 from gateway.runtime import Gateway
-from mosquitto import mqtt_broker  # noqa: F401  (fixture)
 from simulators.site import SiteSimulation
 
 SITE = {"id": "wanhu", "name": "万户新居", "timezone": "Asia/Shanghai", "latitude": 44.15, "longitude": 125.83}

@@ -22,7 +22,6 @@ import serial_asyncio_fast
 
 from gateway.drivers.card_frames import (CardRead, Rdm6300Parser, WandParser, WandRecord, WiegandTextParser,
                                          wand_download)
-from mosquitto import mqtt_broker  # noqa: F401  (the broker fixture)
 from simulators.card_reader import SerialCardReaderSim
 from simulators.gate_controller import GateControllerSim, mqtt_publisher
 from simulators.modbus_server import LineTiming

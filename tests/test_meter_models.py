@@ -1,6 +1,5 @@
 """Decoding of every type and word order, and the model files."""
 
-import math
 import struct
 from decimal import Decimal
 from pathlib import Path

@@ -10,7 +10,6 @@ import pytest
 from gateway.config import parse_site
 from gateway.drivers.modbus import ModbusBus
 from gateway.events import DeviceStatus, Reading
-from gateway.hub import Hub
 from gateway.runtime import Gateway
 from gateway.store import Ledger
 from simulators.site import SiteSimulation
@@ -222,7 +221,6 @@ async def test_deadlines_do_not_drift_and_overruns_are_counted(tmp_path):
         assert max(abs(o) for o in offsets) < 0.05  # on the grid, not period + poll time each time
         # A slow meter (answers after 1.5 s with a 2 s timeout) misses its next slot: counted, not queued.
         sim.meter("b-m01").delay_s = 1.5
-        st = bus.meters[0]
         slow = ModbusBus(sim.patched_config().buses[0].model_copy(update={"timeout_s": 2.0}),
                          [(cfg.meters[0], cfg.models["chint-ddsu666"])], got)
         await run_for(slow, 4.0)

@@ -10,7 +10,7 @@ import aiomqtt
 import pytest
 
 from gateway.mqtt import MqttLink, MqttSettings, topic_matches
-from mosquitto import Mosquitto, mqtt_broker  # noqa: F401  (mqtt_broker is a fixture)
+from mosquitto import Mosquitto
 
 LOGGER = "gateway.mqtt"
 

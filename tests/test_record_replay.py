@@ -12,7 +12,6 @@ from gateway.config import parse_site
 from gateway.events import AlertChange
 from gateway.replay import replay
 from gateway.runtime import Gateway
-from mosquitto import mqtt_broker  # noqa: F401  (fixture)
 from simulators.card_reader import SerialCardReaderSim
 from simulators.site import SiteSimulation
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Callable
 from zoneinfo import ZoneInfo
 
 from ..cards import CardRegistry, card_hash

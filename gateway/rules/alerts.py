@@ -8,8 +8,6 @@ renotify; the runtime wires that to the hub (MQTT, ledger, outbox). Time comes f
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable
 
