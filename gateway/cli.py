@@ -351,6 +351,7 @@ def alarms_history(config: Path = typer.Option(..., "-c", "--config", help="site
 def replay(recording: Path = typer.Argument(..., help="a file written by `gateway run --record`"),
            config: Path = typer.Option(..., "-c", "--config", help="site file"),
            speed: Optional[float] = typer.Option(None, "--speed", help="N times real time (default: as fast as possible)"),
+           fastest: bool = typer.Option(False, "--as-fast-as-possible", help="no pacing (the default)"),
            tail_s: float = typer.Option(0, "--tail", help="simulated seconds to tick on after the last record "
                                         "(no polls then: meters go stale)"),
            as_json: bool = typer.Option(False, "--json")) -> None:
@@ -363,6 +364,8 @@ def replay(recording: Path = typer.Argument(..., help="a file written by `gatewa
     logging.getLogger("gateway").setLevel(logging.ERROR)
     if not recording.exists():
         raise fail(f"no such recording: {recording}", 2)
+    if fastest and speed:
+        raise fail("--speed and --as-fast-as-possible exclude each other", 2)
     tz = ZoneInfo(cfg.site.timezone)
 
     def show(c) -> None:
