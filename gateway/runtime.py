@@ -17,6 +17,22 @@ from .store import Ledger
 log = logging.getLogger(__name__)
 
 
+def alert_messages(change: AlertChange, prefix: str) -> list[tuple[str, str | bytes, bool]]:
+    """The MQTT messages of one alert change: (topic, payload, retain). An open alert's message
+    is retained, so a console that connects later sees it; a cleared one is said once and its
+    retained message deleted (an empty retained payload)."""
+    import json
+    a = change.alert
+    topic = f"{prefix}/{a.rule}/{a.source.replace('/', '_').replace('+', '_').replace('#', '_')}"
+    body = json.dumps({"id": a.id, "rule": a.rule, "kind": a.kind, "source": a.source, "severity": a.severity,
+                       "state": a.state, "event": change.what, "message": a.message, "message_en": a.message_en,
+                       "raised_at": a.raised_at.isoformat(), "updated_at": a.updated_at.isoformat(),
+                       "acked_by": a.acked_by, "ack_note": a.ack_note, "value": a.value}, ensure_ascii=False)
+    if a.state == "cleared":
+        return [(topic, body, False), (topic, b"", True)]
+    return [(topic, body, True)]
+
+
 def build_buses(cfg: SiteConfig, publish, clock: Clock = REAL_CLOCK) -> list[ModbusBus]:
     by_bus = defaultdict(list)
     for m in cfg.meters:
@@ -239,25 +255,13 @@ class Gateway:
 
     async def _publish_alerts(self) -> None:
         """`<prefix>/<rule>/<source>`: JSON, retained while the alert is open; deleted when cleared."""
-        import json
         prefix = self.cfg.alerts.mqtt_prefix or f"{self.cfg.site.id}/alerts"
         sub = self.hub.subscribe(AlertChange, name="alert publisher")
         try:
             while True:
                 for change in await sub.get_batch():
-                    a = change.alert
-                    topic = f"{prefix}/{a.rule}/{a.source.replace('/', '_').replace('+', '_').replace('#', '_')}"
-                    body = json.dumps({"id": a.id, "rule": a.rule, "kind": a.kind, "source": a.source,
-                                       "severity": a.severity, "state": a.state, "event": change.what,
-                                       "message": a.message, "message_en": a.message_en,
-                                       "raised_at": a.raised_at.isoformat(), "updated_at": a.updated_at.isoformat(),
-                                       "acked_by": a.acked_by, "ack_note": a.ack_note, "value": a.value},
-                                      ensure_ascii=False)
-                    if a.state == "cleared":
-                        await self.mqtt.publish(topic, body, retain=False)
-                        await self.mqtt.publish(topic, b"", retain=True)  # deletes the retained alert
-                    else:
-                        await self.mqtt.publish(topic, body, retain=True)
+                    for topic, body, retain in alert_messages(change, prefix):
+                        await self.mqtt.publish(topic, body, retain=retain)
         finally:
             sub.close()
 

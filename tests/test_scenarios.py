@@ -134,3 +134,61 @@ async def test_tail_raises_nothing_the_recording_does_not_show(cfg):
     exp = expected("overvoltage")
     changes = await replay(cfg, HERE / exp["recording"], tail_s=600)
     assert rows(changes) == want_rows(exp)
+
+
+@pytest.mark.parametrize("name", ["unknown_card_forced_door", "overvoltage", "patrol_night"])
+async def test_scenario_alerts_reach_an_mqtt_subscriber(name, cfg, mqtt_broker):
+    """Replayed scenario -> the gateway's alert messages (`alert_messages`, as the runtime sends
+    them) -> a real mosquitto -> a subscriber: the exact alerts, in order, with severities and
+    states; cleared ones leave no retained message behind."""
+    import asyncio
+
+    import aiomqtt
+
+    from gateway.mqtt import MqttLink, MqttSettings
+    from gateway.runtime import alert_messages
+
+    broker = mqtt_broker()
+    link = MqttLink(MqttSettings(host="127.0.0.1", port=broker.port, client_id="replay-gateway"))
+    link_task = asyncio.create_task(link.run())
+    received: list[dict] = []
+    ready = asyncio.Event()
+
+    async def subscriber():
+        async with aiomqtt.Client("127.0.0.1", broker.port) as c:
+            await c.subscribe("wanhu/alerts/#", qos=1)
+            ready.set()
+            async for m in c.messages:
+                if m.payload:
+                    received.append(json.loads(m.payload))
+
+    sub_task = asyncio.create_task(subscriber())
+    await asyncio.wait_for(ready.wait(), 10)
+    outgoing: list[tuple] = []
+    changes = await replay(cfg, HERE / expected(name)["recording"], tail_s=30,
+                           on_alert=lambda c: outgoing.extend(alert_messages(c, "wanhu/alerts")))
+    for topic, body, retain in outgoing:
+        await link.publish(topic, body, retain=retain)
+    want = [(c.what, c.alert.rule, c.alert.source, c.alert.severity, c.alert.state) for c in changes]
+    assert want == want_rows(expected(name))  # the replay itself is checked by test_scenario
+    async with asyncio.timeout(15):
+        while len(received) < len(want):
+            await asyncio.sleep(0.05)
+    got = [(m["event"], m["rule"], m["source"], m["severity"], m["state"]) for m in received]
+    assert got == want
+    sub_task.cancel()
+    still_open = {(c.alert.rule, c.alert.source) for c in changes if c.alert.state != "cleared"} - \
+        {(c.alert.rule, c.alert.source) for c in changes if c.alert.state == "cleared"}
+    async with aiomqtt.Client("127.0.0.1", broker.port) as c:  # a console connecting now
+        await c.subscribe("wanhu/alerts/#", qos=1)
+        retained = set()
+        try:
+            async with asyncio.timeout(1.0):
+                async for m in c.messages:
+                    body = json.loads(m.payload)
+                    retained.add((body["rule"], body["source"]))
+        except TimeoutError:
+            pass
+    assert retained == still_open
+    link.stop()
+    await asyncio.wait_for(link_task, 10)
