@@ -259,7 +259,7 @@ def example_rules(routes: dict[str, list[str]] | None = None) -> list[dict]:
                       "above": float(amps), "hysteresis": round(amps * 0.05, 1), "for_s": 30})
     rules += [
         {"id": "low-pf", "kind": "threshold", "severity": "info", "field": "pf", "below": 0.8,
-         "hysteresis": 0.02, "for_s": 600, "require": {"current_a": 0.5}},
+         "hysteresis": 0.02, "for_s": 600, "require": {"power_kw": 0.1}},  # every model has power_kw
         {"id": "meter-offline", "kind": "offline", "severity": "warning", "periods": 3},
         {"id": "counter", "kind": "counter", "severity": "critical",
          "max_power_kw_by_circuit": dict(MAX_POWER_KW)},
