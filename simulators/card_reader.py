@@ -15,14 +15,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import errno
 import math
 import os
 import tty
 
 from gateway.drivers import card_frames
 
-from .modbus_server import LineTiming
+from .modbus_server import LineTiming, read_master
 
 _MAX_OUT = 65536  # bytes nobody reads: keep the newest only (a reader does not wait for us)
 _MAX_IN = 65536
@@ -200,14 +199,9 @@ class PtyPort:
     # ---- receiving -------------------------------------------------------------------------
 
     def _readable(self) -> None:
-        try:
-            data = os.read(self._master, 4096)
-        except BlockingIOError:
+        data = read_master(self._master)
+        if not data:
             return
-        except OSError as e:
-            if e.errno == errno.EIO:  # no slave open; cannot happen while we hold it
-                return
-            raise
         self.received += data
         if len(self.received) > _MAX_IN:
             del self.received[:len(self.received) - _MAX_IN]

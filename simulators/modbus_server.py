@@ -159,6 +159,18 @@ def _answer(meter: SimMeter, pdu: bytes) -> bytes:
 
 # ---- the line ------------------------------------------------------------------------------
 
+def read_master(fd: int) -> bytes:
+    """What the other end of a pty wrote (b"" when nothing is there)."""
+    try:
+        return os.read(fd, 4096)
+    except BlockingIOError:
+        return b""
+    except OSError as e:
+        if e.errno == errno.EIO:  # no slave open; cannot happen while we hold it
+            return b""
+        raise
+
+
 class ModbusLineServer:
     """The meters of one line and the line's timing; subclasses add a transport."""
 
@@ -375,14 +387,9 @@ class RtuPtyServer(ModbusLineServer):
         self._out.clear()
 
     def _readable(self) -> None:
-        try:
-            data = os.read(self._master, 4096)
-        except BlockingIOError:
+        data = read_master(self._master)
+        if not data:
             return
-        except OSError as e:
-            if e.errno == errno.EIO:  # no slave open; cannot happen while we hold it
-                return
-            raise
         for unit, pdu in self._feed_rtu(self._rtu, data):
             self.request(unit, pdu, lambda resp, corrupt, unit=unit: self._write(rtu_frame(unit, resp, corrupt)))
 
