@@ -60,18 +60,20 @@ class _PatrolSource:
         self.seen = _Seen()
         self.checkins = self.duplicates = 0
 
-    def checkin(self, guard_text: str, card_format: str, tag: str, ts: datetime, source: str) -> None:
+    def checkin(self, guard_text: str, card_format: str, tag: str, ts: datetime, source: str) -> bool:
+        """Publish the read (once); False when its tag is no checkpoint (counted as bad input)."""
         value, bits = parse_card_text(guard_text, card_format)
         guard, guard_hash = self.desk.guard(value, bits, ts)
         tag = tag.strip().upper()
         if not self.seen.first_time((tag, ts, guard_hash)):
             self.duplicates += 1
-            return
+            return True
         self.checkins += 1
         checkpoint = self.checkpoints.lookup(tag)
         if not checkpoint:  # still published: a guard at a tag the site file lacks is worth seeing
             self.bad.bad("unknown_checkpoint", f"tag {tag} is no checkpoint of the site file")
         self.publish(PatrolCheckin(self.reader_id, checkpoint, tag, guard, guard_hash, ts, self.clock.now(), source))
+        return bool(checkpoint)
 
 
 class MqttPatrolReaderDriver(_PatrolSource):
@@ -90,13 +92,14 @@ class MqttPatrolReaderDriver(_PatrolSource):
             tag = json_msg.text(doc, m.get("tag", "tag"))
             ts = json_msg.timestamp(doc, m.get("time", "time"), self.tz, arrival)
             try:
-                self.checkin(guard, "auto", tag, ts, "online")
+                known = self.checkin(guard, "auto", tag, ts, "online")
             except ValueError as e:
                 raise json_msg.BadMessage("bad_card", str(e)) from None
         except json_msg.BadMessage as e:
             self.bad.bad(e.kind, f"{topic}: {e}")
             return
-        self.bad.good()
+        if known:  # an unknown tag stays in its episode: logged once, not at every read
+            self.bad.good()
 
 
 class WandDriver(_PatrolSource):
