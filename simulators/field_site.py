@@ -84,16 +84,25 @@ class FieldSimulation:
     # ---- the broker ----
 
     async def _start_broker(self) -> None:
-        from amqtt.broker import Broker
-        logging.getLogger("amqtt").setLevel(logging.ERROR)
+        from amqtt.broker import Broker, BrokerError
+        logging.getLogger("amqtt").setLevel(logging.CRITICAL)
         logging.getLogger("transitions").setLevel(logging.ERROR)
-        self.broker = Broker({"listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{self.port}"}},
-                              "sys_interval": 0, "auth": {"allow-anonymous": True, "plugins": ["auth_anonymous"]},
-                              "topic-check": {"enabled": False}})
         import warnings
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            await self.broker.start()
+        # A free port found a moment ago can be taken since (by the meter simulators' servers):
+        # try a few before giving up.
+        for attempt in range(5):
+            self.broker = Broker({"listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{self.port}"}},
+                                  "sys_interval": 0, "auth": {"allow-anonymous": True, "plugins": ["auth_anonymous"]},
+                                  "topic-check": {"enabled": False}})
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    await self.broker.start()
+                return
+            except BrokerError:
+                if attempt == 4:
+                    raise
+                self.port = _free_port()
 
     # ---- start / stop ----
 
