@@ -109,12 +109,21 @@ def run(config: Path = typer.Option(..., "-c", "--config", help="site file"),
 def demo(seconds: Optional[float] = typer.Option(None, "--seconds", help="stop after N seconds (default: Ctrl-C)"),
          data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="keep the ledger here (default: a temporary directory)"),
          site: Path = typer.Option(EXAMPLE_SITE, "--site", help="site file to simulate"),
-         line_speed: bool = typer.Option(False, "--line-speed", help="emulate RS-485 line timing")) -> None:
-    """Simulate the example site's meters and run the gateway against them (no hardware, no servers)."""
+         line_speed: bool = typer.Option(False, "--line-speed", help="emulate RS-485 line timing"),
+         month: Optional[str] = typer.Option(None, "--month", help="instead: generate this month's readings "
+                                             "(e.g. 2026-10) and allocate it"),
+         seed: int = typer.Option(1, "--seed", help="with --month: the generator's seed"),
+         every: int = typer.Option(300, "--every", help="with --month: seconds between readings (60 = the real rate)"),
+         bill: Optional[str] = typer.Option(None, "--bill", help="with --month: the utility bill, yuan")) -> None:
+    """Simulate the example site's meters and run the gateway against them (no hardware, no servers);
+    with --month, generate a month of readings and allocate it."""
     from .runtime import Gateway
     from simulators.site import SiteSimulation
 
     cfg = _load(site)
+    if month is not None:
+        _demo_month(cfg, month, seed, every, bill, data_dir)
+        return
     setup_logging()
     tmp = None
     if data_dir is None:
@@ -160,6 +169,38 @@ def demo(seconds: Optional[float] = typer.Option(None, "--seconds", help="stop a
                        + ("" if tmp else f" (ledger {result['ledger']})"))
         if tmp:
             tmp.cleanup()
+
+
+def _demo_month(cfg: SiteConfig, month: str, seed: int, every: int, bill: Optional[str], data_dir: Optional[Path]) -> None:
+    from .billing.allocate import AllocationError, parse_bill
+    from .billing.monthly import run_month
+    from .billing.tariffs import TariffError
+    from .config import parse_site
+    from simulators.month import generate_month
+
+    data_dir = data_dir or Path("demo-month")
+    db = (data_dir / "gateway.db").resolve()
+    if db.exists():
+        raise fail(f"{db} exists: give another --data-dir, or remove it to generate the month again", 2)
+    data = cfg.model_dump(mode="json", exclude_none=True)
+    data["storage"]["path"] = str(db)
+    data.pop("influxdb", None)
+    site = parse_site(data, base_dir=cfg.base_dir)
+    typer.echo(f"generating {month} for {cfg.site.name}: {len(cfg.meters)} meters every {every} s (seed {seed}) ...")
+    try:
+        truth = generate_month(site, db, month, seed=seed, every_s=every)
+        typer.echo(truth.line())
+        for f in truth.faults:
+            typer.echo(f"  planted: {f.kind} on {f.meter}: {f.detail}")
+        run = run_month(site, month, data_dir / "allocation", parse_bill(bill))
+    except (AllocationError, TariffError, ValueError) as e:
+        raise fail(str(e), 2) from None
+    r = run.result
+    typer.echo(f"allocated: {sum(m.kwh for m in r.meters):.2f} kWh, metered cost {r.metered_cost:.2f} yuan, "
+               f"recovered {r.recovered} from {len(r.households)} households; {len(r.quality)} data-quality notes")
+    for kind, path in run.files.items():
+        typer.echo(f"{kind:<5} {path}")
+    typer.echo(f"ledger {db}: try `gateway allocate -c SITE --month {month}` with storage.path pointing at it")
 
 
 @app.command()
@@ -345,6 +386,125 @@ def alarms_history(config: Path = typer.Option(..., "-c", "--config", help="site
         return
     for ts, what, state, msg, aid, sev in rows:
         typer.echo(f"{_local(ts, cfg)}  {what:<12} {sev:<8} {msg}")
+
+
+@app.command()
+def allocate(config: Path = typer.Option(..., "-c", "--config", help="site file"),
+             month: str = typer.Option(..., "--month", help="the month, e.g. 2026-10"),
+             bill: Optional[str] = typer.Option(None, "--bill", help="the utility bill's total for the month, yuan"),
+             out: Path = typer.Option(Path("allocation"), "--out", help="directory for the CSV, XLSX and HTML"),
+             english: bool = typer.Option(False, "--en", help="reports in English"),
+             dry_run: bool = typer.Option(False, "--dry-run", help="write the reports only, not the ledger")) -> None:
+    """Allocate a month's public electricity to the households, exact to the fen."""
+    from .billing.allocate import AllocationError, parse_bill
+    from .billing.households import HouseholdsError
+    from .billing.monthly import run_month
+    from .billing.tariffs import TariffError
+    from .store import LedgerError
+
+    cfg = _load(config)
+    if not cfg.storage_path.exists():
+        raise fail(f"no ledger at {cfg.storage_path}: nothing has been read for this site yet", 2)
+    try:
+        run = run_month(cfg, month, out, parse_bill(bill), lang="en" if english else "zh", keep=not dry_run)
+    except (AllocationError, HouseholdsError) as e:
+        for line in e.problems:
+            typer.echo(f"error: {line}", err=True)
+        raise typer.Exit(2) from None
+    except (TariffError, LedgerError) as e:
+        raise fail(str(e), 2) from None
+    r = run.result
+    kinds: dict[str, int] = {}
+    for q in r.quality:
+        kinds[q.kind] = kinds.get(q.kind, 0) + 1
+    typer.echo(f"{r.site_name} {r.month}: {len(r.meters)} meters, {sum(m.kwh for m in r.meters):.2f} kWh, "
+               f"metered cost {r.metered_cost:.2f} yuan" + (f", bill {r.bill} (difference {r.difference:+.2f})"
+                                                             if r.bill is not None else ""))
+    typer.echo(f"recovered {r.recovered} yuan from {len(r.households)} households in {len(r.groups)} groups")
+    if kinds:
+        typer.echo("data quality: " + ", ".join(f"{k} {n}" for k, n in kinds.items()))
+    for kind, path in run.files.items():
+        typer.echo(f"{kind:<5} {path}")
+    if run.run_id is not None:
+        typer.echo(f"kept in the ledger as allocation run {run.run_id}"
+                   + (f"; {run.points} points queued for InfluxDB" if run.points else ""))
+
+
+meters_app = typer.Typer(help="Meters: record a replacement, list replacements.", no_args_is_help=True)
+app.add_typer(meters_app, name="meters")
+
+
+def _local_time(text: str, cfg: SiteConfig):
+    from datetime import datetime as _dt
+    from zoneinfo import ZoneInfo
+    try:
+        t = _dt.fromisoformat(text)
+    except ValueError:
+        raise fail(f"--at {text!r}: expected a local time such as '2026-10-15 10:00'", 2) from None
+    return t if t.tzinfo else t.replace(tzinfo=ZoneInfo(cfg.site.timezone))
+
+
+@meters_app.command("replace")
+def meters_replace(meter: str = typer.Argument(..., help="meter id from the site file"),
+                   at: str = typer.Option(..., "--at", help="when it was swapped (local time, e.g. '2026-10-15 10:00')"),
+                   old_final: str = typer.Option(..., "--old-final", help="the old meter's last reading, kWh"),
+                   new_initial: str = typer.Option(..., "--new-initial", help="the new meter's first reading, kWh"),
+                   by: str = typer.Option(..., "--by", help="who swapped or records it"),
+                   note: str = typer.Option("", "--note"),
+                   config: Path = typer.Option(..., "-c", "--config", help="site file")) -> None:
+    """Record a meter replacement: billing bridges the counters, alarms expect the drop."""
+    from datetime import datetime as _dt, timezone
+    from decimal import Decimal, InvalidOperation
+
+    from .store import Ledger, LedgerError, Replacement
+    cfg = _load(config)
+    if meter not in {m.id for m in cfg.meters}:
+        raise fail(f"no meter named {meter!r} in {config}", 2)
+    values = []
+    for name, text in (("--old-final", old_final), ("--new-initial", new_initial)):
+        try:
+            v = Decimal(text)
+            if not v.is_finite() or v < 0:
+                raise InvalidOperation
+        except InvalidOperation:
+            raise fail(f"{name} {text!r} is not a meter reading in kWh", 2) from None
+        values.append(v)
+    when = _local_time(at, cfg)
+    now = _dt.now(timezone.utc)
+    if when > now:
+        raise fail(f"--at {at}: that is in the future", 2)
+    ledger = Ledger(cfg.storage_path)
+    try:
+        ledger.record_replacement(Replacement(meter, when.astimezone(timezone.utc), values[0], values[1], by, note, now))
+    except LedgerError as e:
+        raise fail(str(e), 2) from None
+    finally:
+        ledger.close()
+    typer.echo(f"recorded: meter {meter} replaced at {when.isoformat(timespec='minutes')}, old meter's final "
+               f"{values[0]} kWh, new meter's first {values[1]} kWh, by {by}")
+
+
+@meters_app.command("replacements")
+def meters_replacements(config: Path = typer.Option(..., "-c", "--config", help="site file"),
+                        meter: Optional[str] = typer.Argument(None, help="only this meter")) -> None:
+    """The recorded meter replacements."""
+    from zoneinfo import ZoneInfo
+
+    from .store import Ledger
+    cfg = _load(config)
+    if not cfg.storage_path.exists():
+        raise fail(f"no ledger at {cfg.storage_path} yet", 2)
+    ledger = Ledger(cfg.storage_path)
+    try:
+        rows = ledger.replacements(meter)
+    finally:
+        ledger.close()
+    if not rows:
+        typer.echo("没有换表记录 (no replacements recorded)")
+    tz = ZoneInfo(cfg.site.timezone)
+    for r in rows:
+        typer.echo(f"{r.at.astimezone(tz):%Y-%m-%d %H:%M}  {r.meter:<12} old final {r.old_final} -> new first "
+                   f"{r.new_initial}  by {r.by}" + (f"  ({r.note})" if r.note else ""))
 
 
 @app.command()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 import zoneinfo
+from datetime import date
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -92,7 +94,12 @@ class Meter(_Strict):
     circuit: Literal["stairwell_lighting", "street_lighting", "lift", "pump", "gate",
                      "main_supply", "other"] = "other"
     building: str | None = None
+    unit_no: str | None = None      # the building's unit (单元) a meter serves, for unit groups
     enabled: bool = True
+    max_power_kw: float | None = Field(default=None, gt=0, description="the circuit's maximum power; "
+                                       "default from allocation.max_power_kw_by_circuit")
+    counter_max_kwh: Decimal | None = Field(default=None, gt=0, description="the counter wraps to 0 after "
+                                            "this value; default from the meter model")
 
 
 EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
@@ -305,6 +312,118 @@ class AlertOutputs(_Strict):
     webhooks: list[Webhook] = Field(default_factory=list)
 
 
+HHMM = r"^([01]\d|2[0-3]):[0-5]\d$|^24:00$"
+
+
+def _minutes(hhmm: str) -> int:
+    h, m = hhmm.split(":")
+    return int(h) * 60 + int(m)
+
+
+class Tariff(_Strict):
+    """One price list with its validity (local dates; `valid_until` is the first day it no longer
+    applies). Flat: `price`. Time of use: `prices` per period and the `periods` of the day."""
+
+    name: str
+    valid_from: date
+    valid_until: date | None = None
+    price: Decimal | None = Field(default=None, ge=0, decimal_places=6)
+    prices: dict[Id, Decimal] = Field(default_factory=dict)
+    periods: dict[Id, list[Annotated[str, Field(pattern=r"^\d\d:\d\d-\d\d:\d\d$")]]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _shape(self) -> "Tariff":
+        if self.valid_until is not None and self.valid_until <= self.valid_from:
+            raise ValueError(f"valid_until {self.valid_until} is not after valid_from {self.valid_from}")
+        if (self.price is None) == (not self.prices):
+            raise ValueError("give either 'price' (flat) or 'prices' with 'periods' (time of use)")
+        if self.price is not None:
+            if self.periods:
+                raise ValueError("a flat tariff ('price') has no 'periods'")
+            return self
+        if set(self.prices) != set(self.periods):
+            raise ValueError(f"'prices' ({', '.join(sorted(self.prices))}) and 'periods' "
+                             f"({', '.join(sorted(self.periods))}) must name the same periods")
+        for name, p in self.prices.items():
+            if p < 0:
+                raise ValueError(f"prices.{name}: a price cannot be negative")
+        owner = [""] * 1440
+        for name, spans in self.periods.items():
+            for span in spans:
+                a, b = span.split("-")
+                if not (re.match(HHMM, a) and re.match(HHMM, b)) or _minutes(a) >= _minutes(b):
+                    raise ValueError(f"periods.{name}: '{span}' is not a span of the day such as 08:00-10:00")
+                for m in range(_minutes(a), _minutes(b)):
+                    if owner[m]:
+                        raise ValueError(f"periods.{name}: {span} overlaps period '{owner[m]}'")
+                    owner[m] = name
+        if "" in owner:
+            m = owner.index("")
+            raise ValueError(f"periods do not cover the whole day: {m // 60:02d}:{m % 60:02d} has no period")
+        return self
+
+    def period_of_minute(self) -> list[str]:
+        """The period name of each minute of the day (0..1439); 'flat' for a one-price tariff."""
+        if self.price is not None:
+            return ["flat"] * 1440
+        owner = [""] * 1440
+        for name, spans in self.periods.items():
+            for span in spans:
+                a, b = span.split("-")
+                for m in range(_minutes(a), _minutes(b)):
+                    owner[m] = name
+        return owner
+
+    def price_of(self, period: str) -> Decimal:
+        return self.price if self.price is not None else self.prices[period]
+
+
+class AllocationGroup(_Strict):
+    """Meters whose cost a set of households shares. `scope: building` (or `unit`) with
+    `circuits` and no `building` expands into one group per building (or unit) that has such
+    meters; `meters` names meters explicitly."""
+
+    id: Id
+    name: str = ""
+    scope: Literal["estate", "building", "unit"] = "estate"
+    building: str | None = None
+    unit: str | None = None
+    circuits: list[Literal["stairwell_lighting", "street_lighting", "lift", "pump", "gate", "other"]] = \
+        Field(default_factory=list)
+    meters: list[str] = Field(default_factory=list)
+    key: Literal["area", "household", "fixed"] = "area"
+    vacant: Literal["include", "exclude"] = "include"
+    shares: dict[str, Decimal] = Field(default_factory=dict, description="household id -> share, key 'fixed'")
+
+    @model_validator(mode="after")
+    def _shape(self) -> "AllocationGroup":
+        if not self.circuits and not self.meters:
+            raise ValueError("a group needs 'circuits' or 'meters'")
+        if self.key == "fixed" and not self.shares:
+            raise ValueError("key 'fixed' needs 'shares' (household id -> share)")
+        if self.key != "fixed" and self.shares:
+            raise ValueError(f"'shares' is only used with key 'fixed', not '{self.key}'")
+        if any(v < 0 for v in self.shares.values()) or (self.shares and sum(self.shares.values()) <= 0):
+            raise ValueError("shares must be non-negative and not all zero")
+        if self.scope == "estate" and (self.building or self.unit):
+            raise ValueError("an estate group has no 'building' or 'unit'")
+        if self.unit and not self.building:
+            raise ValueError("'unit' needs 'building'")
+        return self
+
+
+class Allocation(_Strict):
+    households_file: str = "households.csv"
+    groups: list[AllocationGroup] = Field(default_factory=list)
+    difference_rule: Literal["by_cost", "by_area"] = Field(
+        default="by_cost", description="how bill - metered cost is spread: pro rata to each group's metered "
+                                       "cost, or over all households by floor area")
+    gap_minutes: float = Field(default=20, ge=1, le=24 * 60, description="readings further apart than this "
+                                                                         "are a gap: interpolated and flagged")
+    max_power_kw_by_circuit: dict[str, float] = Field(default_factory=dict)
+    resolution_kwh: Decimal = Field(default=Decimal("0.01"), ge=0)
+
+
 class SiteConfig(_Strict):
     site: SiteInfo
     storage: Storage = Storage()
@@ -319,6 +438,17 @@ class SiteConfig(_Strict):
     patrol: Patrol = Patrol()
     rules: list[Rule] = Field(default_factory=list)
     alerts: "AlertOutputs" = Field(default_factory=lambda: AlertOutputs())
+    tariffs: list[Tariff] = Field(default_factory=list)
+    allocation: Allocation = Allocation()
+
+    @model_validator(mode="after")
+    def _tariff_validity(self) -> "SiteConfig":
+        spans = sorted(self.tariffs, key=lambda t: t.valid_from)
+        for a, b in zip(spans, spans[1:]):
+            if a.valid_until is None or a.valid_until > b.valid_from:
+                raise ValueError(f"tariffs: '{a.name}' (from {a.valid_from}) overlaps '{b.name}' "
+                                 f"(from {b.valid_from}); give '{a.name}' a valid_until")
+        return self
 
     # Set by parse_site, not by the file.
     _base_dir: Path = PrivateAttr(default=Path("."))
@@ -441,6 +571,13 @@ def _cross_check(data: dict, models: dict[str, MeterModel]) -> list[str]:
     dupes("doors")
     problems.extend(_check_access_patrol(data))
     problems.extend(check_rules(data))
+    meter_ids = {m.get("id") for _, m in entries("meters")}
+    allocation = data.get("allocation") if isinstance(data.get("allocation"), dict) else {}
+    groups = allocation.get("groups") if isinstance(allocation.get("groups"), list) else []
+    for i, g in enumerate(groups):
+        for j, mid in enumerate(g.get("meters") or [] if isinstance(g, dict) else []):
+            if mid not in meter_ids:
+                problems.append(f"allocation.groups[{i}].meters[{j}]: no meter named '{mid}'")
     buses = {b.get("id"): b for _, b in entries("buses")}
     where: dict[tuple[Any, Any], int] = {}
     for i, m in entries("meters"):

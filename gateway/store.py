@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from .clock import from_us, to_us
 from .events import AlertChange, CardSwipe, DeviceStatus, DoorEvent, GatewayStats, PatrolCheckin, Reading
@@ -147,13 +147,78 @@ MIGRATIONS: list[str] = [
         result    TEXT    NOT NULL DEFAULT ''
     );
     """,
+    """
+    CREATE TABLE meter_replacements (      -- written by `gateway meters replace`
+        id          INTEGER PRIMARY KEY,
+        meter       TEXT    NOT NULL,
+        at_us       INTEGER NOT NULL,       -- when the old meter stopped and the new one started
+        old_final   TEXT    NOT NULL,       -- exact decimal kWh: the old meter's last counter
+        new_initial TEXT    NOT NULL,       -- exact decimal kWh: the new meter's first counter
+        by          TEXT    NOT NULL,
+        note        TEXT    NOT NULL,
+        recorded_us INTEGER NOT NULL,
+        UNIQUE (meter, at_us)
+    );
+    CREATE TABLE allocations (             -- one row per `gateway allocate` run
+        id           INTEGER PRIMARY KEY,
+        month        TEXT    NOT NULL,      -- "2026-10"
+        created_us   INTEGER NOT NULL,
+        bill         TEXT,                  -- exact decimal yuan, or NULL
+        metered_cost TEXT    NOT NULL,
+        recovered    TEXT    NOT NULL,
+        households   INTEGER NOT NULL,
+        quality      INTEGER NOT NULL,      -- data-quality notes
+        out_dir      TEXT    NOT NULL,
+        summary      TEXT    NOT NULL       -- JSON: groups and meters of the month
+    );
+    CREATE INDEX allocations_month ON allocations (month, id);
+    CREATE TABLE allocation_charges (
+        allocation INTEGER NOT NULL REFERENCES allocations (id),
+        household  TEXT    NOT NULL,
+        grp        TEXT    NOT NULL,
+        amount     TEXT    NOT NULL,        -- exact decimal yuan, to the fen
+        PRIMARY KEY (allocation, household, grp)
+    );
+    """,
+    """
+    -- Every reading's total energy counter again, clustered by meter and time: billing reads one
+    -- meter's month as one contiguous range instead of picking it out of all meters' readings.
+    CREATE TABLE energy (
+        meter TEXT    NOT NULL,
+        ts_us INTEGER NOT NULL,
+        kwh   TEXT    NOT NULL,             -- exact decimal text, as in readings.counters
+        PRIMARY KEY (meter, ts_us)
+    ) WITHOUT ROWID;
+    INSERT INTO energy (meter, ts_us, kwh)
+        SELECT meter, ts_us, json_extract(counters, '$.energy_kwh') AS kwh FROM readings WHERE kwh IS NOT NULL
+        ORDER BY meter, ts_us, CAST(kwh AS REAL)
+        ON CONFLICT (meter, ts_us) DO UPDATE SET kwh = excluded.kwh;
+    """,
 ]
+ENERGY_FIELD = "energy_kwh"   # the counter billing uses, kept in the `energy` table
+# Two readings of one meter at one instant: the higher counter stands, whichever came first.
+INSERT_ENERGY = ("INSERT INTO energy (meter, ts_us, kwh) VALUES (?,?,?) ON CONFLICT (meter, ts_us) DO UPDATE SET "
+                 "kwh = excluded.kwh WHERE CAST(excluded.kwh AS REAL) > CAST(energy.kwh AS REAL)")
 SCHEMA_VERSION = len(MIGRATIONS)
 NEVER_SHED = 100  # outbox priority of what the disk budget may never drop (energy counters)
 
 
 class LedgerError(Exception):
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class Replacement:
+    """A meter swapped for another: the old meter's last counter and the new one's first."""
+
+    meter: str
+    at: datetime
+    old_final: Decimal
+    new_initial: Decimal
+    by: str = ""
+    note: str = ""
+    recorded: datetime | None = None
+    id: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +320,7 @@ class Ledger:
         self._db = _connect(self.path)
         migrate(self._db, self.path)
         self._readings: list[tuple] = []
+        self._energy: list[tuple] = []
         self._statuses: list[tuple] = []
         self._outbox: list[tuple] = []
         self._field_events: list = []
@@ -276,11 +342,15 @@ class Ledger:
         if isinstance(event, Reading):
             # Values as packed doubles: formatting floats as text is most of a reading's cost.
             values = event.values
+            ts_us = to_us(event.ts)
             self._readings.append((
-                event.meter, to_us(event.ts), self._field_set(tuple(values)),
+                event.meter, ts_us, self._field_set(tuple(values)),
                 struct.pack(f"<{len(values)}d", *values.values()),
                 json.dumps({k: str(v) for k, v in event.counters.items()}, separators=(",", ":")),
             ))
+            kwh = event.counters.get(ENERGY_FIELD)
+            if kwh is not None:
+                self._energy.append((event.meter, ts_us, str(kwh)))
         elif isinstance(event, DeviceStatus):
             self._statuses.append((event.device, event.kind, to_us(event.ts), int(event.online), event.reason))
         elif isinstance(event, (CardSwipe, DoorEvent, PatrolCheckin, AlertChange)):
@@ -306,16 +376,19 @@ class Ledger:
         if not self.pending:
             return 0
         readings, statuses, outbox = self._readings, self._statuses, self._outbox
+        energy = self._energy
         field_events = self._field_events
         with _transaction(self._db) as db:
             _insert_field_events(db, field_events)
             db.executemany("INSERT INTO readings (meter, ts_us, field_set, vals, counters) VALUES (?,?,?,?,?)",
                            readings)
+            db.executemany(INSERT_ENERGY, energy)
             db.executemany("INSERT INTO device_status (device, kind, ts_us, online, reason) VALUES (?,?,?,?,?)",
                            statuses)
             db.executemany("INSERT INTO outbox (measurement, priority, ts_ms, line, essential) VALUES (?,?,?,?,?)",
                            outbox)
         self._readings, self._statuses, self._outbox, self._field_events = [], [], [], []
+        self._energy = []
         self.readings_written += len(readings)
         self.commits += 1
         if outbox:
@@ -441,6 +514,156 @@ class Ledger:
 
     def ack_done(self, request_id: int, result: str) -> None:
         self._db.execute("UPDATE ack_requests SET done = 1, result = ? WHERE id = ?", (result, request_id))
+
+    # ---- meter replacements and allocations ----
+
+    def record_replacement(self, r: "Replacement") -> None:
+        try:
+            self._db.execute("INSERT INTO meter_replacements (meter, at_us, old_final, new_initial, by, note, "
+                             "recorded_us) VALUES (?,?,?,?,?,?,?)",
+                             (r.meter, to_us(r.at), str(r.old_final), str(r.new_initial), r.by, r.note,
+                              to_us(r.recorded)))
+        except sqlite3.IntegrityError:
+            raise LedgerError(f"meter {r.meter} already has a replacement recorded at {r.at.isoformat()}") from None
+
+    def replacements(self, meter: str | None = None, after_id: int = 0) -> list["Replacement"]:
+        sql = ("SELECT id, meter, at_us, old_final, new_initial, by, note, recorded_us FROM meter_replacements "
+               "WHERE id > ?")
+        args: tuple = (after_id,)
+        if meter is not None:
+            sql += " AND meter = ?"
+            args += (meter,)
+        return [Replacement(m, from_us(at), Decimal(old), Decimal(new), by, note, from_us(rec), rid)
+                for rid, m, at, old, new, by, note, rec in self._db.execute(sql + " ORDER BY at_us, id", args)]
+
+    def energy_series(self, meter: str, start_us: int, end_us: int) -> list[tuple[int, str]]:
+        """(ts_us, exact counter text) of one meter in [start_us, end_us], in time order."""
+        return self._db.execute("SELECT ts_us, kwh FROM energy WHERE meter = ? AND ts_us BETWEEN ? AND ? "
+                                "ORDER BY ts_us", (meter, start_us, end_us)).fetchall()
+
+    def energy_before(self, meter: str, ts_us: int, limit_us: int) -> tuple[int, str] | None:
+        """The last counter before `ts_us` but not before `limit_us`."""
+        return self._db.execute("SELECT ts_us, kwh FROM energy WHERE meter = ? AND ts_us < ? AND ts_us >= ? "
+                                "ORDER BY ts_us DESC LIMIT 1", (meter, ts_us, limit_us)).fetchone()
+
+    def energy_after(self, meter: str, ts_us: int, limit_us: int) -> tuple[int, str] | None:
+        return self._db.execute("SELECT ts_us, kwh FROM energy WHERE meter = ? AND ts_us > ? AND ts_us <= ? "
+                                "ORDER BY ts_us LIMIT 1", (meter, ts_us, limit_us)).fetchone()
+
+    def save_allocation(self, month: str, created_us: int, bill: str | None, metered_cost: str, recovered: str,
+                        quality: int, out_dir: str, summary: str, charges: list[tuple[str, str, str]],
+                        outbox: Iterable[tuple] = ()) -> tuple[int, int]:
+        """One allocation run with its household charges (household, group, amount) and its points
+        for InfluxDB (outbox rows: measurement, priority, ts_ms, line, essential), atomically.
+        Returns the run's id and the number of points queued."""
+        counted = [0, 0]
+
+        def count(rows):
+            for r in rows:
+                counted[0] += 1
+                counted[1] += len(r[3])
+                yield r
+        with _transaction(self._db) as db:
+            cur = db.execute("INSERT INTO allocations (month, created_us, bill, metered_cost, recovered, households, "
+                             "quality, out_dir, summary) VALUES (?,?,?,?,?,?,?,?,?)",
+                             (month, created_us, bill, metered_cost, recovered,
+                              len({h for h, _, _ in charges}), quality, out_dir, summary))
+            run = cur.lastrowid
+            db.executemany("INSERT INTO allocation_charges (allocation, household, grp, amount) VALUES (?,?,?,?)",
+                           [(run, h, g, a) for h, g, a in charges])
+            db.executemany("INSERT INTO outbox (measurement, priority, ts_ms, line, essential) "
+                           "VALUES (?,?,?,?,?)", count(outbox))
+        self.outbox_depth += counted[0]
+        self.outbox_bytes += counted[1]
+        if counted[0]:
+            self.committed.set()
+        return run, counted[0]
+
+    def allocations(self) -> list[tuple]:
+        return self._db.execute("SELECT id, month, created_us, bill, metered_cost, recovered, households, quality, "
+                                "out_dir FROM allocations ORDER BY month DESC, id DESC").fetchall()
+
+    # ---- what the rules engine takes back after a restart (gateway/rules/restore.py) ----
+
+    def alert_rows(self, states: tuple[str, ...] = ("active", "acknowledged"),
+                   raised_since_us: int | None = None) -> list[dict]:
+        """Alerts in these states (open ones by default), oldest first, as dicts keyed by the
+        `alerts` columns (details is the JSON text as stored)."""
+        cols = ("id", "rule", "kind", "source", "severity", "state", "message", "message_en", "raised_us",
+                "updated_us", "cleared_us", "acked_by", "ack_note", "acked_us", "value", "details")
+        sql = (f"SELECT {', '.join(cols)} FROM alerts WHERE state IN ({','.join('?' * len(states))})"
+               + (" AND raised_us >= ?" if raised_since_us is not None else "") + " ORDER BY raised_us, id")
+        args = tuple(states) + ((raised_since_us,) if raised_since_us is not None else ())
+        return [dict(zip(cols, row)) for row in self._db.execute(sql, args)]
+
+    def last_counters(self, meters: list[str], field: str, before_us: int) -> list[tuple[str, int, object, int]]:
+        """Per meter, its last reading before `before_us` that has the counter `field`:
+        (meter, ts_us, counter as stored, corrupt) where corrupt is 1 when newer readings were
+        passed over because their counters were not valid JSON. One index probe per meter."""
+        path = f"$.{field}"
+        return self._db.execute(
+            "SELECT m.value, r.ts_us, json_extract(r.counters, :path), "
+            "  (SELECT NOT json_valid(x.counters) FROM readings x WHERE x.meter = m.value AND x.ts_us < :before "
+            "   ORDER BY x.ts_us DESC LIMIT 1) "
+            "FROM json_each(:meters) m JOIN readings r ON r.id = "
+            "  (SELECT y.id FROM readings y WHERE y.meter = m.value AND y.ts_us < :before "
+            "   AND CASE WHEN json_valid(y.counters) THEN json_extract(y.counters, :path) END IS NOT NULL "
+            "   ORDER BY y.ts_us DESC LIMIT 1)",
+            {"path": path, "before": before_us, "meters": json.dumps(list(meters))}).fetchall()
+
+    def counters_around(self, meters: list[str], field: str, times_us: list[int], max_gap_us: int,
+                        before_us: int) -> list[tuple]:
+        """The counter `field` either side of each instant, per meter: the last reading before t
+        (not more than max_gap_us before) and the first at or after t (not more than max_gap_us
+        after, and before `before_us`). Rows (meter, t_us, before_ts_us, before_counter,
+        after_ts_us, after_counter, corrupt), None where there is no such reading; corrupt counts
+        the nearest readings passed over because their counters were not valid JSON. Index
+        probes only: what a window edge needs, not the readings in between."""
+        path = f"$.{field}"
+        ok = "CASE WHEN json_valid(r.counters) THEN json_extract(r.counters, :path) END IS NOT NULL"
+        return self._db.execute(
+            f"""WITH probes (meter, t, b, a, bad) AS (
+                SELECT m.value, e.value,
+                  (SELECT r.id FROM readings r WHERE r.meter = m.value AND r.ts_us < e.value
+                     AND r.ts_us >= e.value - :gap AND {ok} ORDER BY r.ts_us DESC LIMIT 1),
+                  (SELECT r.id FROM readings r WHERE r.meter = m.value AND r.ts_us >= e.value
+                     AND r.ts_us <= e.value + :gap AND r.ts_us < :before AND {ok} ORDER BY r.ts_us LIMIT 1),
+                  coalesce((SELECT NOT json_valid(r.counters) FROM readings r WHERE r.meter = m.value
+                     AND r.ts_us < e.value AND r.ts_us >= e.value - :gap ORDER BY r.ts_us DESC LIMIT 1), 0)
+                  + coalesce((SELECT NOT json_valid(r.counters) FROM readings r WHERE r.meter = m.value
+                     AND r.ts_us >= e.value AND r.ts_us <= e.value + :gap AND r.ts_us < :before
+                     ORDER BY r.ts_us LIMIT 1), 0)
+                FROM json_each(:meters) m, json_each(:times) e)
+            SELECT p.meter, p.t, rb.ts_us, json_extract(rb.counters, :path), ra.ts_us,
+                   json_extract(ra.counters, :path), p.bad
+            FROM probes p LEFT JOIN readings rb ON rb.id = p.b LEFT JOIN readings ra ON ra.id = p.a""",
+            {"path": path, "gap": max_gap_us, "before": before_us, "meters": json.dumps(list(meters)),
+             "times": json.dumps(list(times_us))}).fetchall()
+
+    def patrol_checkins_between(self, start_us: int, end_us: int) -> list[tuple]:
+        """Checkins recorded (ts) in [start_us, end_us), in the order they arrived: (ts_us,
+        received_us, reader, checkpoint, tag, guard, guard_hash, source)."""
+        return self._db.execute(
+            "SELECT ts_us, received_us, reader, checkpoint, tag, guard, guard_hash, source FROM patrol_checkins "
+            "WHERE ts_us >= ? AND ts_us < ? ORDER BY received_us, id", (start_us, end_us)).fetchall()
+
+    def activity(self, devices: list[str], start_us: int, end_us: int, bucket_us: int) -> list[int]:
+        """The time buckets (ts_us // bucket_us) in [start_us, end_us) in which the gateway wrote
+        anything that shows it was running: a reading or a status of one of `devices` (meters,
+        buses, readers), a swipe, a door event, a patrol checkin (by arrival), an alert change.
+        Sorted. Index ranges only."""
+        args = {"s": start_us, "e": end_us, "b": bucket_us, "devices": json.dumps(list(devices))}
+        rows = self._db.execute(
+            "SELECT DISTINCT ts_us / :b FROM readings WHERE meter IN (SELECT value FROM json_each(:devices)) "
+            "AND ts_us >= :s AND ts_us < :e "
+            "UNION SELECT ts_us / :b FROM device_status WHERE device IN (SELECT value FROM json_each(:devices)) "
+            "AND ts_us >= :s AND ts_us < :e "
+            "UNION SELECT ts_us / :b FROM swipes WHERE ts_us >= :s AND ts_us < :e "
+            "UNION SELECT ts_us / :b FROM door_events WHERE ts_us >= :s AND ts_us < :e "
+            "UNION SELECT received_us / :b FROM patrol_checkins WHERE ts_us >= :s - 86400000000 "
+            "AND received_us >= :s AND received_us < :e "
+            "UNION SELECT ts_us / :b FROM alert_history WHERE ts_us >= :s AND ts_us < :e ORDER BY 1", args)
+        return [b for (b,) in rows]
 
     # ---- reading ----
 

@@ -6,7 +6,7 @@ import asyncio
 import signal
 import sqlite3
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -104,3 +104,39 @@ async def test_sigkill_leaves_a_consistent_ledger_with_the_committed_readings(tm
             n = db.execute("SELECT count(*) FROM readings").fetchone()[0]
             db.close()
             assert n >= 10 * (round_ + 1)  # each run committed at least its first cycle
+
+
+def test_energy_counters_are_kept_per_meter_and_the_higher_of_two_at_one_instant(tmp_path):
+    t = datetime(2026, 10, 1, tzinfo=timezone.utc)
+    ledger = Ledger(tmp_path / "l.db")
+    ledger.add(Reading("M1", t, {"energy_kwh": 5.0}, {"energy_kwh": Decimal("5.00")}))
+    ledger.add(Reading("M1", t, {"energy_kwh": 4.0}, {"energy_kwh": Decimal("4.00")}))   # same instant, lower
+    ledger.add(Reading("M2", t, {"voltage_v": 230.0}))                                   # no counter
+    ledger.add(Reading("M1", t + timedelta(minutes=1), {"energy_kwh": 5.5}, {"energy_kwh": Decimal("5.50")}))
+    ledger.flush()
+    us = to_us(t)
+    assert ledger.energy_series("M1", us, us + 60_000_000) == [(us, "5.00"), (us + 60_000_000, "5.50")]
+    assert ledger.energy_series("M2", 0, 2 * us) == []
+    assert ledger.energy_before("M1", us + 1, 0) == (us, "5.00")
+    assert ledger.energy_after("M1", us, 2 * us) == (us + 60_000_000, "5.50")
+    ledger.close()
+
+
+def test_upgrading_an_older_ledger_fills_the_energy_table(tmp_path):
+    from gateway.store import MIGRATIONS, _statements
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    for v in range(4):                                  # a ledger of schema version 4
+        for stmt in _statements(MIGRATIONS[v]):
+            db.execute(stmt)
+    db.execute("PRAGMA user_version = 4")
+    db.execute("INSERT INTO field_sets (id, names) VALUES (1, 'energy_kwh')")
+    db.executemany("INSERT INTO readings (meter, ts_us, field_set, vals, counters) VALUES (?,?,1,x'',?)",
+                   [("M1", 2, '{"energy_kwh":"7.25"}'), ("M1", 1, '{"energy_kwh":"7.00"}'),
+                    ("M1", 2, '{"energy_kwh":"7.20"}'), ("M2", 1, "{}")])
+    db.commit()
+    db.close()
+    ledger = Ledger(path)
+    assert ledger.energy_series("M1", 0, 10) == [(1, "7.00"), (2, "7.25")]
+    assert ledger.energy_series("M2", 0, 10) == []
+    ledger.close()

@@ -62,15 +62,68 @@ def main() -> None:
     for mid, name in (("GATE-N", "北门道闸"), ("GATE-S", "南门道闸"), ("GATE-E", "东门道闸"),
                       ("GUARD", "门卫室")):
         unit += 1
-        lines.append(meter(mid, name, "bus-guard", unit, "chint-ddsu666", 30, "gate"))
+        extra = ", counter_max_kwh: 100000" if mid == "GUARD" else ""  # an older meter: 5+2 digit register
+        lines.append(meter(mid, name, "bus-guard", unit, "chint-ddsu666", 30, "gate")[:-1] + extra + "}")
     for k in range(1, 17):
         unit += 1
         lines.append(meter(f"SL{k:02d}", f"路灯回路{k}", "bus-guard", unit, "chint-ddsu666", 30,
                            "street_lighting"))
     lines += access_and_patrol()
     lines += rules()
+    lines += tariffs_and_allocation()
     OUT.write_text("\n".join(lines) + "\n", encoding="utf-8")
     write_cards()
+    write_households()
+
+
+def tariffs_and_allocation() -> list[str]:
+    return [
+        "",
+        "# Public electricity prices (yuan/kWh). The Jilin time-of-use hours (from 1 Feb 2025) are",
+        "# public; the PRICES below are placeholders: put the prices of the estate's own bill here.",
+        "# The second entry shows a price change in the middle of a month (15 Oct 2026).",
+        "tariffs:",
+        "  - name: 分时电价(2025)",
+        "    valid_from: 2025-02-01",
+        "    valid_until: 2026-10-15",
+        "    prices: {peak: '0.8250', flat: '0.5500', valley: '0.2750'}",
+        "    periods: &jilin",
+        "      peak: ['08:00-10:00', '16:00-21:00']",
+        "      flat: ['05:00-08:00', '10:00-11:00', '14:00-16:00', '21:00-23:00']",
+        "      valley: ['00:00-05:00', '11:00-14:00', '23:00-24:00']",
+        "  - name: 分时电价(2026-10-15起)",
+        "    valid_from: 2026-10-15",
+        "    prices: {peak: '0.8400', flat: '0.5600', valley: '0.2800'}",
+        "    periods: *jilin",
+        "",
+        "# Monthly allocation of the public electricity (gateway allocate). Stairwell lights and lifts",
+        "# are shared by the households of their building by floor area (Civil Code art. 283); street",
+        "# lights and pumps by the whole estate by floor area; gates and the guard room per household.",
+        "# What the bill says beyond the meters (line losses) is spread pro rata to each group's cost.",
+        "allocation:",
+        "  households_file: households.csv",
+        "  difference_rule: by_cost",
+        "  groups:",
+        "    - {id: stair, name: 楼道照明, scope: building, circuits: [stairwell_lighting], key: area}",
+        "    - {id: lift, name: 电梯, scope: building, circuits: [lift], key: area}",
+        "    - {id: estate, name: 路灯及水泵, scope: estate, circuits: [street_lighting, pump], key: area}",
+        "    - {id: gates, name: 门岗道闸, scope: estate, circuits: [gate], key: household}",
+    ]
+
+
+def write_households() -> None:
+    """The 9,216 households of cards.example.csv (4 units x 6 floors x 4 flats per building),
+    40-90 m², about 93 % occupied."""
+    import random
+    rnd = random.Random(20261202)
+    rows = ["id,building,unit,room,floor_area_m2,occupied"]
+    for b in range(1, 97):
+        for u in range(1, 5):
+            for f in range(1, 7):
+                for d in range(1, 5):
+                    area = rnd.choice((42.5, 56.8, 63.2, 72.4, 78.9, 86.3)) + rnd.randrange(-8, 9) / 10
+                    rows.append(f"B{b:02d}-{u}-{f}0{d},B{b:02d},{u},{f}0{d},{area:.2f},{int(rnd.random() < 0.93)}")
+    (OUT.parent / "households.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
 
 
 def rules() -> list[str]:

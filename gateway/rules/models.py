@@ -236,10 +236,11 @@ VOLTAGE_LOW_V = round(NOMINAL_V * 0.90, 1)    # 198.0
 PHASE_VOLTAGES = ["voltage_v", "voltage_l1_v", "voltage_l2_v", "voltage_l3_v"]
 
 # Assumed circuit ratings of the reference site (breaker current, and the most the circuit can draw).
+# The public supply's main breaker is 630 A at 0.4 kV: at most about 436 kW.
 OVERLOAD_A = {"stairwell_lighting": 16, "street_lighting": 32, "lift": 63, "pump": 80, "gate": 16,
-              "main_supply": 400}
+              "main_supply": 630}
 MAX_POWER_KW = {"stairwell_lighting": 4, "street_lighting": 22, "lift": 45, "pump": 55, "gate": 4,
-                "main_supply": 270, "other": 10}
+                "main_supply": 440, "other": 10}
 
 
 def example_rules(routes: dict[str, list[str]] | None = None) -> list[dict]:

@@ -1,0 +1,1 @@
+"""Monthly public electricity allocation: interval consumption, tariffs, shares, reports."""

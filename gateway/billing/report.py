@@ -1,0 +1,631 @@
+"""The month's allocation rendered for people: a CSV the fee clerk imports into the billing
+system, an Excel workbook for the accountant and a printable HTML report for the property
+committee. Rendering only: every figure comes from the AllocationResult, nothing is recomputed
+except sums and shares for display.
+
+Chinese by default, English with lang="en".
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from functools import lru_cache
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from markupsafe import Markup, escape
+from openpyxl import Workbook
+from openpyxl.cell import WriteOnlyCell
+from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+from openpyxl.styles import Font
+from openpyxl.utils import get_column_letter
+
+from .model import FEN, QUALITY_KINDS, AllocationResult, GroupMonth, HouseholdCharge, MeterMonth
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+LANGS = ("zh", "en")
+
+# --- words -------------------------------------------------------------------------------------
+
+T: dict[str, dict[str, str]] = {
+    "zh": {
+        "title": "公共用电分摊报告", "site": "小区", "month": "月份", "period": "计费期间",
+        "timezone": "时区", "generated": "生成时间", "to": "至",
+        "metered_cost": "计量电费", "bill": "电费账单", "difference": "差额(账单−计量)",
+        "difference_rule": "差额分摊规则", "recovered": "住户应缴合计", "households": "住户数",
+        "allocated_kwh": "分摊电量(kWh)", "estimated_kwh": "其中估算电量(kWh)", "no_bill": "未录入",
+        "reconciliation": "对账", "reconciled": "已平账",
+        "not_reconciled": "未平账:住户应缴合计与电费账单不一致",
+        "rounding_note": "金额均四舍五入显示到分,显示值相加可能差 0.01 元。",
+        "no_bill_note": "未录入电费账单:按计量电费分摊,各组金额四舍五入到分,舍入差如下。",
+        "metered_exact": "计量电费(精确)",
+        "summary": "汇总", "notes": "说明",
+        "chart_daily": "每日分摊电量(kWh)", "chart_tou": "峰平谷电量与电费",
+        "buildings_total": "楼栋合计", "units_total": "单元合计", "others": "其他",
+        "no_data": "无数据", "share": "占比",
+        "tariff_use": "分时电价使用", "tariff": "电价", "tou_period": "时段", "price": "单价(元/kWh)",
+        "kwh": "电量(kWh)", "cost": "电费(元)", "total": "合计",
+        "groups": "分摊组", "meters": "电表", "quality": "数据质量", "quality_none": "本月无数据质量问题。",
+                "reference": "总表(仅对照,不分摊)", "unallocated": "未分配",
+        "yes": "是", "no": "否", "yuan": "(元)",
+        "rounding_bill": "舍入差(住户应缴合计 − 电费账单)", "rounding_metered": "舍入差(住户应缴合计 − 计量电费)",
+        "kind_count": "{name}({n} 条)", "households_count": "住户分摊明细({n} 户)",
+    },
+    "en": {
+        "title": "Public electricity allocation", "site": "Site", "month": "Month", "period": "Period",
+        "timezone": "Time zone", "generated": "Generated", "to": "to",
+        "metered_cost": "Metered cost", "bill": "Utility bill", "difference": "Difference (bill − metered)",
+        "difference_rule": "Difference rule", "recovered": "Recovered from households",
+        "households": "Households", "allocated_kwh": "Allocated kWh", "estimated_kwh": "of which estimated kWh",
+        "no_bill": "not given", "reconciliation": "Reconciliation",
+        "reconciled": "Reconciled", "not_reconciled": "NOT reconciled: recovered differs from the bill",
+        "rounding_note": "Amounts are shown rounded to the fen; shown figures may differ by 0.01 when added.",
+        "no_bill_note": "No utility bill given: the metered cost is allocated, each group rounded to the "
+                        "fen; the rounding is shown below.",
+        "metered_exact": "Metered cost (exact)",
+        "summary": "Summary", "notes": "Notes",
+        "chart_daily": "Allocated kWh per day", "chart_tou": "Peak / flat / valley kWh and cost",
+        "buildings_total": "All buildings", "units_total": "All units", "others": "Others",
+        "no_data": "no data", "share": "Share",
+        "tariff_use": "Tariff use", "tariff": "Tariff", "tou_period": "Period", "price": "Price (yuan/kWh)",
+        "kwh": "kWh", "cost": "Cost (yuan)", "total": "Total",
+        "groups": "Groups", "meters": "Meters", "quality": "Data quality",
+        "quality_none": "No data-quality issues this month.",
+                "reference": "main supply (reference, not allocated)", "unallocated": "unallocated",
+        "yes": "yes", "no": "no", "yuan": " (yuan)",
+        "rounding_bill": "Rounding (recovered − bill)", "rounding_metered": "Rounding (recovered − metered cost)",
+        "kind_count": "{name} ({n})", "households_count": "Households ({n})",
+    },
+}
+
+# Column headers. The CSV and the households sheet share theirs so the clerk sees one layout.
+HOUSEHOLD_COLS = {
+    "zh": ["户号", "楼号", "单元", "房号", "建筑面积(m²)", "入住", "金额(元)", "明细"],
+    "en": ["household", "building", "unit", "room", "area_m2", "occupied", "amount_yuan", "detail"],
+}
+METER_COLS = {
+    "zh": ["表号", "名称", "回路", "楼号", "分摊组", "电量(kWh)", "估算电量(kWh)"],
+    "en": ["meter", "name", "circuit", "building", "group", "kWh", "estimated kWh"],
+}
+METER_COLS_TAIL = {
+    "zh": ["电费(元)", "读数条数", "月初读数", "月末读数"],
+    "en": ["cost (yuan)", "readings", "first counter", "last counter"],
+}
+GROUP_COLS = {
+    "zh": ["组号", "名称", "范围", "分摊方式", "电表数", "住户数", "电量(kWh)", "计量电费(元)", "差额分摊(元)",
+           "应收金额(元)"],
+    "en": ["group", "name", "scope", "key", "meters", "households", "kWh", "metered cost (yuan)",
+           "difference share (yuan)", "amount (yuan)"],
+}
+LINE_COLS = {"zh": ["户号", "分摊组", "组名", "金额(元)"], "en": ["household", "group", "group name", "amount (yuan)"]}
+QUALITY_COLS = {
+    "zh": ["表号", "名称", "类型", "开始", "结束", "电量(kWh)", "说明"],
+    "en": ["meter", "name", "kind", "start", "end", "kWh", "detail"],
+}
+TARIFF_COLS = {
+    "zh": ["电价", "时段", "单价(元/kWh)", "电量(kWh)", "电费(元)"],
+    "en": ["tariff", "period", "price (yuan/kWh)", "kWh", "cost (yuan)"],
+}
+SHEETS = {
+    "zh": {"summary": "汇总", "meters": "电表", "groups": "分摊组", "households": "住户", "lines": "分摊明细",
+           "quality": "数据质量"},
+    "en": {"summary": "Summary", "meters": "Meters", "groups": "Groups", "households": "Households",
+           "lines": "Lines", "quality": "Data quality"},
+}
+
+# Data-quality kinds: (short name, what the accountant should understand by it).
+KINDS = {
+    "zh": {
+        "no_data": ("无读数", "本月无读数:该表整月没有可用读数,电量无法计量。"),
+        "partial": ("部分无读数", "本月部分时间无读数:月初或月末一段时间没有读数,该段电量未能计入。"),
+        "gap": ("离线估算", "离线期间按线性插值估算:网关与电表失联期间的电量按前后读数线性插值分配到各时段。"),
+        "replacement": ("换表", "换表:旧表与新表分别计量,电量为两段之和。"),
+        "rollover": ("计数器翻转", "计数器翻转:电表计数器到达上限后从零重新计数,已按上限补足。"),
+        "rejected_spike": ("剔除跳变", "剔除不可能的跳变读数:读数增量超过回路最大功率所能消耗的电量,判为错误读数。"),
+        "rejected_low": ("剔除倒退", "剔除倒退读数:读数小于此前读数,判为错误读数。"),
+        "restarted": ("计数器重新起算", "计数器未登记换表而重新起算:读数回落且未登记换表,按新计数器从零起算。"),
+        "ignored_jitter": ("忽略抖动", "忽略读数抖动:在计量分辨率以内的微小倒退,视为正常抖动。"),
+        "unallocated": ("未分配", "未分配到任何分摊组:该表电量不向住户分摊,请检查分摊组配置。"),
+    },
+    "en": {
+        "no_data": ("no data", "No readings this month: the meter's consumption could not be measured."),
+        "partial": ("partial", "Part of the month without readings: the consumption of that part is missing."),
+        "gap": ("gap", "Offline gap: the energy over the gap is estimated by linear interpolation between "
+                       "the readings around it."),
+        "replacement": ("replacement", "Meter replaced: the old and the new meter are counted separately "
+                                       "and added."),
+        "rollover": ("rollover", "Counter rollover: the counter wrapped to zero at its maximum; the "
+                                 "wrap is added back."),
+        "rejected_spike": ("rejected spike", "Impossible jump rejected: more energy than the circuit's "
+                                             "maximum power allows."),
+        "rejected_low": ("rejected low", "Backward reading rejected: lower than an earlier reading."),
+        "restarted": ("restarted", "Counter restarted without a recorded replacement: counted from zero "
+                                   "on the new counter."),
+        "ignored_jitter": ("ignored jitter", "Tiny backward step within the meter's resolution, ignored "
+                                             "as jitter."),
+        "unallocated": ("unallocated", "Not in any allocation group: its energy is not charged to "
+                                       "households; check the group configuration."),
+    },
+}
+
+CIRCUITS = {
+    "zh": {"stairwell_lighting": "楼道照明", "street_lighting": "路灯", "lift": "电梯", "pump": "水泵",
+           "gate": "门禁道闸", "main_supply": "总进线", "other": "其他"},
+    "en": {"stairwell_lighting": "stairwell lighting", "street_lighting": "street lighting", "lift": "lift",
+           "pump": "pump", "gate": "gate", "main_supply": "main supply", "other": "other"},
+}
+SCOPES = {"zh": {"estate": "全小区", "building": "楼栋", "unit": "单元"},
+          "en": {"estate": "estate", "building": "building", "unit": "unit"}}
+KEYS = {"zh": {"area": "按建筑面积", "household": "按户", "fixed": "按固定份额"},
+        "en": {"area": "by floor area", "household": "per household", "fixed": "fixed shares"}}
+RULES = {"zh": {"by_cost": "按各组计量电费比例分摊", "by_area": "按建筑面积分摊到全部住户"},
+         "en": {"by_cost": "pro rata to each group's metered cost", "by_area": "over all households by floor area"}}
+
+# Tariff periods: a site names them in its config; these are the usual names, others show as given.
+PERIOD_ORDER = ("sharp", "critical_peak", "peak", "flat", "valley", "deep_valley")
+PERIODS = {"zh": {"sharp": "尖", "critical_peak": "尖峰", "peak": "峰", "flat": "平", "valley": "谷",
+                  "deep_valley": "深谷"},
+           "en": {"sharp": "sharp", "critical_peak": "critical peak", "peak": "peak", "flat": "flat",
+                  "valley": "valley", "deep_valley": "deep valley"}}
+PERIOD_COLORS = {"sharp": "#d6604d", "critical_peak": "#d6604d", "peak": "#f4a582", "flat": "#e6e6e6",
+                 "valley": "#92c5de", "deep_valley": "#4393c3"}
+PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7",
+           "#9c755f", "#bab0ac")
+# More building (or unit) groups than this are drawn as one "all buildings" series.
+FEW_GROUPS = 3
+
+
+def _lang(lang: str) -> str:
+    if lang not in LANGS:
+        raise ValueError(f"lang must be one of {', '.join(LANGS)}, not {lang!r}")
+    return lang
+
+
+def _word(table: dict[str, dict[str, str]], lang: str, key: str | None) -> str:
+    return "" if key is None else table[lang].get(key, key)
+
+
+# --- numbers -----------------------------------------------------------------------------------
+
+def _fen(d: Decimal) -> Decimal:
+    return d.quantize(FEN, rounding=ROUND_HALF_UP)
+
+
+def _money(d: Decimal | None) -> str:
+    """For display: to the fen with thousands separators."""
+    return "—" if d is None else f"{_fen(d):,f}"
+
+
+def _exact4(d: Decimal) -> str:
+    """Sub-fen amounts (unrounded metered cost, rounding) shown to 0.0001 yuan."""
+    return f"{d.quantize(Decimal('0.0001'), rounding=ROUND_HALF_UP):,f}"
+
+
+_kwh = _money       # kWh are shown to 0.01 as well
+
+
+def _pct(part: Decimal, whole: Decimal) -> str:
+    return "—" if not whole else f"{(part * 100 / whole).quantize(Decimal('0.1'), rounding=ROUND_HALF_UP)}%"
+
+
+def _plain(d: Decimal) -> str:
+    """Exact decimal text without exponent (Decimal('1E+2') would print as '1E+2')."""
+    return format(d, "f")
+
+
+def _check_amounts(result: AllocationResult) -> None:
+    """The clerk imports these figures as they are: refuse a result whose charges are not to the
+    fen or do not add up to what the report says is recovered, rather than print wrong money."""
+    total = Decimal(0)
+    for c in result.households:
+        if c.total != c.total.quantize(FEN):
+            raise ValueError(f"household {c.household.id}: total {c.total} is not rounded to the fen")
+        total += c.total
+    if total != result.recovered:
+        raise ValueError(f"household charges add up to {total}, not to recovered {result.recovered}")
+
+
+def _group_names(result: AllocationResult) -> dict[str, str]:
+    return {g.id: g.name or g.id for g in result.groups}
+
+
+def _household_row(c: HouseholdCharge, names: dict[str, str], lang: str) -> list:
+    """Household id, building, unit, room, area, occupied, amount, detail: Decimal stays Decimal."""
+    h = c.household
+    detail = "; ".join(f"{names.get(g, g)}: {_plain(_fen(a))}" for g, a in c.lines.items())
+    return [h.id, h.building, h.unit, h.room, h.area_m2, T[lang]["yes" if h.occupied else "no"],
+            _fen(c.total), detail]
+
+
+def _periods(result: AllocationResult) -> list[str]:
+    """Every tariff period of the month, usual names in their usual order, others as they come."""
+    seen: list[str] = []
+    for name in [u.period for u in result.tariff_use] + [p for m in result.meters + result.reference
+                                                         for p in m.kwh_by_period]:
+        if name not in seen:
+            seen.append(name)
+    return sorted(seen, key=lambda p: (PERIOD_ORDER.index(p) if p in PERIOD_ORDER else len(PERIOD_ORDER),
+                                       seen.index(p)))
+
+
+def _meter_group(m: MeterMonth, reference: bool, lang: str) -> str:
+    if reference:
+        return T[lang]["reference"]
+    return m.group if m.group is not None else T[lang]["unallocated"]
+
+
+# --- CSV ---------------------------------------------------------------------------------------
+
+def write_csv(result: AllocationResult, path: str | Path, lang: str = "zh") -> Path:
+    """One row per household for the billing system's import. UTF-8 with BOM because Excel in
+    China opens BOM-less UTF-8 as GBK; amounts are exact decimal text, never floats."""
+    lang = _lang(lang)
+    _check_amounts(result)
+    path = Path(path)
+    names = _group_names(result)
+    with path.open("w", encoding="utf-8-sig", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(HOUSEHOLD_COLS[lang])
+        for c in result.households:
+            row = _household_row(c, names, lang)
+            row[4], row[6] = _plain(row[4]), _plain(row[6])
+            w.writerow(row)
+    return path
+
+
+# --- XLSX --------------------------------------------------------------------------------------
+
+MONEY, KWH, PRICE, AREA, STAMP = "#,##0.00", "#,##0.00", "0.0000##", "0.00", "yyyy-mm-dd hh:mm"
+BOLD = Font(bold=True)
+
+
+def _cell(ws, value, fmt: str | None = None, bold: bool = False) -> WriteOnlyCell:
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        value = value.replace(tzinfo=None)      # Excel has no time zones; all times are site time
+    if isinstance(value, str):
+        value = ILLEGAL_CHARACTERS_RE.sub("", value)
+    cell = WriteOnlyCell(ws, value)
+    if isinstance(value, str) and value.startswith("="):
+        cell.data_type = "s"                    # names from config stay text, never a formula
+    if fmt:
+        cell.number_format = fmt
+    if bold:
+        cell.font = BOLD
+    return cell
+
+
+def _row(ws, values: Sequence, fmts: Sequence[str | None] = (), bold: bool = False) -> None:
+    fmts = list(fmts) + [None] * (len(values) - len(fmts))
+    ws.append([_cell(ws, v, f, bold) for v, f in zip(values, fmts)])
+
+
+def _sheet(wb: Workbook, title: str, headers: Sequence[str], widths: Sequence[int]):
+    ws = wb.create_sheet(title)
+    for i, width in enumerate(widths):
+        ws.column_dimensions[get_column_letter(i + 1)].width = width
+    ws.freeze_panes = "A2"
+    _row(ws, headers, bold=True)
+    return ws
+
+
+def write_xlsx(result: AllocationResult, path: str | Path, lang: str = "zh") -> Path:
+    """The accountant's workbook: summary, meters, groups, households, household × group lines,
+    data quality. Numbers are numbers (openpyxl writes a Decimal as a 16-digit number), shown to
+    the fen by their number format."""
+    lang = _lang(lang)
+    _check_amounts(result)
+    path = Path(path)
+    t, sheets = T[lang], SHEETS[lang]
+    names = _group_names(result)
+    periods = _periods(result)
+    # write_only streams rows to disk: 9,216 households and their lines stay cheap in memory.
+    wb = Workbook(write_only=True)
+
+    ws = wb.create_sheet(sheets["summary"])
+    ws.column_dimensions["A"].width = 24
+    for c in "BCDE":
+        ws.column_dimensions[c].width = 18
+    rows: list[tuple[str, object, str | None]] = [
+        (t["site"], f"{result.site_name} ({result.site_id})", None),
+        (t["month"], result.month, None),
+        (t["period"], _period_text(result, lang), None),
+        (t["timezone"], result.timezone, None),
+        (t["metered_cost"], result.metered_cost, MONEY),
+        (t["bill"], result.bill if result.bill is not None else t["no_bill"], MONEY),
+        (t["difference"], result.difference, MONEY),
+        (t["difference_rule"], _word(RULES, lang, result.difference_rule), None),
+        (t["recovered"], result.recovered, MONEY),
+        (t["households"], len(result.households), "0"),
+        (t["allocated_kwh"], sum((g.kwh for g in result.groups), Decimal(0)), KWH),
+        (t["generated"], result.generated_at, STAMP),
+    ]
+    for label, value, fmt in rows:
+        _row(ws, [label, value], [None, fmt])
+    for note in result.notes:
+        _row(ws, [t["notes"], note])
+    ws.append([])
+    _row(ws, TARIFF_COLS[lang], bold=True)
+    for u in result.tariff_use:
+        _row(ws, [u.tariff, _word(PERIODS, lang, u.period), u.price, u.kwh, u.cost], [None, None, PRICE, KWH, MONEY])
+    _row(ws, [t["total"], None, None, sum((u.kwh for u in result.tariff_use), Decimal(0)),
+              sum((u.cost for u in result.tariff_use), Decimal(0))], [None, None, None, KWH, MONEY], bold=True)
+
+    ws = _sheet(wb, sheets["meters"],
+                METER_COLS[lang] + [f"{_word(PERIODS, lang, p)} kWh" for p in periods] + METER_COLS_TAIL[lang],
+                [12, 24, 14, 8, 14, 12, 12] + [11] * len(periods) + [12, 9, 12, 12])
+    for reference, meters in ((False, result.meters), (True, result.reference)):
+        for m in meters:
+            _row(ws, [m.meter, m.name, _word(CIRCUITS, lang, m.circuit), m.building, _meter_group(m, reference, lang),
+                      m.kwh, m.estimated_kwh, *[m.kwh_by_period.get(p, Decimal(0)) for p in periods],
+                      m.cost, m.readings, m.first_counter, m.last_counter],
+                 [None] * 5 + [KWH] * (2 + len(periods)) + [MONEY, "0", KWH, KWH])
+
+    ws = _sheet(wb, sheets["groups"], GROUP_COLS[lang], [14, 24, 8, 12, 8, 8, 12, 14, 14, 14])
+    money4 = [KWH, MONEY, MONEY, MONEY]
+    for g in result.groups:
+        _row(ws, [g.id, g.name, _word(SCOPES, lang, g.scope), _word(KEYS, lang, g.key), len(g.meters),
+                  len(g.households), g.kwh, g.metered_cost, g.difference_share, g.amount],
+             [None] * 4 + ["0", "0"] + money4)
+    _row(ws, [t["total"], None, None, None, None, None, *_group_totals(result.groups)],
+         [None] * 6 + money4, bold=True)
+
+    ws = _sheet(wb, sheets["households"], HOUSEHOLD_COLS[lang][:7], [12, 8, 8, 8, 12, 6, 12])
+    for c in result.households:
+        _row(ws, _household_row(c, names, lang)[:7], [None] * 4 + [AREA, None, MONEY])
+
+    ws = _sheet(wb, sheets["lines"], LINE_COLS[lang], [12, 14, 24, 12])
+    for c in result.households:
+        for g, amount in c.lines.items():
+            _row(ws, [c.household.id, g, names.get(g, g), amount], [None, None, None, MONEY])
+
+    ws = _sheet(wb, sheets["quality"], QUALITY_COLS[lang], [12, 24, 14, 17, 17, 12, 60])
+    meter_names = _meter_names(result)
+    for n in _sorted_notes(result):
+        _row(ws, [n.meter, meter_names.get(n.meter, ""), _kind_name(n.kind, lang), n.start, n.end, n.kwh,
+                  n.detail if lang == "zh" else n.detail_en], [None, None, None, STAMP, STAMP, KWH])
+
+    wb.save(path)
+    return path
+
+
+def _group_totals(groups: Iterable[GroupMonth]) -> list[Decimal]:
+    groups = list(groups)
+    return [sum((getattr(g, f) for g in groups), Decimal(0))
+            for f in ("kwh", "metered_cost", "difference_share", "amount")]
+
+
+def _period_text(result: AllocationResult, lang: str) -> str:
+    if not result.days:
+        return f"{result.start:%Y-%m-%d} {T[lang]['to']} {result.end:%Y-%m-%d}"
+    return f"{result.days[0]:%Y-%m-%d} {T[lang]['to']} {result.days[-1]:%Y-%m-%d}"
+
+
+def _meter_names(result: AllocationResult) -> dict[str, str]:
+    return {m.meter: m.name for m in result.meters + result.reference}
+
+
+def _kind_name(kind: str, lang: str) -> str:
+    return KINDS[lang].get(kind, (kind, ""))[0]
+
+
+def _sorted_notes(result: AllocationResult):
+    """By kind in the report's order (unknown kinds last), then meter and time."""
+    order = {k: i for i, k in enumerate(QUALITY_KINDS)}
+    return sorted(result.quality, key=lambda n: (order.get(n.kind, len(order)), n.kind, n.meter, n.start))
+
+
+# --- HTML --------------------------------------------------------------------------------------
+
+def _daily_series(result: AllocationResult, lang: str) -> list[tuple[str, list[Decimal]]]:
+    """The chart's series: each estate group by name; building (unit) groups each on their own
+    when few, summed as one series when there are many (a site has one per building)."""
+    n = len(result.days)
+
+    def pad(xs: Sequence[Decimal]) -> list[Decimal]:
+        return (list(xs) + [Decimal(0)] * n)[:n]
+
+    def total(gs: list[GroupMonth]) -> list[Decimal]:
+        return [sum(col, Decimal(0)) for col in zip(*(pad(g.daily_kwh) for g in gs))] if gs else pad([])
+
+    series = [(g.name or g.id, pad(g.daily_kwh)) for g in result.groups if g.scope not in ("building", "unit")]
+    for scope, label in (("building", T[lang]["buildings_total"]), ("unit", T[lang]["units_total"])):
+        gs = [g for g in result.groups if g.scope == scope]
+        if len(gs) <= FEW_GROUPS:
+            series += [(g.name or g.id, pad(g.daily_kwh)) for g in gs]
+        else:
+            series.append((label, total(gs)))
+    if len(series) > len(PALETTE):
+        # Keep the largest series (in their order) and fold the rest so every colour stays distinct.
+        big = set(sorted(range(len(series)), key=lambda i: sum(series[i][1]), reverse=True)[:len(PALETTE) - 1])
+        rest = [s[1] for i, s in enumerate(series) if i not in big]
+        series = [s for i, s in enumerate(series) if i in big]
+        series.append((T[lang]["others"], [sum(col, Decimal(0)) for col in zip(*rest)]))
+    return series
+
+
+def _nice_scale(top: float) -> tuple[float, int]:
+    """An axis maximum of 1, 2, 2.5 or 5 × 10^k steps above `top`, and the number of steps."""
+    if top <= 0:
+        return 1.0, 4
+    raw = top / 4
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    steps = max(1, math.ceil(top / step - 1e-9))
+    return step * steps, steps
+
+
+def _tick(v: float, step: float) -> str:
+    return f"{v:,.0f}" if step >= 1 else f"{round(v, 6):g}"
+
+
+def _svg_daily(result: AllocationResult, series: list[tuple[str, list[Decimal]]], lang: str) -> Markup:
+    width, height, left, right, top, bottom = 720, 250, 52, 8, 12, 28
+    pw, ph = width - left - right, height - top - bottom
+    days = result.days
+    totals = [sum((s[i] for _, s in series), Decimal(0)) for i in range(len(days))]
+    ymax, steps = _nice_scale(float(max(totals, default=0)))
+    title = escape(T[lang]["chart_daily"])
+    out = [f'<svg class="chart" viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg" '
+           f'role="img" aria-label="{title}">']
+    for k in range(steps + 1):
+        y = top + ph - ph * k / steps
+        out.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
+                   f'<text x="{left - 4}" y="{y + 3:.1f}" class="yl">{_tick(ymax * k / steps, ymax / steps)}</text>')
+    if not days or not any(totals):
+        out.append(f'<text x="{left + pw / 2}" y="{top + ph / 2}" class="empty">{escape(T[lang]["no_data"])}</text>')
+    slot = pw / max(len(days), 1)
+    for i, day in enumerate(days):
+        x, y = left + slot * i + slot * 0.125, top + ph
+        for (label, values), color in zip(series, PALETTE):
+            v = values[i]
+            if v <= 0:
+                continue
+            h = float(v) / ymax * ph
+            y -= h
+            out.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{slot * 0.75:.1f}" height="{h:.1f}" fill="{color}">'
+                       f'<title>{escape(label)} {day:%m-%d}: {_kwh(v)} kWh</title></rect>')
+        out.append(f'<text x="{x + slot * 0.375:.1f}" y="{height - bottom + 14}" class="xl">{day.day}</text>')
+    out.append("</svg>")
+    return Markup("".join(out))
+
+
+def _tou_rows(result: AllocationResult, lang: str) -> list[dict]:
+    """Tariff use summed per period over the month's tariffs (a price change mid-month makes two)."""
+    kwh: dict[str, Decimal] = {}
+    cost: dict[str, Decimal] = {}
+    for u in result.tariff_use:
+        kwh[u.period] = kwh.get(u.period, Decimal(0)) + u.kwh
+        cost[u.period] = cost.get(u.period, Decimal(0)) + u.cost
+    periods = [p for p in _periods(result) if p in kwh]
+    total_kwh, total_cost = sum(kwh.values(), Decimal(0)), sum(cost.values(), Decimal(0))
+    others = iter(PALETTE)
+    return [{"period": p, "label": _word(PERIODS, lang, p), "color": PERIOD_COLORS.get(p) or next(others),
+             "kwh": kwh[p], "cost": cost[p], "kwh_share": _pct(kwh[p], total_kwh),
+             "cost_share": _pct(cost[p], total_cost)} for p in periods]
+
+
+def _svg_tou(rows: list[dict], lang: str) -> Markup:
+    """Two 100 % horizontal stacked bars, kWh and cost, labelled with the period and its share."""
+    width, left, bar, gap = 720, 70, 30, 12
+    height = gap + 2 * (bar + gap)
+    title = escape(T[lang]["chart_tou"])
+    out = [f'<svg class="chart" viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg" '
+           f'role="img" aria-label="{title}">']
+    pw = width - left - 8
+    for n, (key, label) in enumerate((("kwh", "kWh"), ("cost", T[lang]["cost"]))):
+        y = gap + n * (bar + gap)
+        out.append(f'<text x="{left - 6}" y="{y + bar / 2 + 4}" class="yl">{escape(label)}</text>')
+        total = sum((r[key] for r in rows), Decimal(0))
+        if total <= 0:
+            out.append(f'<rect x="{left}" y="{y}" width="{pw}" height="{bar}" class="none"/>'
+                       f'<text x="{left + pw / 2}" y="{y + bar / 2 + 4}" class="empty">'
+                       f'{escape(T[lang]["no_data"])}</text>')
+            continue
+        x = float(left)
+        for r in rows:
+            w = float(max(r[key], Decimal(0)) / total) * pw
+            share = r[f"{key}_share"]
+            value = f'{_kwh(r["kwh"])} kWh' if key == "kwh" else f'¥{_money(r["cost"])}'
+            out.append(f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{bar}" fill="{r["color"]}">'
+                       f'<title>{escape(r["label"])}: {escape(value)} ({share})</title></rect>')
+            if w > 60:      # a label only where it fits; the table below the chart has every figure
+                out.append(f'<text x="{x + w / 2:.1f}" y="{y + bar / 2 + 4}" class="bl">'
+                           f'{escape(r["label"])} {share}</text>')
+            x += w
+    out.append("</svg>")
+    return Markup("".join(out))
+
+
+def _html_household(c: HouseholdCharge, names: dict[str, str], lang: str) -> tuple[str, ...]:
+    hid, building, unit, room, area, occupied, total, detail = _household_row(c, names, lang)
+    return hid, building, unit, room, _plain(area), occupied, _money(total), detail
+
+
+@lru_cache(maxsize=1)
+def _environment() -> Environment:
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined,
+                      trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(money=_money, kwh=_kwh, exact4=_exact4)
+    return env
+
+
+def render_html(result: AllocationResult, lang: str = "zh") -> str:
+    lang = _lang(lang)
+    _check_amounts(result)
+    t = T[lang]
+    names = _group_names(result)
+    periods = _periods(result)
+    meter_names = _meter_names(result)
+    allocated = [m for m in result.meters if m.group is not None]
+
+    # Metered cost and difference are exact; shown to the fen they may not visibly add up to the bill.
+    rounding_shown = (result.bill is not None and result.difference is not None
+                      and _fen(result.metered_cost) + _fen(result.difference) != _fen(result.bill))
+
+    quality = []
+    notes = _sorted_notes(result)
+    for kind in dict.fromkeys(n.kind for n in notes):
+        name, explanation = KINDS[lang].get(kind, (kind, ""))
+        quality.append({"kind": kind, "name": name, "explanation": explanation,
+                        "notes": [{"meter": n.meter, "name": meter_names.get(n.meter, ""),
+                                   "start": f"{n.start:%Y-%m-%d %H:%M}", "end": f"{n.end:%Y-%m-%d %H:%M}",
+                                   "kwh": _kwh(n.kwh), "detail": n.detail if lang == "zh" else n.detail_en}
+                                  for n in notes if n.kind == kind]})
+
+    def meter_row(m: MeterMonth, reference: bool) -> dict:
+        return {"m": m, "circuit": _word(CIRCUITS, lang, m.circuit), "group": _meter_group(m, reference, lang),
+                "by_period": [_kwh(m.kwh_by_period.get(p, Decimal(0))) for p in periods],
+                "estimated": m.estimated_kwh > 0, "reference": reference}
+
+    daily = _daily_series(result, lang)
+    tou = _tou_rows(result, lang)
+    context = {
+        "t": t, "lang": lang, "r": result,
+        "period_text": _period_text(result, lang),
+        "rule": _word(RULES, lang, result.difference_rule),
+        "allocated_kwh": sum((g.kwh for g in result.groups), Decimal(0)),
+        "estimated_kwh": sum((m.estimated_kwh for m in allocated), Decimal(0)),
+        "rounding": (result.recovered - result.bill) if result.bill is not None
+        else result.recovered - result.metered_cost,
+        "rounding_shown": rounding_shown,
+        "daily_svg": _svg_daily(result, daily, lang),
+        "daily_legend": list(zip((s[0] for s in daily), PALETTE)),
+        "tou_svg": _svg_tou(tou, lang), "tou": tou,
+        "tou_total": {k: sum((row[k] for row in tou), Decimal(0)) for k in ("kwh", "cost")},
+        "tariff_use": [(u, _word(PERIODS, lang, u.period)) for u in result.tariff_use],
+        "groups": [(g, _word(SCOPES, lang, g.scope), _word(KEYS, lang, g.key)) for g in result.groups],
+        "group_totals": _group_totals(result.groups),
+        "periods": [_word(PERIODS, lang, p) for p in periods],
+        "meters": [meter_row(m, False) for m in result.meters] + [meter_row(m, True) for m in result.reference],
+        "meter_cols": METER_COLS[lang], "meter_cols_tail": METER_COLS_TAIL[lang],
+        "group_cols": GROUP_COLS[lang], "tariff_cols": TARIFF_COLS[lang],
+        "quality_cols": [c for i, c in enumerate(QUALITY_COLS[lang]) if i != 2],   # kind is the heading
+        "household_cols": HOUSEHOLD_COLS[lang],
+        "quality": quality,
+        # Pre-formatted strings: 9,216 rows render fast and the template stays a plain loop.
+        "households": [_html_household(c, names, lang) for c in result.households],
+    }
+    return _environment().get_template("report.html").render(context)
+
+
+def write_html(result: AllocationResult, path: str | Path, lang: str = "zh") -> Path:
+    """A self-contained printable report (inline CSS and SVG, no script, no external resource)."""
+    path = Path(path)
+    path.write_text(render_html(result, lang), encoding="utf-8")
+    return path
+
+
+# --- all ---------------------------------------------------------------------------------------
+
+def write_all(result: AllocationResult, out_dir: str | Path, lang: str = "zh") -> dict[str, Path]:
+    """allocation-<month>.csv / .xlsx / .html in out_dir (created if missing)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"allocation-{result.month}"
+    return {"csv": write_csv(result, out / f"{stem}.csv", lang),
+            "xlsx": write_xlsx(result, out / f"{stem}.xlsx", lang),
+            "html": write_html(result, out / f"{stem}.html", lang)}

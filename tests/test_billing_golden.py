@@ -1,0 +1,43 @@
+"""The golden month: a generated month of the example site, allocated with a bill, must give
+exactly the checked-in household file and summary (tools/make_golden_month.py writes them)."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+from make_golden_month import GOLDEN, MONTH, golden_month  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def month(tmp_path_factory):
+    return golden_month(tmp_path_factory.mktemp("golden"))
+
+
+def test_every_meter_matches_the_generators_truth(month):
+    result, _, _, truth = month
+    kwh = {m.meter: m.kwh for m in result.meters + result.reference}
+    assert kwh == truth.consumption_kwh
+    planted = {("rejected_spike" if f.kind == "spike" else f.kind, f.meter) for f in truth.faults}
+    assert len(planted) == 4
+    assert planted <= {(q.kind, q.meter) for q in result.quality}
+
+
+def test_household_file_is_the_golden_one(month):
+    result, csv_text, _, _ = month
+    golden = (GOLDEN / f"allocation-{MONTH}.csv").read_text(encoding="utf-8")
+    lines, want = csv_text.splitlines(), golden.splitlines()
+    assert len(lines) == len(want) == len(result.households) + 1
+    diff = [(i + 1, a, b) for i, (a, b) in enumerate(zip(lines, want)) if a != b]
+    assert diff == [], f"{len(diff)} lines differ, first: {diff[:3]}"
+
+
+def test_summary_is_the_golden_one(month):
+    _, _, summary, _ = month
+    golden = json.loads((GOLDEN / f"allocation-{MONTH}.json").read_text(encoding="utf-8"))
+    assert json.loads(json.dumps(summary, ensure_ascii=False)) == golden
+    assert summary["recovered"] == summary["bill"]
