@@ -507,6 +507,111 @@ def meters_replacements(config: Path = typer.Option(..., "-c", "--config", help=
                    f"{r.new_initial}  by {r.by}" + (f"  ({r.note})" if r.note else ""))
 
 
+users_app = typer.Typer(help="Console users: add (or change a password), remove, list.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+
+
+def _users_block(lines: list[str]) -> tuple[int, int]:
+    """[start, end) of the top-level `users:` block in the site file's lines, or (-1, -1)."""
+    import re as _re
+    start = next((i for i, line in enumerate(lines) if _re.match(r"^users:\s*(#.*)?$", line)), -1)
+    if start < 0:
+        return -1, -1
+    end = start + 1
+    while end < len(lines) and (not lines[end].strip() or lines[end][0] in " \t#-"):
+        end += 1
+    return start, end
+
+
+def _rewrite_users(config: Path, change) -> None:
+    """Apply `change(entries) -> entries` to the one-line entries of `users:` and write the file
+    back only if it still validates; the rest of the file (comments included) is left alone."""
+    import re as _re
+    original = config.read_text(encoding="utf-8")
+    lines = original.splitlines()
+    start, end = _users_block(lines)
+    entries = [line for line in lines[start + 1:end] if line.strip().startswith("- ")] if start >= 0 else []
+    named = {}
+    for line in entries:
+        m = _re.match(r"^\s*-\s*\{\s*name:\s*([^,}\s]+)", line)
+        if m is None:
+            raise fail(f"{config}: the users: block has an entry this command cannot edit ({line.strip()[:40]}...): "
+                       "write each user on one line as {name: ..., role: ..., password_hash: ...}", 2)
+        named[m.group(1).strip("'\"")] = line
+    block = ["users:"] + [f"  {line.strip()}" for line in change(named).values()]
+    if start >= 0:
+        lines[start:end] = block
+    else:
+        lines += ["", "# Console users (gateway users add NAME --role guard|electrician|accountant|admin)."] + block
+    config.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    try:
+        load_site(config)
+    except ConfigError as e:
+        config.write_text(original, encoding="utf-8")
+        for problem in e.problems:
+            typer.echo(f"{e.source}: {problem}", err=True)
+        raise fail(f"{config} left unchanged", 2) from None
+
+
+@users_app.command("add")
+def users_add(name: str = typer.Argument(..., help="login name (letters, digits, . _ -)"),
+              role: str = typer.Option(..., "--role", help="guard, electrician, accountant or admin"),
+              display: str = typer.Option("", "--display-name", help="the name shown, e.g. 张师傅"),
+              password_stdin: bool = typer.Option(False, "--password-stdin", help="read the password from stdin"),
+              config: Path = typer.Option(..., "-c", "--config", help="site file")) -> None:
+    """Add a console user or set a user's password and role; writes an argon2 hash, never the password."""
+    import json as _json
+    import re as _re
+
+    from .config import ROLES
+    from .web.auth import hash_password
+    if role not in ROLES:
+        raise fail(f"--role {role!r}: expected one of {', '.join(ROLES)}", 2)
+    if not _re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+        raise fail(f"user name {name!r}: use letters, digits, '.', '_' and '-'", 2)
+    _load(config)
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    if len(password) < 8:
+        raise fail("the password needs at least 8 characters", 2)
+    entry = (f"- {{name: {name}, role: {role}, password_hash: '{hash_password(password)}'"
+             + (f", display_name: {_json.dumps(display, ensure_ascii=False)}" if display else "") + "}")
+
+    def change(named: dict) -> dict:
+        named[name] = entry
+        return named
+    _rewrite_users(config, change)
+    typer.echo(f"user {name} ({role}) written to {config}; a running gateway picks it up when restarted")
+
+
+@users_app.command("remove")
+def users_remove(name: str = typer.Argument(...),
+                 config: Path = typer.Option(..., "-c", "--config", help="site file")) -> None:
+    """Remove a console user."""
+    _load(config)
+    found = []
+
+    def change(named: dict) -> dict:
+        found.append(named.pop(name, None))
+        return named
+    _rewrite_users(config, change)
+    if found[0] is None:
+        raise fail(f"no user {name!r} in {config}", 2)
+    typer.echo(f"user {name} removed from {config}")
+
+
+@users_app.command("list")
+def users_list(config: Path = typer.Option(..., "-c", "--config", help="site file")) -> None:
+    """The console users and their roles."""
+    cfg = _load(config)
+    if not cfg.users:
+        typer.echo("no users (the console stays off): gateway users add NAME --role ROLE -c FILE")
+    for u in cfg.users:
+        typer.echo(f"{u.name:<16} {u.role:<12} {u.display_name}")
+
+
 @app.command()
 def replay(recording: Path = typer.Argument(..., help="a file written by `gateway run --record`"),
            config: Path = typer.Option(..., "-c", "--config", help="site file"),

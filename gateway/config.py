@@ -424,6 +424,37 @@ class Allocation(_Strict):
     resolution_kwh: Decimal = Field(default=Decimal("0.01"), ge=0)
 
 
+ROLES = ("guard", "electrician", "accountant", "admin")
+
+
+class User(_Strict):
+    """A console user; `password_hash` is an argon2 hash written by `gateway users add`."""
+
+    name: Id
+    role: Literal["guard", "electrician", "accountant", "admin"]
+    password_hash: str = Field(pattern=r"^\$argon2(id|i|d)\$")
+    display_name: str = ""
+
+
+class Web(_Strict):
+    """The guard-room console, served by the gateway process."""
+
+    enabled: bool = True
+    bind: str = Field(default="127.0.0.1", description="the address to listen on: 0.0.0.0 for the estate's Wi-Fi")
+    port: int = Field(default=8080, ge=1, le=65535)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    session_hours: float = Field(default=12, gt=0, le=24 * 30)
+    session_key_env: EnvName | None = None    # default: a random key kept in the ledger
+    language: Literal["zh", "en"] = "zh"
+
+    @model_validator(mode="after")
+    def _tls(self) -> "Web":
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both tls_cert and tls_key")
+        return self
+
+
 class SiteConfig(_Strict):
     site: SiteInfo
     storage: Storage = Storage()
@@ -440,6 +471,8 @@ class SiteConfig(_Strict):
     alerts: "AlertOutputs" = Field(default_factory=lambda: AlertOutputs())
     tariffs: list[Tariff] = Field(default_factory=list)
     allocation: Allocation = Allocation()
+    web: Web = Web()
+    users: list[User] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _tariff_validity(self) -> "SiteConfig":
@@ -569,6 +602,11 @@ def _cross_check(data: dict, models: dict[str, MeterModel]) -> list[str]:
     dupes("meters")
     dupes("card_readers")
     dupes("doors")
+    seen_users: dict[Any, int] = {}
+    for i, u in entries("users"):
+        if u.get("name") in seen_users:
+            problems.append(f"users[{i}].name: '{u.get('name')}' is already users[{seen_users[u.get('name')]}]")
+        seen_users.setdefault(u.get("name"), i)
     problems.extend(_check_access_patrol(data))
     problems.extend(check_rules(data))
     meter_ids = {m.get("id") for _, m in entries("meters")}

@@ -6,6 +6,10 @@ One record per line, in arrival order, times as UTC epoch seconds:
    "exchanges": [{"fn": 4, "addr": 8192, "count": 16, "regs": [...]} | {"error": "NoAnswer", "detail": "..."}]}
   {"type": "serial", "t": ..., "device": "gate-n-in", "data": "<hex of the bytes read>"}
   {"type": "mqtt", "t": ..., "topic": "...", "payload": "<text>"}   (or "payload_hex" when not UTF-8)
+  {"type": "ack", "t": ..., "rule": "...", "source": "...", "by": "...", "note": "..."}
+  {"type": "replacement", "t": ..., "meter": "...", "at": ..., "old_final": "...", "new_initial": "..."}
+People's actions are recorded too (an acknowledgement names its alert by rule and source, since
+an alert's id carries its raise time, which a replay may reproduce a fraction of a second off).
 `gateway replay` feeds such a file through the real drivers and rules under a simulated clock.
 """
 
@@ -41,6 +45,13 @@ class Recorder:
         except UnicodeDecodeError:
             body = {"payload_hex": payload.hex()}
         self._write({"type": "mqtt", "t": ts.timestamp(), "topic": topic, **body})
+
+    def ack(self, ts: datetime, rule: str, source: str, by: str, note: str) -> None:
+        self._write({"type": "ack", "t": ts.timestamp(), "rule": rule, "source": source, "by": by, "note": note})
+
+    def replacement(self, ts: datetime, meter: str, at: datetime, old_final, new_initial) -> None:
+        self._write({"type": "replacement", "t": ts.timestamp(), "meter": meter, "at": at.timestamp(),
+                     "old_final": str(old_final), "new_initial": str(new_initial)})
 
     def flush(self) -> None:
         self._f.flush()

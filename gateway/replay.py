@@ -5,6 +5,10 @@ running gateway uses — the Modbus scheduler's poll (its requests answered from
 the serial readers' parsers, the MQTT handlers, the card registry and the rules engine — while a
 simulated clock stands at each record's time and ticks the rules once per simulated second. Only
 the transports are left out, so a day replays in seconds and gives the alerts the gateway gave.
+
+The replay's ledger starts empty, so the rules are restored from nothing (gateway/rules/restore.py)
+at the recording's first timestamp: that is when they start "observing", and a patrol round
+already under way then is judged only from there (what was due before is unknown, not missed).
 """
 
 from __future__ import annotations
@@ -94,6 +98,7 @@ async def replay(cfg: SiteConfig, recording: Path, speed: float | None = None, t
     engine = gw.rules
     if engine is None:
         raise ValueError("the site file has no rules: nothing to replay into")
+    gw.restore_rules(clock.t)
     feed_events = gw.hub.subscribe(Reading, DeviceStatus, CardSwipe, DoorEvent, PatrolCheckin, name="replay")
     alerts_sub = gw.hub.subscribe(AlertChange, name="replay alerts")
     changes: list[AlertChange] = []
@@ -164,6 +169,14 @@ async def replay(cfg: SiteConfig, recording: Path, speed: float | None = None, t
                         handler(rec["topic"], payload, t)
                         handled = True
                 skipped += not handled
+            elif kind == "ack":
+                alert = engine.book.get(rec.get("rule", ""), rec.get("source", ""))
+                if alert is None or engine.ack(alert.id, rec.get("by", ""), rec.get("note", ""), t) is None:
+                    log.warning("replay: acknowledgement at %s of %s/%s: no such open alert", t.isoformat(),
+                                rec.get("rule"), rec.get("source"))
+                    skipped += 1
+            elif kind == "replacement":
+                engine.note_replacement(rec["meter"], datetime.fromtimestamp(rec["at"], timezone.utc), t)
             else:
                 skipped += 1
             drain()

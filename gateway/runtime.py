@@ -1,4 +1,10 @@
-"""Builds the gateway from a SiteConfig, supervises its tasks and shuts it down cleanly."""
+"""Builds the gateway from a SiteConfig, supervises its tasks and shuts it down cleanly.
+
+At startup the rules engine is given back what the ledger knows (open alerts, counter and
+consumption baselines, patrol rounds in progress, meter replacements: gateway/rules/restore.py)
+before it sees any event; while running it applies acknowledgements (`gateway alarms ack`) and
+meter replacements (`gateway meters replace`) written to the ledger, polled once a second.
+"""
 
 from __future__ import annotations
 
@@ -42,8 +48,12 @@ def build_buses(cfg: SiteConfig, publish, clock: Clock = REAL_CLOCK) -> list[Mod
 
 
 class Gateway:
-    def __init__(self, cfg: SiteConfig, clock: Clock = REAL_CLOCK, record: Path | None = None):
+    def __init__(self, cfg: SiteConfig, clock: Clock = REAL_CLOCK, record: Path | None = None,
+                 web_users: list | None = None):
         self.cfg = cfg
+        self.web_users = web_users or []      # users beyond the site file's (the demo's)
+        self.web = None                       # the console's WebContext once it runs
+        self.web_address = None
         self.clock = clock
         self.hub = Hub()
         self.buses = build_buses(cfg, self.hub.publish, clock)
@@ -57,6 +67,10 @@ class Gateway:
         self.recorder = None
         self.field_drivers: list = []
         self._stop = asyncio.Event()
+        self.started_at = None               # when run() began: what the ledger holds is from before
+        self.restored = None                 # what the rules got back from the ledger (rules.restore.Restored)
+        self._replacements_seen = 0          # the last meter_replacements id given to the rules
+        self._replacement_error = ""
 
     def stop(self) -> None:
         self._stop.set()
@@ -229,8 +243,13 @@ class Gateway:
     async def _run_rules(self) -> None:
         sub = self.hub.subscribe(Reading, DeviceStatus, CardSwipe, DoorEvent, PatrolCheckin, name="rules")
         engine = self.rules
-        next_tick = self.clock.monotonic()
         try:
+            if self.restored is None:
+                # One turn of the loop first: the ledger, the alert publisher and the webhooks
+                # (started with this task) subscribe, so the alerts cleared while restoring reach them.
+                await asyncio.sleep(0)
+                self.restore_rules(self.started_at or self.clock.now())
+            next_tick = self.clock.monotonic()
             while True:
                 try:
                     async with asyncio.timeout(max(0.0, next_tick - self.clock.monotonic())):
@@ -243,15 +262,48 @@ class Gateway:
                     next_tick += 1.0
                     engine.tick(self.clock.now())
                     self._apply_acks()
+                    self._apply_replacements()
         finally:
             sub.close()
 
+    def restore_rules(self, now):
+        """Give the fresh rules engine what the ledger knows at `now` (once, before any event)."""
+        from .rules.restore import restore
+        self.restored = restore(self.rules, self.ledger, now)
+        self._replacements_seen = max(self._replacements_seen, self.restored.last_replacement_id)
+        return self.restored
+
+    def _apply_replacements(self) -> None:
+        """Meter replacements recorded since the last look (`gateway meters replace`) to the rules."""
+        try:
+            found = self.ledger.replacements(after_id=self._replacements_seen)
+        except Exception as e:  # noqa: BLE001 - a locked or damaged ledger: say it once, try again next second
+            if str(e) != self._replacement_error:
+                self._replacement_error = str(e)
+                log.error("meter replacements: cannot read them from the ledger: %s", e)
+            return
+        self._replacement_error = ""
+        for r in found:
+            self._replacements_seen = max(self._replacements_seen, r.id)
+            self.rules.note_replacement(r.meter, r.at, self.clock.now())
+            if self.recorder is not None:
+                self.recorder.replacement(self.clock.now(), r.meter, r.at, r.old_final, r.new_initial)
+            log.info("meter %s: replacement at %s recorded (old meter's final %s kWh, new meter's initial %s kWh): "
+                     "the rules start its counter again", r.meter, r.at.isoformat(), r.old_final, r.new_initial)
+
     def _apply_acks(self) -> None:
         for rid, alert_id, by, note, ts_us in self.ledger.ack_requests():
-            alert = self.rules.ack(alert_id, by, note, self.clock.now())
+            alert = self.ack_alert(alert_id, by, note)
             result = "acknowledged" if alert is not None else "no open alert with this id"
             self.ledger.ack_done(rid, result)
             log.info("alert %s: %s by %s (%s)", alert_id, result, by, note)
+
+    def ack_alert(self, alert_id: str, by: str, note: str):
+        """A person acknowledges an open alert (CLI or console); recorded with the traffic."""
+        alert = self.rules.ack(alert_id, by, note, self.clock.now())
+        if alert is not None and self.recorder is not None:
+            self.recorder.ack(self.clock.now(), alert.rule, alert.source, by, note)
+        return alert
 
     async def _publish_alerts(self) -> None:
         """`<prefix>/<rule>/<source>`: JSON, retained while the alert is open; deleted when cleared."""
@@ -292,6 +344,7 @@ class Gateway:
 
     async def run(self, status_every_s: float | None = 60.0, grace_s: float = 5.0) -> None:
         """Run until `stop()`; then let each bus finish its exchange in flight and flush the ledger."""
+        self.started_at = self.clock.now()
         self.ledger = self._open_ledger()
         if self.record_path:
             self._open_recorder()
@@ -307,6 +360,7 @@ class Gateway:
             runs.append(("recorder", self._flush_recording))
         if self.mqtt is not None:
             runs.append(("MQTT link", self.mqtt.run))
+        runs += self._web_console()
         field_tasks = [asyncio.create_task(self._supervise(what, run), name=what) for what, run in runs]
         side_tasks = []
         if self.drainer:
@@ -343,6 +397,30 @@ class Gateway:
                 await asyncio.gather(*side_tasks, return_exceptions=True)
             self.ledger.close()
             log.info("gateway stopped: %s", self._summary_line())
+
+    def _web_console(self) -> list:
+        """The guard-room console, when the site has users (or the demo gave one)."""
+        web = self.cfg.web
+        if not web.enabled:
+            return []
+        if not (self.cfg.users or self.web_users):
+            log.info("web console off: no users in the site file (add one with `gateway users add`)")
+            return []
+        import os
+
+        from .web.app import WebContext
+        from .web.server import WebError, listen, serve
+        try:
+            sock = listen(web.bind, web.port)
+        except WebError as e:
+            log.error("%s; the gateway runs on without it", e)
+            return []
+        key = os.environ.get(web.session_key_env) if web.session_key_env else None
+        self.web = WebContext(self.cfg, key or self.ledger.secret("web-session").hex(), gateway=self,
+                              extra_users=list(self.web_users))
+        self.web_address = sock.getsockname()[:2]
+        # after a crash, _supervise starts it again: the first socket is closed by then
+        return [("web console", lambda: serve(self.web, sock if sock.fileno() != -1 else None))]
 
     async def _supervise(self, what: str, run, cleanup=None) -> None:
         # A bug in one part must not take the others down: log it and start that part again.

@@ -70,7 +70,10 @@ async def test_replay_gives_the_alerts_of_the_live_run(tmp_path, mqtt_broker, mo
         import aiomqtt
         async with aiomqtt.Client("127.0.0.1", broker.port) as c:
             await c.publish("wanhu/acs/gate-s/door", json.dumps({"event": "forced_open"}), qos=1)
-        await asyncio.sleep(4.0)
+        await asyncio.sleep(2.0)
+        forced = next(a for a in gw.rules.active() if a.rule == "forced")
+        assert gw.ack_alert(forced.id, "zhang", "went to look") is not None   # a person's action, recorded too
+        await asyncio.sleep(2.0)
         sim.meter("B03-stair").dead = False
         await asyncio.sleep(2.5)
         gw.stop()
@@ -81,7 +84,8 @@ async def test_replay_gives_the_alerts_of_the_live_run(tmp_path, mqtt_broker, mo
     assert any(c.what == "cleared" and c.alert.rule == "offline" for c in live_changes)
 
     kinds = [json.loads(line)["type"] for line in recording.read_text().splitlines()]
-    assert kinds[0] == "header" and {"poll", "serial", "mqtt"} <= set(kinds)
+    assert kinds[0] == "header" and {"poll", "serial", "mqtt", "ack"} <= set(kinds)
+    assert ("acknowledged", "acknowledged") in key(live_changes)[("forced", "gate-s")]
 
     replayed = await replay(cfg, recording, tail_s=0)
     # the same alerts with the same changes, judged at the recorded times

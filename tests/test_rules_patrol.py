@@ -161,3 +161,28 @@ def test_wand_not_downloaded_is_a_reader_alert_not_missed_points():
     e.tick(L(22, 31))
     assert e.book.get("pw", "wand-1") is None
     assert issues(e, "pw", "wandy@2025-01-15T20:00") == [("missed", "CP12"), ("missed", "CP13")]
+
+
+def test_acknowledged_round_is_not_raised_again_for_the_same_issues():
+    e, rec = engine([NORTH])
+    e.tick(L(21, 59))
+    e.handle(checkin("pr-1", "CP01", L(22, 0)))
+    run(e, L(22, 0), L(22, 7, 10), 10)                # CP02 missed at 22:07:01
+    a = e.book.get("pn", "north@2025-01-15T22:00")
+    e.ack(a.id, "班长", "知道了", L(22, 7, 20))
+    e.handle(checkin("pr-1", "CP03", L(22, 8, 0)))
+    run(e, L(22, 7, 20), L(22, 14, 50), 10)
+    assert [w for w, *_ in rec.whats()] == ["raised", "acknowledged", "cleared"]   # latched, said, done
+    run(e, L(22, 15), L(22, 16), 10)                  # a new issue: CP04 missed, a new alert with both
+    assert [w for w, *_ in rec.whats()] == ["raised", "acknowledged", "cleared", "raised"]
+    assert issues(e, "pn", "north@2025-01-15T22:00") == [("missed", "CP02"), ("missed", "CP04")]
+
+
+def test_round_under_way_when_the_engine_starts_judges_only_what_it_saw():
+    e, rec = engine([NORTH])
+    run(e, L(22, 6, 20), L(22, 8, 0))                 # first tick mid-round (a restart, a replay's start)
+    e.handle(checkin("pr-1", "CP03", L(22, 8, 10)))
+    run(e, L(22, 8, 10), L(22, 30), 5)
+    assert issues(e, "pn", "north@2025-01-15T22:00") == [("missed", "CP04")]   # CP01, CP02: unknown
+    run(e, L(23, 59), L(0, 20, day=16), 10)           # the next rounds are judged whole
+    assert issues(e, "pn", "north@2025-01-16T00:00") == [("not_started", "")]

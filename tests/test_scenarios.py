@@ -82,6 +82,9 @@ async def test_scenario(name, cfg, capsys):
             print(f"\n[scenarios] full_day: 24 h of the scenario site ({records} records) replayed in {took:.1f} s")
     assert rows(changes) == want_rows(exp)
     check_times(exp, [c.alert.updated_at for c in changes])
+    for a, c in zip(exp["alerts"], changes):
+        if "by" in a:       # an acknowledgement: who, as the recording says
+            assert c.alert.acked_by == a["by"] and c.alert.acked_at is not None
 
 
 def test_scenario_through_the_cli():
@@ -108,7 +111,7 @@ def test_recordings_poll_what_the_planner_asks(name, cfg):
              for m in models}
     polls, last = 0, 0.0
     for rec in read(HERE / f"{name}.jsonl"):
-        assert rec["type"] in ("header", "poll", "serial", "mqtt"), rec
+        assert rec["type"] in ("header", "poll", "serial", "mqtt", "ack", "replacement"), rec
         assert rec["t"] >= last, "records out of time order"
         last = rec["t"]
         if rec["type"] != "poll":

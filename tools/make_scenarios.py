@@ -174,6 +174,12 @@ class Traffic:
     def mqtt(self, t: float, topic: str, payload: bytes | str) -> None:
         self._add(t, "mqtt", (topic, payload.encode() if isinstance(payload, str) else payload))
 
+    def ack(self, t: float, rule: str, source: str, by: str, note: str) -> None:
+        self._add(t, "ack", (rule, source, by, note))
+
+    def replacement(self, t: float, meter: str, at: datetime, old_final: str, new_initial: str) -> None:
+        self._add(t, "replacement", (meter, at, old_final, new_initial))
+
     def write(self, path: Path) -> int:
         path.unlink(missing_ok=True)
         rec = Recorder(path, "wanhu", self.start.astimezone(timezone.utc))
@@ -436,7 +442,8 @@ def unknown_card_forced_door(site: Site) -> Traffic:
     """03:00 at the north gate: a resident comes home at 02:58 (valid card, door opens and
     closes); at 03:00:12 an unknown card is held at the serial RDM6300 reader, and again at
     03:00:19 when the gate stays shut. At 03:04:40 the south gate's controller reports it forced
-    open; it is closed at 03:05:10 (30 s: not long enough to count as held open)."""
+    open; it is closed at 03:05:10 (30 s: not long enough to count as held open). The guard on
+    duty acknowledges the card alarm at 03:02:05 and the forced door at 03:04:52."""
     tr = Traffic(local(2026, 11, 23, 2, 56), local(2026, 11, 23, 3, 30))
     poll_meters(site, tr)
     t = local(2026, 11, 23, 2, 58, 41.3).timestamp()
@@ -446,7 +453,9 @@ def unknown_card_forced_door(site: Site) -> Traffic:
     serial_swipe(tr, local(2026, 11, 23, 3, 0, 12.4).timestamp(), "gate-n-in", UNKNOWN_CARD, frames=3)
     serial_swipe(tr, local(2026, 11, 23, 3, 0, 19.7).timestamp(), "gate-n-in", UNKNOWN_CARD, frames=2)
     door_event(tr, local(2026, 11, 23, 3, 4, 40).timestamp(), "gate-s", "forced_open")
+    tr.ack(local(2026, 11, 23, 3, 4, 52.5).timestamp(), "door-forced", "gate-s", "zhang", "正在去南门")
     door_event(tr, local(2026, 11, 23, 3, 5, 10).timestamp(), "gate-s", "closed")
+    tr.ack(local(2026, 11, 23, 3, 2, 5).timestamp(), "bad-card", "gate-n", "zhang", "北门查看：无人，已登记")
     return tr
 
 
@@ -466,6 +475,15 @@ def meter_replaced(site: Site) -> Traffic:
         return sim
     poll_meters(site, tr, Field(dead=lambda mid, t: mid == "B02-stair" and off <= t < on,
                                 replaced={"B02-stair": (on, new_meter)}))
+    return tr
+
+
+def meter_replaced_recorded(site: Site) -> Traffic:
+    """As meter_replaced, but the electrician records the replacement (`gateway meters replace`)
+    at 11:33, after the new meter was connected at 11:32 and before the gateway polls it again."""
+    tr = meter_replaced(site)
+    tr.replacement(local(2026, 11, 16, 11, 33).timestamp(), "B02-stair", local(2026, 11, 16, 11, 32),
+                   "18850.70", "0")
     return tr
 
 
@@ -499,7 +517,7 @@ def full_day(site: Site) -> Traffic:
 
 
 SCENARIOS = {f.__name__: f for f in (patrol_night, streetlights_noon, overvoltage, unknown_card_forced_door,
-                                     meter_replaced, bus_dead, full_day)}
+                                     meter_replaced, meter_replaced_recorded, bus_dead, full_day)}
 
 
 def make(name: str, out_dir: Path = OUT) -> Path:

@@ -134,6 +134,7 @@ class ModbusBus:
         self._watch = _RtuWatch() if self._rtu_framing else None
         self._last_exchange = 0.0
         self._stop = asyncio.Event()
+        self.busy_s = 0.0
         self._bus_problem = ""
         self._next_connect = 0.0
         self._connect_backoff = 0.0
@@ -360,8 +361,11 @@ class ModbusBus:
                         pass
                 heapq.heappop(heap)
                 st = self.meters[i]
+                began = self.clock.monotonic()
                 await self.poll(st)
-                st.due = self._next_due(st, self.clock.monotonic())
+                ended = self.clock.monotonic()
+                self.busy_s += ended - began       # the bus's utilisation: time spent in exchanges
+                st.due = self._next_due(st, ended)
                 heapq.heappush(heap, (st.due, i))
         finally:
             await self.close()
@@ -373,4 +377,5 @@ class ModbusBus:
                 setattr(total, k, getattr(total, k) + v)
         return {"bus": self.bus.id, "meters": len(self.meters),
                 "online": sum(1 for s in self.meters if s.online),
-                "offline": sum(1 for s in self.meters if s.online is False), **vars(total)}
+                "offline": sum(1 for s in self.meters if s.online is False), **vars(total),
+                "busy_s": round(self.busy_s, 3)}

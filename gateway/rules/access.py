@@ -11,6 +11,10 @@ access / denied_burst: `count` denied swipes (unknown / revoked / expired) at on
 door / forced_open: a forced_open event raises; the door closing clears.
 door / held_open: a door open strictly longer than held_open_s (the rule's, else the door's) is
   raised at tick; a held_open event from the controller raises at once; closing clears.
+
+After a restart: an access alert taken back clears `quiet_s` after its last case (its last
+update), its count goes on; a door alert clears when the door closes (a close that happened while
+the gateway was down is not known: the alert then waits for the next close).
 """
 
 from __future__ import annotations
@@ -101,6 +105,17 @@ class AccessRuleImpl(Rule):
                 if a is None or (a.value or 0) < n:
                     self.raise_(s.door, s.ts, msg, msg_en, value=float(n), details={"door": s.door, "count": n})
 
+    def restore_alert(self, a) -> bool | None:
+        if a.source not in self.doors:
+            return None
+        self.last_case[a.source] = a.updated_at
+        if self.cfg.check == "invalid_card":
+            try:
+                self.counts[a.source] = int(a.details.get("count") or a.value or 1)
+            except (TypeError, ValueError):
+                self.counts[a.source] = 1
+        return False
+
     def tick(self, now: datetime) -> None:
         if not self.last_case:
             return
@@ -144,6 +159,16 @@ class DoorRuleImpl(Rule):
         elif e.state == "held_open":
             since = self.opened.setdefault(e.door, e.ts)
             self._held(e.door, e.ts, since, reported=True)
+
+    def restore_alert(self, a) -> bool | None:
+        if a.source not in self.limit:
+            return None
+        if self.cfg.check == "held_open":
+            try:
+                self.opened[a.source] = datetime.fromisoformat(a.details["opened_at"])
+            except (KeyError, TypeError, ValueError):
+                self.opened[a.source] = a.raised_at
+        return False
 
     def tick(self, now: datetime) -> None:
         for d, since in self.opened.items():

@@ -4,6 +4,10 @@ One active alert per (rule, source): raising again while one is active updates i
 goes out through `on_change(alert, what)` with what in raised / updated / acknowledged / cleared /
 renotify; the runtime wires that to the hub (MQTT, ledger, outbox). Time comes from the caller
 (event timestamps or `tick(now)`), never from the wall clock.
+
+After a restart, `restore(alert, now)` takes back an alert that was open in the ledger, silently
+(its ledger row and retained MQTT message are already right), keeping its id, ack and re-notify
+rhythm; the engine decides what comes back (gateway/rules/engine.py `restore_alerts`).
 """
 
 from __future__ import annotations
@@ -135,3 +139,40 @@ class AlertBook:
     def clear_all(self, rule: str, sources: Iterable[str], at: datetime, reason: str = "") -> None:
         for s in list(sources):
             self.clear(rule, s, at, reason)
+
+    # ---- after a restart ------------------------------------------------------------------------
+    def restore(self, alert: Alert, now: datetime, latching: bool = False) -> Alert:
+        """Take back an alert that was open when the gateway stopped (from the ledger), as it was:
+        no change is announced (its retained MQTT message and its ledger row are already right).
+        Re-notify keeps its rhythm: the next announcement is due where it would have been had the
+        gateway not stopped (raised_at + k × interval), so a restart neither repeats nor skips one."""
+        if alert.severity not in SEVERITIES:
+            raise ValueError(f"unknown severity {alert.severity!r}")
+        if alert.state not in ("active", "acknowledged"):
+            raise ValueError(f"alert {alert.id} is {alert.state}, not open")
+        key = (alert.rule, alert.source)
+        if key in self._open:
+            raise ValueError(f"an alert of rule {alert.rule} for {alert.source} is already open")
+        self._open[key] = alert
+        self._by_id[alert.id] = alert
+        if latching:
+            self._latching.add(alert.id)
+        every = self._renotify_s(alert)
+        if alert.state == "active" and every:
+            step = timedelta(seconds=every)
+            base = alert.raised_at
+            n = max(0, int((now - base) / step)) if now > base else 0
+            self._notified[alert.id] = base + n * step
+        return alert
+
+    def clear_detached(self, alert: Alert, at: datetime, reason: str) -> Alert:
+        """Clear an open alert that is not the book's alert for its rule and source (an older
+        duplicate found in the ledger). Its MQTT topic is the open one's too, so the open one,
+        if any, is stated again ("updated") after the clear deleted the retained message."""
+        alert.state, alert.cleared_at, alert.updated_at = "cleared", at, at
+        alert.details["cleared_because"] = reason
+        self._emit(alert, "cleared")
+        kept = self._open.get((alert.rule, alert.source))
+        if kept is not None and kept is not alert:
+            self._emit(kept, "updated")
+        return alert

@@ -1,4 +1,8 @@
-"""What every rule kind shares: the site as rules see it, and the Rule base class."""
+"""What every rule kind shares: the site as rules see it, and the Rule base class.
+
+After a restart (gateway/rules/restore.py) each open alert goes back to its rule through
+`Rule.restore_alert`; rules are given plain data, never the ledger.
+"""
 
 from __future__ import annotations
 
@@ -142,3 +146,12 @@ class Rule:
 
     def tick(self, now: datetime) -> None:
         pass
+
+    # after a restart
+    def restore_alert(self, alert: Any) -> bool | None:
+        """Take back an alert of this rule that was open when the gateway stopped (the engine
+        puts it in the AlertBook). Returns None when the rule no longer watches its source (the
+        engine then clears it), else whether the alert is latching. A rule whose alert would not
+        clear by itself sets up here what clearing it needs (the accepted counter, the bus that
+        is down, the time of the last case ...)."""
+        return False

@@ -10,14 +10,32 @@ is compared with the last accepted value:
   plausible from the jumped value -> the counter really moved (accept the new value, the alert
   stays until acknowledged, cleared by acknowledgement).
 max power: by meter, else by circuit, else `max_power_kw`; none -> jumps are not judged.
+
+Meter replacements (`note_replacement(meter, at)`: readings before `at` are the old meter's, from
+`at` on the new one's), in either order:
+- recorded before the new meter's first reading arrives: the first reading at or after `at`
+  starts the counter again (no comparison with the old meter), and clears a backwards / jump
+  alert of the meter;
+- recorded after (the drop has been seen and maybe alerted): when `at` is after the last
+  accepted reading (the old meter's), the latest reading (the new meter's) becomes the accepted
+  value and the backwards / jump alert clears ("meter replacement recorded"). Times written by
+  people are rough: an open backwards / jump alert is explained by a replacement after the last
+  accepted reading even when `at` is later than the drop;
+- a replacement at or before the last accepted reading is history and changes nothing (so all
+  recorded replacements can be given again after a restart).
+After a restart, `warm(meter, ts, value)` gives each meter the last counter in the ledger, and
+`restore_alert` takes back the accepted value of an open alert (its `before`).
 """
 
 from __future__ import annotations
 
+from bisect import insort
 from datetime import datetime
 
 from ..events import Reading
 from .base import Rule, fmt
+
+REPLACEABLE = ("backwards", "jump")   # the alerts a recorded replacement explains
 
 
 class CounterRuleImpl(Rule):
@@ -33,16 +51,70 @@ class CounterRuleImpl(Rule):
         for m in self.meters:
             circuit = site.meters[m].circuit
             self.max_kw[m] = cfg.max_power_kw_by_meter.get(m, cfg.max_power_kw_by_circuit.get(circuit, cfg.max_power_kw))
-        self.last: dict[str, tuple[datetime, float]] = {}
+        self.last: dict[str, tuple[datetime, float]] = {}      # the last accepted reading
+        self.latest: dict[str, tuple[datetime, float]] = {}    # the last reading, accepted or not
         self.jump: dict[str, tuple[datetime, float]] = {}
+        self.replaced: dict[str, list[datetime]] = {}         # replacements no reading has reached yet
 
     def keys(self, event_type):
         return self.meters
 
-    def note_replacement(self, meter: str, at: datetime) -> None:
-        self.last.pop(meter, None)
+    def note_replacement(self, meter: str, at: datetime, now: datetime | None = None) -> None:
+        if meter not in self.max_kw:
+            return
+        prev = self.last.get(meter)
+        if prev is not None and at <= prev[0]:
+            return                                  # before the last accepted reading: history
+        latest = self.latest.get(meter)
+        if prev is None or latest is None or latest[0] < at:
+            insort(self.replaced.setdefault(meter, []), at)    # the new meter has not been read yet
+            a = self.active(meter)
+            if prev is None or latest is None or a is None or a.details.get("what") not in REPLACEABLE:
+                return
+            # A drop (or jump) is alerted and the record's time is after the latest reading: times
+            # written by people are rough, the swap explains it all the same.
+        self.last[meter] = latest                   # the new meter's reading(s) came already
         self.jump.pop(meter, None)
-        self.clear(meter, at, "meter replacement recorded")
+        self._explained(meter, now or max(at, latest[0]))
+
+    def _explained(self, m: str, at: datetime) -> None:
+        a = self.active(m)
+        if a is not None and a.details.get("what") in REPLACEABLE:
+            self.clear(m, at, "meter replacement recorded")
+
+    # ---- after a restart ---------------------------------------------------------------------
+    def warm(self, meter: str, ts: datetime, value: float) -> None:
+        """The meter's last counter in the ledger: the next reading is judged against it (unless
+        an open alert already said which value is accepted)."""
+        if meter in self.max_kw:
+            pending = self.jump.get(meter)
+            if pending is not None and ts > pending[0]:
+                # a reading after the jump was judged live and the jump alert stayed open: the
+                # counter really moved (accepted; the alert waits for a person)
+                del self.jump[meter]
+                self.last[meter] = (ts, value)
+            self.last.setdefault(meter, (ts, value))
+            if meter not in self.latest or self.latest[meter][0] < ts:
+                self.latest[meter] = (ts, value)
+
+    def restore_alert(self, a) -> bool | None:
+        m = a.source
+        if m not in self.max_kw:
+            return None
+        what = a.details.get("what")
+        try:
+            before = (datetime.fromisoformat(a.details["before_ts"]), float(a.details["before"]))
+        except (KeyError, TypeError, ValueError):
+            before = None
+        if what == "backwards" and before is not None:
+            self.last[m] = before                   # the accepted value: the alert clears when it is reached again
+        elif what == "jump" and before is not None and not a.details.get("accepted"):
+            self.last[m] = before
+            try:
+                self.jump[m] = (a.updated_at, float(a.details["after"]))
+            except (KeyError, TypeError, ValueError):
+                pass
+        return what == "jump"
 
     def _is(self, meter: str, what: str) -> bool:
         a = self.active(meter)
@@ -61,6 +133,18 @@ class CounterRuleImpl(Rule):
         if v is None:
             return
         m = r.meter
+        self.latest[m] = (r.ts, v)
+        pending = self.replaced.get(m)
+        if pending and r.ts >= pending[0]:
+            # the new meter's first reading: its counter starts here, nothing to compare it with
+            while pending and pending[0] <= r.ts:
+                pending.pop(0)
+            if not pending:
+                del self.replaced[m]
+            self.last[m] = (r.ts, v)
+            self.jump.pop(m, None)
+            self._explained(m, r.ts)
+            return
         prev = self.last.get(m)
         if prev is None:
             self.last[m] = (r.ts, v)

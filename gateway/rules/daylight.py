@@ -12,6 +12,8 @@ Both edges of a window belong to it. A condition must last `for_s` (from the fir
 showed it; judged at readings and at tick with the last value) to raise; it clears as soon as a
 reading or tick finds the condition gone (lamp changed, or the window ended).
 If the sun does not rise or set that day (polar latitudes), nothing is judged.
+An alert taken back after a restart is judged again at the meter's next reading (cleared if the
+condition is gone or the window is over, kept as it is if not).
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ class DaylightRuleImpl(Rule):
 
     def keys(self, event_type):
         return self.meters
+
+    def restore_alert(self, a) -> bool | None:
+        return False if a.source in self.meters else None
 
     def period(self, ts: datetime) -> str:
         """'day', 'night' or 'twilight' (not judged) at ts."""

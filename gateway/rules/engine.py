@@ -5,6 +5,10 @@ meter / device / door, so one event costs only the rules that care about it. `ti
 time-based checks (stale meters, held-open doors, `for` durations, patrol deadlines, re-notify);
 the runtime calls it every second, replay calls it from its simulated clock. No rule ever asks
 the wall clock: time comes from event timestamps and `tick(now)`.
+
+After a restart, gateway/rules/restore.py gives the engine back what the ledger knows: the open
+alerts (`restore_alerts`), the time from which the gateway has been watching
+(`set_observing_since`), and each rule's own history through the rule's methods.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ class Engine:
                  on_change: OnChange | None = None, book: AlertBook | None = None):
         self.site = site if isinstance(site, SiteView) else SiteView.from_config(site)
         models = [r if not isinstance(r, dict) else parse_rules([r])[0] for r in rules]
+        self.models = {m.id: m for m in models}
         self._renotify = {m.id: m.renotify_s for m in models}
         self.book = book or AlertBook(on_change, self._renotify_s)
         if book is not None and on_change is not None:
@@ -64,6 +69,7 @@ class Engine:
         self._tickers = [r for r in self.rules if type(r).tick is not Rule.tick]
         self.handled = 0
         self.last_tick: datetime | None = None
+        self.observing_since: datetime | None = None
 
     def _renotify_s(self, a: Alert) -> float | None:
         every = self._renotify.get(a.rule)
@@ -93,11 +99,63 @@ class Engine:
     def ack(self, alert_id: str, by: str, note: str, at: datetime) -> Alert | None:
         return self.book.ack(alert_id, by, note, at)
 
-    def note_replacement(self, meter: str, at: datetime) -> None:
-        """A meter replacement was recorded: counters start again from the new meter's reading."""
+    def note_replacement(self, meter: str, at: datetime, now: datetime | None = None) -> None:
+        """A meter replacement was recorded (old meter's last reading before `at`, the new meter's
+        from `at` on): counters start again from the new meter's first reading, whether it has
+        already arrived or not. `now` is when the record was seen (for an alert it clears)."""
         for r in self.rules:
             if isinstance(r, CounterRuleImpl | ConsumptionRuleImpl):
-                r.note_replacement(meter, at)
+                r.note_replacement(meter, at, now)
+
+    # ---- after a restart -------------------------------------------------------------------------
+    def set_observing_since(self, t: datetime) -> None:
+        """The gateway has been watching (running, its devices heard) since `t`: what was due
+        before it and is not in the ledger is unknown, not missed (patrol checkpoints)."""
+        self.observing_since = t
+        for r in self.rules:
+            if isinstance(r, PatrolRuleImpl):
+                r.observing_since = t
+
+    def restore_alerts(self, alerts: Iterable[Alert], now: datetime) -> dict[str, int]:
+        """Alerts that were open (active or acknowledged) when the gateway stopped go back into the
+        book, so that the one-alert-per-rule-and-source rule holds across the restart, acks are
+        kept, re-notify goes on and each rule can clear them. Cleared at once, with the reason:
+        alerts of a rule that is no longer in the site file (or is disabled, or changed kind),
+        alerts for a source the rule no longer watches, and older duplicates of one rule and
+        source (left by a restart before this existed). Returns counts by outcome."""
+        counts = {"restored": 0, "acknowledged": 0, "cleared": 0}
+        latest: dict[tuple[str, str], Alert] = {}
+        dupes: list[Alert] = []
+        for a in sorted(alerts, key=lambda a: (a.raised_at, a.id)):
+            older = latest.get((a.rule, a.source))
+            if older is not None:
+                dupes.append(older)
+            latest[(a.rule, a.source)] = a
+        for a in latest.values():
+            rule = self.by_id.get(a.rule)
+            why = ""
+            latching: bool | None = False
+            if rule is None:
+                model = self.models.get(a.rule)
+                why = "rule removed from the site file" if model is None else "rule disabled in the site file"
+            elif rule.kind != a.kind:
+                why = f"rule {a.rule} is now of kind {rule.kind}, not {a.kind}"
+            else:
+                latching = rule.restore_alert(a)
+                if latching is None:
+                    why = f"{a.source} is no longer watched by rule {a.rule}"
+            self.book.restore(a, now, latching=bool(latching))
+            if why:
+                self.book.clear(a.rule, a.source, now, why)
+                counts["cleared"] += 1
+            else:
+                counts["restored"] += 1
+                counts["acknowledged"] += a.state == "acknowledged"
+        for old in dupes:
+            kept = self.book.get(old.rule, old.source)
+            self.book.clear_detached(old, now, f"duplicate of {kept.id if kept else 'a newer alert'}")
+            counts["cleared"] += 1
+        return counts
 
     def active(self) -> list[Alert]:
         return self.book.active()

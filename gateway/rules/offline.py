@@ -8,6 +8,11 @@ of the bus down, or the bus itself reported offline (DeviceStatus kind "bus") â€
 first and reported as ONE bus alert (source = bus id), with its meters' alerts suppressed (and
 cleared, if some were raised before the rest of the bus went quiet). A reading clears the meter
 (and its bus); a DeviceStatus online only lifts the reported-offline flag.
+
+After a restart, an alert taken back from the ledger (`restore_alert`) is neither raised again
+nor cleared just because the new run has not waited a whole period yet: its meter counts as down
+(since the alert's `since`) until it gives a reading; its bus counts as reported offline until
+one of its meters gives a reading.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class OfflineRuleImpl(Rule):
         self.bus_off: dict[str, datetime] = {}            # bus -> when the driver said offline
         self.down_since: dict[str, datetime] = {}
         self.bus_down: set[str] = set()
+        self.held: dict[str, datetime] = {}               # meter -> down since (from before a restart)
         self.start: datetime | None = None
 
     def keys(self, event_type):
@@ -50,6 +56,7 @@ class OfflineRuleImpl(Rule):
             self.last_good[e.meter] = e.ts
             self.reported_off.pop(e.meter, None)
             self.down_since.pop(e.meter, None)
+            self.held.pop(e.meter, None)
             self.clear(e.meter, e.ts, "answering again")
             bus = self.site.meters[e.meter].bus
             self.bus_off.pop(bus, None)
@@ -62,6 +69,7 @@ class OfflineRuleImpl(Rule):
                     if other != e.meter:
                         self.reported_off.pop(other, None)
                         self.down_since.pop(other, None)
+                        self.held.pop(other, None)
                         self.last_good[other] = max(self.last_good.get(other, e.ts), e.ts)
                 self._dirty = True
             return
@@ -81,6 +89,9 @@ class OfflineRuleImpl(Rule):
 
     def _down_from(self, m: str, now: datetime) -> datetime | None:
         """Since when meter m counts as down at `now` (None: it is up)."""
+        held = self.held.get(m)
+        if held is not None:
+            return held
         last = self.last_good.get(m, self.start)
         stale_at = last + self.stale_after[m] if last is not None else None
         off = self.reported_off.get(m)
@@ -121,6 +132,23 @@ class OfflineRuleImpl(Rule):
                 if now - since >= self.settle[m] and self.active(m) is None:
                     self._meter_alert(m, now, since)
             # meters that came back were cleared by their reading
+
+    def restore_alert(self, a) -> bool | None:
+        self._dirty = True
+        if a.source in self.buses:
+            # as if the driver had said the bus is down: it stays down until a meter of it answers
+            # (a driver reports a bus online only after it reported it offline in the same run)
+            self.bus_down.add(a.source)
+            self.bus_off.setdefault(a.source, a.raised_at)
+            return False
+        if a.source in self.stale_after:
+            since = a.details.get("since")
+            try:
+                self.held[a.source] = datetime.fromisoformat(since) if since else a.raised_at
+            except (TypeError, ValueError):
+                self.held[a.source] = a.raised_at
+            return False
+        return None
 
     def _meter_alert(self, m: str, now: datetime, since: datetime) -> None:
         info = self.site.meters[m]

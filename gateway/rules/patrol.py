@@ -29,15 +29,32 @@ download arrives after it: a wand read whose arrival (`received`) is later than 
 whole batch is in. A wand route whose round ended more than `wand_wait_hours` ago without a
 download since raises a reader alert (wand not downloaded), cleared by the next download.
 (A download with no new reads publishes nothing, so it cannot be told from no download.)
+
+Acknowledged: a round's alert latches, so its acknowledgement clears it; the round raises a new
+alert only for an issue that was not in the acknowledged one (not again for the same issues).
+
+Observing since: the engine's `observing_since` (set after a restart or at the start of a replay;
+else the first tick) is when the gateway started watching. A checkpoint of an online route that
+was expected before it and has no read is not missed but unknown: it is not alerted (logged once
+per round); a round that started before it is judged checkpoint by checkpoint, never "not
+started". Wand routes are not concerned (the wand keeps its reads until downloaded).
+After a restart, `restore(checkins, now, last_activity)` is given the ledger's recent reads (fed
+as they came, nothing published), makes the rounds still to be judged and leaves alone those the
+previous run had finished judging (ended before its last activity; wand rounds before its last
+download); `restore_alert` takes back a round's open alert with its issues.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 
 from ..events import DeviceStatus, PatrolCheckin
 from .base import Rule
+
+log = logging.getLogger(__name__)
+READER_ALERTS = ("reader_offline", "reader_silent", "not_downloaded")
 
 WHAT_ZH = {"not_started": "未开始", "missed": "漏点", "late": "迟到", "early": "早到", "out_of_order": "顺序错误"}
 
@@ -53,6 +70,8 @@ class Round:
     issues: dict[tuple[str, int], dict] = field(default_factory=dict)
     judged: bool = False
     closed: bool = False
+    shown: set = field(default_factory=set)         # issue keys in the round's last alert
+    unknown_logged: bool = False
 
 
 class PatrolRuleImpl(Rule):
@@ -82,7 +101,9 @@ class PatrolRuleImpl(Rule):
         self.download_seen: datetime | None = None  # latest arrival already judged
         self.checks = set(cfg.checks)
         self.started: datetime | None = None
+        self.observing_since: datetime | None = None   # None: since the first tick (`started`)
         self._horizon: dict[str, datetime] = {}     # route -> round starts generated up to here
+        self._restoring = False
 
     def keys(self, event_type):
         if event_type is DeviceStatus:
@@ -189,22 +210,47 @@ class PatrolRuleImpl(Rule):
 
     def _judge_deadlines(self, rd: Round, now: datetime) -> None:
         tol = self.tol[rd.route]
-        if not rd.reads:
+        since = self.observing_since if self.observing_since is not None else self.started
+        partly = not self.wand and since is not None and rd.start < since   # began before we watched
+        if not rd.reads and not partly:
             if now > rd.start + tol:
                 rd.issues[("not_started", 0)] = {"expected": rd.start.isoformat()}
             return
+        if partly and not rd.unknown_logged:
+            unknown = [k for k, exp in enumerate(rd.expected) if exp < since and k not in rd.reads]
+            if unknown:
+                self._log_unknown(rd, unknown, since)
         for k, exp in enumerate(rd.expected):
             if k not in rd.reads and now > exp + tol:
+                if partly and exp < since:
+                    continue                         # due before the gateway was watching: unknown
                 rd.issues[("missed", k)] = {"checkpoint": self.routes[rd.route].checkpoints[k],
                                             "expected": exp.isoformat()}
 
+    def _log_unknown(self, rd: Round, unknown: list[int], since: datetime) -> None:
+        rd.unknown_logged = True
+        cps = self.routes[rd.route].checkpoints
+        log.info("patrol %s: round %s %s: %s due before the gateway was watching (since %s), no read known: "
+                 "unknown, not reported as missed", self.id, rd.route,
+                 f"{rd.start.astimezone(self.site.tz):%Y-%m-%d %H:%M}", ", ".join(cps[k] for k in unknown),
+                 f"{since.astimezone(self.site.tz):%Y-%m-%d %H:%M:%S}")
+
+    def source(self, rd: Round) -> str:
+        return f"{rd.route}@{rd.start.astimezone(self.site.tz):%Y-%m-%dT%H:%M}"
+
     def _publish(self, rd: Round, at: datetime) -> None:
+        if self._restoring:
+            return
         issues = {key: v for key, v in rd.issues.items() if key[0] in self.checks}
-        source = f"{rd.route}@{rd.start.astimezone(self.site.tz):%Y-%m-%dT%H:%M}"
+        source = self.source(rd)
         if not issues:
             if self.active(source) is not None:
                 self.clear(source, at, "no issue left")
+                rd.shown = set()
             return
+        if self.active(source) is None and rd.shown and set(issues) <= rd.shown:
+            return                                   # said and acknowledged: nothing new
+        rd.shown = set(issues)
         info = self.routes[rd.route]
         parts_zh, parts_en = [], []
         for (what, k), v in sorted(issues.items(), key=lambda kv: (kv[0][1], kv[0][0])):
@@ -257,7 +303,7 @@ class PatrolRuleImpl(Rule):
             if now > rd.end:
                 rd.closed = True
                 if not rd.reads and not self._offline_route() and self._others_reported(rd):
-                    rd.issues.pop(("not_started", 0), None)
+                    rd.issues = {k: v for k, v in rd.issues.items() if k[0] not in ("missed", "not_started")}
                     self._publish(rd, now)
                     self._silent_reader(rd, now)
                     continue
@@ -304,3 +350,108 @@ class PatrolRuleImpl(Rule):
                         f"patrol wand {reader} not downloaded for {self.cfg.wand_wait_hours:g} h "
                         f"(rounds since {local:%m-%d %H:%M} not judged)",
                         details={"reader": reader, "what": "not_downloaded", "oldest_round": oldest.isoformat()})
+
+    # ---- after a restart ---------------------------------------------------------------------
+    def _issue_keys(self, route: str, issues) -> dict[tuple[str, int], dict]:
+        out = {}
+        index = self.index[route]
+        for i in issues if isinstance(issues, list) else ():
+            if not isinstance(i, dict) or i.get("what") not in WHAT_ZH:
+                continue
+            k = 0 if i["what"] == "not_started" else index.get(i.get("checkpoint"))
+            if k is not None:
+                out[(i["what"], k)] = {key: v for key, v in i.items() if key != "what"}
+        return out
+
+    def restore_alert(self, a) -> bool | None:
+        what = a.details.get("what")
+        if what in READER_ALERTS:
+            readers = ",".join(sorted(self.readers))
+            if what == "reader_offline":
+                if a.source not in (self.readers or self.site.readers):
+                    return None
+                self.offline.add(a.source)
+            elif what == "not_downloaded" and a.source != (readers or "wand"):
+                return None
+            elif what == "reader_silent" and a.source != readers and a.source not in self.routes:
+                return None
+            return False
+        route = a.details.get("route")
+        try:
+            start = datetime.fromisoformat(a.details["round_start"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        if route not in self.routes or start.tzinfo is None:
+            return None
+        rd = self._round(route, start)
+        if self.source(rd) != a.source:
+            return None
+        keys = self._issue_keys(route, a.details.get("issues"))
+        for key, v in keys.items():
+            rd.issues.setdefault(key, v)
+        rd.shown = set(keys)
+        rd.judged = self.wand                       # a wand round is alerted once judged, by a download
+        return True
+
+    def restore_acked(self, source: str, details: dict) -> None:
+        """A round alert the guard room acknowledged (so cleared) before the restart: its issues
+        are not announced again (only new ones)."""
+        route = details.get("route")
+        try:
+            start = datetime.fromisoformat(details["round_start"])
+        except (KeyError, TypeError, ValueError):
+            return
+        if route in self.routes and start.tzinfo is not None and self.active(source) is None:
+            rd = self._round(route, start)
+            if self.source(rd) == source:
+                rd.shown |= set(self._issue_keys(route, details.get("issues")))
+
+    def restore(self, checkins, now: datetime, last_activity: datetime | None) -> int:
+        """Take back the reads of the rounds still being judged (`checkins`: PatrolCheckin from the
+        ledger, in the order they arrived), silently; make the rounds in progress at `now` (and,
+        for a wand route, those not judged yet); the rounds the previous run finished judging
+        (ended before `last_activity`, its last sign of life; wand rounds ended before its last
+        download) are left as judged. Returns the number of reads fed."""
+        n = 0
+        self._restoring = True
+        try:
+            for e in checkins:
+                if e.ts <= now:
+                    self.on_event(e)
+                    n += 1
+        finally:
+            self._restoring = False
+        tz = self.site.tz
+        d = now.astimezone(tz).date()
+        back = int(self.cfg.wand_wait_hours // 24) + 2 if self.wand else 1
+        watching = self.observing_since if self.observing_since is not None else now
+        # online rounds still to judge: not finished by the previous run (it closes a round at its
+        # end), and not over before the gateway was watching again (nothing of them can be judged)
+        judged_to = max(min(last_activity, now) if last_activity else now, min(watching, now))
+        for route in self.routes:
+            span = self.offsets[route][-1] + self.tol[route]
+            for day in (d - timedelta(days=i) for i in range(back, -1, -1)):
+                for s in self.starts_on(route, day):
+                    if s > now:
+                        continue
+                    if self.wand:
+                        # rounds the previous run had made (it was watching when they began)
+                        if s >= watching and now - (s + span) <= timedelta(hours=self.cfg.wand_wait_hours + 1):
+                            self._round(route, s)
+                    elif s + span >= judged_to:
+                        self._round(route, s)
+            self._horizon[route] = now
+        if self.wand:
+            last = self.download_at
+            if last is not None and now - last >= timedelta(seconds=self.cfg.settle_s):
+                self.download_seen = last
+                for rd in self.rounds.values():
+                    if rd.end < last:
+                        rd.judged = True
+        elif last_activity is not None:
+            for rd in self.rounds.values():
+                if rd.end < last_activity:
+                    rd.closed = True
+        if self.started is None:
+            self.started = now
+        return n

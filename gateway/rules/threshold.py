@@ -6,6 +6,8 @@ from the first bad reading, at a later reading or at tick). Once raised, it clea
 watched field is back inside by the hysteresis (<= above - h and >= below + h); in the band
 between, the alert stays as it is, and a pending (not yet raised) condition is dropped.
 With several fields (per-phase voltages), the meter has one alert naming the worst field.
+An alert taken back after a restart needs nothing more: the next reading inside the limits (by
+the hysteresis) clears it, a bad one keeps it (updated only if worse).
 """
 
 from __future__ import annotations
@@ -83,6 +85,9 @@ class ThresholdRuleImpl(Rule):
             self.since.pop(m, None)
             self.last_bad.pop(m, None)
             self.clear(m, r.ts, "back inside the limits")
+
+    def restore_alert(self, a) -> bool | None:
+        return False if a.source in self.meters else None
 
     @staticmethod
     def _worse(bad: tuple[str, float, str], a) -> bool:

@@ -1,0 +1,349 @@
+"""The console's web application (Starlette): login, pages, live updates, machine endpoints.
+
+Every page and API needs a logged-in user whose role has the page's permission (auth.py);
+only /healthz, the login page and its stylesheet are open. Forms carry the session's CSRF
+token (a hidden field, or the X-CSRF-Token header for fetch), checked on every POST.
+Pages read the ledger through a read-only connection; when the console runs inside the
+gateway (`ctx.gateway`), acknowledgements go straight to the rules engine and new alarms reach
+open pages over server-sent events at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from functools import wraps
+from pathlib import Path
+from urllib.parse import quote
+from zoneinfo import ZoneInfo
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from ..clock import from_us, to_us
+from ..config import SiteConfig, User
+from .auth import HOME, LoginThrottle, ack_permission, check_login, csrf_ok, may, new_csrf
+from .i18n import translator
+from .live import Broadcaster
+
+log = logging.getLogger(__name__)
+HERE = Path(__file__).resolve().parent
+SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
+NAV = [("alarms", "/alarms", "alarms"), ("meters", "/meters", "meters"), ("patrol", "/patrol", "patrol"),
+       ("access", "/access", "access"), ("allocation", "/allocation", "allocation"), ("health", "/health", "health")]
+
+
+@dataclass
+class WebContext:
+    cfg: SiteConfig
+    session_key: str
+    gateway: object | None = None             # the running Gateway, when served by it
+    broadcaster: Broadcaster | None = None
+    throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    extra_users: list[User] = field(default_factory=list)   # e.g. the demo's user
+    started: float = field(default_factory=time.monotonic)
+    allocation_dirs: list[Path] = field(default_factory=list)
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.cfg.site.timezone)
+
+    @property
+    def users(self) -> dict[str, User]:
+        return {u.name: u for u in [*self.cfg.users, *self.extra_users]}
+
+    @contextmanager
+    def db(self):
+        """A read-only connection to the ledger (None when there is no ledger yet)."""
+        path = self.cfg.storage_path
+        if not path.exists():
+            yield None
+            return
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    def local(self, us: int | None, fmt: str = "%m-%d %H:%M:%S") -> str:
+        return from_us(us).astimezone(self.tz).strftime(fmt) if us else ""
+
+
+class Denied(Exception):
+    def __init__(self, status: int, what: str):
+        self.status, self.what = status, what
+
+
+def wants_json(request: Request) -> bool:
+    return request.url.path.startswith("/api/") or "application/json" in request.headers.get("accept", "")
+
+
+def page_context(request: Request, ctx: WebContext, **extra) -> dict:
+    lang = request.cookies.get("lang") or ctx.cfg.web.language
+    user = request.session.get("user")
+    role = ctx.users[user].role if user in ctx.users else None
+    if "csrf" not in request.session:
+        request.session["csrf"] = new_csrf()
+    return {"request": request, "t": translator(lang), "lang": lang, "user": user, "role": role,
+            "csrf": request.session["csrf"], "site": ctx.cfg.site,
+            "nav": [(key, href) for key, href, perm in NAV if may(role, perm)], "path": request.url.path, **extra}
+
+
+def create_app(ctx: WebContext) -> Starlette:
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    templates.env.globals["severity_order"] = SEVERITY_ORDER
+
+    def render(request: Request, name: str, status: int = 200, **extra) -> Response:
+        return templates.TemplateResponse(request, name, page_context(request, ctx, **extra), status_code=status)
+
+    def guarded(permission: str | None):
+        """The endpoint needs a logged-in user with `permission` (None: any user); POSTs need CSRF."""
+        def wrap(fn):
+            @wraps(fn)
+            async def endpoint(request: Request) -> Response:
+                name = request.session.get("user")
+                user = ctx.users.get(name) if name else None
+                if user is None:
+                    if wants_json(request) or request.url.path == "/events":
+                        return JSONResponse({"error": "login required"}, status_code=401)
+                    return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
+                if permission is not None and not may(user.role, permission):
+                    return _deny(request, 403, "forbidden")
+                if request.method == "POST":
+                    form = await request.form()
+                    token = request.headers.get("x-csrf-token") or form.get("csrf")
+                    if not csrf_ok(request.session.get("csrf"), token):
+                        return _deny(request, 403, "csrf_failed")
+                try:
+                    return await fn(request, user)
+                except Denied as d:
+                    return _deny(request, d.status, d.what)
+            return endpoint
+        return wrap
+
+    def _deny(request: Request, status: int, what: str) -> Response:
+        if wants_json(request):
+            return JSONResponse({"error": what}, status_code=status)
+        return render(request, "message.html", status=status, message_key=what)
+
+    # ---- open endpoints ---------------------------------------------------------------------------
+    async def healthz(request: Request) -> Response:
+        gw = ctx.gateway
+        return JSONResponse({"status": "ok", "uptime_s": round(time.monotonic() - ctx.started, 1),
+                             "gateway": gw is not None, "ledger": ctx.cfg.storage_path.exists()})
+
+    async def login(request: Request) -> Response:
+        if request.method == "GET":
+            return render(request, "login.html", next=request.query_params.get("next", ""))
+        form = await request.form()
+        name, password = str(form.get("user", "")).strip(), str(form.get("password", ""))
+        address = request.client.host if request.client else "?"
+        if not csrf_ok(request.session.get("csrf"), form.get("csrf")):
+            return render(request, "login.html", status=403, error="csrf_failed", next="")
+        wait = ctx.throttle.wait_s(name, address)
+        if wait > 0:
+            log.warning("web: login for %r from %s refused, too many failures (wait %.0f s)", name, address, wait)
+            r = render(request, "login.html", status=429, error="login_wait", wait=int(wait + 0.999), next="")
+            r.headers["Retry-After"] = str(int(wait + 0.999))
+            return r
+        # argon2 is deliberately slow: check it off the event loop
+        user = await asyncio.to_thread(check_login, ctx.users, name, password)
+        if user is None:
+            ctx.throttle.failed(name, address)
+            log.info("web: failed login for %r from %s", name, address)
+            return render(request, "login.html", status=401, error="login_failed", next="")
+        ctx.throttle.succeeded(name)
+        request.session.clear()
+        request.session.update(user=user.name, csrf=new_csrf(), since=int(time.time()))
+        log.info("web: %s (%s) logged in from %s", user.name, user.role, address)
+        target = str(form.get("next") or "")
+        if not target.startswith("/") or target.startswith("//"):
+            target = HOME[user.role]
+        return RedirectResponse(target, status_code=303)
+
+    @guarded(None)
+    async def logout(request: Request, user: User) -> Response:
+        request.session.clear()
+        return RedirectResponse("/login", status_code=303)
+
+    async def language(request: Request) -> Response:
+        lang = request.path_params["lang"]
+        back = request.headers.get("referer") or "/"
+        r = RedirectResponse(back if lang in ("zh", "en") else "/", status_code=303)
+        if lang in ("zh", "en"):
+            r.set_cookie("lang", lang, max_age=365 * 86400, httponly=True, samesite="strict")
+        return r
+
+    @guarded(None)
+    async def home(request: Request, user: User) -> Response:
+        return RedirectResponse(HOME[user.role], status_code=303)
+
+    # ---- alarms -------------------------------------------------------------------------------------
+    def open_alarms() -> list[dict]:
+        with ctx.db() as db:
+            if db is None:
+                return []
+            rows = db.execute("SELECT id, rule, kind, source, severity, state, message, message_en, raised_us, "
+                              "updated_us, acked_by, ack_note FROM alerts WHERE state != 'cleared'").fetchall()
+        keys = ("id", "rule", "kind", "source", "severity", "state", "message", "message_en", "raised_us",
+                "updated_us", "acked_by", "ack_note")
+        out = [dict(zip(keys, r)) for r in rows]
+        for a in out:
+            a["raised"] = ctx.local(a["raised_us"])
+            a["updated"] = ctx.local(a["updated_us"])
+        out.sort(key=lambda a: (a["state"] != "active", SEVERITY_ORDER.get(a["severity"], 9), -a["raised_us"]))
+        return out
+
+    @guarded("alarms")
+    async def alarms(request: Request, user: User) -> Response:
+        rows = open_alarms()
+        for a in rows:
+            a["may_ack"] = a["state"] == "active" and may(user.role, ack_permission(a["kind"]))
+        return render(request, "alarms.html", alarms=rows)
+
+    @guarded("alarms")
+    async def api_alarms(request: Request, user: User) -> Response:
+        rows = open_alarms()
+        for a in rows:
+            a["may_ack"] = a["state"] == "active" and may(user.role, ack_permission(a["kind"]))
+        return JSONResponse(rows)
+
+    @guarded("alarms")
+    async def ack(request: Request, user: User) -> Response:
+        alert_id = request.path_params["alert_id"]
+        note = str((await request.form()).get("note", "")).strip()[:500]
+        with ctx.db() as db:
+            row = db.execute("SELECT kind, state FROM alerts WHERE id = ?", (alert_id,)).fetchone() if db else None
+        gw = ctx.gateway
+        live = gw.rules.book.by_id(alert_id) if gw is not None and gw.rules is not None else None
+        kind, state = (live.kind, live.state) if live is not None else (row or (None, None))
+        if kind is None:
+            raise Denied(404, "not_found")
+        if not may(user.role, ack_permission(kind)):
+            log.info("web: %s (%s) may not acknowledge %s alarm %s", user.name, user.role, kind, alert_id)
+            raise Denied(403, "forbidden")
+        if live is not None:
+            done = gw.ack_alert(alert_id, user.name, note)
+            if done is None:
+                raise Denied(409, "not_found")
+        elif state == "cleared":
+            raise Denied(409, "not_found")
+        else:   # another process runs the gateway: it applies the request within a second
+            con = sqlite3.connect(ctx.cfg.storage_path, timeout=5)
+            with con:
+                con.execute("INSERT INTO ack_requests (alert_id, by, note, ts_us) VALUES (?,?,?,?)",
+                            (alert_id, user.name, note, to_us(datetime.now(timezone.utc))))
+            con.close()
+        log.info("web: alarm %s acknowledged by %s: %s", alert_id, user.name, note)
+        if wants_json(request):
+            return JSONResponse({"id": alert_id, "state": "acknowledged", "acked_by": user.name})
+        return RedirectResponse("/alarms", status_code=303)
+
+    @guarded("alarms")
+    async def history(request: Request, user: User) -> Response:
+        q = request.query_params
+        since_text = q.get("since") or (datetime.now(ctx.tz) - timedelta(days=1)).strftime("%Y-%m-%d")
+        try:
+            since = datetime.fromisoformat(since_text).replace(tzinfo=ctx.tz)
+        except ValueError:
+            since_text = (datetime.now(ctx.tz) - timedelta(days=1)).strftime("%Y-%m-%d")
+            since = datetime.fromisoformat(since_text).replace(tzinfo=ctx.tz)
+        severity, rule, what = q.get("severity", ""), q.get("rule", ""), q.get("what", "")
+        sql = ("SELECT h.ts_us, h.what, h.state, h.message, a.message_en, h.alert_id, a.severity, a.rule, a.source, "
+               "a.acked_by FROM alert_history h JOIN alerts a ON a.id = h.alert_id WHERE h.ts_us >= ?")
+        args: list = [to_us(since)]
+        for col, val in (("a.severity", severity), ("a.rule", rule), ("h.what", what)):
+            if val:
+                sql += f" AND {col} = ?"
+                args.append(val)
+        with ctx.db() as db:
+            rows = db.execute(sql + " ORDER BY h.id DESC LIMIT 1000", args).fetchall() if db else []
+        keys = ("ts_us", "what", "state", "message", "message_en", "id", "severity", "rule", "source", "acked_by")
+        items = [dict(zip(keys, r)) for r in rows]
+        for i in items:
+            i["time"] = ctx.local(i["ts_us"], "%Y-%m-%d %H:%M:%S")
+        return render(request, "history.html", items=items, since=since_text, severity=severity, rule=rule,
+                      what=what, rules=sorted({r.id for r in ctx.cfg.rules}))
+
+    # ---- live updates -----------------------------------------------------------------------------
+    @guarded(None)
+    async def events(request: Request, user: User) -> Response:
+        b = ctx.broadcaster
+        if b is None:
+            return JSONResponse({"error": "no live updates: the console is not running inside the gateway"},
+                                status_code=503)
+        client = b.connect()
+
+        async def stream():
+            try:
+                yield "retry: 2000\n\n"
+                while True:
+                    batch = await client.next_batch(15.0)
+                    yield "".join(batch) if batch else ": keep-alive\n\n"
+            finally:
+                b.disconnect(client)
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    # ---- machine endpoints ------------------------------------------------------------------------
+    async def metrics(request: Request) -> Response:
+        user = ctx.users.get(request.session.get("user") or "")
+        if user is None:
+            user = await _basic_user(request)
+        if user is None or not may(user.role, "health"):
+            return PlainTextResponse("login required\n", status_code=401,
+                                     headers={"WWW-Authenticate": 'Basic realm="estate-gateway"'})
+        from .metrics import exposition
+        body, content_type = exposition(ctx)
+        return Response(body, media_type=content_type)
+
+    async def _basic_user(request: Request) -> User | None:
+        auth = request.headers.get("authorization", "")
+        if not auth.lower().startswith("basic "):
+            return None
+        try:
+            name, _, password = base64.b64decode(auth[6:]).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        address = request.client.host if request.client else "?"
+        if ctx.throttle.wait_s(name, address) > 0:
+            return None
+        user = await asyncio.to_thread(check_login, ctx.users, name, password)
+        if user is None:
+            ctx.throttle.failed(name, address)
+        return user
+
+    routes = [
+        Route("/healthz", healthz),
+        Route("/login", login, methods=["GET", "POST"]),
+        Route("/logout", logout, methods=["POST"]),
+        Route("/lang/{lang}", language),
+        Route("/", home),
+        Route("/alarms", alarms),
+        Route("/alarms/history", history),
+        Route("/alarms/{alert_id:path}/ack", ack, methods=["POST"]),
+        Route("/api/alarms", api_alarms),
+        Route("/events", events),
+        Route("/metrics", metrics),
+        Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
+    ]
+    from .pages import page_routes
+    routes += page_routes(ctx, guarded, render)
+    cookie_secure = ctx.cfg.web.tls_cert is not None
+    middleware = [Middleware(SessionMiddleware, secret_key=ctx.session_key, session_cookie="estate_session",
+                             max_age=int(ctx.cfg.web.session_hours * 3600), same_site="strict",
+                             https_only=cookie_secure)]
+    return Starlette(routes=routes, middleware=middleware)
