@@ -93,7 +93,7 @@ def check_config(file: Path = typer.Argument(..., help="site file (YAML)")) -> N
 def run(config: Path = typer.Option(..., "-c", "--config", help="site file"),
         record: Optional[Path] = typer.Option(None, "--record", help="also write the raw device traffic here (JSON lines)"),
         verbose: bool = typer.Option(False, "-v", "--verbose")) -> None:
-    """Poll every meter of the site into the ledger until SIGINT/SIGTERM."""
+    """Poll every meter of the site into the ledger until SIGINT/SIGTERM; SIGHUP reloads the site file."""
     from .config import missing_env
     from .runtime import Gateway
     cfg = _load(config)
@@ -102,7 +102,15 @@ def run(config: Path = typer.Option(..., "-c", "--config", help="site file"),
     if missing_env(cfg):
         raise typer.Exit(2)
     setup_logging(verbose)
-    _run_until_signal(lambda stop: _gateway_until(Gateway(cfg, record=record), stop, None))
+    from .service import run_service
+    from .store import LedgerError
+
+    async def main(stop: asyncio.Event) -> None:
+        try:
+            await run_service(config, cfg, stop, lambda c: Gateway(c, record=record))
+        except LedgerError as e:
+            raise fail(str(e)) from None
+    _run_until_signal(main)
 
 
 @app.command()
@@ -145,7 +153,10 @@ def demo(seconds: Optional[float] = typer.Option(None, "--seconds", help="stop a
             data = field.overrides(sim.patched_config().model_dump(mode="json"))
             data["storage"]["path"] = str((data_dir / "gateway.db").resolve())
             data.pop("influxdb", None)  # the demo needs no server
-            gw = Gateway(parse_site(data, base_dir=cfg.base_dir))
+            user, password, port = _demo_user()
+            data["web"] = {**data.get("web", {}), "bind": "127.0.0.1", "port": port}
+            gw = Gateway(parse_site(data, base_dir=cfg.base_dir), web_users=[user])
+            typer.echo(f"console: http://127.0.0.1:{port}/  user {user.name}  password {password}  (admin, this demo only)")
             view = LiveView(gw)
             follow = asyncio.create_task(view.follow())
             try:
@@ -169,6 +180,26 @@ def demo(seconds: Optional[float] = typer.Option(None, "--seconds", help="stop a
                        + ("" if tmp else f" (ledger {result['ledger']})"))
         if tmp:
             tmp.cleanup()
+
+
+def _demo_user():
+    """A throw-away admin for the demo's console, and a free port for it (8080 if free)."""
+    import secrets
+    import socket
+
+    from .config import User
+    from .web.auth import hash_password
+    password = secrets.token_urlsafe(9)
+    port = 8080
+    for candidate in [8080, 8081, 8088, 0]:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            port = s.getsockname()[1]
+            break
+    return User(name="demo", role="admin", password_hash=hash_password(password)), password, port
 
 
 def _demo_month(cfg: SiteConfig, month: str, seed: int, every: int, bill: Optional[str], data_dir: Optional[Path]) -> None:
