@@ -114,7 +114,7 @@ def build(with_bill: bool = True, buildings: int = 2, per_building: int = 3) -> 
         groups=groups, households=charges, quality=quality, tariff_use=use, metered_cost=metered, bill=bill,
         difference=(bill - metered) if with_bill else None, difference_rule="by_cost",
         recovered=sum(c.total for c in charges), generated_at=datetime(2026, 11, 2, 8, 30, tzinfo=TZ),
-        notes=["10月12日2号楼换表"])
+        notes=[("10月12日2号楼换表", "building 2 meter replaced on 12 October")])
 
 
 def as_decimal(v) -> Decimal:

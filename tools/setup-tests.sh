@@ -5,7 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 
-packages="influxdb victoria-metrics openssl mosquitto"
+# chromium: the browser tests drive Debian's build through Playwright (pip's playwright never
+# downloads one here); fonts-wqy-microhei: Chinese text in their screenshots instead of boxes;
+# systemd: `systemd-analyze verify` checks the service unit.
+packages="influxdb victoria-metrics openssl mosquitto chromium fonts-wqy-microhei systemd"
 missing=""
 for p in $packages; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

@@ -231,7 +231,7 @@ def allocate(cfg: SiteConfig, ledger: Ledger, month: str, bill: Decimal | None =
     notes: list[str] = []
     if bill is not None and metered == 0 and bill > 0:
         rule = "by_area"   # nothing metered to scale: the whole bill by floor area
-        notes.append("本月计量电费为 0：账单全额按建筑面积分摊 / nothing metered: the whole bill shared by floor area")
+        notes.append(("本月计量电费为 0：账单全额按建筑面积分摊", "nothing metered: the whole bill shared by floor area"))
     target_fen = to_fen(bill) if bill is not None else to_fen(metered)
 
     # Group amounts, rounded together so that they add up to the target exactly.
@@ -269,13 +269,13 @@ def allocate(cfg: SiteConfig, ledger: Ledger, month: str, bill: Decimal | None =
     for ref in reference:
         if ref.kwh > 0:
             gap = ref.kwh - sub_kwh
-            notes.append(f"总表 {ref.meter} {ref.kwh:.2f} kWh，分表合计 {sub_kwh:.2f} kWh，相差 {gap:.2f} kWh"
-                         f"（{gap / ref.kwh:.1%}，线损及未计量）/ main meter {ref.meter} {ref.kwh:.2f} kWh, "
-                         f"sub-meters {sub_kwh:.2f} kWh, {gap:.2f} kWh apart ({gap / ref.kwh:.1%}: losses, "
-                         f"unmetered loads)")
+            notes.append((f"总表 {ref.meter} {ref.kwh:.2f} kWh，分表合计 {sub_kwh:.2f} kWh，相差 {gap:.2f} kWh"
+                          f"（{gap / ref.kwh:.1%}，线损及未计量）",
+                          f"main meter {ref.meter} {ref.kwh:.2f} kWh, sub-meters {sub_kwh:.2f} kWh, {gap:.2f} kWh "
+                          f"apart ({gap / ref.kwh:.1%}: losses, unmetered loads)"))
     if bill is None:
-        notes.append("未提供电费账单：按计量电费回收（四舍五入到分）/ no bill given: the metered cost is recovered, "
-                     "rounded to the fen")
+        notes.append(("未提供电费账单：按计量电费回收（四舍五入到分）",
+                      "no bill given: the metered cost is recovered, rounded to the fen"))
     return AllocationResult(
         site_id=cfg.site.id, site_name=cfg.site.name, month=month, timezone=cfg.site.timezone,
         start=plan.start, end=plan.end, days=plan.days, meters=meters, reference=reference,

@@ -116,7 +116,10 @@ class AllocationResult:
     difference_rule: str                   # how the difference was spread (config value)
     recovered: Decimal                     # what households pay in all: sum of charges, to the fen
     generated_at: datetime
-    notes: list[str] = field(default_factory=list)   # plain-language remarks for the report header
+    notes: list[tuple[str, str]] = field(default_factory=list)   # remarks for the report header: (zh, en)
+
+    def note_texts(self, lang: str) -> list[str]:
+        return [zh if lang == "zh" else en for zh, en in self.notes]
 
     @property
     def period_kwh(self) -> dict[str, Decimal]:

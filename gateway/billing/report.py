@@ -345,7 +345,7 @@ def write_xlsx(result: AllocationResult, path: str | Path, lang: str = "zh") -> 
     ]
     for label, value, fmt in rows:
         _row(ws, [label, value], [None, fmt])
-    for note in result.notes:
+    for note in result.note_texts(lang):
         _row(ws, [t["notes"], note])
     ws.append([])
     _row(ws, TARIFF_COLS[lang], bold=True)
@@ -608,6 +608,7 @@ def render_html(result: AllocationResult, lang: str = "zh") -> str:
         "quality": quality,
         # Pre-formatted strings: 9,216 rows render fast and the template stays a plain loop.
         "households": [_html_household(c, names, lang) for c in result.households],
+        "notes": result.note_texts(lang),
     }
     return _environment().get_template("report.html").render(context)
 

@@ -122,18 +122,7 @@ class PatrolRuleImpl(Rule):
         return found
 
     def _starts_on(self, route: str, d: date) -> list[datetime]:
-        tz = self.site.tz
-        out = []
-        for start, end, every in self.routes[route].shifts:
-            s = datetime.combine(d, time.fromisoformat(start), tz)
-            e = datetime.combine(d, time.fromisoformat(end), tz)
-            if e <= s:
-                e += timedelta(days=1)
-            t = s
-            while t < e:
-                out.append(t)
-                t = t + timedelta(minutes=every)
-        return sorted(out)
+        return round_starts_on(self.routes[route].shifts, d, self.site.tz)
 
     def _round(self, route: str, start: datetime) -> Round:
         key = (route, start)
@@ -455,3 +444,20 @@ class PatrolRuleImpl(Rule):
         if self.started is None:
             self.started = now
         return n
+
+
+def round_starts_on(shifts, d: date, tz) -> list[datetime]:
+    """Round starts of the shifts ((start "HH:MM", end "HH:MM", every_minutes), ...) that begin on
+    local date d: wall-clock steps on an aware local time; a shift ending at or before its start
+    runs past midnight. Shared with the console's patrol page so both judge the same rounds."""
+    out = []
+    for start, end, every in shifts:
+        s = datetime.combine(d, time.fromisoformat(start), tz)
+        e = datetime.combine(d, time.fromisoformat(end), tz)
+        if e <= s:
+            e += timedelta(days=1)
+        t = s
+        while t < e:
+            out.append(t)
+            t = t + timedelta(minutes=every)
+    return sorted(out)

@@ -35,32 +35,26 @@ def page_routes(ctx, guarded, render) -> list:
                 return fn(db, *args, **kw)
         return await asyncio.to_thread(work)
 
+    def twins(path: str, permission: str, template: str, data, key: str = "data", **extra) -> list[Route]:
+        """The page and its /api twin: one data function, one permission."""
+        @guarded(permission)
+        async def page(request: Request, user) -> Response:
+            return render(request, template, **{key: await data(request)}, **extra)
+
+        @guarded(permission)
+        async def api(request: Request, user) -> Response:
+            return JSONResponse(await data(request))
+        return [Route(path, page), Route("/api" + path, api)]
+
     # ---- meters ---------------------------------------------------------------------------------
-    async def meters_data() -> dict:
+    async def meters_data(request: Request) -> dict:
         return await query(lambda db: meters_overview(ctx.cfg, db, now()))
-
-    @guarded("meters")
-    async def meters(request: Request, user) -> Response:
-        return render(request, "meters.html", data=await meters_data())
-
-    @guarded("meters")
-    async def api_meters(request: Request, user) -> Response:
-        return JSONResponse(await meters_data())
 
     async def meter_data(request: Request) -> dict:
         found = await query(lambda db: meter_detail(ctx.cfg, db, request.path_params["meter_id"], now()))
         if found is None:
             raise Denied(404, "not_found")
         return found
-
-    @guarded("meters")
-    async def meter(request: Request, user) -> Response:
-        return render(request, "meter.html", m=await meter_data(request), line_chart=charts.line_chart,
-                      bar_chart=charts.bar_chart, tz=ctx.tz)
-
-    @guarded("meters")
-    async def api_meter(request: Request, user) -> Response:
-        return JSONResponse(await meter_data(request))
 
     # ---- patrol ---------------------------------------------------------------------------------
     async def patrol_data(request: Request) -> dict:
@@ -70,40 +64,16 @@ def page_routes(ctx, guarded, render) -> list:
             day = None                            # absent or not a date: today
         return await query(lambda db: patrol_day(ctx.cfg, db, day, now()))
 
-    @guarded("patrol")
-    async def patrol(request: Request, user) -> Response:
-        return render(request, "patrol.html", data=await patrol_data(request))
-
-    @guarded("patrol")
-    async def api_patrol(request: Request, user) -> Response:
-        return JSONResponse(await patrol_data(request))
-
     # ---- access ---------------------------------------------------------------------------------
     async def access_data(request: Request) -> dict:
         q = request.query_params
         return await query(lambda db: access_view(ctx.cfg, db, now(), q.get("door", ""), q.get("category", "")))
-
-    @guarded("access")
-    async def access(request: Request, user) -> Response:
-        return render(request, "access.html", data=await access_data(request))
-
-    @guarded("access")
-    async def api_access(request: Request, user) -> Response:
-        return JSONResponse(await access_data(request))
 
     # ---- allocation -----------------------------------------------------------------------------
     async def allocation_data(request: Request) -> dict:
         month = request.query_params.get("month", "")
         return await query(lambda db: allocation_view(db, ctx.tz, month if MONTH.match(month) else "",
                                                       ctx.allocation_dirs))
-
-    @guarded("allocation")
-    async def allocation(request: Request, user) -> Response:
-        return render(request, "allocation.html", data=await allocation_data(request))
-
-    @guarded("allocation")
-    async def api_allocation(request: Request, user) -> Response:
-        return JSONResponse(await allocation_data(request))
 
     async def allocation_file(request: Request, kind: str) -> FileResponse:
         month = request.path_params["month"]
@@ -128,25 +98,18 @@ def page_routes(ctx, guarded, render) -> list:
         return await allocation_file(request, request.path_params["kind"])
 
     # ---- health ---------------------------------------------------------------------------------
-    async def health_data() -> dict:
+    async def health_data(request: Request) -> dict:
         synced = await asyncio.to_thread(clock_synced)
         return await query(lambda db: health_view(ctx, db, now(), synced))
 
-    @guarded("health")
-    async def health(request: Request, user) -> Response:
-        return render(request, "health.html", data=await health_data())
-
-    @guarded("health")
-    async def api_health(request: Request, user) -> Response:
-        return JSONResponse(await health_data())
-
     return [
-        Route("/meters", meters), Route("/api/meters", api_meters),
-        Route("/meters/{meter_id}", meter), Route("/api/meters/{meter_id}", api_meter),
-        Route("/patrol", patrol), Route("/api/patrol", api_patrol),
-        Route("/access", access), Route("/api/access", api_access),
-        Route("/allocation", allocation), Route("/api/allocation", api_allocation),
+        *twins("/meters", "meters", "meters.html", meters_data),
+        *twins("/meters/{meter_id}", "meters", "meter.html", meter_data, key="m", line_chart=charts.line_chart,
+               bar_chart=charts.bar_chart, tz=ctx.tz),
+        *twins("/patrol", "patrol", "patrol.html", patrol_data),
+        *twins("/access", "access", "access.html", access_data),
+        *twins("/allocation", "allocation", "allocation.html", allocation_data),
         Route("/allocation/{month}/report", allocation_report),
         Route("/allocation/{month}/download/{kind}", allocation_download),
-        Route("/health", health), Route("/api/health", api_health),
+        *twins("/health", "health", "health.html", health_data),
     ]

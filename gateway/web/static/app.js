@@ -68,7 +68,20 @@
     const alarms = await r.json();
     setCount(alarms);
     if (!list) return;
+    // A note being typed must survive a refresh caused by some other alarm's change.
+    const typed = {}, focused = document.activeElement;
+    let focusId = null;
+    list.querySelectorAll('input[name="note"]').forEach((input) => {
+      const id = input.closest("li").dataset.id;
+      if (input.value) typed[id] = input.value;
+      if (input === focused) focusId = id;
+    });
     list.replaceChildren(...alarms.map(row));
+    list.querySelectorAll('input[name="note"]').forEach((input) => {
+      const id = input.closest("li").dataset.id;
+      if (typed[id]) input.value = typed[id];
+      if (id === focusId) input.focus();
+    });
     document.getElementById("no-alarms").hidden = alarms.length > 0;
     if (freshId) {
       const li = list.querySelector('li[data-id="' + CSS.escape(freshId) + '"]');

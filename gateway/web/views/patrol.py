@@ -1,8 +1,7 @@
 """Patrol: a day's rounds per route, each checkpoint with its due time and status.
 
-The schedule and the verdicts follow gateway/rules/patrol.py (its module docstring is the
-contract; its code is not imported, it is another engineer's and private), so the page and the
-alarms agree:
+The schedule comes from gateway/rules/patrol.py (`round_starts_on`) and the verdicts follow
+that module's docstring, so the page and the alarms agree:
 - a shift (start, end, every_minutes; local time; end <= start crosses midnight) that begins on
   local date d starts rounds at start, start + every, ... while before end; checkpoint k is due
   at round start + the first k legs; tolerance T is the patrol rule's, else the route's;
@@ -25,6 +24,7 @@ from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from ...clock import from_us, to_us
+from ...rules.patrol import round_starts_on
 
 
 @dataclass(frozen=True)
@@ -65,17 +65,7 @@ def schedules(cfg) -> list[RouteSchedule]:
 def starts_on(route: RouteSchedule, d: date, tz: ZoneInfo) -> tuple[datetime, ...]:
     """Round starts of the shifts that begin on local date d (the rule's arithmetic: wall-clock
     steps on an aware local time). Cached: every read asks for three days of them."""
-    out = []
-    for start, end, every in route.shifts:
-        s = datetime.combine(d, time.fromisoformat(start), tz)
-        e = datetime.combine(d, time.fromisoformat(end), tz)
-        if e <= s:
-            e += timedelta(days=1)
-        t = s
-        while t < e:
-            out.append(t)
-            t = t + timedelta(minutes=every)
-    return tuple(sorted(out))
+    return tuple(round_starts_on(route.shifts, d, tz))
 
 
 def nearest_start(route: RouteSchedule, k: int, ts: datetime, tz: ZoneInfo) -> datetime:
