@@ -238,7 +238,8 @@ def _demo_month(cfg: SiteConfig, month: str, seed: int, every: int, bill: Option
 def read(meter: str = typer.Argument(..., help="meter id from the site file"),
          config: Path = typer.Option(..., "-c", "--config", help="site file"),
          as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table")) -> None:
-    """Poll one meter once and print what it says."""
+    """Poll one meter once and print what it says (Modbus or DL/T 645)."""
+    from .drivers.dlt645 import Dlt645Bus
     from .drivers.modbus import ModbusBus
 
     cfg = _load(config)
@@ -252,7 +253,8 @@ def read(meter: str = typer.Argument(..., help="meter id from the site file"),
     model = cfg.models[m.model]
 
     async def once():
-        bus = ModbusBus(cfg.bus(m.bus), [(m, model)], lambda e: None)
+        bus_cfg = cfg.bus(m.bus)
+        bus = (Dlt645Bus if bus_cfg.type == "dlt645" else ModbusBus)(bus_cfg, [(m, model)], lambda e: None)
         try:
             return bus, await bus.poll(bus.meters[0])
         finally:
@@ -261,7 +263,7 @@ def read(meter: str = typer.Argument(..., help="meter id from the site file"),
     bus, reading = asyncio.run(once())
     st = bus.meters[0]
     if reading is None:
-        raise fail(f"meter {m.id} (bus {m.bus} at {bus.where}, unit {m.unit}): {st.last_error}")
+        raise fail(f"meter {m.id} (bus {m.bus} at {bus.where}, {m.bus_address}): {st.last_error}")
     if as_json:
         typer.echo(json.dumps({"meter": m.id, "ts": reading.ts.isoformat(), "values": reading.values,
                                "counters": {k: str(v) for k, v in reading.counters.items()}},
@@ -269,7 +271,7 @@ def read(meter: str = typer.Argument(..., help="meter id from the site file"),
         return
     from rich.console import Console
     from rich.table import Table
-    table = Table(title=f"{m.id} {m.name} — {model.name}, bus {m.bus} unit {m.unit}, {reading.ts:%Y-%m-%d %H:%M:%S} UTC")
+    table = Table(title=f"{m.id} {m.name} — {model.name}, bus {m.bus} {m.bus_address}, {reading.ts:%Y-%m-%d %H:%M:%S} UTC")
     table.add_column("field")
     table.add_column("value", justify="right")
     table.add_column("unit")
@@ -325,6 +327,13 @@ def status(config: Path = typer.Option(..., "-c", "--config", help="site file"),
                       f"{o['rejected']} points set aside as bad data", highlight=False)
     else:
         console.print("InfluxDB: not configured (the ledger alone keeps the readings)")
+    clock = st.get("clock") or {}
+    if clock.get("untrusted_now"):
+        console.print("[red]clock: not trusted now[/red]: what is recorded waits for the clock to be set", highlight=False)
+    for e in clock.get("unrepaired", []):
+        rows = sum(e["rows"].values())
+        console.print(f"clock episode {e['id']} ({e['state']}, {e['reason']}): {rows} rows, {e['points_held']} points "
+                      f"held; the clock said {e['clock_said'][0]} … {e['clock_said'][1]}", highlight=False)
 
 
 alarms_app = typer.Typer(help="Alarms: list the open ones, acknowledge, look back.", no_args_is_help=True)
@@ -650,7 +659,13 @@ def replay(recording: Path = typer.Argument(..., help="a file written by `gatewa
            fastest: bool = typer.Option(False, "--as-fast-as-possible", help="no pacing (the default)"),
            tail_s: float = typer.Option(0, "--tail", help="simulated seconds to tick on after the last record "
                                         "(no polls then: meters go stale)"),
-           as_json: bool = typer.Option(False, "--json")) -> None:
+           as_json: bool = typer.Option(False, "--json"),
+           transports: bool = typer.Option(False, "--transports", help="run the whole gateway against simulators "
+                                           "that play the recording on real transports (Modbus servers, ptys, "
+                                           "an MQTT broker); after the last record the meters keep answering"),
+           broker: Optional[str] = typer.Option(None, "--broker", help="with --transports: the MQTT broker "
+                                                "host:port (default: an embedded one); the replayed alerts are "
+                                                "published there")) -> None:
     """Drive recorded traffic through the real drivers and rules under a simulated clock; print the alerts."""
     from zoneinfo import ZoneInfo
 
@@ -674,13 +689,29 @@ def replay(recording: Path = typer.Argument(..., help="a file written by `gatewa
             typer.echo(f"{a.updated_at.astimezone(tz):%Y-%m-%d %H:%M:%S}  {c.what:<12} {a.severity:<8} "
                        f"{a.rule} {a.source}: {a.message}")
 
+    where = None
+    if broker is not None:
+        if not transports:
+            raise fail("--broker needs --transports", 2)
+        host, _, port = broker.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise fail(f"--broker {broker!r}: expected host:port", 2)
+        where = (host, int(port))
+    run = None
     try:
-        changes = asyncio.run(run_replay(cfg, recording, speed=speed, tail_s=tail_s, on_alert=show))
+        if transports:
+            from .replay_live import replay_transports
+            run = replay_transports(cfg, recording, speed=speed, tail_s=tail_s, on_alert=show, broker=where)
+            changes = run.changes
+        else:
+            changes = asyncio.run(run_replay(cfg, recording, speed=speed, tail_s=tail_s, on_alert=show))
     except (ValueError, OSError) as e:
         raise fail(str(e), 2) from None
     if not as_json:
         typer.echo(f"replay: {sum(c.what == 'raised' for c in changes)} alerts raised, "
                    f"{sum(c.what == 'cleared' for c in changes)} cleared")
+        if run is not None:
+            typer.echo(f"transports: {run.summary()}")
 
 
 def _units(text: str) -> range:
@@ -699,48 +730,254 @@ def scan(port: Optional[str] = typer.Option(None, "--port", help="serial port, e
          host: Optional[str] = typer.Option(None, "--host", help="Modbus TCP serial server"),
          tcp_port: int = typer.Option(502, "--tcp-port"),
          framer: str = typer.Option("socket", "--framer", help="TCP framing: socket or rtu"),
-         baudrate: int = typer.Option(9600, "--baudrate"),
-         parity: str = typer.Option("N", "--parity"),
+         protocol: str = typer.Option("modbus", "--protocol", help="modbus, dlt645 or auto (both, one after the other)"),
+         baudrate: Optional[int] = typer.Option(None, "--baudrate", help="default: 9600 (Modbus), 2400 (DL/T 645)"),
+         parity: Optional[str] = typer.Option(None, "--parity", help="N, E or O; default: N (Modbus), E (DL/T 645)"),
          stopbits: int = typer.Option(1, "--stopbits"),
-         units: str = typer.Option("1-247", "--units", help="unit id range"),
-         timeout: float = typer.Option(0.2, "--timeout", help="seconds to wait for a unit to answer"),
+         units: str = typer.Option("1-247", "--units", help="Modbus unit id range"),
+         addresses: Optional[str] = typer.Option(None, "--addresses", help="DL/T 645: probe these 12-digit "
+                                                 "addresses (comma-separated, or a file with one per line) "
+                                                 "instead of the address query, which only one meter per line "
+                                                 "can answer"),
+         try_settings: bool = typer.Option(False, "--try-settings", help="try the common baud rates (and parities, "
+                                           "unless --parity is given) and say which the line answers on"),
+         timeout: Optional[float] = typer.Option(None, "--timeout", help="seconds to wait for an answer; "
+                                                 "default 0.2 (Modbus), 1.0 (DL/T 645)"),
+         write_config: bool = typer.Option(False, "--write-config", help="print the bus and the meters found as "
+                                           "site-file entries (YAML) to paste"),
+         bus_id: Optional[str] = typer.Option(None, "--bus-id", help="with --write-config: the bus id "
+                                              "(default from the port or host)"),
          config: Optional[Path] = typer.Option(None, "-c", "--config", help="site file (adds its own meter models)"),
          as_json: bool = typer.Option(False, "--json")) -> None:
-    """Probe a serial port or TCP host for unit ids and name the model each one looks like."""
+    """Find the meters on a serial port or TCP host: Modbus unit ids or DL/T 645 addresses, and the
+    model each one looks like; optionally the line settings they answer on."""
     from pydantic import ValidationError
 
-    from .config import ModbusRtuBus, ModbusTcpBus
+    from .config import Dlt645Bus, ModbusRtuBus, ModbusTcpBus
+    from .drivers.dlt645 import is_dlt645_model, load_dlt645_models
     from .drivers.modbus import BusDown
-    from .drivers.modbus_scan import scan as run_scan
     from .meter_models import load_models
 
     if (port is None) == (host is None):
         raise fail("give either --port (serial) or --host (TCP)", 2)
-    try:
-        bus = (ModbusTcpBus(id="scan", type="modbus_tcp", host=host, port=tcp_port, framer=framer, timeout_s=timeout)
-               if host else
-               ModbusRtuBus(id="scan", type="modbus_rtu", port=port, baudrate=baudrate, parity=parity,
-                            stopbits=stopbits, timeout_s=timeout))
-    except ValidationError as e:
-        raise fail("; ".join(f"--{err['loc'][-1]}: {err['msg']}" for err in e.errors()), 2) from None
-    models = _load(config).models if config else load_models([SHIPPED_MODELS_DIR])[0]
+    if protocol not in ("modbus", "dlt645", "auto"):
+        raise fail(f"--protocol {protocol!r}: expected modbus, dlt645 or auto", 2)
+    if protocol == "dlt645" and host:
+        raise fail("--protocol dlt645 needs --port: DL/T 645 is scanned on a serial port", 2)
+    if parity is not None and parity not in ("N", "E", "O"):
+        raise fail(f"--parity {parity!r}: expected N, E or O", 2)
+    if as_json and write_config:
+        raise fail("--json and --write-config exclude each other", 2)
+    protocols = ["modbus", "dlt645"] if protocol == "auto" and not host else [
+        "modbus" if protocol == "auto" else protocol]
+    unit_range = _units(units) if "modbus" in protocols else range(0)
+    known = _addresses(addresses) if addresses else None
+    if config:
+        models = _load(config).models
+    else:
+        models = {**load_models([SHIPPED_MODELS_DIR])[0], **load_dlt645_models([SHIPPED_MODELS_DIR])[0]}
     setup_logging()
     logging.getLogger("gateway").setLevel(logging.CRITICAL)
-    where = f"{host}:{tcp_port}" if host else f"{port} {baudrate} 8{parity}{stopbits}"
-    try:
-        found = asyncio.run(run_scan(bus, _units(units), models, timeout, max(timeout, 1.0)))
-    except BusDown:
-        raise fail(f"cannot open {where}: check the cable, the port name and that nothing else uses it") from None
+    echo = (lambda text: typer.echo(text, err=True)) if (as_json or write_config) else typer.echo
+
+    def bus_for(proto: str, baud: int, par: str, wait: float):
+        if proto == "dlt645":
+            return Dlt645Bus(id="scan", type="dlt645", port=port, baudrate=baud, parity=par, stopbits=stopbits,
+                             timeout_s=wait)
+        if host:
+            return ModbusTcpBus(id="scan", type="modbus_tcp", host=host, port=tcp_port, framer=framer, timeout_s=wait)
+        return ModbusRtuBus(id="scan", type="modbus_rtu", port=port, baudrate=baud, parity=par, stopbits=stopbits,
+                            timeout_s=wait)
+
+    results = []  # (protocol, bus config, found)
+    for proto in protocols:
+        wait = timeout if timeout is not None else SCAN_DEFAULTS[proto][2]
+        baud, par = baudrate or SCAN_DEFAULTS[proto][0], parity or SCAN_DEFAULTS[proto][1]
+        if try_settings and not host:
+            settings = [(b, p) for b in SCAN_BAUDRATES[proto] for p in ([parity] if parity else SCAN_PARITIES[proto])]
+        else:
+            settings = [(baud, par)]
+        try:
+            buses = [bus_for(proto, b, p, wait) for b, p in settings]
+        except ValidationError as e:
+            raise fail("; ".join(f"--{err['loc'][-1]}: {err['msg']}" for err in e.errors()), 2) from None
+        label = "DL/T 645" if proto == "dlt645" else "Modbus"
+        chosen = buses[0]
+        if len(buses) > 1:
+            echo(f"trying {label} settings on {port}:")
+            answering, opened = [], False
+            for b in buses:
+                try:
+                    who = asyncio.run(_answers(b, unit_range, known, wait))
+                except BusDown:
+                    echo(f"  {_line(b)}: cannot open the port at these settings")
+                    continue
+                opened = True
+                echo(f"  {_line(b)}: " + (f"answers ({who})" if who else "no answer"))
+                if who:
+                    answering.append(b)
+            if not opened:
+                raise fail(f"cannot open {port}: check the cable, the port name and that nothing else uses it")
+            if not answering:
+                echo(f"no {label} meter answered on {port} at any of these settings")
+                continue
+            chosen = answering[0]
+        where = f"{host}:{tcp_port}" if host else f"{port} {_line(chosen)}"
+        try:
+            if proto == "dlt645":
+                found = asyncio.run(_scan_dlt645(chosen, known, models, wait, max(wait, 1.0)))
+            else:
+                from .drivers.modbus_scan import scan as run_scan
+                register_maps = {k: v for k, v in models.items() if not is_dlt645_model(v)}
+                found = asyncio.run(run_scan(chosen, unit_range, register_maps, wait, max(wait, 1.0)))
+        except BusDown:
+            raise fail(f"cannot open {where}: check the cable, the port name and that nothing else uses it") from None
+        except _Collision:
+            echo(f"scanned {where} (DL/T 645): several meters answered the address query at once and their "
+                 "answers collide; give their addresses (from the nameplates) with --addresses")
+            continue
+        results.append((proto, chosen, found))
+        if proto == "dlt645":
+            what = f"addresses {', '.join(known)}" if known else "address query"
+            echo(f"scanned {where} (DL/T 645, {what}): {len(found)} answered")
+        else:
+            echo(f"scanned {where}, units {units}: {len(found)} answered")
+        for f in found:
+            v = f.values
+            volts = v.get("voltage_v", v.get("voltage_l1_v", float("nan")))
+            detail = (f"{volts:.1f} V, {v.get('freq_hz', float('nan')):.2f} Hz, {v.get('energy_kwh', float('nan')):.2f} kWh"
+                      if f.model else f.note)
+            if f.model and f.note:
+                detail += f" ({f.note})"
+            name = f"address {f.address}" if proto == "dlt645" else f"unit {f.unit:>3}"
+            echo(f"  {name}: {f.model or 'unknown':<16} {detail}")
     if as_json:
-        typer.echo(json.dumps([vars(f) for f in found], ensure_ascii=False, indent=2))
-        return
-    typer.echo(f"scanned {where}, units {units}: {len(found)} answered")
-    for f in found:
-        v = f.values
-        volts = v.get("voltage_v", v.get("voltage_l1_v"))
-        detail = (f"{volts:.1f} V, {v.get('freq_hz', float('nan')):.2f} Hz, {v.get('energy_kwh', float('nan')):.2f} kWh"
-                  if f.model else f.note)
-        typer.echo(f"  unit {f.unit:>3}: {f.model or 'unknown':<16} {detail}")
+        typer.echo(json.dumps([{"protocol": proto, "bus": _bus_entry(b, "scan"), **vars(f)}
+                               for proto, b, found in results for f in found], ensure_ascii=False, indent=2))
+    elif write_config:
+        typer.echo(_site_entries(results, bus_id or _bus_id(port or host)))
+
+
+SCAN_DEFAULTS = {"modbus": (9600, "N", 0.2), "dlt645": (2400, "E", 1.0)}
+SCAN_BAUDRATES = {"modbus": (9600, 19200, 4800, 2400), "dlt645": (2400, 1200, 4800, 9600)}
+SCAN_PARITIES = {"modbus": ("N", "E"), "dlt645": ("E",)}
+
+
+class _Collision(Exception):
+    """Several DL/T 645 meters answered the broadcast address query at once."""
+
+
+def _line(b) -> str:
+    return f"{b.baudrate} {b.bytesize}{b.parity}{b.stopbits}" if hasattr(b, "baudrate") else b.type
+
+
+def _addresses(text: str) -> list[str]:
+    """--addresses: a comma-separated list, or a file with one address per line (# comments)."""
+    import re as _re
+    path = Path(text)
+    if "," not in text and path.is_file():
+        items = [line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    else:
+        items = [a.strip() for a in text.split(",")]
+    items = [a for a in items if a]
+    bad = [a for a in items if not _re.fullmatch(r"[0-9]{12}", a)]
+    if bad or not items:
+        raise fail(f"--addresses: {', '.join(bad) or 'none given'}: a DL/T 645 address is 12 digits "
+                   "(e.g. 000012345678)", 2)
+    return items
+
+
+async def _answers(bus_cfg, units: range, known: list[str] | None, timeout: float) -> str:
+    """Whether anything answers at these settings: '' or who (a unit id, an address, 'a garbled answer')."""
+    from .drivers.scheduler import Garbled, NoAnswer
+    if bus_cfg.type == "dlt645":
+        from .drivers.dlt645 import Dlt645Bus, probe
+        bus = Dlt645Bus(bus_cfg, [], lambda e: None)
+        try:
+            try:
+                found = await probe(bus, known, timeout)
+            except Garbled:
+                return "several meters at once"
+            return ", ".join(f"address {a}" for a in found)
+        finally:
+            await bus.close()
+    from .drivers.modbus import ExceptionReply, ModbusBus
+    from .drivers.modbus_scan import PROBE
+    bus = ModbusBus(bus_cfg, [], lambda e: None)
+    try:
+        for unit in units:
+            try:
+                await bus.read_registers(unit, PROBE, timeout)
+            except ExceptionReply:
+                pass
+            except (NoAnswer, Garbled):
+                continue
+            return f"unit {unit}"
+        return ""
+    finally:
+        await bus.close()
+
+
+async def _scan_dlt645(bus_cfg, known: list[str] | None, models: dict, timeout: float, read_timeout: float) -> list:
+    from .drivers.dlt645 import Dlt645Bus, identify, probe
+    from .drivers.scheduler import Garbled
+    bus = Dlt645Bus(bus_cfg, [], lambda e: None)
+    try:
+        try:
+            found = await probe(bus, known, timeout)
+        except Garbled:
+            raise _Collision from None
+        return [await identify(bus, a, models, read_timeout) for a in found]
+    finally:
+        await bus.close()
+
+
+def _bus_id(where: str) -> str:
+    import re as _re
+    name = _re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(where).name if "/" in where else where).strip("-.")
+    return f"bus-{name or 'scan'}"[:64]
+
+
+def _bus_entry(b, bus_id: str) -> dict:
+    entry = {"id": bus_id, "type": b.type}
+    if b.type == "modbus_tcp":
+        entry.update(host=b.host, port=b.port)
+        if b.framer != "socket":
+            entry["framer"] = b.framer
+    else:
+        entry.update(port=b.port, baudrate=b.baudrate, bytesize=b.bytesize, parity=b.parity, stopbits=b.stopbits)
+    entry["timeout_s"] = max(b.timeout_s, 0.5 if b.type != "dlt645" else 1.0)
+    return entry
+
+
+def _site_entries(results: list, bus_id: str) -> str:
+    """The buses and meters found, as site-file entries (one flow mapping per line, like the example)."""
+    import yaml as _yaml
+
+    def flow(d: dict) -> str:
+        text = _yaml.safe_dump(d, default_flow_style=True, allow_unicode=True, width=10_000, sort_keys=False).strip()
+        # an address always in quotes: unquoted, other YAML readers take it for a number
+        return text.replace(f"address: {d['address']}", f"address: '{d['address']}'") if "address" in d else text
+
+    buses, meters = [], []
+    results = [r for r in results if r[2]] or results[:1]  # a protocol that found nobody adds no bus
+    for n, (proto, b, found) in enumerate(results):
+        bid = bus_id if n == 0 else f"{bus_id}-{proto}"
+        buses.append(f"  - {flow(_bus_entry(b, bid))}")
+        for f in found:
+            if proto == "dlt645":
+                where, mid = {"address": f.address}, f"{bid}-{f.address}"
+            else:
+                where, mid = {"unit": f.unit}, f"{bid}-u{f.unit:03d}"
+            if f.model is None:
+                meters.append(f"  # {next(iter(where))} {next(iter(where.values()))}: {f.note}; "
+                              f"name its model and uncomment:")
+                meters.append(f"  # - {flow({'id': mid, 'name': '', 'bus': bid, **where, 'model': 'MODEL'})}")
+                continue
+            meters.append(f"  - {flow({'id': mid, 'name': '', 'bus': bid, **where, 'model': f.model, 'poll_s': 30, 'circuit': 'other'})}")
+    head = ["# Found by `gateway scan`: paste under buses: and meters: of the site file, then give each meter",
+            "# its name, circuit (and building), and check the model (a CT ratio cannot be read from a meter)."]
+    return "\n".join(head + ["buses:"] + buses + ["meters:"] + (meters or ["  []"]))
 
 
 def main() -> None:  # pragma: no cover - console script entry

@@ -50,6 +50,29 @@ class SiteInfo(_Strict):
 class Storage(_Strict):
     path: str = "var/gateway.db"
     commit_interval_s: float = Field(default=1.0, gt=0, le=60)
+    # retention and disk care (gateway/retention.py; README "Storage care")
+    raw_days: int = Field(default=62, ge=31, le=36500, description="readings (every field) are kept this many "
+                          "days; older months keep only the energy counters billing needs (at least a month: the "
+                          "month just ended stays whole until it is billed)")
+    energy_years: float = Field(default=10, gt=0, le=100, description="energy counters are kept this many years")
+    events_days: int = Field(default=400, ge=1, le=36500, description="statuses, swipes, door events, patrol "
+                             "checkins and alert history are kept this many days")
+    retention_every_h: float = Field(default=1.0, gt=0, le=168)
+    min_free_mb: float = Field(default=200, ge=0, description="below this free space on the ledger's filesystem: "
+                               "an error, a storage status and the InfluxDB outbox shed")
+    floor_free_mb: float = Field(default=50, ge=0, description="below this the ledger stops writing and holds "
+                                 "readings in memory until space is back")
+    hold_max_mb: float = Field(default=64, gt=0, le=4096, description="memory for readings held while the ledger "
+                               "cannot write")
+
+    @model_validator(mode="after")
+    def _limits_in_order(self) -> "Storage":
+        if self.floor_free_mb > self.min_free_mb:
+            raise ValueError(f"floor_free_mb ({self.floor_free_mb}) must not be above min_free_mb "
+                             f"({self.min_free_mb})")
+        if self.energy_years * 365 < self.raw_days:
+            raise ValueError(f"energy_years ({self.energy_years}) must cover raw_days ({self.raw_days})")
+        return self
 
 
 class _BusBase(_Strict):
@@ -78,8 +101,20 @@ class ModbusRtuBus(_BusBase):
     stopbits: Literal[1, 2] = 1
 
 
-Bus = Annotated[Union[ModbusTcpBus, ModbusRtuBus], Field(discriminator="type")]
-BUS_TYPES = ("modbus_tcp", "modbus_rtu")
+class Dlt645Bus(_BusBase):
+    """A DL/T 645-2007 line on a serial port; its meters are named by 12-digit `address`."""
+
+    type: Literal["dlt645"]
+    port: str
+    baudrate: int = Field(default=2400, ge=300, le=921600)
+    bytesize: Literal[7, 8] = 8
+    parity: Literal["N", "E", "O"] = "E"
+    stopbits: Literal[1, 2] = 1
+    preamble: int = Field(default=4, ge=0, le=4, description="FE wake-up bytes sent before each request")
+
+
+Bus = Annotated[Union[ModbusTcpBus, ModbusRtuBus, Dlt645Bus], Field(discriminator="type")]
+BUS_TYPES = ("modbus_tcp", "modbus_rtu", "dlt645")
 UNION_TAGS = BUS_TYPES + ("serial", "mqtt", "wand") + RULE_KINDS
 
 
@@ -87,7 +122,9 @@ class Meter(_Strict):
     id: Id
     name: str = ""
     bus: str
-    unit: int = Field(ge=1, le=247)
+    unit: int | None = Field(default=None, ge=1, le=247, description="Modbus unit id (Modbus buses only)")
+    address: str | None = Field(default=None, pattern=r"^[0-9]{12}$",
+                                description="DL/T 645 address, 12 digits in quotes (dlt645 buses only)")
     model: str
     poll_s: float = Field(default=30, ge=1, le=86400)
     timeout_s: float | None = Field(default=None, gt=0, le=30)
@@ -100,6 +137,19 @@ class Meter(_Strict):
                                        "default from allocation.max_power_kw_by_circuit")
     counter_max_kwh: Decimal | None = Field(default=None, gt=0, description="the counter wraps to 0 after "
                                             "this value; default from the meter model")
+
+    @field_validator("address", mode="before")
+    @classmethod
+    def _address_text(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool):
+            raise ValueError(f"write the 12-digit address in quotes, e.g. address: '{v:012d}' (without quotes "
+                             "YAML reads a number and drops the leading zeros)")
+        return v
+
+    @property
+    def bus_address(self) -> str:
+        """Where the meter is on its bus, for people: 'unit 3' or 'address 000012345678'."""
+        return f"address {self.address}" if self.address is not None else f"unit {self.unit}"
 
 
 EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
@@ -495,7 +545,7 @@ class SiteConfig(_Strict):
     def models(self) -> dict[str, MeterModel]:
         return self._models
 
-    def bus(self, bus_id: str) -> ModbusTcpBus | ModbusRtuBus:
+    def bus(self, bus_id: str) -> ModbusTcpBus | ModbusRtuBus | Dlt645Bus:
         return next(b for b in self.buses if b.id == bus_id)
 
     def meter(self, meter_id: str) -> Meter:
@@ -559,6 +609,8 @@ def _message(err: dict) -> str:
     if kind == "string_pattern_mismatch":
         if key == "url":
             return f"{err['input']!r} is not a URL (expected http://host:port or https://host:port)"
+        if key == "address":
+            return f"{err['input']!r} is not a DL/T 645 address: 12 digits, in quotes (e.g. '000012345678')"
         if isinstance(key, str) and key.endswith("_env"):
             return f"{err['input']!r} is not an environment variable name"
         return f"{err['input']!r}: use letters, digits, '.', '_' and '-' only"
@@ -626,6 +678,15 @@ def _cross_check(data: dict, models: dict[str, MeterModel]) -> list[str]:
         if model is not None and model not in models:
             problems.append(f"meters[{i}].model: no meter model '{model}' "
                             f"(known: {', '.join(sorted(models)) or 'none'})")
+        problems.extend(_protocol_check(i, m, buses.get(bus_id), models))
+        address = m.get("address")
+        if bus_id is not None and isinstance(address, str):
+            if (bus_id, address) in where:
+                j = where[(bus_id, address)]
+                problems.append(f"meters[{i}].address: address {address} on bus '{bus_id}' is already "
+                                f"meters[{j}] ('{data['meters'][j].get('id')}')")
+            else:
+                where[(bus_id, address)] = i
         if bus_id is not None and isinstance(unit, int):
             if (bus_id, unit) in where:
                 j = where[(bus_id, unit)]
@@ -634,6 +695,45 @@ def _cross_check(data: dict, models: dict[str, MeterModel]) -> list[str]:
             else:
                 where[(bus_id, unit)] = i
     return problems
+
+
+def _is_dlt645(model: Any) -> bool:
+    return getattr(model, "protocol", "") == "dlt645"
+
+
+def _protocol_check(i: int, m: dict, bus: Any, models: dict[str, Any]) -> list[str]:
+    """A meter on a Modbus bus is named by its `unit` id and read with a register map; a meter on
+    a DL/T 645 bus is named by its 12-digit `address` and read with a DL/T 645 model."""
+    if not isinstance(bus, dict) or bus.get("type") not in BUS_TYPES:
+        return []
+    kind, bus_id = bus["type"], bus.get("id")
+    unit, address, name = m.get("unit"), m.get("address"), m.get("model")
+    model = models.get(name) if isinstance(name, str) else None
+    out = []
+    if kind == "dlt645":
+        dl = ", ".join(sorted(k for k, v in models.items() if _is_dlt645(v))) or "none"
+        if unit is not None:
+            out.append(f"meters[{i}].unit: bus '{bus_id}' is a DL/T 645 line: its meters have an 'address' "
+                       "(12 digits), not a Modbus unit id")
+        if address is None:
+            out.append(f"meters[{i}].address: required on DL/T 645 bus '{bus_id}': the meter's 12-digit address "
+                       "in quotes, e.g. address: '000012345678' (on its nameplate; `gateway scan --protocol "
+                       "dlt645` reads it)")
+        if model is not None and not _is_dlt645(model):
+            out.append(f"meters[{i}].model: '{name}' is a Modbus register map; a meter on DL/T 645 bus "
+                       f"'{bus_id}' needs a DL/T 645 model (known: {dl})")
+    else:
+        if address is not None:
+            out.append(f"meters[{i}].address: bus '{bus_id}' is {kind}: its meters have a Modbus 'unit' id "
+                       "(1-247), not a DL/T 645 address")
+        if unit is None:
+            out.append(f"meters[{i}].unit: required on Modbus bus '{bus_id}' ({kind}): the meter's unit id, "
+                       "1-247 (an 'address' is for meters on a bus of type dlt645)")
+        if model is not None and _is_dlt645(model):
+            mb = ", ".join(sorted(k for k, v in models.items() if not _is_dlt645(v))) or "none"
+            out.append(f"meters[{i}].model: '{name}' is a DL/T 645 model; a meter on Modbus bus '{bus_id}' "
+                       f"needs a register map (known: {mb})")
+    return out
 
 
 def _check_access_patrol(data: dict) -> list[str]:
@@ -709,7 +809,14 @@ def parse_site(data: Any, base_dir: Path, source: str = "site file") -> SiteConf
     except ValidationError as e:
         problems += [f"{_path(err['loc'])}: {_message(err)}" for err in e.errors()]
     extra_dirs = data.get("meter_models") if isinstance(data.get("meter_models"), list) else []
-    models, model_problems = load_models(model_dirs(base_dir, [str(d) for d in extra_dirs]))
+    dirs = model_dirs(base_dir, [str(d) for d in extra_dirs])
+    models, model_problems = load_models(dirs)
+    from .drivers.dlt645 import load_dlt645_models  # here: the driver imports this module
+    dlt_models, dlt_problems = load_dlt645_models(dirs)
+    model_problems += dlt_problems + [
+        f"{dlt_models[name].path}: model '{name}' is also a Modbus register map ({models[name].path}): "
+        "rename one of them" for name in sorted(set(models) & set(dlt_models))]
+    models.update(dlt_models)
     problems += model_problems + _cross_check(data, models)
     if problems or cfg is None:
         raise ConfigError(problems, source)

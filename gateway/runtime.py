@@ -15,6 +15,7 @@ from collections import defaultdict
 
 from .clock import REAL_CLOCK, Clock
 from .config import SiteConfig
+from .drivers.dlt645 import Dlt645Bus
 from .drivers.modbus import ModbusBus
 from .events import AlertChange, CardSwipe, DeviceStatus, DoorEvent, GatewayStats, PatrolCheckin, Reading
 from .hub import Hub
@@ -39,12 +40,14 @@ def alert_messages(change: AlertChange, prefix: str) -> list[tuple[str, str | by
     return [(topic, body, True)]
 
 
-def build_buses(cfg: SiteConfig, publish, clock: Clock = REAL_CLOCK) -> list[ModbusBus]:
+def build_buses(cfg: SiteConfig, publish, clock: Clock = REAL_CLOCK) -> list[ModbusBus | Dlt645Bus]:
+    """One scheduler per bus with enabled meters; the driver class by the bus's type."""
     by_bus = defaultdict(list)
     for m in cfg.meters:
         if m.enabled:
             by_bus[m.bus].append((m, cfg.models[m.model]))
-    return [ModbusBus(b, by_bus[b.id], publish, clock) for b in cfg.buses if by_bus[b.id]]
+    return [(Dlt645Bus if b.type == "dlt645" else ModbusBus)(b, by_bus[b.id], publish, clock)
+            for b in cfg.buses if by_bus[b.id]]
 
 
 class Gateway:
@@ -69,8 +72,14 @@ class Gateway:
         self._stop = asyncio.Event()
         self.started_at = None               # when run() began: what the ledger holds is from before
         self.restored = None                 # what the rules got back from the ledger (rules.restore.Restored)
+        self.storage = None                  # retention and the disk guard (retention.StorageCare)
         self._replacements_seen = 0          # the last meter_replacements id given to the rules
         self._replacement_error = ""
+        # Clock safety (gateway/timesync.py): None with a simulated clock (replay, tests)
+        self.timesync = None
+        self._held_events = None             # what the rules did not judge while the clock was untrusted
+        self._start_untrusted = False        # started_at came from an untrusted clock
+        self._acked_untrusted: set[str] = set()
 
     def stop(self) -> None:
         self._stop.set()
@@ -160,7 +169,8 @@ class Gateway:
             host=m.host, port=m.port, client_id=m.client_id or f"estate-gateway-{self.cfg.site.id}",
             username=os.environ.get(m.username_env) if m.username_env else None,
             password=os.environ.get(m.password_env) if m.password_env else None,
-            tls=m.tls, ca_file=str(self.cfg.base_dir / m.ca_file) if m.ca_file else None, keepalive=m.keepalive_s))
+            tls=m.tls, ca_file=str(self.cfg.base_dir / m.ca_file) if m.ca_file else None, keepalive=m.keepalive_s),
+            clock_monotonic=self.clock.monotonic, clock_now=self.clock.now)   # arrival times on the gateway's clock
 
     def _tap_serial(self, driver) -> None:
         if self.record_path:
@@ -244,11 +254,13 @@ class Gateway:
         sub = self.hub.subscribe(Reading, DeviceStatus, CardSwipe, DoorEvent, PatrolCheckin, name="rules")
         engine = self.rules
         try:
+            ts, held = self.timesync, self._held_events
             if self.restored is None:
                 # One turn of the loop first: the ledger, the alert publisher and the webhooks
                 # (started with this task) subscribe, so the alerts cleared while restoring reach them.
                 await asyncio.sleep(0)
-                self.restore_rules(self.started_at or self.clock.now())
+                if ts is None or ts.settled:
+                    self.restore_rules(self.started_at or self.clock.now())
             next_tick = self.clock.monotonic()
             while True:
                 try:
@@ -256,6 +268,17 @@ class Gateway:
                         events = await sub.get_batch()
                 except TimeoutError:
                     events = []
+                if ts is not None:
+                    if not ts.settled:
+                        # The wall clock is not trusted: nothing is judged on it (no ticks: no patrol
+                        # deadline, stale meter or held door), and the events wait to be judged with
+                        # their repaired times (gateway/timesync.py).
+                        held.hold(events)
+                        next_tick = self.clock.monotonic() + 1.0
+                        continue
+                    if self.restored is None:     # started while untrusted: started_at is repaired now
+                        self.restore_rules(self.started_at)
+                    events = held.release(events)
                 for e in events:
                     engine.handle(e)
                 if self.clock.monotonic() >= next_tick:
@@ -301,6 +324,8 @@ class Gateway:
     def ack_alert(self, alert_id: str, by: str, note: str):
         """A person acknowledges an open alert (CLI or console); recorded with the traffic."""
         alert = self.rules.ack(alert_id, by, note, self.clock.now())
+        if alert is not None and self.timesync is not None and not self.timesync.trusted:
+            self._acked_untrusted.add(alert.id)   # its ack time is moved when the clock is repaired
         if alert is not None and self.recorder is not None:
             self.recorder.ack(self.clock.now(), alert.rule, alert.source, by, note)
         return alert
@@ -346,6 +371,7 @@ class Gateway:
         """Run until `stop()`; then let each bus finish its exchange in flight and flush the ledger."""
         self.started_at = self.clock.now()
         self.ledger = self._open_ledger()
+        clock_runs = self._watch_clock()
         if self.record_path:
             self._open_recorder()
         ledger_task = asyncio.create_task(self.ledger.run(self.hub), name="ledger")
@@ -355,7 +381,7 @@ class Gateway:
                        if status_every_s else None)
         if self.cfg.mqtt and (self.cfg.rules or self.cfg.card_readers or self.cfg.doors or self.cfg.patrol.readers):
             self.mqtt = self._mqtt_link()
-        runs = self._field_devices() + self._alerting()
+        runs = clock_runs + self._field_devices() + self._alerting() + self._storage_care()
         if self.record_path:
             runs.append(("recorder", self._flush_recording))
         if self.mqtt is not None:
@@ -397,6 +423,16 @@ class Gateway:
                 await asyncio.gather(*side_tasks, return_exceptions=True)
             self.ledger.close()
             log.info("gateway stopped: %s", self._summary_line())
+
+    def _storage_care(self) -> list:
+        """Retention once after start and then hourly, and the disk guard the ledger asks before
+        each commit (gateway/retention.py). Nothing is removed while the wall clock is untrusted."""
+        from .retention import StorageCare
+
+        def trusted() -> bool:
+            return getattr(getattr(self, "timesync", None), "trusted", True)
+        self.storage = StorageCare(self.ledger, self.cfg, self.clock, self.hub.publish, trusted=trusted)
+        return [("storage care", self.storage.run)]
 
     def _web_console(self) -> list:
         """The guard-room console, when the site has users (or the demo gave one)."""
@@ -444,15 +480,63 @@ class Gateway:
 
     def _summary_line(self) -> str:
         s = self.summary()
+        clock = ""
+        if self.timesync is not None and not self.timesync.trusted:
+            clock = f"; clock untrusted ({self.timesync.reason}), {self.ledger.outbox_held} points held back"
+        if self.timesync is not None and self.timesync.unrepairable:
+            clock += (f"; {len(self.timesync.unrepairable)} clock episodes of earlier boots could not be repaired "
+                      f"(clock_episodes)")
         return (f"{s['meters']} meters on {s['buses']} buses, {s['online']} online, "
-                f"{s['offline']} offline, {s['polls']} polls, {s['readings_stored']} readings stored")
+                f"{s['offline']} offline, {s['polls']} polls, {s['readings_stored']} readings stored{clock}")
+
+    # ---- clock safety ----
+
+    def _watch_clock(self) -> list:
+        """Watch the wall clock (gateway/timesync.py) from before anything is recorded: the real
+        clock through the kernel, a SourceClock through its source; a simulated clock (replay)
+        is the recording's time and is not watched. Returns the watcher's task."""
+        from .timesync import HeldEvents, SourceClock, SystemClockSource, TimeSync
+        if self.clock is REAL_CLOCK:
+            source = SystemClockSource()
+        elif isinstance(self.clock, SourceClock):
+            source = self.clock.source
+        else:
+            return []
+        ts = self.timesync = TimeSync(source, self.ledger)
+        self._held_events = HeldEvents(ts.timeline)
+        ts.listeners.append(self._clock_repaired)
+        ts.start()
+        self._start_untrusted = not ts.trusted
+        return [("clock watch", ts.run)]
+
+    def _clock_repaired(self, repairs) -> None:
+        """The clock is trusted and the ledger repaired: the start time and the acks given while
+        the clock was untrusted move to true time too."""
+        from .clock import from_us, to_us
+        ts = self.timesync
+        if self._start_untrusted and ts.started_mono is not None:
+            self.started_at = from_us(ts.true_wall_us(ts.started_mono))
+            self._start_untrusted = False
+        if self.rules is None or not self._acked_untrusted:
+            return
+        for alert_id in self._acked_untrusted:
+            a = self.rules.book.by_id(alert_id)
+            for attr in ("acked_at", "updated_at", "cleared_at") if a is not None else ():
+                t = getattr(a, attr)
+                span = ts.timeline.find(to_us(t)) if t is not None else None
+                if span is not None and span.state == "repaired":
+                    setattr(a, attr, from_us(to_us(t) + span.offset))
+        self._acked_untrusted.clear()
 
     def self_metrics(self) -> list[GatewayStats]:
         now = self.clock.now()
         points = [GatewayStats(now, {k: v for k, v in b.stats().items() if k != "bus"}, bus=b.bus.id)
                   for b in self.buses]
         overall = {"readings_stored": self.ledger.readings_written if self.ledger else 0,
-                   **(self.drainer.stats() if self.drainer else {})}
+                   **(self.drainer.stats() if self.drainer else {}),
+                   **(self.storage.stats() if self.storage else {}),
+                   # 0 while the wall clock is untrusted (such points wait for its repair to be sent)
+                   "clock_trusted": int(self.timesync is None or self.timesync.trusted)}
         points.append(GatewayStats(now, overall))
         return points
 

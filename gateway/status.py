@@ -42,6 +42,8 @@ def collect(cfg: SiteConfig, now: datetime | None = None) -> dict:
                           oldest_age_s=_ago(oldest_ms * 1000 if oldest_ms is not None else None, now_us),
                           last_write_age_s=_ago(int(last_ok[0]) if last_ok else None, now_us),
                           rejected=db.execute("SELECT count(*) FROM outbox_rejected").fetchone()[0])
+        from .timesync import clock_report
+        clock = clock_report(db)
     finally:
         db.close()
 
@@ -63,4 +65,4 @@ def collect(cfg: SiteConfig, now: datetime | None = None) -> dict:
         })
     return {"site": cfg.site.id, "ledger": str(path), "schema_version": version,
             "readings_meters": len(last_reading), "buses": buses,
-            "influxdb": cfg.influxdb.url if cfg.influxdb else None, "outbox": outbox}
+            "influxdb": cfg.influxdb.url if cfg.influxdb else None, "outbox": outbox, "clock": clock}

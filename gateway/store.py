@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 from contextlib import contextmanager
 import logging
 import sqlite3
 import struct
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -194,6 +195,68 @@ MIGRATIONS: list[str] = [
         ORDER BY meter, ts_us, CAST(kwh AS REAL)
         ON CONFLICT (meter, ts_us) DO UPDATE SET kwh = excluded.kwh;
     """,
+    """
+    -- Clock safety (gateway/timesync.py). A stretch of time during which the wall clock was not
+    -- trusted is an episode; what was recorded in it carries the episode's id (NULL: trusted)
+    -- until the episode is repaired, when its timestamps are moved to true time and the id
+    -- cleared. Its energy counters and InfluxDB points wait aside meanwhile (never billed, never sent).
+    CREATE TABLE clock_episodes (
+        id           INTEGER PRIMARY KEY,
+        boot         TEXT    NOT NULL,      -- kernel boot id: the monotonic clock mono_us belongs to
+        state        TEXT    NOT NULL,      -- untrusted | repaired | unrepairable (an earlier boot's)
+        reason       TEXT    NOT NULL,
+        wall_us      INTEGER NOT NULL,      -- the (wrong) wall clock when it began ...
+        mono_us      INTEGER NOT NULL,      -- ... and the monotonic clock then
+        last_wall_us INTEGER NOT NULL,      -- the wall clock last seen in it: its times lie in [wall_us, last_wall_us]
+        after_us     INTEGER,               -- true time: it began after this (newest trusted time known then)
+        before_us    INTEGER,               -- true time: it ended before this (set for unrepairable ones)
+        offset_us    INTEGER,               -- added to its timestamps when it was repaired
+        rows         INTEGER NOT NULL DEFAULT 0,
+        repaired_us  INTEGER
+    );
+    CREATE TABLE clock_steps (
+        id      INTEGER PRIMARY KEY,
+        boot    TEXT    NOT NULL,
+        wall_us INTEGER NOT NULL,           -- the wall clock just after the step
+        mono_us INTEGER NOT NULL,
+        step_us INTEGER NOT NULL,           -- positive: forward
+        trusted INTEGER NOT NULL,           -- the clock was trusted after it
+        note    TEXT    NOT NULL
+    );
+    ALTER TABLE readings ADD COLUMN episode INTEGER;
+    ALTER TABLE device_status ADD COLUMN episode INTEGER;
+    ALTER TABLE swipes ADD COLUMN episode INTEGER;
+    ALTER TABLE door_events ADD COLUMN episode INTEGER;
+    ALTER TABLE patrol_checkins ADD COLUMN episode INTEGER;
+    ALTER TABLE alerts ADD COLUMN episode INTEGER;
+    ALTER TABLE alert_history ADD COLUMN episode INTEGER;
+    CREATE INDEX readings_episode ON readings (episode) WHERE episode IS NOT NULL;
+    CREATE INDEX device_status_episode ON device_status (episode) WHERE episode IS NOT NULL;
+    CREATE INDEX swipes_episode ON swipes (episode) WHERE episode IS NOT NULL;
+    CREATE INDEX door_events_episode ON door_events (episode) WHERE episode IS NOT NULL;
+    CREATE INDEX patrol_checkins_episode ON patrol_checkins (episode) WHERE episode IS NOT NULL;
+    CREATE INDEX alerts_episode ON alerts (episode) WHERE episode IS NOT NULL;
+    CREATE INDEX alert_history_episode ON alert_history (episode) WHERE episode IS NOT NULL;
+    CREATE TABLE energy_held (              -- `energy` rows of untrusted time: into `energy` once repaired
+        meter   TEXT    NOT NULL,
+        ts_us   INTEGER NOT NULL,
+        kwh     TEXT    NOT NULL,
+        episode INTEGER NOT NULL
+    );
+    CREATE INDEX energy_held_episode ON energy_held (episode, meter);
+    CREATE TABLE outbox_held (              -- points of untrusted time: into `outbox` once repaired
+        id          INTEGER PRIMARY KEY,
+        episode     INTEGER NOT NULL,
+        measurement TEXT    NOT NULL,
+        priority    INTEGER NOT NULL,
+        ts_us       INTEGER NOT NULL,       -- the point's time, exact (its line has it in ms)
+        line        TEXT    NOT NULL,
+        essential   TEXT,
+        shift_ts    INTEGER NOT NULL,       -- the point's time is the gateway's (else a reader's own)
+        shift_delay INTEGER NOT NULL        -- its delay_s field (arrival - reader time) moves with the repair
+    );
+    CREATE INDEX outbox_held_episode ON outbox_held (episode, id);
+    """,
 ]
 ENERGY_FIELD = "energy_kwh"   # the counter billing uses, kept in the `energy` table
 # Two readings of one meter at one instant: the higher counter stands, whichever came first.
@@ -258,32 +321,35 @@ def migrate(db: sqlite3.Connection, path: Path) -> None:
         log.info("ledger %s: schema upgraded to version %d", path, v + 1)
 
 
-def _insert_field_events(db: sqlite3.Connection, events: list) -> None:
+def _insert_field_events(db: sqlite3.Connection, events: list, ep: int | None = None) -> None:
+    """Swipes, door events, patrol reads and alert changes; `ep` is the clock episode they were
+    recorded in (None: the clock was trusted; see clock_episodes)."""
     swipes = [(to_us(e.ts), e.reader, e.door, e.direction, e.card_hash, e.card[-4:], e.category, e.holder,
-               e.household, e.role) for e in events if isinstance(e, CardSwipe)]
-    doors = [(to_us(e.ts), e.door, e.state, e.source) for e in events if isinstance(e, DoorEvent)]
-    checkins = [(to_us(e.ts), to_us(e.received), e.reader, e.checkpoint, e.tag, e.guard, e.guard_hash, e.source)
+               e.household, e.role, ep) for e in events if isinstance(e, CardSwipe)]
+    doors = [(to_us(e.ts), e.door, e.state, e.source, ep) for e in events if isinstance(e, DoorEvent)]
+    checkins = [(to_us(e.ts), to_us(e.received), e.reader, e.checkpoint, e.tag, e.guard, e.guard_hash, e.source, ep)
                 for e in events if isinstance(e, PatrolCheckin)]
     db.executemany("INSERT INTO swipes (ts_us, reader, door, direction, card_hash, card_tail, category, holder, "
-                   "household, role) VALUES (?,?,?,?,?,?,?,?,?,?)", swipes)
-    db.executemany("INSERT INTO door_events (ts_us, door, state, source) VALUES (?,?,?,?)", doors)
+                   "household, role, episode) VALUES (?,?,?,?,?,?,?,?,?,?,?)", swipes)
+    db.executemany("INSERT INTO door_events (ts_us, door, state, source, episode) VALUES (?,?,?,?,?)", doors)
     db.executemany("INSERT OR IGNORE INTO patrol_checkins (ts_us, received_us, reader, checkpoint, tag, guard, "
-                   "guard_hash, source) VALUES (?,?,?,?,?,?,?,?)", checkins)
+                   "guard_hash, source, episode) VALUES (?,?,?,?,?,?,?,?,?)", checkins)
     for change in (e for e in events if isinstance(e, AlertChange)):
         a = change.alert
         us = lambda t: to_us(t) if t else None  # noqa: E731
         db.execute("INSERT INTO alerts (id, rule, kind, source, severity, state, message, message_en, raised_us, "
-                   "updated_us, cleared_us, acked_by, ack_note, acked_us, value, details) "
-                   "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (id) DO UPDATE SET "
+                   "updated_us, cleared_us, acked_by, ack_note, acked_us, value, details, episode) "
+                   "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (id) DO UPDATE SET "
                    "severity = excluded.severity, state = excluded.state, message = excluded.message, "
                    "message_en = excluded.message_en, updated_us = excluded.updated_us, "
                    "cleared_us = excluded.cleared_us, acked_by = excluded.acked_by, ack_note = excluded.ack_note, "
-                   "acked_us = excluded.acked_us, value = excluded.value, details = excluded.details",
+                   "acked_us = excluded.acked_us, value = excluded.value, details = excluded.details, "
+                   "episode = coalesce(excluded.episode, alerts.episode)",
                    (a.id, a.rule, a.kind, a.source, a.severity, a.state, a.message, a.message_en, us(a.raised_at),
                     us(a.updated_at), us(a.cleared_at), a.acked_by, a.ack_note, us(a.acked_at), a.value,
-                    json.dumps(a.details, ensure_ascii=False, default=str)))
-        db.execute("INSERT INTO alert_history (alert_id, what, ts_us, state, message) VALUES (?,?,?,?,?)",
-                   (a.id, change.what, us(a.updated_at), a.state, a.message))
+                    json.dumps(a.details, ensure_ascii=False, default=str), ep))
+        db.execute("INSERT INTO alert_history (alert_id, what, ts_us, state, message, episode) VALUES (?,?,?,?,?,?)",
+                   (a.id, change.what, us(a.updated_at), a.state, a.message, ep))
 
 
 @contextmanager
@@ -292,9 +358,17 @@ def _transaction(db: sqlite3.Connection, mode: str = ""):
     try:
         yield db
     except BaseException:
-        db.execute("ROLLBACK")
+        # SQLite may have rolled back by itself (SQLITE_FULL, SQLITE_IOERR): a second ROLLBACK
+        # would fail and hide the error that matters.
+        if db.in_transaction:
+            db.execute("ROLLBACK")
         raise
-    db.execute("COMMIT")
+    try:
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:  # a COMMIT that failed (disk full while writing the log) leaves it open
+            db.execute("ROLLBACK")
+        raise
 
 
 def _statements(script: str):
@@ -329,12 +403,33 @@ class Ledger:
         self.committed = asyncio.Event()  # set after each commit that added outbox rows
         self._field_sets: dict[tuple[str, ...], int] = {}
         self._field_names: dict[int, tuple[str, ...]] = {}
+        self._unresolved = False      # a pending reading names a field set not yet in the ledger
         self.outbox_depth, self.outbox_bytes = self._db.execute(
             "SELECT count(*), coalesce(sum(length(line)), 0) FROM outbox").fetchone()
+        # Storage care (gateway/retention.py): `write_gate()` False holds the batches in memory
+        # (the disk is nearly full); held or failing, at most `hold_max_bytes` are kept, then the
+        # InfluxDB points, the readings' other fields and the oldest energy counters go, in that order.
+        self.write_gate = None
+        self.gate_closed = False
+        self.hold_max_bytes = 64 * 1024 * 1024
+        self.dropped = {"points": 0, "readings": 0, "energy": 0}
+        self.commit_failures = 0      # consecutive failed commits (the batch is kept and retried)
+        self._dropping = False
+        # Clock safety (gateway/timesync.py): `timeline` tells which untrusted clock episode an
+        # event's time belongs to (None or empty: all trusted, nothing looked up). Events of an
+        # untrusted episode wait in `_marked` and are written with their episode (see _marked_rows).
+        self.timeline = None
+        self._marked: list[tuple] = []    # (episode, event, outbox row or None)
+        self.outbox_held = self._db.execute("SELECT count(*) FROM outbox_held").fetchone()[0]
 
     # ---- writing ----
 
     def add(self, event: object) -> None:
+        if self.timeline is not None and self.timeline.spans:
+            event, episode = self.timeline.place(event)   # moved to true time if its episode is repaired
+            if episode is not None:
+                self._marked.append((episode, event, self.encoder(event) if self.encoder is not None else None))
+                return
         if self.encoder is not None:
             row = self.encoder(event)
             if row is not None:
@@ -343,8 +438,15 @@ class Ledger:
             # Values as packed doubles: formatting floats as text is most of a reading's cost.
             values = event.values
             ts_us = to_us(event.ts)
+            names = tuple(values)
+            fset = self._field_sets.get(names)
+            if fset is None:
+                # A new field set is inserted when the batch is committed: an insert here would
+                # raise out of the ledger's task when the disk is full.
+                fset = names
+                self._unresolved = True
             self._readings.append((
-                event.meter, ts_us, self._field_set(tuple(values)),
+                event.meter, ts_us, fset,
                 struct.pack(f"<{len(values)}d", *values.values()),
                 json.dumps({k: str(v) for k, v in event.counters.items()}, separators=(",", ":")),
             ))
@@ -369,15 +471,21 @@ class Ledger:
 
     @property
     def pending(self) -> int:
-        return len(self._readings) + len(self._statuses) + len(self._outbox) + len(self._field_events)
+        return len(self._readings) + len(self._statuses) + len(self._outbox) + len(self._field_events) \
+            + len(self._energy) + len(self._marked)
 
     def flush(self) -> int:
         """Commit everything added so far in one transaction; returns the rows written."""
         if not self.pending:
             return 0
+        if self._unresolved:
+            self._readings = [r if isinstance(r[2], int) else (r[0], r[1], self._field_set(r[2]), r[3], r[4])
+                              for r in self._readings]
+            self._unresolved = False
         readings, statuses, outbox = self._readings, self._statuses, self._outbox
         energy = self._energy
         field_events = self._field_events
+        marked = self._marked_rows() if self._marked else None
         with _transaction(self._db) as db:
             _insert_field_events(db, field_events)
             db.executemany("INSERT INTO readings (meter, ts_us, field_set, vals, counters) VALUES (?,?,?,?,?)",
@@ -387,8 +495,14 @@ class Ledger:
                            statuses)
             db.executemany("INSERT INTO outbox (measurement, priority, ts_ms, line, essential) VALUES (?,?,?,?,?)",
                            outbox)
+            if marked is not None:
+                self._insert_marked(db, marked)
         self._readings, self._statuses, self._outbox, self._field_events = [], [], [], []
         self._energy = []
+        if marked is not None:
+            self._marked = []
+            self.outbox_held += len(marked["outbox"])
+            self.readings_written += len(marked["readings"])
         self.readings_written += len(readings)
         self.commits += 1
         if outbox:
@@ -418,15 +532,86 @@ class Ledger:
             sub.close()
             self._flush_logged()
 
-    def _flush_logged(self) -> None:
+    @property
+    def holding(self) -> bool:
+        """Rows wait in memory because the write gate is closed (the disk is nearly full) or the
+        last commit failed; they are committed as soon as that is over."""
+        return bool(self.pending) and (self.commit_failures > 0 or self.gate_closed)
+
+    def _flush_logged(self, force: bool = False) -> None:
+        self.gate_closed = self.write_gate is not None and not self.write_gate()
+        if self.gate_closed and not force:
+            self._bound_pending()
+            return
         try:
-            self.flush()
+            written = self.flush()
         except sqlite3.Error as e:
-            # Keep the batch: the next flush retries it (disk full, locked file, ...).
-            log.error("ledger %s: commit failed, will retry: %s", self.path, e)
+            # Keep the batch: the next flush retries it (disk full, locked file, ...). Said once
+            # per episode (and every 10 minutes while it lasts), not at every attempt.
+            self.commit_failures += 1
+            if self.commit_failures == 1 or self.commit_failures % max(1, int(600 / self.commit_interval_s)) == 0:
+                log.error("ledger %s: commit failed (%d attempts so far), %d rows kept in memory, will retry: %s",
+                          self.path, self.commit_failures, self.pending, e)
+            self._bound_pending()
+            return
+        if self.commit_failures:
+            log.warning("ledger %s: committing again after %d failed attempts; %d rows kept in memory were "
+                        "written", self.path, self.commit_failures, written)
+            self.commit_failures = 0
+        if self._dropping:
+            log.warning("ledger %s: writing again; while the ledger could not be written %d InfluxDB points, "
+                        "the other fields of %d readings and %d energy counters were dropped from memory (since "
+                        "start)", self.path, self.dropped["points"], self.dropped["readings"], self.dropped["energy"])
+            self._dropping = False
+
+    # rough sizes in memory of one pending row (tuples, strings, bytes), for the hold bound
+    _HELD_READING, _HELD_ENERGY, _HELD_POINT = 480, 130, 250
+
+    def held_bytes(self) -> int:
+        return (len(self._readings) * self._HELD_READING + len(self._energy) * self._HELD_ENERGY
+                + sum(len(r[3]) + len(r[4] or "") for r in self._outbox) + len(self._outbox) * self._HELD_POINT
+                + (len(self._statuses) + len(self._field_events)) * self._HELD_READING)
+
+    def _bound_pending(self) -> None:
+        """While nothing can be committed, keep at most `hold_max_bytes` in memory: drop the
+        oldest InfluxDB points first (copies of what the ledger keeps), then the oldest readings'
+        rows (their energy counters stay, so billing loses nothing), then the oldest energy
+        counters. Statuses, swipes, door events, checkins and alerts are never dropped."""
+        over = self.held_bytes() - self.hold_max_bytes
+        if over <= 0:
+            return
+        dropped = {"points": 0, "readings": 0, "energy": 0}
+        if over > 0 and self._outbox:
+            n = 0
+            while n < len(self._outbox) and over > 0:
+                r = self._outbox[n]
+                over -= len(r[3]) + len(r[4] or "") + self._HELD_POINT
+                n += 1
+            del self._outbox[:n]
+            dropped["points"] = n
+        if over > 0 and self._readings:
+            n = min(len(self._readings), -(-over // self._HELD_READING))
+            del self._readings[:n]
+            over -= n * self._HELD_READING
+            dropped["readings"] = n
+        if over > 0 and self._energy:
+            n = min(len(self._energy), -(-over // self._HELD_ENERGY))
+            del self._energy[:n]
+            dropped["energy"] = n
+        for k, v in dropped.items():
+            self.dropped[k] += v
+        if not self._dropping:
+            self._dropping = True
+            log.error("ledger %s: cannot write and %.0f MB are held in memory (storage.hold_max_mb): dropping the "
+                      "oldest held rows: InfluxDB points first, then readings' other fields (their energy counters "
+                      "are kept for billing), then the oldest energy counters; this time %d points, %d readings, "
+                      "%d energy counters", self.path, self.hold_max_bytes / 2**20, dropped["points"],
+                      dropped["readings"], dropped["energy"])
 
     def close(self) -> None:
-        self._flush_logged()
+        self._flush_logged(force=True)  # the last chance, even with the write gate closed
+        if self.pending:
+            log.error("ledger %s: %d rows could not be written before closing and are lost", self.path, self.pending)
         self._db.close()
 
     # ---- the outbox (drained by a sink) ----
@@ -606,7 +791,7 @@ class Ledger:
             "  (SELECT NOT json_valid(x.counters) FROM readings x WHERE x.meter = m.value AND x.ts_us < :before "
             "   ORDER BY x.ts_us DESC LIMIT 1) "
             "FROM json_each(:meters) m JOIN readings r ON r.id = "
-            "  (SELECT y.id FROM readings y WHERE y.meter = m.value AND y.ts_us < :before "
+            "  (SELECT y.id FROM readings y WHERE y.meter = m.value AND y.ts_us < :before AND y.episode IS NULL "
             "   AND CASE WHEN json_valid(y.counters) THEN json_extract(y.counters, :path) END IS NOT NULL "
             "   ORDER BY y.ts_us DESC LIMIT 1)",
             {"path": path, "before": before_us, "meters": json.dumps(list(meters))}).fetchall()
@@ -620,7 +805,9 @@ class Ledger:
         the nearest readings passed over because their counters were not valid JSON. Index
         probes only: what a window edge needs, not the readings in between."""
         path = f"$.{field}"
-        ok = "CASE WHEN json_valid(r.counters) THEN json_extract(r.counters, :path) END IS NOT NULL"
+        # (episode IS NULL: not a reading of an unrepaired clock episode, whose time is wrong)
+        ok = ("r.episode IS NULL AND "
+              "CASE WHEN json_valid(r.counters) THEN json_extract(r.counters, :path) END IS NOT NULL")
         return self._db.execute(
             f"""WITH probes (meter, t, b, a, bad) AS (
                 SELECT m.value, e.value,
@@ -642,10 +829,12 @@ class Ledger:
 
     def patrol_checkins_between(self, start_us: int, end_us: int) -> list[tuple]:
         """Checkins recorded (ts) in [start_us, end_us), in the order they arrived: (ts_us,
-        received_us, reader, checkpoint, tag, guard, guard_hash, source)."""
+        received_us, reader, checkpoint, tag, guard, guard_hash, source); not those of an
+        unrepaired clock episode (their times are wrong)."""
         return self._db.execute(
             "SELECT ts_us, received_us, reader, checkpoint, tag, guard, guard_hash, source FROM patrol_checkins "
-            "WHERE ts_us >= ? AND ts_us < ? ORDER BY received_us, id", (start_us, end_us)).fetchall()
+            "WHERE ts_us >= ? AND ts_us < ? AND episode IS NULL ORDER BY received_us, id",
+            (start_us, end_us)).fetchall()
 
     def activity(self, devices: list[str], start_us: int, end_us: int, bucket_us: int) -> list[int]:
         """The time buckets (ts_us // bucket_us) in [start_us, end_us) in which the gateway wrote
@@ -689,3 +878,208 @@ class Ledger:
             "SELECT device, online FROM device_status WHERE id IN "
             "(SELECT max(id) FROM device_status GROUP BY device)")
         return {d: bool(o) for d, o in rows}
+
+    # ---- clock safety: untrusted episodes, marked rows, repair (gateway/timesync.py) ----
+
+    def _marked_rows(self) -> dict:
+        """The batch's events of untrusted clock episodes as rows (field sets resolved here, before
+        the transaction, as for the others)."""
+        from .timesync import own_time
+        out: dict = {"readings": [], "energy": [], "statuses": [], "fields": {}, "outbox": [], "last": {}}
+        tl = self.timeline
+        for ep, e, row in self._marked:
+            own = to_us(own_time(e))
+            if own > out["last"].get(ep, own - 1):
+                out["last"][ep] = own
+            if row is not None:
+                ts_us = to_us(e.alert.updated_at) if isinstance(e, AlertChange) else to_us(e.ts)
+                shift_ts = 1
+                if isinstance(e, PatrolCheckin):   # its point's time is the reader's: moved only if it was ours
+                    span = tl.get(ep) if tl is not None else None
+                    shift_ts = int(e.source != "wand" and span is not None and tl.contains(span, ts_us))
+                out["outbox"].append((ep, row.measurement, row.priority, ts_us, row.line, row.essential, shift_ts,
+                                      int(isinstance(e, PatrolCheckin) and not shift_ts)))
+            if isinstance(e, Reading):
+                ts_us, values = to_us(e.ts), e.values
+                out["readings"].append((e.meter, ts_us, self._field_set(tuple(values)),
+                                        struct.pack(f"<{len(values)}d", *values.values()),
+                                        json.dumps({k: str(v) for k, v in e.counters.items()}, separators=(",", ":")),
+                                        ep))
+                kwh = e.counters.get(ENERGY_FIELD)
+                if kwh is not None:
+                    out["energy"].append((e.meter, ts_us, str(kwh), ep))
+            elif isinstance(e, DeviceStatus):
+                out["statuses"].append((e.device, e.kind, to_us(e.ts), int(e.online), e.reason, ep))
+            elif isinstance(e, (CardSwipe, DoorEvent, PatrolCheckin, AlertChange)):
+                out["fields"].setdefault(ep, []).append(e)
+        return out
+
+    @staticmethod
+    def _insert_marked(db: sqlite3.Connection, m: dict) -> None:
+        db.executemany("INSERT INTO readings (meter, ts_us, field_set, vals, counters, episode) VALUES (?,?,?,?,?,?)",
+                       m["readings"])
+        db.executemany("INSERT INTO energy_held (meter, ts_us, kwh, episode) VALUES (?,?,?,?)", m["energy"])
+        db.executemany("INSERT INTO device_status (device, kind, ts_us, online, reason, episode) VALUES (?,?,?,?,?,?)",
+                       m["statuses"])
+        for ep, events in m["fields"].items():
+            _insert_field_events(db, events, ep)
+        db.executemany("INSERT INTO outbox_held (episode, measurement, priority, ts_us, line, essential, shift_ts, "
+                       "shift_delay) VALUES (?,?,?,?,?,?,?,?)", m["outbox"])
+        db.executemany("UPDATE clock_episodes SET last_wall_us = max(last_wall_us, ?) WHERE id = ?",
+                       [(us, ep) for ep, us in m["last"].items()])
+
+    def meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET "
+                         "value = excluded.value", (key, value))
+
+    def newest_trusted_us(self) -> int | None:
+        """The newest time the gateway's own clock wrote while trusted: its latest readings and
+        statuses (by insertion, a few index steps) and the time it last noted (meta clock_seen_us).
+        A wall clock before it after a reboot is wrong (fake-hwclock restores an older time)."""
+        return self._db.execute(
+            "SELECT max(t) FROM ("
+            " SELECT (SELECT max(ts_us) FROM (SELECT ts_us FROM readings WHERE episode IS NULL "
+            "         ORDER BY id DESC LIMIT 100)) AS t"
+            " UNION ALL SELECT (SELECT max(ts_us) FROM (SELECT ts_us FROM device_status WHERE episode IS NULL "
+            "         ORDER BY id DESC LIMIT 100))"
+            " UNION ALL SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'clock_seen_us')").fetchone()[0]
+
+    def open_clock_episode(self, boot: str, reason: str, wall_us: int, mono_us: int, after_us: int | None) -> int:
+        return self._db.execute(
+            "INSERT INTO clock_episodes (boot, state, reason, wall_us, mono_us, last_wall_us, after_us) "
+            "VALUES (?, 'untrusted', ?, ?, ?, ?, ?)", (boot, reason, wall_us, mono_us, wall_us, after_us)).lastrowid
+
+    def set_clock_episode(self, episode: int, state: str | None = None, last_wall_us: int | None = None) -> None:
+        if state is not None:
+            self._db.execute("UPDATE clock_episodes SET state = ? WHERE id = ?", (state, episode))
+        if last_wall_us is not None:
+            self._db.execute("UPDATE clock_episodes SET last_wall_us = max(last_wall_us, ?) WHERE id = ?",
+                             (last_wall_us, episode))
+
+    _EPISODE_COLS = ("id", "boot", "state", "reason", "wall_us", "mono_us", "last_wall_us", "after_us", "before_us",
+                     "offset_us", "rows", "repaired_us")
+    CLOCK_TABLES = ("readings", "device_status", "swipes", "door_events", "patrol_checkins", "alerts",
+                    "alert_history")
+
+    def clock_episodes(self, states: tuple[str, ...] | None = None) -> list[dict]:
+        sql = f"SELECT {', '.join(self._EPISODE_COLS)} FROM clock_episodes"
+        args: tuple = ()
+        if states is not None:
+            sql += f" WHERE state IN ({','.join('?' * len(states))})"
+            args = tuple(states)
+        return [dict(zip(self._EPISODE_COLS, r)) for r in self._db.execute(sql + " ORDER BY id", args)]
+
+    def clock_episode_rows(self, episode: int) -> dict[str, int]:
+        """Rows still marked with the episode, per table (energy: held counters, outbox: held points)."""
+        db = self._db
+        out = {t: db.execute(f"SELECT count(*) FROM {t} WHERE episode = ?", (episode,)).fetchone()[0]
+               for t in self.CLOCK_TABLES}
+        out["energy"] = db.execute("SELECT count(*) FROM energy_held WHERE episode = ?", (episode,)).fetchone()[0]
+        out["outbox"] = db.execute("SELECT count(*) FROM outbox_held WHERE episode = ?", (episode,)).fetchone()[0]
+        return out
+
+    def unrepaired_clock(self) -> list[dict]:
+        """Episodes not (yet) repaired, oldest first: the episode's columns, `rows` per table and
+        `energy` {meter: (counters held, first and last ts_us as the wrong clock said)}. Billing
+        never sees their counters (they are not in `energy`); it notes them (billing/allocate.py)."""
+        out = []
+        for e in self.clock_episodes(("untrusted", "unrepairable")):
+            e["rows"] = self.clock_episode_rows(e["id"])
+            e["energy"] = {m: (n, lo, hi) for m, n, lo, hi in self._db.execute(
+                "SELECT meter, count(*), min(ts_us), max(ts_us) FROM energy_held WHERE episode = ? GROUP BY meter "
+                "ORDER BY meter", (e["id"],))}
+            out.append(e)
+        return out
+
+    def record_clock_step(self, boot: str, wall_us: int, mono_us: int, step_us: int, trusted: bool, note: str) -> None:
+        self._db.execute("INSERT INTO clock_steps (boot, wall_us, mono_us, step_us, trusted, note) "
+                         "VALUES (?,?,?,?,?,?)",
+                         (boot, wall_us, mono_us, step_us, int(trusted), note))
+
+    def clock_steps(self) -> list[dict]:
+        cols = ("id", "boot", "wall_us", "mono_us", "step_us", "trusted", "note")
+        return [dict(zip(cols, r)) for r in self._db.execute(f"SELECT {', '.join(cols)} FROM clock_steps ORDER BY id")]
+
+    def repair_clock(self, fixes: list[tuple[int, int, int, int]], now_us: int,
+                     boot_start_us: int | None = None) -> dict[int, dict[str, int]]:
+        """Move the rows of untrusted episodes to true time, in one transaction. `fixes` are
+        (episode, offset_us, lo_us, hi_us): every timestamp the gateway's clock gave in the episode
+        (they lie in [lo, hi] of the wrong timeline) gets offset_us added; a patrol read's own
+        time does so only if it was the gateway's (online reader, in range), an alert's times
+        only those in range. Held energy counters go into `energy`, held points into the outbox
+        with their line's time (and a patrol point's delay_s) rebuilt. `boot_start_us` (true time
+        of this boot's start) bounds the unrepairable episodes that had no upper bound yet.
+        Returns rows moved per episode and table."""
+        out: dict[int, dict[str, int]] = {}
+        points: list[tuple] = []
+        held = 0
+        with _transaction(self._db, "IMMEDIATE") as db:
+            for ep, off, lo, hi in fixes:
+                n: dict[str, int] = {}
+                for t in ("readings", "device_status", "swipes", "door_events", "alert_history"):
+                    n[t] = db.execute(f"UPDATE {t} SET ts_us = ts_us + ?, episode = NULL WHERE episode = ?",
+                                      (off, ep)).rowcount
+                args = {"off": off, "lo": lo, "hi": hi, "ep": ep}
+                n["patrol_checkins"] = db.execute(
+                    "UPDATE OR REPLACE patrol_checkins SET received_us = received_us + :off, ts_us = CASE WHEN "
+                    "source != 'wand' AND ts_us BETWEEN :lo AND :hi THEN ts_us + :off ELSE ts_us END, episode = NULL "
+                    "WHERE episode = :ep", args).rowcount
+                n["alerts"] = db.execute(
+                    "UPDATE alerts SET "
+                    + ", ".join(f"{c} = CASE WHEN {c} BETWEEN :lo AND :hi THEN {c} + :off ELSE {c} END"
+                                for c in ("raised_us", "updated_us", "cleared_us", "acked_us"))
+                    + ", episode = NULL WHERE episode = :ep", args).rowcount
+                db.execute("INSERT INTO energy (meter, ts_us, kwh) SELECT meter, ts_us + :off, kwh FROM energy_held "
+                           "WHERE episode = :ep ORDER BY meter, ts_us, CAST(kwh AS REAL) ON CONFLICT (meter, ts_us) "
+                           "DO UPDATE SET kwh = excluded.kwh "
+                           "WHERE CAST(excluded.kwh AS REAL) > CAST(energy.kwh AS REAL)",
+                           args)
+                n["energy"] = db.execute("DELETE FROM energy_held WHERE episode = ?", (ep,)).rowcount
+                rows = db.execute("SELECT measurement, priority, ts_us, line, essential, shift_ts, shift_delay "
+                                  "FROM outbox_held WHERE episode = ? ORDER BY id", (ep,)).fetchall()
+                moved = [_retimed_point(r, off) for r in rows]
+                db.executemany("INSERT INTO outbox (measurement, priority, ts_ms, line, essential) VALUES (?,?,?,?,?)",
+                               moved)
+                db.execute("DELETE FROM outbox_held WHERE episode = ?", (ep,))
+                n["outbox"] = len(rows)
+                held += len(rows)
+                points += moved
+                db.execute("UPDATE clock_episodes SET state = 'repaired', offset_us = ?, rows = ?, repaired_us = ?, "
+                           "last_wall_us = max(last_wall_us, ?) WHERE id = ?", (off, sum(n.values()), now_us, hi, ep))
+                out[ep] = n
+            if boot_start_us is not None:
+                db.execute("UPDATE clock_episodes SET before_us = ? WHERE state = 'unrepairable' AND before_us IS NULL",
+                           (boot_start_us,))
+        self.outbox_held -= held
+        if points:
+            self.outbox_depth += len(points)
+            self.outbox_bytes += sum(len(p[3]) for p in points)
+            self.committed.set()
+        return out
+
+
+_DELAY = re.compile(r"([ ,])delay_s=([^ ,]+)( -?\d+)$")
+
+
+def _retimed_point(row: tuple, off: int) -> tuple:
+    """An outbox_held row as an outbox row (measurement, priority, ts_ms, line, essential), moved by
+    `off` µs: the line's timestamp (the last token) when the point's time was the gateway's, and a
+    patrol point's delay_s (its last field: arrival - reader time) when only the arrival moved."""
+    measurement, priority, ts_us, line, essential, shift_ts, shift_delay = row
+    ms = (ts_us + off if shift_ts else ts_us) // 1000
+
+    def fix(text: str | None) -> str | None:
+        if text is None:
+            return None
+        text = text[:text.rindex(" ") + 1] + str(ms)
+        if shift_delay:
+            def delay(m: re.Match) -> str:
+                us = round(float(m.group(2)) * 1_000_000) + off
+                return f"{m.group(1)}delay_s={timedelta(microseconds=us).total_seconds()!r}{m.group(3)}"
+            text = _DELAY.sub(delay, text)
+        return text
+    return measurement, priority, ms, fix(line), fix(essential)

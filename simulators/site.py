@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from gateway.config import ModbusTcpBus, SiteConfig, parse_site
 
+from .dlt645 import Dlt645PtyServer, Dlt645SimMeter
 from .meters import SimMeter
 from .modbus_server import LineTiming, MbapServer, ModbusLineServer, RtuPtyServer, RtuTcpServer
 
@@ -23,20 +24,27 @@ class SiteSimulation:
     """Simulators for every bus and meter of `cfg`, speaking each bus's own transport.
 
     Serial servers behind modbus_tcp buses are assumed to drive a 9600 8N1 line when
-    `line_speed` is on; modbus_rtu buses use their configured line settings.
+    `line_speed` is on; modbus_rtu buses use their configured line settings. A dlt645 bus is a
+    pty with DL/T 645 meters (simulators/dlt645.py), keyed by address, that answer only at the
+    bus's baud rate.
     """
 
     def __init__(self, cfg: SiteConfig, *, seed: int = 1, line_speed: bool = False,
                  clock: Callable[[], float] = time.time):
         self.cfg = cfg
         self._meters: dict[str, SimMeter] = {}
-        by_bus: dict[str, dict[int, SimMeter]] = {b.id: {} for b in cfg.buses}
+        by_bus: dict[str, dict] = {b.id: {} for b in cfg.buses}
         site = cfg.site
         for m in cfg.meters:  # disabled meters still hang on the wire
-            sim = SimMeter(cfg.models[m.model], m.unit, m.circuit, meter_seed(seed, m.id), clock,
-                           site.timezone, latitude=site.latitude, longitude=site.longitude)
+            if m.address is not None:  # on a dlt645 bus (the config checks say so)
+                sim = Dlt645SimMeter(cfg.models[m.model], m.address, m.circuit, meter_seed(seed, m.id), clock,
+                                     site.timezone, latitude=site.latitude, longitude=site.longitude)
+                by_bus[m.bus][m.address] = sim
+            else:
+                sim = SimMeter(cfg.models[m.model], m.unit, m.circuit, meter_seed(seed, m.id), clock,
+                               site.timezone, latitude=site.latitude, longitude=site.longitude)
+                by_bus[m.bus][m.unit] = sim
             self._meters[m.id] = sim
-            by_bus[m.bus][m.unit] = sim
         self.servers: dict[str, ModbusLineServer] = {}
         for bus in cfg.buses:
             units = by_bus[bus.id]
@@ -44,6 +52,9 @@ class SiteSimulation:
                 timing = LineTiming() if line_speed else None
                 cls = MbapServer if bus.framer == "socket" else RtuTcpServer
                 self.servers[bus.id] = cls(units, timing)
+            elif bus.type == "dlt645":
+                line = LineTiming(bus.baudrate, bus.bytesize, bus.parity, bus.stopbits)
+                self.servers[bus.id] = Dlt645PtyServer(units, line if line_speed else None, line=line)
             else:
                 timing = (LineTiming(bus.baudrate, bus.bytesize, bus.parity, bus.stopbits)
                           if line_speed else None)
@@ -83,7 +94,12 @@ class SiteSimulation:
             raise RuntimeError("start the simulation first: ports are chosen at start")
         out: dict[str, dict[str, Any]] = {}
         for bus_id, server in self.servers.items():
-            if isinstance(server, RtuPtyServer):
+            if isinstance(server, Dlt645PtyServer):
+                # Linux refuses parity on a pty (tcsetattr fails with EINVAL when PARENB is all
+                # that changes, as pyserial's second configure does): the simulated DL/T 645
+                # line is 8N1 at the bus's baud rate.
+                out[bus_id] = {"port": server.port_path, "parity": "N"}
+            elif isinstance(server, RtuPtyServer):
                 out[bus_id] = {"port": server.port_path}
             else:
                 out[bus_id] = {"host": server.host, "port": server.port}

@@ -39,7 +39,7 @@ def test_good_file_loads(tmp_path):
 
 def test_example_site_is_the_reference_site():
     cfg = load_site(EXAMPLE_SITE)
-    assert len(cfg.meters) == 145 and len(cfg.buses) == 7
+    assert len(cfg.meters) == 145 and len(cfg.buses) == 8
     kinds = [m.circuit for m in cfg.meters]
     assert kinds.count("stairwell_lighting") == 96 and kinds.count("lift") == 24
     assert kinds.count("street_lighting") == 16 and kinds.count("pump") == 4
@@ -65,7 +65,7 @@ def test_every_problem_is_listed_with_its_path(tmp_path):
         "meters[2].model: no meter model 'nope'",
         "meters[3].unit: unit 1 on bus 'bus-b01' is already meters[0] ('B01-stair')",
         "buses[0].password: secrets are not written in the site file: use 'password_env'",
-        "buses[2]: unknown type 'modbus_foo' (expected one of: 'modbus_tcp', 'modbus_rtu')",
+        "buses[2]: unknown type 'modbus_foo' (expected one of: 'modbus_tcp', 'modbus_rtu', 'dlt645')",
         "buses[2].id: 'bus-b01' is already used by buses[0]",
     ]
     for line in expected:
@@ -103,7 +103,7 @@ def _cli(*args):
 def test_check_config_cli_ok_and_bad(tmp_path):
     ok = _cli("check-config", str(EXAMPLE_SITE))
     assert ok.returncode == 0, ok.stderr
-    assert "145 meters" in ok.stdout and "7 buses" in ok.stdout
+    assert "145 meters" in ok.stdout and "8 buses" in ok.stdout
     bad = tmp_path / "bad.yaml"
     data = yaml.safe_load(yaml.safe_dump(GOOD, allow_unicode=True))
     data["meters"][0]["bus"] = "rs485-x"

@@ -69,7 +69,7 @@ class _Ledger:
     commit_interval_s = 1.0
 
     def __init__(self):
-        self.commits, self.pending = 0, 0
+        self.commits, self.pending, self.holding = 0, 0, False
 
 
 def test_health_needs_progress_of_every_bus_and_the_ledger():
@@ -96,6 +96,9 @@ def test_health_needs_progress_of_every_bus_and_the_ledger():
         a.polls += 1
         b.polls += 1
     assert now[0] - start > 30 and "no commit" in h.check()[1]
+    gw.ledger.holding = True                # the disk is full and the ledger holds rows on purpose
+    assert h.check() == (True, "ok")
+    gw.ledger.holding = False
     gw.ledger.commits += 1
     assert h.check() == (True, "ok")
 

@@ -79,3 +79,21 @@ async def test_wecom_robot_text_message():
     assert text.startswith("【万户新居】已确认（严重）")
     assert "1号楼楼道照明 电压 240.0 V" in text and "时间 11-24 03:02" in text and "确认人 张师傅：已处理" in text
     assert body_wecom(change(2), "x", ZoneInfo("Asia/Shanghai"))["text"]["content"].startswith("【x】告警（严重）")
+
+
+def test_updates_do_not_go_to_the_group_chat():
+    """A round's next late checkpoint (an "updated" change) stays on the console and MQTT."""
+    from datetime import datetime, timezone
+    from zoneinfo import ZoneInfo
+
+    from gateway.events import Alert, AlertChange
+    from gateway.sinks.webhook import Webhook
+
+    w = Webhook("duty", "http://127.0.0.1:9/", "wecom", {"warning", "critical"}, "万户新居", ZoneInfo("Asia/Shanghai"))
+    now = datetime(2026, 12, 2, tzinfo=timezone.utc)
+    a = Alert(id="patrol/north@0/1", rule="patrol", kind="patrol", source="north@0", severity="warning",
+              state="active", message="北环线 巡更：迟到", message_en="late", raised_at=now, updated_at=now)
+    for what in ("raised", "updated", "updated", "acknowledged", "cleared"):
+        w.offer(AlertChange(a, what))
+    assert [c.what for c in w._queue] == ["raised", "acknowledged", "cleared"]
+    assert w.skipped_updates == 2

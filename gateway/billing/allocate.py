@@ -205,13 +205,14 @@ def allocate(cfg: SiteConfig, ledger: Ledger, month: str, bill: Decimal | None =
     reference: list[MeterMonth] = []
     quality: list[QualityNote] = []
     use_kwh = [ZERO] * len(plan.uses)
+    unrepaired = ledger.unrepaired_clock() if hasattr(ledger, "unrepaired_clock") else []
     for m in cfg.meters:
         if not m.enabled:
             continue
         iv = read_meter(ledger, cfg, m, plan)
         if intervals_out is not None:
             intervals_out[m.id] = iv
-        quality += iv.notes
+        quality += iv.notes + clock_notes(unrepaired, m, plan)
         mm, by_use = price_meter(m, iv, plan, group_of.get(m.id))
         if m.circuit == "main_supply":
             reference.append(mm)
@@ -282,6 +283,39 @@ def allocate(cfg: SiteConfig, ledger: Ledger, month: str, bill: Decimal | None =
         groups=group_months, households=hh, quality=sorted(quality, key=_quality_order), tariff_use=tariff_use,
         metered_cost=metered, bill=bill, difference=difference, difference_rule=rule, recovered=recovered,
         generated_at=(now or datetime.now(timezone.utc)).astimezone(plan.tz), notes=notes)
+
+
+def clock_notes(unrepaired: list[dict], m: Meter, plan: MonthPlan) -> list[QualityNote]:
+    """Counters recorded while the wall clock was wrong and not repaired (the box restarted before
+    the clock was set, or it is still not set: gateway/timesync.py) are not in `energy`, so the
+    month never reads a 1970 counter; the energy of that stretch is interpolated between the
+    trusted counters around it, like any gap. One note per meter and clock episode, over the span
+    of true time the episode is known to lie in (after the newest trusted time known when it began,
+    before this boot's start), clipped to the month. `unrepaired`: Ledger.unrepaired_clock()."""
+    notes = []
+    for ep in unrepaired:
+        held = ep["energy"].get(m.id)
+        if held is None:
+            continue
+        lo = ep["after_us"] if ep["after_us"] is not None else plan.start_us
+        hi = ep["before_us"] if ep["before_us"] is not None else plan.end_us
+        if hi < plan.start_us or lo >= plan.end_us:
+            continue
+        n, first, last = held
+        said = f"{datetime.fromtimestamp(first / 1e6, timezone.utc):%Y-%m-%d %H:%M}…" \
+               f"{datetime.fromtimestamp(last / 1e6, timezone.utc):%Y-%m-%d %H:%M} UTC"
+        later = ep["state"] == "untrusted"
+        notes.append(QualityNote(
+            m.id, "gap", datetime.fromtimestamp(max(lo, plan.start_us) / 1e6, timezone.utc).astimezone(plan.tz),
+            datetime.fromtimestamp(min(hi, plan.end_us) / 1e6, timezone.utc).astimezone(plan.tz), None,
+            f"网关时钟不可信期间记录的 {n} 个读数（时钟显示 {said}，时钟段 {ep['id']}）"
+            f"{'尚未修复' if later else '无法修复（时钟校准前网关重启过）'}：真实时间只知在此区间内，未计入，"
+            f"该段电量按前后可信读数插值",
+            f"{n} counters recorded while the gateway's clock was wrong (it said {said}; clock episode {ep['id']}) "
+            f"{'are not repaired yet' if later else 'cannot be repaired (the box restarted before its clock was set)'}"
+            f": their true time is only known to lie in this span, so they are left out and the span is "
+            f"interpolated between trusted counters"))
+    return notes
 
 
 def _quality_order(q: QualityNote):

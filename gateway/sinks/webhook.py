@@ -57,11 +57,16 @@ class Webhook:
         self.backoff_max_s = backoff_max_s
         self._queue: deque[AlertChange] = deque(maxlen=queue_max)
         self._ready = asyncio.Event()
-        self.sent = self.failures = self.dropped = 0
+        self.sent = self.failures = self.dropped = self.skipped_updates = 0
         self._down = ""
 
     def offer(self, change: AlertChange) -> None:
         if change.alert.severity not in self.severities:
+            return
+        if change.what == "updated":
+            # A round's next late checkpoint or a card's next swipe updates the console and MQTT;
+            # a group chat gets the raise, the reminders, the acknowledgement and the clear.
+            self.skipped_updates += 1
             return
         if len(self._queue) == self._queue.maxlen:
             self.dropped += 1

@@ -75,7 +75,8 @@ def _num(v: float | None) -> float | None:
 
 def meter_row(m, last: dict | None, status: dict | None, now_us: int, tz: ZoneInfo) -> dict:
     values = last["values"] if last else {}
-    row = {"id": m.id, "name": m.name, "bus": m.bus, "unit": m.unit, "model": m.model, "circuit": m.circuit,
+    row = {"id": m.id, "name": m.name, "bus": m.bus, "unit": m.unit, "address": getattr(m, "address", None),
+           "model": m.model, "circuit": m.circuit,
            "building": m.building, "poll_s": m.poll_s, "enabled": m.enabled, "state": state_of(last, status),
            "status_reason": status["reason"] if status else "", "last_seen_us": last["ts_us"] if last else None,
            "last_seen": from_us(last["ts_us"]).astimezone(tz).strftime("%m-%d %H:%M:%S") if last else "",
