@@ -531,8 +531,11 @@ async def test_gateway_restarted_takes_its_alerts_back(tmp_path, mqtt_broker):  
         patched["rules"] = [r for r in patched["rules"] if r["id"] != "old-test"]   # removed from the site file
         second, seen2 = await run_once(parse_site(patched, base_dir=tmp_path),
                                        lambda gw, seen: gw.rules is not None and gw.rules.handled >= 8)
-    assert [(c.what, c.alert.rule, c.alert.details.get("cleared_because")) for c in seen2] == \
-        [("cleared", "old-test", "rule removed from the site file")]      # and voltage-test not raised again
+    # voltage-test is not raised again; the restored alert itself may be updated when a reading is
+    # higher than its value (the threshold rule's "worse" update: it depends on the simulator's noise)
+    assert [(c.what, c.alert.rule, c.alert.details.get("cleared_because")) for c in seen2 if c.what != "updated"] == \
+        [("cleared", "old-test", "rule removed from the site file")]
+    assert all(c.alert.id == raised.id for c in seen2 if c.what == "updated")
     assert second.restored.alerts == 1 and second.restored.cleared == 1 and second.restored.counters == 2
     db = sqlite3.connect(tmp_path / "gw.db")
     assert sorted(db.execute("SELECT rule, state, id = ? FROM alerts", (raised.id,)).fetchall()) == \
