@@ -684,3 +684,23 @@ async def test_allocation_summary_report_and_downloads(billed, tmp_path):
     async with console(cfg) as base, logged_in(base, "boss", lang="en") as s:
         main = main_of(await get(s, base + "/allocation"), "allocation")
         assert "Metered cost" in main and "3124.80 yuan" in main and "The report files are gone" in main
+
+
+async def test_every_page_says_when_the_clock_is_not_trusted(field):
+    """While the gateway's clock is untrusted the rules hold their judgement (gateway/timesync.py):
+    the people on duty must see that on every page, and the banner goes once it is trusted."""
+    from types import SimpleNamespace
+
+    from gateway.hub import Hub
+    cfg, now = field
+    ts = SimpleNamespace(trusted=False, reason="the clock says 1970-01-01")
+    gw = SimpleNamespace(timesync=ts, rules=None, hub=Hub(), buses=[], ledger=None, clock=None, started_at=None)
+    async with console(cfg, gateway=gw) as base, logged_in(base, "wang") as s:
+        for page in ("/alarms", "/patrol", "/access"):
+            html = await get(s, base + page)
+            assert 'id="clock-banner"' in html and "告警暂停判断" in html and "1970-01-01" in html, page
+        async with s.get(base + "/lang/en", allow_redirects=False):
+            pass
+        assert "alarms are held back" in await get(s, base + "/alarms")
+        ts.trusted = True
+        assert 'id="clock-banner"' not in await get(s, base + "/alarms")

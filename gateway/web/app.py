@@ -98,8 +98,17 @@ def page_context(request: Request, ctx: WebContext, **extra) -> dict:
     if "csrf" not in request.session:
         request.session["csrf"] = new_csrf()
     return {"request": request, "t": translator(lang), "lang": lang, "user": user, "role": role,
-            "csrf": request.session["csrf"], "site": ctx.cfg.site,
+            "csrf": request.session["csrf"], "site": ctx.cfg.site, "clock_warning": clock_warning(ctx),
             "nav": [(key, href) for key, href, perm in NAV if may(role, perm)], "path": request.url.path, **extra}
+
+
+def clock_warning(ctx: WebContext) -> str | None:
+    """Why the wall clock is not trusted, when the gateway says so: the rules judge nothing until
+    it is (gateway/timesync.py), and the people on duty must know that alarms are held back."""
+    ts = getattr(ctx.gateway, "timesync", None) if ctx.gateway is not None else None
+    if ts is None or ts.trusted:
+        return None
+    return ts.reason or "?"
 
 
 def create_app(ctx: WebContext) -> Starlette:
