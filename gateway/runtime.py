@@ -79,7 +79,6 @@ class Gateway:
         self.timesync = None
         self._held_events = None             # what the rules did not judge while the clock was untrusted
         self._start_untrusted = False        # started_at came from an untrusted clock
-        self._acked_untrusted: set[str] = set()
 
     def stop(self) -> None:
         self._stop.set()
@@ -270,14 +269,20 @@ class Gateway:
                     events = []
                 if ts is not None:
                     if not ts.settled:
-                        # The wall clock is not trusted: nothing is judged on it (no ticks: no patrol
-                        # deadline, stale meter or held door), and the events wait to be judged with
-                        # their repaired times (gateway/timesync.py).
+                        # The wall clock is not trusted: an unknown card or a forced door is still
+                        # judged at once (those rules need only the event); nothing else is (no ticks:
+                        # no patrol deadline, stale meter or held door), and the events wait to be
+                        # judged by the other rules with their repaired times (gateway/timesync.py).
+                        for e in events:
+                            engine.handle(e, "untrusted")
                         held.hold(events)
                         next_tick = self.clock.monotonic() + 1.0
                         continue
                     if self.restored is None:     # started while untrusted: started_at is repaired now
                         self.restore_rules(self.started_at)
+                    if len(held):
+                        for e in held.release():
+                            engine.handle(e, "deferred")
                     events = held.release(events)
                 for e in events:
                     engine.handle(e)
@@ -324,8 +329,6 @@ class Gateway:
     def ack_alert(self, alert_id: str, by: str, note: str):
         """A person acknowledges an open alert (CLI or console); recorded with the traffic."""
         alert = self.rules.ack(alert_id, by, note, self.clock.now())
-        if alert is not None and self.timesync is not None and not self.timesync.trusted:
-            self._acked_untrusted.add(alert.id)   # its ack time is moved when the clock is repaired
         if alert is not None and self.recorder is not None:
             self.recorder.ack(self.clock.now(), alert.rule, alert.source, by, note)
         return alert
@@ -510,23 +513,22 @@ class Gateway:
         return [("clock watch", ts.run)]
 
     def _clock_repaired(self, repairs) -> None:
-        """The clock is trusted and the ledger repaired: the start time and the acks given while
-        the clock was untrusted move to true time too."""
+        """The clock is trusted and the ledger repaired: the start time, the open alerts (raised,
+        updated or acknowledged while the clock was untrusted) and the live-judged rules' own times
+        move to true time too."""
         from .clock import from_us, to_us
         ts = self.timesync
         if self._start_untrusted and ts.started_mono is not None:
             self.started_at = from_us(ts.true_wall_us(ts.started_mono))
             self._start_untrusted = False
-        if self.rules is None or not self._acked_untrusted:
+        if self.rules is None:
             return
-        for alert_id in self._acked_untrusted:
-            a = self.rules.book.by_id(alert_id)
-            for attr in ("acked_at", "updated_at", "cleared_at") if a is not None else ():
-                t = getattr(a, attr)
-                span = ts.timeline.find(to_us(t)) if t is not None else None
-                if span is not None and span.state == "repaired":
-                    setattr(a, attr, from_us(to_us(t) + span.offset))
-        self._acked_untrusted.clear()
+
+        def repaired(t):
+            span = ts.timeline.find(to_us(t)) if t is not None else None
+            return from_us(to_us(t) + span.offset) if span is not None and span.state == "repaired" else t
+        # open alerts (raised live, or acknowledged, while untrusted) and the live rules' own times
+        self.rules.shift_times(repaired)
 
     def self_metrics(self) -> list[GatewayStats]:
         now = self.clock.now()

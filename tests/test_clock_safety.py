@@ -613,3 +613,75 @@ def test_ledger_schema_keeps_untrusted_rows_apart(tmp_path):
         assert "episode" in [c[1] for c in db.execute(f"PRAGMA table_info({t})")], t
     assert {"clock_episodes", "clock_steps", "energy_held", "outbox_held"} <= \
         {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+async def test_an_unknown_card_and_a_forced_door_reach_the_guards_while_the_clock_is_untrusted(tmp_path):
+    """Rules that need only the event judge at once on an untrusted clock; their open alerts move
+    to true time when it is repaired; the rules that need the time of day still wait."""
+    boot = datetime(2026, 11, 23, 3, 0, tzinfo=TZ)               # true time at power-up; the box says 1970
+    src = FakeClockSource(datetime(1970, 1, 1, 0, 0, 5, tzinfo=UTC), mono_s=5, boot="b1", synced=False)
+    mono0 = src.mono
+    clock = SourceClock(src)
+    (tmp_path / "cards.csv").write_text("number,holder,household,role,valid_from,valid_to,revoked\n"
+                                        "1234567890,张伟,B01-1-101,staff:guard,,,\n", encoding="utf-8")
+    cfg = parse_site({
+        "site": SITE, "storage": {"path": str(tmp_path / "gw.db")},
+        "doors": [{"id": "gate-s", "name": "南门"}],
+        "cards": {"file": "cards.csv"},
+        "rules": [{"id": "door-forced", "kind": "door", "check": "forced_open", "severity": "critical"},
+                  {"id": "bad-card", "kind": "access", "check": "invalid_card"},
+                  {"id": "staff-hours", "kind": "access", "check": "staff_hours",
+                   "hours": {"start": "06:00", "end": "22:00"}}]}, base_dir=tmp_path)
+    gw = Gateway(cfg, clock=clock)
+    gw.ledger = Ledger(gw.cfg.storage_path)
+    gw._watch_clock()
+    ts = gw.timesync
+    assert not ts.trusted
+    gw._alerting()
+    changes = gw.hub.subscribe(AlertChange, name="test")
+    task = asyncio.create_task(gw._run_rules())
+
+    def true_now() -> datetime:
+        return boot + timedelta(microseconds=src.mono - mono0)
+
+    async def settle() -> None:
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+    try:
+        await settle()                          # the rules task subscribes to the hub
+        src.advance(seconds=60)
+        ts.check()
+        gw.hub.publish(DoorEvent("gate-s", "forced_open", clock.now(), "mqtt"))
+        gw.hub.publish(CardSwipe("r1", "gate-s", "in", clock.now(), "3999999999", "h", "unknown"))
+        # a guard's own card at 03:01 true time: staff hours would object, but only on a trusted clock
+        gw.hub.publish(CardSwipe("r1", "gate-s", "in", clock.now(), "1234567890", "h2", "staff", holder="张伟",
+                                 role="staff:guard"))
+        await settle()
+        live = [(c.what, c.alert.rule) for c in changes.take_all()]
+        assert sorted(live) == [("raised", "bad-card"), ("raised", "door-forced")]    # at once, not held
+        forced = gw.rules.book.get("door-forced", "gate-s")
+        assert forced.raised_at.year == 1970
+        # NTP: the clock is stepped to true time and repaired
+        src.advance(seconds=30)
+        src.step(to=true_now())
+        src.synced = True
+        ts.check()
+        assert ts.trusted
+        async with asyncio.timeout(10):          # the rules' next turn gives the held events back
+            while len(gw._held_events):
+                await asyncio.sleep(0.05)
+        await settle()
+        assert abs((forced.raised_at - (boot + timedelta(seconds=60))).total_seconds()) < 1
+        assert gw.rules.book.get("door-forced", "gate-s") is forced            # the same alert, not a second one
+        after = [(c.what, c.alert.rule) for c in changes.take_all()]
+        assert ("raised", "door-forced") not in after and ("raised", "bad-card") not in after
+        assert ("raised", "staff-hours") in after         # judged after the repair, at its true 03:01
+        staff = gw.rules.book.get("staff-hours", "gate-s")
+        assert abs((staff.raised_at - (boot + timedelta(seconds=60))).total_seconds()) < 1 and "03:01" in staff.message
+        gw.hub.publish(DoorEvent("gate-s", "closed", clock.now(), "mqtt"))
+        await settle()
+        assert ("cleared", "door-forced") in [(c.what, c.alert.rule) for c in changes.take_all()]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        gw.ledger.close()

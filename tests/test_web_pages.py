@@ -698,9 +698,9 @@ async def test_every_page_says_when_the_clock_is_not_trusted(field):
     async with console(cfg, gateway=gw) as base, logged_in(base, "wang") as s:
         for page in ("/alarms", "/patrol", "/access"):
             html = await get(s, base + page)
-            assert 'id="clock-banner"' in html and "告警暂停判断" in html and "1970-01-01" in html, page
+            assert 'id="clock-banner"' in html and "告警暂停判断" in html and "强行开门照常报警" in html and "1970-01-01" in html, page
         async with s.get(base + "/lang/en", allow_redirects=False):
             pass
-        assert "alarms are held back" in await get(s, base + "/alarms")
+        assert "time-based alarms (patrol, offline meters ...) are held back" in await get(s, base + "/alarms")
         ts.trusted = True
         assert 'id="clock-banner"' not in await get(s, base + "/alarms")

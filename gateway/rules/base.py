@@ -100,6 +100,14 @@ class Rule:
 
     kind = ""
     wants: tuple[type, ...] = ()
+    # Judged at once even while the wall clock is untrusted (gateway/timesync.py): rules that need
+    # only the event itself (an unknown card, a forced door), which the guards must see at once.
+    # The others wait for the clock and judge the held events with their repaired times.
+    judged_untrusted = False
+
+    def shift_times(self, repaired) -> None:
+        """The clock was repaired: move the times this rule keeps (`repaired(t)` gives the true
+        time of a time recorded under the untrusted clock). Only rules judged untrusted keep any."""
 
     def __init__(self, cfg: Any, site: SiteView, book: AlertBook):
         self.cfg = cfg

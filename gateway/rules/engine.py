@@ -77,17 +77,35 @@ class Engine:
             return every
         return DEFAULT_RENOTIFY_S if a.severity == "critical" else None
 
-    def handle(self, event: object) -> None:
+    def handle(self, event: object, part: str | None = None) -> None:
+        """`part`: None, every rule; "untrusted", only the rules judged while the wall clock is
+        untrusted; "deferred", only the others (given the held events once the clock is repaired)."""
         entry = self._index.get(type(event))
         if entry is None:
             return
         self.handled += 1
         keyed, anyone = entry
-        if keyed:
-            for r in keyed.get(_KEY[type(event)](event), ()):
+        if part is None:
+            if keyed:
+                for r in keyed.get(_KEY[type(event)](event), ()):
+                    r.on_event(event)
+            for r in anyone:
                 r.on_event(event)
-        for r in anyone:
-            r.on_event(event)
+            return
+        live = part == "untrusted"
+        for r in (*(keyed.get(_KEY[type(event)](event), ()) if keyed else ()), *anyone):
+            if r.judged_untrusted == live:
+                r.on_event(event)
+
+    def shift_times(self, repaired) -> None:
+        """The clock was repaired: open alerts and the live-judged rules' times move to true time."""
+        for a in self.book.active():
+            a.raised_at, a.updated_at = repaired(a.raised_at), repaired(a.updated_at)
+            if a.acked_at is not None:
+                a.acked_at = repaired(a.acked_at)
+        for r in self.rules:
+            if r.judged_untrusted:
+                r.shift_times(repaired)
 
     def tick(self, now: datetime) -> None:
         self.last_tick = now
@@ -132,6 +150,12 @@ class Engine:
                 dupes.append(older)
             latest[(a.rule, a.source)] = a
         for a in latest.values():
+            mine = self.book.get(a.rule, a.source)
+            if mine is not None:   # judged live since the start (the clock was untrusted): it stands
+                if mine.id != a.id:
+                    self.book.clear_detached(a, now, "superseded by the alert raised since the restart")
+                    counts["cleared"] += 1
+                continue
             rule = self.by_id.get(a.rule)
             why = ""
             latching: bool | None = False

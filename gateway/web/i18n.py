@@ -18,7 +18,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "language": "English", "role_guard": "保安", "role_electrician": "电工", "role_accountant": "会计",
         "role_admin": "管理员", "not_found": "没有找到", "back": "返回", "acked_ok": "已确认",
         "csrf_failed": "表单已过期，请刷新页面后重试",
-        "clock_untrusted": "网关时钟未校准：告警暂停判断，时钟校准后补判（请检查网络或手动设置时间）",
+        "clock_untrusted": "网关时钟未校准：巡更、离线等与时间有关的告警暂停判断，时钟校准后补判；刷卡和强行开门照常报警"
+                           "（请检查网络或手动设置时间）",
         # pages: meters, patrol, access, allocation, health
         "bus": "总线", "buses": "总线", "meter": "电表", "circuit": "回路", "voltage": "电压", "current": "电流",
         "power": "功率", "energy": "电能表读数", "last_seen": "最后通信", "disabled": "已停用",
@@ -75,7 +76,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "sound_on": "Turn on sound", "language": "中文", "role_guard": "guard", "role_electrician": "electrician",
         "role_accountant": "accountant", "role_admin": "admin", "not_found": "Not found", "back": "Back",
         "acked_ok": "Acknowledged", "csrf_failed": "The form has expired: reload the page and try again",
-        "clock_untrusted": "The gateway's clock is not set: alarms are held back and judged once it is "
+        "clock_untrusted": "The gateway's clock is not set: time-based alarms (patrol, offline meters ...) "
+                           "are held back and judged once it is; cards and forced doors still alarm "
                            "(check the network, or set the time by hand)",
         # pages: meters, patrol, access, allocation, health
         "bus": "Bus", "buses": "Buses", "meter": "Meter", "circuit": "Circuit", "voltage": "Voltage",
