@@ -397,6 +397,17 @@ class Tariff(_Strict):
         for name, p in self.prices.items():
             if p < 0:
                 raise ValueError(f"prices.{name}: a price cannot be negative")
+        owner = self.period_of_minute()
+        if "" in owner:
+            m = owner.index("")
+            raise ValueError(f"periods do not cover the whole day: {m // 60:02d}:{m % 60:02d} has no period")
+        return self
+
+    def period_of_minute(self) -> list[str]:
+        """The period name of each minute of the day (0..1439; '' where none); 'flat' for a
+        one-price tariff. A malformed or overlapping span is a ValueError."""
+        if self.price is not None:
+            return ["flat"] * 1440
         owner = [""] * 1440
         for name, spans in self.periods.items():
             for span in spans:
@@ -406,21 +417,6 @@ class Tariff(_Strict):
                 for m in range(_minutes(a), _minutes(b)):
                     if owner[m]:
                         raise ValueError(f"periods.{name}: {span} overlaps period '{owner[m]}'")
-                    owner[m] = name
-        if "" in owner:
-            m = owner.index("")
-            raise ValueError(f"periods do not cover the whole day: {m // 60:02d}:{m % 60:02d} has no period")
-        return self
-
-    def period_of_minute(self) -> list[str]:
-        """The period name of each minute of the day (0..1439); 'flat' for a one-price tariff."""
-        if self.price is not None:
-            return ["flat"] * 1440
-        owner = [""] * 1440
-        for name, spans in self.periods.items():
-            for span in spans:
-                a, b = span.split("-")
-                for m in range(_minutes(a), _minutes(b)):
                     owner[m] = name
         return owner
 

@@ -227,13 +227,18 @@ class _ModelDef(BaseModel):
     @field_validator("fields")
     @classmethod
     def _names(cls, v: dict[str, _FieldDef]) -> dict[str, _FieldDef]:
-        import re
-        for name in v:
-            if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
-                raise ValueError(f"field name '{name}' must be lower_snake_case")
-        if not v:
-            raise ValueError("a model needs at least one field")
-        return v
+        return check_field_names(v)
+
+
+def check_field_names(fields: dict) -> dict:
+    """Field names shared by every model kind: lower_snake_case, at least one."""
+    import re
+    for name in fields:
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+            raise ValueError(f"field name '{name}' must be lower_snake_case")
+    if not fields:
+        raise ValueError("a model needs at least one field")
+    return fields
 
 
 class ModelError(Exception):

@@ -193,9 +193,10 @@ def price_meter(m: Meter, iv: MeterIntervals, plan: MonthPlan, group: str | None
 # ---- the month ------------------------------------------------------------------------------------
 
 def allocate(cfg: SiteConfig, ledger: Ledger, month: str, bill: Decimal | None = None,
-             now: datetime | None = None, intervals_out: dict[str, MeterIntervals] | None = None) -> AllocationResult:
+             now: datetime | None = None, intervals_out: dict[str, MeterIntervals] | None = None,
+             plan: MonthPlan | None = None) -> AllocationResult:
     """The month's allocation; `intervals_out`, if given, receives each meter's slots."""
-    plan = plan_month(month, cfg.site.timezone, cfg.tariffs)
+    plan = plan or plan_month(month, cfg.site.timezone, cfg.tariffs)
     households = sorted(load_households(cfg.base_dir / cfg.allocation.households_file), key=lambda h: h.id)
     groups, problems = plan_groups(cfg, households)
     if problems:

@@ -96,9 +96,9 @@ class _Walk:
         after adjustments); records the counter at the month's boundaries on the way."""
         s, e = self.start_us, self.end_us
         if t0 <= s <= t1 and self.out.first_counter is None:
-            self.out.first_counter = c0 + self._part(delta, t0, t1, t0, s)
+            self.out.first_counter = c0 + self._part(delta, t0, t1, s)
         if t0 <= e <= t1 and self.out.last_counter is None:
-            self.out.last_counter = c0 + self._part(delta, t0, t1, t0, e)
+            self.out.last_counter = c0 + self._part(delta, t0, t1, e)
         if t1 <= s or t0 >= e or delta == 0:
             return
         kwh = self.out.kwh
@@ -114,7 +114,7 @@ class _Walk:
         for k in range(max(i0, 0), min(i1, len(kwh) - 1) + 1):
             a = max(t0, s + k * SLOT_US)
             b = min(t1, s + (k + 1) * SLOT_US)
-            share = self._part(delta, t0, t1, t0, b) - self._part(delta, t0, t1, t0, a)
+            share = self._part(delta, t0, t1, b) - self._part(delta, t0, t1, a)
             kwh[k] += share
             in_month += share
             if gap:
@@ -129,7 +129,7 @@ class _Walk:
                       f"{delta} kWh spread linearly over time, {in_month} kWh in this month (estimated)")
 
     @staticmethod
-    def _part(delta: Decimal, t0: int, t1: int, _a: int, x: int) -> Decimal:
+    def _part(delta: Decimal, t0: int, t1: int, x: int) -> Decimal:
         """Energy of the step up to time x (linear in time; exact at both ends)."""
         if x <= t0:
             return ZERO

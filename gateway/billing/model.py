@@ -121,9 +121,3 @@ class AllocationResult:
     def note_texts(self, lang: str) -> list[str]:
         return [zh if lang == "zh" else en for zh, en in self.notes]
 
-    @property
-    def period_kwh(self) -> dict[str, Decimal]:
-        out: dict[str, Decimal] = {}
-        for u in self.tariff_use:
-            out[u.period] = out.get(u.period, Decimal(0)) + u.kwh
-        return out

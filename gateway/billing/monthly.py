@@ -43,11 +43,11 @@ def run_month(cfg: SiteConfig, month: str, out_dir: Path, bill: Decimal | None =
     ledger = Ledger(cfg.storage_path)
     try:
         intervals: dict = {}
-        result = allocate(cfg, ledger, month, bill, now, intervals_out=intervals)
+        plan = plan_month(month, cfg.site.timezone, cfg.tariffs)
+        result = allocate(cfg, ledger, month, bill, now, intervals_out=intervals, plan=plan)
         files = write_all(result, out_dir, lang=lang)
         run_id, points = None, 0
         if keep:
-            plan = plan_month(month, cfg.site.timezone, cfg.tariffs)
             where = {m.meter: (m.building, m.circuit, m.group) for m in result.meters + result.reference}
             rows = outbox_rows(result, plan, {k: v for k, v in intervals.items() if k in where}, where)
             if cfg.influxdb is None:

@@ -22,8 +22,7 @@ def outbox_rows(result: AllocationResult, plan: MonthPlan, intervals: dict, buil
     """The rows, one at a time (a month is about 440,000 of them).
     `intervals`: meter -> MeterIntervals; `buildings`: meter -> (building, circuit, group)."""
     site = result.site_id
-    period_of = [plan.uses[parts[-1][0]].period if len(parts) == 1 else
-                 plan.uses[max(parts, key=lambda p: p[1])[0]].period for parts in plan.slot_uses]
+    period_of = [plan.uses[max(parts, key=lambda p: p[1])[0]].period for parts in plan.slot_uses]
     for meter, iv in intervals.items():
         building, circuit, group = buildings[meter]
         tags = {"site": site, "meter": meter, "building": building or "", "circuit": circuit, "group": group or ""}

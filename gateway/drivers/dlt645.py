@@ -44,6 +44,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..clock import REAL_CLOCK, Clock
+from ..meter_models import check_field_names
 from .scheduler import BusDown, Garbled, MeterState, NoAnswer, PolledBus, PollError
 
 # ---- frames ----------------------------------------------------------------------------------
@@ -335,12 +336,7 @@ class _ModelDef(BaseModel):
     @field_validator("fields")
     @classmethod
     def _names(cls, v: dict[str, _FieldDef]) -> dict[str, _FieldDef]:
-        for name in v:
-            if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
-                raise ValueError(f"field name '{name}' must be lower_snake_case")
-        if not v:
-            raise ValueError("a model needs at least one field")
-        return v
+        return check_field_names(v)
 
 
 def parse_model(data: Any, path: Path) -> Dlt645Model:

@@ -79,6 +79,19 @@ def _frame(title: str, kind: str, extra: str = "") -> str:
             f'xmlns="http://www.w3.org/2000/svg"{extra}><title>{escape(title)}</title>')
 
 
+def _y_axis(parts: list[str], lo: float, hi: float, step: float):
+    """Draw the horizontal grid with its labels; returns the value -> y mapping."""
+    def y(v: float) -> float:
+        return TOP + PLOT_H * (hi - v) / (hi - lo)
+    g = lo
+    while g <= hi + step / 2:
+        parts.append(f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{y(g):.1f}" y2="{y(g):.1f}" stroke="#e3e6ea"/>'
+                     f'<text x="{LEFT - 4}" y="{y(g) + 4:.1f}" text-anchor="end" font-size="11" fill="#555">'
+                     f'{_fmt(g, step)}</text>')
+        g += step
+    return y
+
+
 def line_chart(points: list[tuple[int, float | None]], start_us: int, end_us: int, tz: ZoneInfo,
                title: str, unit: str = "", empty_text: str = "") -> Markup:
     """A line over time; None values break the line."""
@@ -94,14 +107,7 @@ def line_chart(points: list[tuple[int, float | None]], start_us: int, end_us: in
     else:
         lo, hi, step = 0.0, 1.0, 0.25
 
-    def y(v: float) -> float:
-        return TOP + PLOT_H * (hi - v) / (hi - lo)
-    g = lo
-    while g <= hi + step / 2:
-        parts.append(f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{y(g):.1f}" y2="{y(g):.1f}" stroke="#e3e6ea"/>'
-                     f'<text x="{LEFT - 4}" y="{y(g) + 4:.1f}" text-anchor="end" font-size="11" fill="#555">'
-                     f'{_fmt(g, step)}</text>')
-        g += step
+    y = _y_axis(parts, lo, hi, step)
     for us, label in _x_ticks(start_us, end_us, tz):
         # a label at either edge is anchored inside the box so it is not cut off
         anchor = "end" if x(us) > W - RIGHT - 20 else "start" if x(us) < LEFT + 20 else "middle"
@@ -141,14 +147,7 @@ def bar_chart(bars: list[tuple[str, float | None, str]], title: str, unit: str =
     lo, hi, step = _nice_range(min([0.0, *values]), max([0.0, *values]) or 1.0)
     parts = [_frame(title, "bars", f' data-bars="{len(bars)}" data-unknown="{len(bars) - len(values)}"')]
 
-    def y(v: float) -> float:
-        return TOP + PLOT_H * (hi - v) / (hi - lo)
-    g = lo
-    while g <= hi + step / 2:
-        parts.append(f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{y(g):.1f}" y2="{y(g):.1f}" stroke="#e3e6ea"/>'
-                     f'<text x="{LEFT - 4}" y="{y(g) + 4:.1f}" text-anchor="end" font-size="11" fill="#555">'
-                     f'{_fmt(g, step)}</text>')
-        g += step
+    y = _y_axis(parts, lo, hi, step)
     if unit:
         parts.append(f'<text x="4" y="{TOP + 10}" font-size="11" fill="#555">{escape(unit)}</text>')
     n = max(1, len(bars))
