@@ -1,7 +1,8 @@
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from test_rules_support import checkin, engine, sec, status
+from gateway.rules.base import RouteInfo
+from test_rules_support import checkin, engine, sec, site, status
 
 TZ = ZoneInfo("Asia/Shanghai")
 NORTH = {"id": "pn", "kind": "patrol", "routes": ["north"], "readers": ["pr-1"]}
@@ -186,3 +187,78 @@ def test_round_under_way_when_the_engine_starts_judges_only_what_it_saw():
     assert issues(e, "pn", "north@2025-01-15T22:00") == [("missed", "CP04")]   # CP01, CP02: unknown
     run(e, L(23, 59), L(0, 20, day=16), 10)           # the next rounds are judged whole
     assert issues(e, "pn", "north@2025-01-16T00:00") == [("not_started", "")]
+
+
+# ---- wand downloads: which rounds they judge ------------------------------------------------
+# A short wand route: 3 checkpoints, 1-minute legs, 1-minute tolerance, a round every 20 min
+# from 13:31 (so a round ends 3 min after it starts).
+SHORT = {"id": "ps", "kind": "patrol", "routes": ["short"], "readers": ["wand-1"], "settle_s": 30}
+
+
+def short_site():
+    s = site()
+    s.routes["short"] = RouteInfo("short", "短线", ("CP11", "CP12", "CP13"), (1.0, 1.0), 1.0,
+                                  (("13:31", "16:00", 20),))
+    return s
+
+
+def download(e, got, *reads):
+    for cp, ts in reads:
+        e.handle(checkin("wand-1", cp, ts, received=got, source="wand"))
+
+
+def raised(rec):
+    return sorted(s for w, _, s in rec.whats("raised"))
+
+
+def test_wand_rounds_that_ended_before_the_first_tick_are_judged_by_the_download():
+    """The gateway starts at 14:21; the wand holds the 13:31 round (complete) and the 13:51 round
+    (CP13 skipped), nothing after: the 14:11 round, over before the start, was not walked."""
+    e, rec = engine([SHORT], short_site())
+    run(e, L(14, 21), L(14, 24), 60)
+    download(e, L(14, 25), ("CP11", L(13, 31, 10)), ("CP12", L(13, 32, 5)), ("CP13", L(13, 33)),
+             ("CP11", L(13, 51, 20)), ("CP12", L(13, 52, 10)))
+    run(e, L(14, 25), L(14, 26), 1)
+    assert raised(rec) == ["short@2025-01-15T13:51", "short@2025-01-15T14:11"]
+    assert issues(e, "ps", "short@2025-01-15T13:51") == [("missed", "CP13")]
+    assert issues(e, "ps", "short@2025-01-15T14:11") == [("not_started", "")]
+    n = len(rec.changes)
+    run(e, L(14, 26), L(15, 0), 60)                   # 14:31 ended after the download: the next one judges it
+    assert len(rec.changes) == n
+    # the same reads again (a driver that lost its memory of them, after a restart): nothing new
+    download(e, L(15, 0, 30), ("CP11", L(13, 31, 10)), ("CP12", L(13, 32, 5)), ("CP13", L(13, 33)),
+             ("CP11", L(13, 51, 20)), ("CP12", L(13, 52, 10)))
+    run(e, L(15, 0, 30), L(15, 1, 30), 1)
+    assert raised(rec) == ["short@2025-01-15T13:51", "short@2025-01-15T14:11",
+                           "short@2025-01-15T14:31", "short@2025-01-15T14:51"]   # ended since: not walked
+    assert len(rec.changes) == n + 2
+
+
+def test_wand_download_does_not_report_rounds_older_than_the_look_back():
+    """Running since 13:00 of the 15th, the wand first downloaded at 15:35 of the 16th (default
+    look-back 24 h): the rounds of the 15th that ended before 15:35 are not reported, not even
+    the 13:31 one, which has a read (and would be missing two points)."""
+    e, rec = engine([SHORT], short_site())
+    run(e, L(13, 0), L(15, 35, day=16), 60)
+    rec.clear()                                       # the wand-not-downloaded alarm (12 h) is not looked at here
+    download(e, L(15, 35, 30, day=16), ("CP11", L(13, 31, 10)),
+             ("CP11", L(13, 31, 10, day=16)), ("CP12", L(13, 32, 5, day=16)), ("CP13", L(13, 33, day=16)))
+    run(e, L(15, 35, 30, day=16), L(15, 36, 30, day=16), 1)
+    got = raised(rec)
+    assert got == ["short@2025-01-15T15:51"] + [f"short@2025-01-16T{t}" for t in
+                                                ("13:51", "14:11", "14:31", "14:51", "15:11", "15:31")]
+    assert all(issues(e, "ps", s) == [("not_started", "")] for s in got)
+    assert e.book.get("ps", "wand-1") is None         # the download cleared the alarm
+
+
+def test_downloading_a_read_older_than_the_wait_raises_no_stale_wand_alarm():
+    """wand_wait_hours is 12: a download whose read is 13.5 h old is contact with the wand; before,
+    the read's round counted as 'not downloaded for 12 h' until the download was judged 30 s
+    later, so the alarm was raised and cleared (both sent to the WeCom group)."""
+    e, rec = engine([WANDY])
+    run(e, L(19, 59), L(20, 29), 60)
+    download(e, L(20, 30), ("CP11", L(7, 1)))
+    run(e, L(20, 30), L(21, 30), 1)
+    assert [c[:3] for c in rec.changes if c[2] == "wand-1"] == []      # never raised, so never cleared
+    assert issues(e, "pw", "wandy@2025-01-15T06:00") == [("late", "CP11"), ("missed", "CP12"),
+                                                        ("missed", "CP13")]

@@ -587,3 +587,49 @@ def test_wand_round_alert_taken_back_is_not_judged_again_by_the_next_download(le
     after.feed(checkin("wand-1", "CP11", L(22, 1, day=16), received=L(23, 30, day=16), source="wand"))
     after.tick(L(23, 31, day=16), L(23, 31, day=16))
     assert issues(after.engine, "pw", "wandy@2025-01-15T20:00") == [("missed", "CP12")]   # as it was
+
+
+def test_wand_rounds_that_ended_while_the_gateway_was_down_are_judged_at_the_next_download(ledger):
+    """The wand was last downloaded at 20:30 (the 20:00 round, CP13 missed: raised, acknowledged);
+    the gateway was down from 20:32 to 14:00 the next day (17.5 h). The next download (the wand's
+    whole memory) judges every round since that download by the wand's times: 22:00 was not
+    walked, 00:00 complete, 02:00 missed two points, 04:00, 06:00 and 10:00 not walked. The 20:00
+    round is not judged again (its acknowledged alert is older than the 12 h the ledger's alerts
+    are read back), nor is anything when the same reads come again after another restart (the
+    driver remembers them only while it runs)."""
+    wandy = {"id": "pw", "kind": "patrol", "routes": ["wandy"], "readers": ["wand-1"], "settle_s": 30}
+
+    def reads(got):
+        return [checkin("wand-1", cp, ts, received=got, source="wand") for cp, ts in (
+            ("CP11", L(20, 0, 30)), ("CP12", L(20, 5, 10)),
+            ("CP11", L(0, 1, day=16)), ("CP12", L(0, 5, 40, day=16)), ("CP13", L(0, 9, 50, day=16)),
+            ("CP11", L(2, 0, 20, day=16)))]
+
+    before = Run(ledger, [wandy])
+    before.tick(L(19, 59), L(20, 0), 60)
+    before.feed(*reads(L(20, 30))[:2])
+    before.tick(L(20, 30), L(20, 31))
+    a = before.engine.book.get("pw", "wandy@2025-01-15T20:00")
+    assert issues(before.engine, "pw", a.source) == [("missed", "CP13")]
+    before.engine.ack(a.id, "班长", "问过了", L(20, 32))
+    before.tick(L(20, 32), L(20, 32))
+    assert before.engine.active() == [] and open_rows(ledger) == []
+    after = Run(ledger, [wandy])
+    after.restore(L(14, 0, day=16))
+    after.tick(L(14, 0, day=16), L(14, 4, day=16), 60)
+    after.feed(*reads(L(14, 5, day=16)))
+    after.tick(L(14, 5, day=16), L(14, 5, 30, day=16))
+    got = {s: issues(after.engine, "pw", s) for _, _, s in after.rec.whats("raised")}
+    assert got == {"wandy@2025-01-15T22:00": [("not_started", "")],
+                   "wandy@2025-01-16T02:00": [("missed", "CP12"), ("missed", "CP13")],
+                   "wandy@2025-01-16T04:00": [("not_started", "")],
+                   "wandy@2025-01-16T06:00": [("not_started", "")],
+                   "wandy@2025-01-16T10:00": [("not_started", "")]}
+    assert len(after.rec.changes) == 5
+    again = Run(ledger, [wandy])
+    again.restore(L(14, 10, day=16))
+    again.rec.clear()
+    again.feed(*reads(L(14, 11, day=16)))                             # a driver restarted: all of them again
+    again.tick(L(14, 11, day=16), L(14, 12, day=16))
+    assert again.rec.changes == []
+    assert len(again.engine.active()) == 5

@@ -170,6 +170,9 @@ class PatrolRule(_RuleBase):
                                                "a round is reported as a reader problem")
     settle_s: float = Field(default=30, ge=0, le=3600, description="a download is judged this long after "
                                                                    "its last read arrived")
+    wand_lookback_hours: float = Field(default=24, gt=0, le=168,
+                                       description="a wand download judges the rounds that ended at most "
+                                                   "this long before it (older ones are not reported)")
     checks: list[Literal["not_started", "missed", "late", "early", "out_of_order"]] = Field(
         default_factory=lambda: ["not_started", "missed", "late", "early", "out_of_order"])
 

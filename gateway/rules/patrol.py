@@ -23,11 +23,31 @@ reported during it is, at its end, reported as that route's reader being silent 
 instead of "not started".
 
 Wand routes (every reader of the route is a wand): reads arrive in downloads, hours late.
-Nothing is judged at tick. A round is judged, once and completely by recorded times, when a
-download arrives after it: a wand read whose arrival (`received`) is later than the round's end
-(last expected + T); judging waits `settle_s` after the last read of the download arrived, so the
-whole batch is in. A wand route whose round ended more than `wand_wait_hours` ago without a
-download since raises a reader alert (wand not downloaded), cleared by the next download.
+Nothing is judged at tick. A download is the wand reads arriving; it is judged `settle_s` after
+its last read arrived (so the whole batch is in), as of D, that last arrival. It judges, once and
+completely by the recorded times, every round of the schedule that ended (last expected + T)
+before D and within its period:
+- the period starts at the previous download (its D: the rounds that ended before it were its to
+  judge). With no download known (the first one since the gateway started, or after a restart
+  none in the ledger's reads), it starts at the earlier of when the gateway began watching
+  (`observing_since`, else the first tick) and the start of the earliest round with a read: while
+  the gateway watches, every download comes to it, and the wand's memory reaches back at least
+  to its earliest read;
+- and at most `wand_lookback_hours` (default 24) before D: older rounds are not reported (one log
+  line says how many).
+So the rounds that ended before the gateway started, or while it was down, are judged by the next
+download like the others; one with no read on the wand is "not started". D is the arrival, not
+the wand's latest read: a round over before the wand reached the cradle has all its reads on it
+(judging up to the latest read would never report the rounds after the guard's last read). A
+round still under way at D waits for the next download. A round is judged once: reads for it
+that come later (a second download of the same reads, e.g. from a driver restarted and no longer
+remembering them) change nothing, and the rounds before the previous download are not in the
+next one's period (after a restart neither: see below).
+Stale wand: a round that ended more than `wand_wait_hours` ago, after the latest download (and
+after the gateway began watching), raises a reader alert (wand not downloaded), cleared when the
+next download is judged. A download is contact even if all its reads are old: the rounds that
+ended before it are its own to judge, never waiting, so the download cannot raise the alert (it
+used to, for the round of a read older than `wand_wait_hours`, until the download was judged).
 (A download with no new reads publishes nothing, so it cannot be told from no download.)
 
 Acknowledged: a round's alert latches, so its acknowledgement clears it; the round raises a new
@@ -41,7 +61,9 @@ started". Wand routes are not concerned (the wand keeps its reads until download
 After a restart, `restore(checkins, now, last_activity)` is given the ledger's recent reads (fed
 as they came, nothing published), makes the rounds still to be judged and leaves alone those the
 previous run had finished judging (ended before its last activity; wand rounds before its last
-download); `restore_alert` takes back a round's open alert with its issues.
+download, whose arrival is the next download's period start: the reads in the ledger tell it, so
+the ledger's reads must reach `wand_lookback_hours` back); `restore_alert` takes back a round's
+open alert with its issues.
 """
 
 from __future__ import annotations
@@ -98,7 +120,7 @@ class PatrolRuleImpl(Rule):
         self.offline: set[str] = set()
         self.other_reads: list[datetime] = []        # recorded times of reads by readers not ours
         self.download_at: datetime | None = None    # latest arrival of a wand read
-        self.download_seen: datetime | None = None  # latest arrival already judged
+        self.download_seen: datetime | None = None  # latest arrival already judged: the next period's start
         self.checks = set(cfg.checks)
         self.started: datetime | None = None
         self.observing_since: datetime | None = None   # None: since the first tick (`started`)
@@ -171,6 +193,9 @@ class PatrolRuleImpl(Rule):
             rd.order.append((e.ts, k))
             if self.wand:
                 if self.download_at is None or e.received > self.download_at:
+                    if self._restoring and self.download_at is not None \
+                            and e.received - self.download_at >= timedelta(seconds=self.cfg.settle_s):
+                        self.download_seen = self.download_at   # an earlier download: the previous run judged it
                     self.download_at = e.received
             elif not rd.judged:
                 self._judge_reads(rd)
@@ -314,22 +339,13 @@ class PatrolRuleImpl(Rule):
                     details={"reader": reader, "what": "reader_silent", "round_start": rd.start.isoformat()})
 
     def _tick_wand(self, now: datetime) -> None:
-        if self.download_at is not None and self.download_at != self.download_seen \
-                and now - self.download_at >= timedelta(seconds=self.cfg.settle_s):
-            self.download_seen = self.download_at
-            reader = ",".join(sorted(self.readers)) or "wand"
-            self.clear(reader, now, "downloaded")
-            for key, rd in sorted(self.rounds.items(), key=lambda kv: kv[0][1]):
-                if rd.judged or rd.end >= self.download_at:
-                    continue
-                rd.judged = True
-                self._judge_reads(rd)
-                self._judge_deadlines(rd, rd.end + timedelta(microseconds=1))
-                self._publish(rd, now)
-            for key in [k for k, rd in self.rounds.items() if rd.judged and now - rd.end > timedelta(days=2)]:
-                del self.rounds[key]
+        got = self.download_at
+        if got is not None and got != self.download_seen and now - got >= timedelta(seconds=self.cfg.settle_s):
+            self._judge_download(got, now)
         wait = timedelta(hours=self.cfg.wand_wait_hours)
-        waiting = [rd for rd in self.rounds.values() if not rd.judged and now - rd.end > wait]
+        # a round over before the latest download is that download's to judge: not waiting
+        waiting = [rd for rd in self.rounds.values()
+                   if not rd.judged and (got is None or rd.end >= got) and now - rd.end > wait]
         if waiting:
             reader = ",".join(sorted(self.readers)) or "wand"
             oldest = min(rd.start for rd in waiting)
@@ -339,6 +355,50 @@ class PatrolRuleImpl(Rule):
                         f"patrol wand {reader} not downloaded for {self.cfg.wand_wait_hours:g} h "
                         f"(rounds since {local:%m-%d %H:%M} not judged)",
                         details={"reader": reader, "what": "not_downloaded", "oldest_round": oldest.isoformat()})
+
+    def _judge_download(self, got: datetime, now: datetime) -> None:
+        """Judge the rounds of the download that arrived until `got` (see the module docstring)."""
+        reader = ",".join(sorted(self.readers)) or "wand"
+        self.clear(reader, now, "downloaded")
+        oldest = got - timedelta(hours=self.cfg.wand_lookback_hours)
+        if self.download_seen is not None:
+            begin = self.download_seen
+        else:
+            since = self.observing_since if self.observing_since is not None else self.started
+            begin = min([since] + [rd.start for rd in self.rounds.values() if rd.reads])
+        begin = max(begin, oldest)
+        for route in self.routes:
+            for s in self._ending_between(route, begin, got):
+                self._round(route, s)
+        too_old = 0
+        for rd in sorted(self.rounds.values(), key=lambda rd: rd.start):
+            if rd.judged or rd.end >= got:
+                continue
+            rd.judged = True
+            if rd.end < begin:   # before the look-back, or judged by an earlier download
+                too_old += rd.end < oldest and (self.download_seen is None or rd.end >= self.download_seen)
+                continue
+            self._judge_reads(rd)
+            self._judge_deadlines(rd, rd.end + timedelta(microseconds=1))
+            self._publish(rd, now)
+        if too_old:
+            log.warning("patrol %s: %d rounds ended more than %g h (wand_lookback_hours) before the download of "
+                        "%s: not judged", self.id, too_old, self.cfg.wand_lookback_hours,
+                        f"{got.astimezone(self.site.tz):%Y-%m-%d %H:%M:%S}")
+        self.download_seen = got
+        for key in [k for k, rd in self.rounds.items() if rd.judged and now - rd.end > timedelta(days=2)]:
+            del self.rounds[key]
+
+    def _ending_between(self, route: str, lo: datetime, hi: datetime) -> list[datetime]:
+        """Starts of the route's rounds that end in [lo, hi)."""
+        span = self.offsets[route][-1] + self.tol[route]
+        tz = self.site.tz
+        day, last = (lo - span).astimezone(tz).date() - timedelta(days=1), hi.astimezone(tz).date()
+        out = []
+        while day <= last:
+            out += [s for s in self.starts_on(route, day) if lo <= s + span < hi]
+            day += timedelta(days=1)
+        return out
 
     # ---- after a restart ---------------------------------------------------------------------
     def _issue_keys(self, route: str, issues) -> dict[tuple[str, int], dict]:
@@ -397,10 +457,12 @@ class PatrolRuleImpl(Rule):
 
     def restore(self, checkins, now: datetime, last_activity: datetime | None) -> int:
         """Take back the reads of the rounds still being judged (`checkins`: PatrolCheckin from the
-        ledger, in the order they arrived), silently; make the rounds in progress at `now` (and,
-        for a wand route, those not judged yet); the rounds the previous run finished judging
-        (ended before `last_activity`, its last sign of life; wand rounds ended before its last
-        download) are left as judged. Returns the number of reads fed."""
+        ledger, in the order they arrived; for a wand route those of the last `wand_lookback_hours`,
+        which tell its downloads), silently; make the rounds in progress at `now` (and, for a wand
+        route, those made since the gateway was watching, for the not-downloaded alert); the rounds
+        the previous run finished judging (ended before `last_activity`, its last sign of life;
+        wand rounds ended before the last download it judged, which starts the next download's
+        period) are left as judged. Returns the number of reads fed."""
         n = 0
         self._restoring = True
         try:
@@ -434,8 +496,9 @@ class PatrolRuleImpl(Rule):
             last = self.download_at
             if last is not None and now - last >= timedelta(seconds=self.cfg.settle_s):
                 self.download_seen = last
+            if self.download_seen is not None:
                 for rd in self.rounds.values():
-                    if rd.end < last:
+                    if rd.end < self.download_seen:
                         rd.judged = True
         elif last_activity is not None:
             for rd in self.rounds.values():

@@ -16,7 +16,8 @@
 5. **Patrol**: "observing since" is the start of the ledger's latest stretch of activity that
    reaches up to `now` without a silence longer than `gap` (no such stretch: `now`; an empty
    ledger, as in replay: `now`); the recent checkins are fed to the patrol rules for the rounds
-   still being judged, and round alerts acknowledged before the restart are not raised again.
+   still being judged (a wand rule's as far back as its look-back: they tell its last download),
+   and round alerts acknowledged before the restart are not raised again.
 
 The ledger is duck-typed (gateway.store.Ledger: `replacements`, `alert_rows`, `last_counters`,
 `counters_around`, `patrol_checkins_between`, `activity`); rules get plain data and never see
@@ -215,9 +216,12 @@ class _Run:
             return
         span = max((r.offsets[route][-1] + r.tol[route] for r in rules for route in r.routes),
                    default=timedelta(hours=1))
-        # how far back reads and rounds matter: online rounds in progress; wand rounds not downloaded
+        # how far back rounds matter: online rounds in progress; wand rounds not downloaded
         back = max([2 * span + self.gap]
                    + [timedelta(hours=r.cfg.wand_wait_hours) + 2 * span for r in rules if r.wand])
+        # a wand rule's reads as far back as its look-back: they tell when its wand was last
+        # downloaded, where the next download's rounds begin (so none is judged twice)
+        reads_back = max([back] + [timedelta(hours=r.cfg.wand_lookback_hours) + 2 * span for r in rules if r.wand])
         site = self.engine.site
         devices = sorted(set(site.meters) | set(site.buses) | set(site.readers))
         buckets = self.ledger.activity(devices, to_us(now - back), to_us(now), BUCKET // US)
@@ -236,7 +240,7 @@ class _Run:
 
         checkins = []
         for ts_us, rec_us, reader, cp, tag, guard, guard_hash, source in self.ledger.patrol_checkins_between(
-                to_us(now - back), to_us(now)):
+                to_us(now - reads_back), to_us(now)):
             checkins.append(PatrolCheckin(reader, cp, tag, guard, guard_hash, from_us(ts_us), from_us(rec_us),
                                           source))
         by_id = {r.id: r for r in rules}
@@ -250,8 +254,10 @@ class _Run:
                 continue
             if isinstance(details, dict) and details.get("cleared_because") == "acknowledged":
                 rule.restore_acked(row["source"], details)
+        recent = [c for c in checkins if c.ts >= now - back]
         for rule in rules:
-            self.out.checkins = max(self.out.checkins, rule.restore(checkins, now, last_activity))
+            fed = rule.restore(checkins if rule.wand else recent, now, last_activity)
+            self.out.checkins = max(self.out.checkins, fed)
 
 
 def restore(engine, ledger, now: datetime, gap: timedelta = GAP) -> Restored:
