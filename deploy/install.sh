@@ -47,7 +47,8 @@ if ! id "$USER_NAME" >/dev/null 2>&1; then
   run useradd --system --home-dir "$DATA" --shell /usr/sbin/nologin --groups dialout "$USER_NAME"
 fi
 run install -d -m 0755 "$PREFIX" "$ETC"
-run install -d -m 0750 -o "$USER_NAME" -g "$USER_NAME" "$DATA"
+# the ledger and its key file: the service's alone
+run install -d -m 0700 -o "$USER_NAME" -g "$USER_NAME" "$DATA"
 
 if [ ! -x "$VENV/bin/python" ]; then
   run python3 -m venv "$VENV"
@@ -60,12 +61,16 @@ run "$VENV/bin/pip" install -q "${extra[@]}" "$SRC"
 
 if [ ! -e "$ETC/site.yaml" ]; then
   src_site=${SITE:-$SRC/edge_config/site.example.yaml}
-  run install -m 0644 "$src_site" "$ETC/site.yaml"
+  run install -m 0640 -o root -g "$USER_NAME" "$src_site" "$ETC/site.yaml"
   for f in "$(dirname "$src_site")"/*.csv; do [ -e "$f" ] && run install -m 0640 -g "$USER_NAME" "$f" "$ETC/"; done
   # the ledger lives in the data directory, the one place the service may write
   run sed -i "s#^storage:.*#storage: {path: $DATA/gateway.db, commit_interval_s: 1.0}#" "$ETC/site.yaml"
   echo "site file: $ETC/site.yaml (edit it, then: systemctl reload estate-gateway)"
 fi
+# It holds the console's password hashes: root writes it, the service reads it, nobody else
+# (an upgrade tightens a file that an older install left readable by every user).
+run chown "root:$USER_NAME" "$ETC/site.yaml"
+run chmod 0640 "$ETC/site.yaml"
 if [ ! -e "$ETC/env" ]; then
   run install -m 0640 -g "$USER_NAME" /dev/null "$ETC/env"
   echo "secrets (MQTT_USER=..., CARD_HASH_KEY=...): $ETC/env"

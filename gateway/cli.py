@@ -554,7 +554,7 @@ app.add_typer(users_app, name="users")
 def _users_block(lines: list[str]) -> tuple[int, int]:
     """[start, end) of the top-level `users:` block in the site file's lines, or (-1, -1)."""
     import re as _re
-    start = next((i for i, line in enumerate(lines) if _re.match(r"^users:\s*(#.*)?$", line)), -1)
+    start = next((i for i, line in enumerate(lines) if _re.match(r"^users:\s*(\[\s*\])?\s*(#.*)?$", line)), -1)
     if start < 0:
         return -1, -1
     end = start + 1
@@ -563,7 +563,28 @@ def _users_block(lines: list[str]) -> tuple[int, int]:
     return start, end
 
 
-def _rewrite_users(config: Path, change) -> None:
+def _write_site_file(config: Path, text: str, cfg: SiteConfig) -> None:
+    """Replace the site file atomically. It holds password hashes, so it is never left readable
+    by every user: its owner, group and mode are kept, less the others' bits. A file that others
+    could read (as an older install.sh left it, root:root 0644) may be how the gateway read it:
+    its group becomes the gateway user's (the ledger's owner's) so that the gateway still can."""
+    from .private import replace_file
+    real = config.resolve()
+    st = real.stat()
+    mode, gid = st.st_mode & 0o770, st.st_gid
+    if st.st_mode & 0o004:
+        try:
+            gid, mode = cfg.storage_path.stat().st_gid, mode | 0o040
+        except OSError:
+            pass                 # no ledger yet: the group stays
+        typer.echo(f"{config} was readable by every user (it holds password hashes): now mode {mode:o}", err=True)
+    try:
+        replace_file(real, text.encode("utf-8"), mode, owner=(st.st_uid, gid))
+    except OSError as e:
+        raise fail(f"{config}: cannot write it keeping its owner and group: {e.strerror or e} (run as root?)") from None
+
+
+def _rewrite_users(config: Path, cfg: SiteConfig, change) -> None:
     """Apply `change(entries) -> entries` to the one-line entries of `users:` and write the file
     back only if it still validates; the rest of the file (comments included) is left alone."""
     import re as _re
@@ -578,16 +599,17 @@ def _rewrite_users(config: Path, change) -> None:
             raise fail(f"{config}: the users: block has an entry this command cannot edit ({line.strip()[:40]}...): "
                        "write each user on one line as {name: ..., role: ..., password_hash: ...}", 2)
         named[m.group(1).strip("'\"")] = line
-    block = ["users:"] + [f"  {line.strip()}" for line in change(named).values()]
+    kept = [f"  {line.strip()}" for line in change(named).values()]
+    block = ["users:", *kept] if kept else ["users: []"]     # a bare `users:` would be null, not a list
     if start >= 0:
         lines[start:end] = block
     else:
         lines += ["", "# Console users (gateway users add NAME --role guard|electrician|accountant|admin)."] + block
-    config.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    _write_site_file(config, "\n".join(lines) + "\n", cfg)
     try:
         load_site(config)
     except ConfigError as e:
-        config.write_text(original, encoding="utf-8")
+        _write_site_file(config, original, cfg)
         for problem in e.problems:
             typer.echo(f"{e.source}: {problem}", err=True)
         raise fail(f"{config} left unchanged", 2) from None
@@ -609,7 +631,7 @@ def users_add(name: str = typer.Argument(..., help="login name (letters, digits,
         raise fail(f"--role {role!r}: expected one of {', '.join(ROLES)}", 2)
     if not _re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
         raise fail(f"user name {name!r}: use letters, digits, '.', '_' and '-'", 2)
-    _load(config)
+    cfg = _load(config)
     if password_stdin:
         password = sys.stdin.readline().rstrip("\n")
     else:
@@ -622,24 +644,26 @@ def users_add(name: str = typer.Argument(..., help="login name (letters, digits,
     def change(named: dict) -> dict:
         named[name] = entry
         return named
-    _rewrite_users(config, change)
-    typer.echo(f"user {name} ({role}) written to {config}; a running gateway picks it up when restarted")
+    _rewrite_users(config, cfg, change)
+    typer.echo(f"user {name} ({role}) written to {config}; a running gateway picks it up when reloaded "
+               "(systemctl reload estate-gateway), and the user's open sessions end then")
 
 
 @users_app.command("remove")
 def users_remove(name: str = typer.Argument(...),
                  config: Path = typer.Option(..., "-c", "--config", help="site file")) -> None:
     """Remove a console user."""
-    _load(config)
+    cfg = _load(config)
     found = []
 
     def change(named: dict) -> dict:
         found.append(named.pop(name, None))
         return named
-    _rewrite_users(config, change)
+    _rewrite_users(config, cfg, change)
     if found[0] is None:
         raise fail(f"no user {name!r} in {config}", 2)
-    typer.echo(f"user {name} removed from {config}")
+    typer.echo(f"user {name} removed from {config}; a running gateway ends the user's sessions when reloaded "
+               "(systemctl reload estate-gateway)")
 
 
 @users_app.command("list")

@@ -490,8 +490,10 @@ class Web(_Strict):
     port: int = Field(default=8080, ge=1, le=65535)
     tls_cert: str | None = None
     tls_key: str | None = None
-    session_hours: float = Field(default=12, gt=0, le=24 * 30)
-    session_key_env: EnvName | None = None    # default: a random key kept in the ledger
+    session_hours: float = Field(default=12, gt=0, le=24 * 30)     # a session ends this long after login
+    # ... and after this long without a request (an open console page asks every 15 s)
+    idle_minutes: float = Field(default=30, gt=0, le=24 * 60)
+    session_key_env: EnvName | None = None    # default: a random key in the key file beside the ledger
     language: Literal["zh", "en"] = "zh"
 
     @model_validator(mode="after")

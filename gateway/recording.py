@@ -11,6 +11,7 @@ One record per line, in arrival order, times as UTC epoch seconds:
 People's actions are recorded too (an acknowledgement names its alert by rule and source, since
 an alert's id carries its raise time, which a replay may reproduce a fraction of a second off).
 `gateway replay` feeds such a file through the real drivers and rules under a simulated clock.
+Card frames hold card numbers in clear: the file is the gateway user's alone (0600).
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ import json
 from datetime import datetime
 from pathlib import Path
 
+from .private import open_private_append
+
 VERSION = 1
 
 
 class Recorder:
     def __init__(self, path: Path, site: str, now: datetime):
         self.path = Path(path)
-        self._f = open(self.path, "a", encoding="utf-8")
+        self._f = open_private_append(self.path)
         self.records = 0
         self._write({"type": "header", "version": VERSION, "site": site, "t": now.timestamp()})
 

@@ -124,8 +124,8 @@ class Gateway:
         key = load_hash_key(cfg.cards.hash_key_env)
         if key is None:
             key = self.ledger.secret("card_hash_key")
-            log.warning("cards: %s is not set; card hashes use a key kept in the ledger (set it to share "
-                        "hashes across boxes)", cfg.cards.hash_key_env)
+            log.warning("cards: %s is not set; card hashes use a key kept in %s (set it to share "
+                        "hashes across boxes)", cfg.cards.hash_key_env, self.ledger.keys_path)
         desk = CardDesk(self.registry, key, publish, self.clock)
         doors = {d.id for d in cfg.doors}
         runs, subscriptions = [], []
@@ -449,14 +449,17 @@ class Gateway:
 
         from .web.app import WebContext
         from .web.server import WebError, listen, serve
+        from .web.sessions import SessionStore
         try:
             sock = listen(web.bind, web.port)
         except WebError as e:
             log.error("%s; the gateway runs on without it", e)
             return []
         key = os.environ.get(web.session_key_env) if web.session_key_env else None
+        # sessions in the ledger: a reload (a changed site file) or a restart logs nobody out
+        sessions = SessionStore(web.idle_minutes * 60, web.session_hours * 3600, ledger=self.ledger)
         self.web = WebContext(self.cfg, key or self.ledger.secret("web-session").hex(), gateway=self,
-                              extra_users=list(self.web_users))
+                              extra_users=list(self.web_users), sessions=sessions)
         self.web_address = sock.getsockname()[:2]
         # after a crash, _supervise starts it again: the first socket is closed by then
         return [("web console", lambda: serve(self.web, sock if sock.fileno() != -1 else None))]

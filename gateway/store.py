@@ -24,6 +24,7 @@ from typing import Iterable, Iterator
 from .clock import from_us, to_us
 from .events import AlertChange, CardSwipe, DeviceStatus, DoorEvent, GatewayStats, PatrolCheckin, Reading
 from .hub import Hub
+from .private import create_private, make_private_dir, replace_file, tighten
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +258,16 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX outbox_held_episode ON outbox_held (episode, id);
     """,
+    """
+    -- Console sessions (gateway/web/sessions.py), so that a reload or restart logs nobody out.
+    CREATE TABLE web_sessions (
+        key        TEXT    PRIMARY KEY,     -- sha256 of the cookie's session id (the id is not kept)
+        user       TEXT    NOT NULL,
+        pw         TEXT    NOT NULL,        -- fingerprint of the user's password hash at login
+        created_us INTEGER NOT NULL,
+        seen_us    INTEGER NOT NULL
+    );
+    """,
 ]
 ENERGY_FIELD = "energy_kwh"   # the counter billing uses, kept in the `energy` table
 # Two readings of one meter at one instant: the higher counter stands, whichever came first.
@@ -295,7 +306,12 @@ class StoredReading:
 
 def _connect(path: Path) -> sqlite3.Connection:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # The ledger is the gateway user's alone: SQLite would create it 0644, and its -wal and
+        # -shm copy the database file's mode, so making the file 0600 first covers all three.
+        make_private_dir(path.parent)
+        if not create_private(path):
+            for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+                tighten(p)
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
@@ -421,6 +437,7 @@ class Ledger:
         self.timeline = None
         self._marked: list[tuple] = []    # (episode, event, outbox row or None)
         self.outbox_held = self._db.execute("SELECT count(*) FROM outbox_held").fetchone()[0]
+        self._move_keys_out()
 
     # ---- writing ----
 
@@ -684,14 +701,81 @@ class Ledger:
             self.outbox_bytes -= freed
         return shed
 
+    # ---- keys: beside the ledger, not in it ----
+
+    @property
+    def keys_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".keys")
+
     def secret(self, name: str) -> bytes:
-        """A random key kept in the ledger (created on first use), for when no env var gives one."""
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (f"secret:{name}",)).fetchone()
-        if row:
-            return bytes.fromhex(row[0])
-        key = os.urandom(32)
-        self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (f"secret:{name}", key.hex()))
-        return key
+        """A random key of the gateway's own (made on first use), for when no env var gives one.
+
+        Kept in `<ledger>.keys` (0600), not in the ledger: whoever can read the ledger must not
+        also get the key that signs console cookies, nor the one that makes card hashes (with it,
+        a stored hash and the card's last 4 digits give the card number in about 10^6 tries)."""
+        keys = self._read_keys()
+        if name not in keys:
+            keys[name] = os.urandom(32).hex()
+            self._write_keys(keys)
+        return bytes.fromhex(keys[name])
+
+    def _read_keys(self) -> dict[str, str]:
+        path = self.keys_path
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {}
+        except OSError as e:
+            raise LedgerError(f"key file {path}: cannot read: {e.strerror or e}") from None
+        tighten(path)
+        try:
+            keys = json.loads(text)
+            if not isinstance(keys, dict) or not all(isinstance(v, str) and bytes.fromhex(v) for v in keys.values()):
+                raise ValueError("not an object of hex keys")
+        except ValueError as e:
+            raise LedgerError(f"key file {path}: damaged ({e}); the keys in it are lost: remove it to make new "
+                              "ones (card hashes change, console users log in again)") from None
+        return keys
+
+    def _write_keys(self, keys: dict[str, str]) -> None:
+        st = os.stat(self.path)
+        # root (a command run by hand) makes it the ledger owner's, as SQLite does for the -wal
+        owner = (st.st_uid, st.st_gid) if os.geteuid() == 0 else None
+        try:
+            replace_file(self.keys_path, (json.dumps(keys, indent=1) + "\n").encode(), owner=owner)
+        except OSError as e:
+            raise LedgerError(f"key file {self.keys_path}: cannot write: {e.strerror or e}") from None
+
+    def _move_keys_out(self) -> None:
+        """Keys an older gateway kept in the `meta` table move to the key file unchanged (card
+        hashes stay the same), and are then wiped from the ledger and its write-ahead log."""
+        rows = self._db.execute("SELECT key, value FROM meta WHERE key LIKE 'secret:%'").fetchall()
+        if not rows:
+            return
+        self._write_keys({k.removeprefix("secret:"): v for k, v in rows} | self._read_keys())
+        self._db.execute("PRAGMA secure_delete = ON")     # deleted values are overwritten, not just unlinked
+        try:
+            with _transaction(self._db) as db:
+                db.execute("DELETE FROM meta WHERE key LIKE 'secret:%'")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            self._db.execute("PRAGMA secure_delete = OFF")
+        log.warning("ledger %s: %d key(s) moved out of the ledger to %s", self.path, len(rows), self.keys_path)
+
+    # ---- console sessions (gateway/web/sessions.py) ----
+
+    def web_sessions(self) -> list[tuple[str, str, str, int, int]]:
+        """(key, user, pw, created_us, seen_us) of every session kept."""
+        return self._db.execute("SELECT key, user, pw, created_us, seen_us FROM web_sessions").fetchall()
+
+    def save_web_session(self, key: str, user: str, pw: str, created_us: int, seen_us: int) -> None:
+        self._db.execute("INSERT INTO web_sessions (key, user, pw, created_us, seen_us) VALUES (?,?,?,?,?) "
+                         "ON CONFLICT (key) DO UPDATE SET seen_us = excluded.seen_us",
+                         (key, user, pw, created_us, seen_us))
+
+    def delete_web_sessions(self, keys: list[str]) -> None:
+        with _transaction(self._db) as db:
+            db.executemany("DELETE FROM web_sessions WHERE key = ?", [(k,) for k in keys])
 
     def ack_requests(self) -> list[tuple[int, str, str, str, int]]:
         return self._db.execute("SELECT id, alert_id, by, note, ts_us FROM ack_requests WHERE done = 0 "

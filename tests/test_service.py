@@ -136,6 +136,23 @@ def test_install_script_dry_run_shows_every_step():
         assert step in proc.stdout, step
 
 
+def test_install_script_and_unit_keep_the_site_file_and_the_ledger_private():
+    """The site file holds the console's password hashes: root:gateway 0640 (the service reads it,
+    nobody else), on a fresh install and on an upgrade; the data directory (ledger, key file) is
+    the service's alone, and so is everything the service creates."""
+    proc = subprocess.run(["bash", str(ROOT / "deploy" / "install.sh"), "--dry-run"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    steps = [line[2:] for line in proc.stdout.splitlines() if line.startswith("+ ")]
+    site = "/etc/estate-gateway/site.yaml"
+    assert [s for s in steps if s.startswith("install ") and s.endswith(site)] == \
+        [f"install -m 0640 -o root -g gateway {ROOT}/edge_config/site.example.yaml {site}"]
+    assert f"chown root:gateway {site}" in steps and f"chmod 0640 {site}" in steps      # upgrades too
+    assert "install -d -m 0700 -o gateway -g gateway /var/lib/estate-gateway" in steps
+    assert not [s for s in steps if s.startswith("install ") and "-m 0644" in s and "site" in s], steps
+    assert "UMask=0077" in UNIT.read_text(encoding="utf-8").splitlines()
+
+
 def site_data(tmp_path: Path, sim_bus: dict, poll_s: float = 1) -> dict:
     return {"site": SITE, "storage": {"path": str(tmp_path / "gw.db"), "commit_interval_s": 0.2},
             "buses": [{"id": "b", "type": "modbus_tcp", "host": "127.0.0.1", "timeout_s": 0.3, **sim_bus}],

@@ -663,6 +663,10 @@ async def test_allocation_summary_report_and_downloads(billed, tmp_path):
         async with s.get(base + "/allocation/2026-10/report") as r:
             assert r.status == 200 and r.content_type == "text/html"
             assert await r.read() == (out / "allocation-2026-10.html").read_bytes()
+            # a self-contained file with its own <style>: inline style allowed, no script at all
+            csp = r.headers["content-security-policy"]
+            assert "default-src 'none'" in csp and "script-src" not in csp and "frame-ancestors 'none'" in csp
+            assert r.headers["x-content-type-options"] == "nosniff" and r.headers["cache-control"] == "no-store"
         # nothing outside the run's directory, whatever the URL says
         (tmp_path / "secret.csv").write_text("secret\n")
         for url in ("/allocation/..%2F..%2Fetc/download/csv", "/allocation/2026-10/download/..%2F..%2Fsecret.csv",

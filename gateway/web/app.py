@@ -1,8 +1,10 @@
 """The console's web application (Starlette): login, pages, live updates, machine endpoints.
 
 Every page and API needs a logged-in user whose role has the page's permission (auth.py);
-only /healthz, the login page and its stylesheet are open. Forms carry the session's CSRF
-token (a hidden field, or the X-CSRF-Token header for fetch), checked on every POST.
+only /healthz, the login page and its stylesheet are open. The signed cookie carries a session
+id that the server must still know (sessions.py: logout, a changed password and idleness end
+it). Forms carry the session's CSRF token (a hidden field, or the X-CSRF-Token header for
+fetch), checked on every POST. Every response carries the security headers (headers.py).
 Pages read the ledger through a read-only connection; when the console runs inside the
 gateway (`ctx.gateway`), acknowledgements go straight to the rules engine and new alarms reach
 open pages over server-sent events at once.
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import wraps
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 from zoneinfo import ZoneInfo
 
 from starlette.applications import Starlette
@@ -36,8 +38,10 @@ from starlette.templating import Jinja2Templates
 from ..clock import from_us, to_us
 from ..config import SiteConfig, User
 from .auth import HOME, LoginThrottle, ack_permission, check_login, csrf_ok, may, new_csrf
+from .headers import SecurityHeaders
 from .i18n import translator
 from .live import Broadcaster
+from .sessions import SessionStore
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
@@ -56,6 +60,14 @@ class WebContext:
     extra_users: list[User] = field(default_factory=list)   # e.g. the demo's user
     started: float = field(default_factory=time.monotonic)
     allocation_dirs: list[Path] = field(default_factory=list)
+    sessions: SessionStore | None = None      # default: in memory
+    # argon2 takes 64 MiB and most of a core per check: a few at a time, whatever the crowd
+    verifying: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
+
+    def __post_init__(self):
+        if self.sessions is None:
+            self.sessions = SessionStore(self.cfg.web.idle_minutes * 60, self.cfg.web.session_hours * 3600)
+        self.sessions.prune(self.users)
 
     @property
     def tz(self) -> ZoneInfo:
@@ -91,15 +103,36 @@ def wants_json(request: Request) -> bool:
     return request.url.path.startswith("/api/") or "application/json" in request.headers.get("accept", "")
 
 
+def local_path(target: str) -> str | None:
+    """`target` if it is a path of this console, None if a browser could read it as another site
+    ("//host", "/\\host", or those hidden by a tab or newline, which browsers drop)."""
+    if (not target.startswith("/") or target.startswith("//") or "\\" in target
+            or any(c < " " or c == "\x7f" for c in target)):
+        return None
+    return target
+
+
+def signed_in(request: Request, ctx: WebContext) -> User | None:
+    """The request's user if its session still stands (looked up once per request)."""
+    if "estate.user" not in request.scope:
+        sid = request.session.get("sid")
+        user = ctx.sessions.user(sid, ctx.users)
+        if sid and user is None:
+            request.session.pop("sid")           # ended: the cookie forgets it
+        request.scope["estate.user"] = user
+    return request.scope["estate.user"]
+
+
 def page_context(request: Request, ctx: WebContext, **extra) -> dict:
     lang = request.cookies.get("lang") or ctx.cfg.web.language
-    user = request.session.get("user")
-    role = ctx.users[user].role if user in ctx.users else None
+    user = signed_in(request, ctx)
     if "csrf" not in request.session:
         request.session["csrf"] = new_csrf()
-    return {"request": request, "t": translator(lang), "lang": lang, "user": user, "role": role,
+    return {"request": request, "t": translator(lang), "lang": lang, "user": user.name if user else None,
+            "role": user.role if user else None,
             "csrf": request.session["csrf"], "site": ctx.cfg.site, "clock_warning": clock_warning(ctx),
-            "nav": [(key, href) for key, href, perm in NAV if may(role, perm)], "path": request.url.path, **extra}
+            "nav": [(key, href) for key, href, perm in NAV if may(user and user.role, perm)],
+            "path": request.url.path, **extra}
 
 
 def clock_warning(ctx: WebContext) -> str | None:
@@ -123,8 +156,7 @@ def create_app(ctx: WebContext) -> Starlette:
         def wrap(fn):
             @wraps(fn)
             async def endpoint(request: Request) -> Response:
-                name = request.session.get("user")
-                user = ctx.users.get(name) if name else None
+                user = signed_in(request, ctx)
                 if user is None:
                     if wants_json(request) or request.url.path == "/events":
                         return JSONResponse({"error": "login required"}, status_code=401)
@@ -162,36 +194,51 @@ def create_app(ctx: WebContext) -> Starlette:
         address = request.client.host if request.client else "?"
         if not csrf_ok(request.session.get("csrf"), form.get("csrf")):
             return render(request, "login.html", status=403, error="csrf_failed", next="")
-        wait = ctx.throttle.wait_s(name, address)
+        wait = ctx.throttle.admit(name, address)
         if wait > 0:
             log.warning("web: login for %r from %s refused, too many failures (wait %.0f s)", name, address, wait)
             r = render(request, "login.html", status=429, error="login_wait", wait=int(wait + 0.999), next="")
             r.headers["Retry-After"] = str(int(wait + 0.999))
             return r
-        # argon2 is deliberately slow: check it off the event loop
-        user = await asyncio.to_thread(check_login, ctx.users, name, password)
+        user = await verify(name, password, address)
         if user is None:
-            ctx.throttle.failed(name, address)
             log.info("web: failed login for %r from %s", name, address)
             return render(request, "login.html", status=401, error="login_failed", next="")
-        ctx.throttle.succeeded(name)
+        ctx.sessions.end(request.session.get("sid"))     # a new session id at every login
         request.session.clear()
-        request.session.update(user=user.name, csrf=new_csrf(), since=int(time.time()))
+        request.session.update(sid=ctx.sessions.start(user), csrf=new_csrf())
         log.info("web: %s (%s) logged in from %s", user.name, user.role, address)
-        target = str(form.get("next") or "")
-        if not target.startswith("/") or target.startswith("//"):
-            target = HOME[user.role]
-        return RedirectResponse(target, status_code=303)
+        return RedirectResponse(local_path(str(form.get("next") or "")) or HOME[user.role], status_code=303)
+
+    async def verify(name: str, password: str, address: str) -> User | None:
+        """The password check of an attempt the throttle let through, which it then learns the
+        outcome of (a cancelled check counts as a failure)."""
+        user = None
+        try:
+            async with ctx.verifying:
+                # argon2 is deliberately slow: check it off the event loop
+                user = await asyncio.to_thread(check_login, ctx.users, name, password)
+        finally:
+            (ctx.throttle.failed if user is None else ctx.throttle.succeeded)(name, address)
+        return user
 
     @guarded(None)
     async def logout(request: Request, user: User) -> Response:
+        sid = request.session.get("sid")
+        ctx.sessions.end(sid)
+        if ctx.broadcaster is not None:
+            ctx.broadcaster.close(sid)                   # its open pages' live updates stop too
         request.session.clear()
+        log.info("web: %s logged out", user.name)
         return RedirectResponse("/login", status_code=303)
 
     async def language(request: Request) -> Response:
         lang = request.path_params["lang"]
-        back = request.headers.get("referer") or "/"
-        r = RedirectResponse(back if lang in ("zh", "en") else "/", status_code=303)
+        # back to the page the link was on, if it is one of ours (the Referer is the client's word)
+        back = urlsplit(request.headers.get("referer") or "")
+        same_site = (back.scheme, back.netloc) == (request.url.scheme, request.url.netloc)
+        target = local_path(back.path + (f"?{back.query}" if back.query else "")) if same_site else None
+        r = RedirectResponse(target if target and lang in ("zh", "en") else "/", status_code=303)
         if lang in ("zh", "en"):
             r.set_cookie("lang", lang, max_age=365 * 86400, httponly=True, samesite="strict")
         return r
@@ -305,22 +352,27 @@ def create_app(ctx: WebContext) -> Starlette:
         if b is None:
             return JSONResponse({"error": "no live updates: the console is not running inside the gateway"},
                                 status_code=503)
-        client = b.connect()
+        sid = request.session.get("sid")
+        client = b.connect(owner=sid)
 
         async def stream():
             try:
                 yield "retry: 2000\n\n"
                 while True:
                     batch = await client.next_batch(15.0)
+                    # the session is asked again each time (which also keeps an open page's
+                    # session from idling out): one that ended stops its stream
+                    if client.closed or ctx.sessions.user(sid, ctx.users) is None:
+                        return
                     yield "".join(batch) if batch else ": keep-alive\n\n"
             finally:
                 b.disconnect(client)
         return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     # ---- machine endpoints ------------------------------------------------------------------------
     async def metrics(request: Request) -> Response:
-        user = ctx.users.get(request.session.get("user") or "")
+        user = signed_in(request, ctx)
         if user is None:
             user = await _basic_user(request)
         if user is None or not may(user.role, "health"):
@@ -339,12 +391,9 @@ def create_app(ctx: WebContext) -> Starlette:
         except (binascii.Error, UnicodeDecodeError):
             return None
         address = request.client.host if request.client else "?"
-        if ctx.throttle.wait_s(name, address) > 0:
+        if ctx.throttle.admit(name, address) > 0:
             return None
-        user = await asyncio.to_thread(check_login, ctx.users, name, password)
-        if user is None:
-            ctx.throttle.failed(name, address)
-        return user
+        return await verify(name, password, address)
 
     routes = [
         Route("/healthz", healthz),
@@ -363,7 +412,8 @@ def create_app(ctx: WebContext) -> Starlette:
     from .pages import page_routes
     routes += page_routes(ctx, guarded, render)
     cookie_secure = ctx.cfg.web.tls_cert is not None
-    middleware = [Middleware(SessionMiddleware, secret_key=ctx.session_key, session_cookie="estate_session",
+    middleware = [Middleware(SecurityHeaders),
+                  Middleware(SessionMiddleware, secret_key=ctx.session_key, session_cookie="estate_session",
                              max_age=int(ctx.cfg.web.session_hours * 3600), same_site="strict",
                              https_only=cookie_secure)]
     return Starlette(routes=routes, middleware=middleware)

@@ -69,13 +69,18 @@ def csrf_ok(expected: str | None, given: str | None) -> bool:
 @dataclass
 class LoginThrottle:
     """After `free` failures for one name or one address within `window_s`, every further attempt
-    waits: the wait doubles with each failure up to `max_wait_s`. A success clears the name."""
+    waits: the wait doubles with each failure up to `max_wait_s`. A success clears the name.
+
+    An attempt counts from the moment it is let through (`admit`), as a failure until it is known
+    to be one or not: password checks take a while in a worker thread, and attempts sent all at
+    once must not all pass the check before the first failure is counted."""
 
     free: int = 5
     window_s: float = 900.0
     max_wait_s: float = 300.0
     clock: callable = time.monotonic
     _fails: dict[str, list[float]] = field(default_factory=dict)
+    _open: dict[str, int] = field(default_factory=dict)       # attempts let through, not yet decided
 
     def _recent(self, key: str) -> list[float]:
         now = self.clock()
@@ -86,23 +91,48 @@ class LoginThrottle:
             self._fails.pop(key, None)
         return kept
 
+    @staticmethod
+    def _keys(name: str, address: str) -> tuple[str, str]:
+        return f"u:{name}", f"a:{address}"
+
     def wait_s(self, name: str, address: str) -> float:
         """Seconds before the next attempt is taken (0: go ahead)."""
         worst = 0.0
-        for key in (f"u:{name}", f"a:{address}"):
+        now = self.clock()
+        for key in self._keys(name, address):
             fails = self._recent(key)
-            if len(fails) >= self.free:
-                wait = min(self.max_wait_s, 2.0 ** (len(fails) - self.free + 1))
-                worst = max(worst, fails[-1] + wait - self.clock())
+            undecided = self._open.get(key, 0)
+            if len(fails) + undecided >= self.free:
+                wait = min(self.max_wait_s, 2.0 ** (len(fails) + undecided - self.free + 1))
+                worst = max(worst, (now if undecided else fails[-1]) + wait - now)
         return max(0.0, worst)
 
+    def admit(self, name: str, address: str) -> float:
+        """0: the attempt may go ahead and is counted now (end it with `failed` or `succeeded`);
+        else the seconds to wait, and the attempt is refused."""
+        wait = self.wait_s(name, address)
+        if wait == 0:
+            for key in self._keys(name, address):
+                self._open[key] = self._open.get(key, 0) + 1
+        return wait
+
+    def _decided(self, name: str, address: str) -> None:
+        for key in self._keys(name, address):
+            n = self._open.get(key, 0) - 1
+            if n > 0:
+                self._open[key] = n
+            else:
+                self._open.pop(key, None)
+
     def failed(self, name: str, address: str) -> None:
+        self._decided(name, address)
         now = self.clock()
-        for key in (f"u:{name}", f"a:{address}"):
+        for key in self._keys(name, address):
             self._fails.setdefault(key, []).append(now)
         if len(self._fails) > 10_000:      # a flood of names: forget the oldest
             for key in list(self._fails)[:5_000]:
                 del self._fails[key]
 
-    def succeeded(self, name: str) -> None:
+    def succeeded(self, name: str, address: str) -> None:
+        self._decided(name, address)
         self._fails.pop(f"u:{name}", None)

@@ -25,16 +25,22 @@ def alert_json(change: AlertChange, tz) -> dict:
 
 
 class Client:
-    def __init__(self, limit: int = 200):
+    def __init__(self, owner: str = "", limit: int = 200):
+        self.owner = owner                # the session it was opened in
         self.items: deque[str] = deque(maxlen=limit)
         self.wake = asyncio.Event()
+        self.closed = False               # its session ended: the stream stops
+
+    def close(self) -> None:
+        self.closed = True
+        self.wake.set()
 
     def put(self, text: str) -> None:
         self.items.append(text)
         self.wake.set()
 
     async def next_batch(self, timeout: float) -> list[str]:
-        if not self.items:
+        if not self.items and not self.closed:
             self.wake.clear()
             try:
                 await asyncio.wait_for(self.wake.wait(), timeout)
@@ -54,13 +60,18 @@ class Broadcaster:
         self.clients: set[Client] = set()
         self.sent = 0
 
-    def connect(self) -> Client:
-        c = Client()
+    def connect(self, owner: str = "") -> Client:
+        c = Client(owner)
         self.clients.add(c)
         return c
 
     def disconnect(self, c: Client) -> None:
         self.clients.discard(c)
+
+    def close(self, owner: str) -> None:
+        """End the streams opened in a session (logged out)."""
+        for c in [c for c in self.clients if c.owner == owner]:
+            c.close()
 
     def send(self, event: str, data: dict) -> None:
         text = f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"

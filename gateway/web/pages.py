@@ -15,6 +15,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from .app import Denied
+from .headers import REPORT_CSP
 from .views import charts
 from .views.access import access_view
 from .views.allocation import KINDS, MONTH, allocation_view, latest_run, run_file
@@ -86,7 +87,8 @@ def page_routes(ctx, guarded, render) -> list:
         if path is None:
             raise Denied(404, "files_missing")
         if kind == "html":                        # the report, shown in the browser
-            return FileResponse(path, media_type=KINDS[kind], filename=path.name, content_disposition_type="inline")
+            return FileResponse(path, media_type=KINDS[kind], filename=path.name, content_disposition_type="inline",
+                                headers={"Content-Security-Policy": REPORT_CSP})
         return FileResponse(path, media_type=KINDS[kind], filename=path.name)
 
     @guarded("allocation")
