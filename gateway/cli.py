@@ -72,6 +72,7 @@ async def _gateway_until(gw, stop: asyncio.Event, seconds: float | None) -> None
 @app.command("check-config")
 def check_config(file: Path = typer.Argument(..., help="site file (YAML)")) -> None:
     """Validate a site file: exit 0 with a summary, or 2 with every problem and where it is."""
+    from collections import Counter
     cfg = _load(file)
     models = sorted({m.model for m in cfg.meters})
     typer.echo(f"OK {file}: site {cfg.site.id} ({cfg.site.name}), {len(cfg.buses)} buses, "
@@ -83,8 +84,9 @@ def check_config(file: Path = typer.Argument(..., help="site file (YAML)")) -> N
         p = cfg.patrol
         typer.echo(f"  access: {len(cfg.card_readers)} card readers, {len(cfg.doors)} doors; patrol: "
                    f"{len(p.checkpoints)} checkpoints, {len(p.routes)} routes, {len(p.readers)} readers")
+    per_bus = Counter(m.bus for m in cfg.meters)  # one pass: a count per bus would be buses x meters
     for b in cfg.buses:
-        n = sum(1 for m in cfg.meters if m.bus == b.id)
+        n = per_bus[b.id]
         where = f"{b.host}:{b.port}" if b.type == "modbus_tcp" else f"{b.port} {b.baudrate} {b.bytesize}{b.parity}{b.stopbits}"
         typer.echo(f"  {b.id:<12} {b.type:<11} {where:<28} {n} meters")
 

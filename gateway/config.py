@@ -8,22 +8,57 @@ raises `ConfigError` whose `problems` are one plain line each, with the path of 
 from __future__ import annotations
 
 import re
+import reprlib
 import zoneinfo
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
-from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
+                      field_validator, model_validator)
 
 from .meter_models import SHIPPED_MODELS_DIR, MeterModel, load_models
+from .mqtt_topics import alert_topics, filter_problem, filters_overlap, prefix_problem
 from .rules.models import RULE_KINDS, Rule, check_rules
+from .yamlfile import YamlFileError, read_yaml_file
 
 Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
 CIRCUITS = ("stairwell_lighting", "street_lighting", "lift", "pump", "gate", "main_supply", "other")
 SECRET_WORDS = ("password", "token", "secret", "api_key", "apikey")
+
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = 60
+_repr.maxlist = _repr.maxdict = _repr.maxtuple = _repr.maxset = 4
+_repr.maxlevel = 2
+
+
+def _show(value: Any) -> str:
+    """A value as written, cut short: one problem stays one readable line."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return f"a number of about {int(value.bit_length() * 0.30103)} digits"  # repr() may refuse it
+    return _repr.repr(value)
+
+
+def _one_line(line: str, most: int = 500) -> str:
+    """A problem as one line of bounded length, whatever text the file put into it."""
+    line = re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], line)
+    return line if len(line) <= most else line[:most - 3] + "..."
+
+
+def _checked(problem_of) -> AfterValidator:
+    """A validator from a function that says what is wrong with a text (None: nothing)."""
+    def check(value: str) -> str:
+        problem = problem_of(value)
+        if problem:
+            raise ValueError(f"{_show(value)}: {problem}")
+        return value
+    return AfterValidator(check)
+
+
+PathText = Annotated[str, _checked(lambda v: "a file name cannot contain a NUL character" if "\x00" in v else None)]
+TopicFilter = Annotated[str, _checked(filter_problem)]   # what a reader or door subscribes
+TopicPrefix = Annotated[str, _checked(prefix_problem)]   # where the gateway publishes
 
 
 class _Strict(BaseModel):
@@ -48,7 +83,7 @@ class SiteInfo(_Strict):
 
 
 class Storage(_Strict):
-    path: str = "var/gateway.db"
+    path: PathText = "var/gateway.db"
     commit_interval_s: float = Field(default=1.0, gt=0, le=60)
     # retention and disk care (gateway/retention.py; README "Storage care")
     raw_days: int = Field(default=62, ge=31, le=36500, description="readings (every field) are kept this many "
@@ -94,7 +129,7 @@ class ModbusTcpBus(_BusBase):
 
 class ModbusRtuBus(_BusBase):
     type: Literal["modbus_rtu"]
-    port: str
+    port: PathText
     baudrate: int = Field(default=9600, ge=300, le=921600)
     bytesize: Literal[7, 8] = 8
     parity: Literal["N", "E", "O"] = "N"
@@ -105,7 +140,7 @@ class Dlt645Bus(_BusBase):
     """A DL/T 645-2007 line on a serial port; its meters are named by 12-digit `address`."""
 
     type: Literal["dlt645"]
-    port: str
+    port: PathText
     baudrate: int = Field(default=2400, ge=300, le=921600)
     bytesize: Literal[7, 8] = 8
     parity: Literal["N", "E", "O"] = "E"
@@ -168,7 +203,7 @@ class InfluxConfig(_Strict):
     retention_policy: str | None = None
     username_env: EnvName | None = None
     password_env: EnvName | None = None
-    ca_file: str | None = None
+    ca_file: PathText | None = None
     verify_tls: bool = True
     timeout_s: float = Field(default=10, gt=0, le=300)
     gzip: bool = True
@@ -203,12 +238,12 @@ class MqttConfig(_Strict):
     username_env: EnvName | None = None
     password_env: EnvName | None = None
     tls: bool = False
-    ca_file: str | None = None
+    ca_file: PathText | None = None
     keepalive_s: int = Field(default=30, ge=5, le=600)
 
 
 class _SerialLine(_Strict):
-    port: str
+    port: PathText
     baudrate: int = Field(default=9600, ge=300, le=921600)
     bytesize: Literal[7, 8] = 8
     parity: Literal["N", "E", "O"] = "N"
@@ -252,7 +287,7 @@ class JsonMapping(_Strict):
 class MqttCardReader(_Strict):
     id: Id
     type: Literal["mqtt"]
-    topic: str
+    topic: TopicFilter
     door: Id | None = None          # used when the message names no door
     direction: Literal["in", "out", ""] = ""
     card_format: Literal["decimal", "hex", "fac_card", "auto"] = "auto"
@@ -272,7 +307,7 @@ class DoorEventMapping(_Strict):
 class Door(_Strict):
     id: Id
     name: str = ""
-    topic: str | None = None        # door events (opened/closed/forced_open/held_open) over MQTT
+    topic: TopicFilter | None = None  # door events (opened/closed/forced_open/held_open) over MQTT
     mapping: DoorEventMapping = DoorEventMapping()
     event_names: dict[str, Literal["opened", "closed", "forced_open", "held_open"]] = Field(default_factory=dict)
     held_open_s: float = Field(default=60, gt=0, le=3600)
@@ -289,10 +324,20 @@ class CardEntry(_Strict):
 
 
 class Cards(_Strict):
-    file: str | None = "cards.csv"
+    """The card list: a CSV `file` (default cards.csv) and/or `entries` in the site file. With
+    `entries` and no `file` the list is the entries alone: no cards.csv is looked for."""
+
+    file: PathText | None = "cards.csv"
     entries: list[CardEntry] = Field(default_factory=list)
     hash_key_env: EnvName = "CARD_HASH_KEY"
     reload_s: float = Field(default=2.0, ge=0.2, le=3600)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _entries_alone(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "entries" in data and "file" not in data:
+            return {**data, "file": None}
+        return data
 
 
 class Checkpoint(_Strict):
@@ -304,7 +349,7 @@ class Checkpoint(_Strict):
 class MqttPatrolReader(_Strict):
     id: Id
     type: Literal["mqtt"]
-    topic: str
+    topic: TopicFilter
     mapping: dict[str, str] = Field(default_factory=lambda: {"guard": "guard", "tag": "tag", "time": "time",
                                                              "reader": "reader"})
 
@@ -358,7 +403,7 @@ class Webhook(_Strict):
 
 
 class AlertOutputs(_Strict):
-    mqtt_prefix: str | None = None   # default "<site id>/alerts"
+    mqtt_prefix: TopicPrefix | None = None   # default "<site id>/alerts"
     webhooks: list[Webhook] = Field(default_factory=list)
 
 
@@ -459,7 +504,7 @@ class AllocationGroup(_Strict):
 
 
 class Allocation(_Strict):
-    households_file: str = "households.csv"
+    households_file: PathText = "households.csv"
     groups: list[AllocationGroup] = Field(default_factory=list)
     difference_rule: Literal["by_cost", "by_area"] = Field(
         default="by_cost", description="how bill - metered cost is spread: pro rata to each group's metered "
@@ -488,8 +533,8 @@ class Web(_Strict):
     enabled: bool = True
     bind: str = Field(default="127.0.0.1", description="the address to listen on: 0.0.0.0 for the estate's Wi-Fi")
     port: int = Field(default=8080, ge=1, le=65535)
-    tls_cert: str | None = None
-    tls_key: str | None = None
+    tls_cert: PathText | None = None
+    tls_key: PathText | None = None
     session_hours: float = Field(default=12, gt=0, le=24 * 30)     # a session ends this long after login
     # ... and after this long without a request (an open console page asks every 15 s)
     idle_minutes: float = Field(default=30, gt=0, le=24 * 60)
@@ -506,7 +551,7 @@ class Web(_Strict):
 class SiteConfig(_Strict):
     site: SiteInfo
     storage: Storage = Storage()
-    meter_models: list[str] = Field(default_factory=list, description="extra model directories")
+    meter_models: list[PathText] = Field(default_factory=list, description="extra model directories")
     buses: list[Bus] = Field(default_factory=list)
     meters: list[Meter] = Field(default_factory=list)
     influxdb: InfluxConfig | None = None
@@ -565,25 +610,6 @@ class ConfigError(Exception):
 
 # ---- loading ---------------------------------------------------------------------------------
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """Safe loader that refuses a key written twice in one mapping (YAML would keep the last)."""
-
-
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
-    seen: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"key '{key}' appears twice (first on line {seen[key] + 1})",
-                key_node.start_mark)
-        seen[key] = key_node.start_mark.line
-    return loader.construct_mapping(node, deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
 def _path(loc: tuple) -> str:
     out = ""
     for i, part in enumerate(loc):
@@ -606,12 +632,12 @@ def _message(err: dict) -> str:
         return "unknown key"
     if kind == "string_pattern_mismatch":
         if key == "url":
-            return f"{err['input']!r} is not a URL (expected http://host:port or https://host:port)"
+            return f"{_show(err['input'])} is not a URL (expected http://host:port or https://host:port)"
         if key == "address":
-            return f"{err['input']!r} is not a DL/T 645 address: 12 digits, in quotes (e.g. '000012345678')"
+            return f"{_show(err['input'])} is not a DL/T 645 address: 12 digits, in quotes (e.g. '000012345678')"
         if isinstance(key, str) and key.endswith("_env"):
-            return f"{err['input']!r} is not an environment variable name"
-        return f"{err['input']!r}: use letters, digits, '.', '_' and '-' only"
+            return f"{_show(err['input'])} is not an environment variable name"
+        return f"{_show(err['input'])}: use letters, digits, '.', '_' and '-' only"
     if kind == "missing":
         return "required key is missing"
     if kind == "union_tag_invalid":
@@ -620,72 +646,109 @@ def _message(err: dict) -> str:
         bound = {"greater_than_equal": "at least", "greater_than": "more than",
                  "less_than_equal": "at most", "less_than": "less than"}[kind]
         limit = next(iter(err["ctx"].values()))
-        return f"{err['input']!r} is out of range: must be {bound} {limit}"
+        return f"{_show(err['input'])} is out of range: must be {bound} {limit}"
     if kind == "union_tag_not_found":
         return "'type' is missing"
     if kind == "literal_error":
-        return f"{err['input']!r} is not allowed; {err['msg'].replace('Input should be ', 'expected ')}"
-    msg = err["msg"]
-    return re.sub(r"^Value error, ", "", msg)
+        return f"{_show(err['input'])} is not allowed; {err['msg'].replace('Input should be ', 'expected ')}"
+    msg = re.sub(r"^Value error, ", "", err["msg"])
+    if kind.endswith("_type"):  # string_type, list_type, model_type, ...
+        return f"{msg} (found {_kind(err['input'])})"
+    return msg
+
+
+def _kind(value: Any) -> str:
+    """What a value is, in the words of the YAML file."""
+    if value is None:
+        return "nothing (null)"
+    for cls, word in ((bool, "true/false"), (int, "a number"), (float, "a number"), (str, "text"),
+                      (dict, "a mapping"), (list, "a list")):
+        if isinstance(value, cls):
+            return f"{word} {_show(value)}" if cls in (int, float, str) else word
+    return type(value).__name__
+
+
+def _entries(container: Any, key: str) -> list[tuple[int, dict]]:
+    """The mappings of the list `container[key]` with their index; nothing when it is no list."""
+    seq = container.get(key) if isinstance(container, dict) else None
+    return [(i, x) for i, x in enumerate(seq) if isinstance(x, dict)] if isinstance(seq, list) else []
+
+
+def _names(items: Any) -> list[tuple[int, str]]:
+    """The text values of a list with their index. A value of another type (a list where an id
+    belongs) is already a problem from the models and is left out of the checks across sections,
+    which look values up in sets."""
+    return [(j, v) for j, v in enumerate(items) if isinstance(v, str)] if isinstance(items, list) else []
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _known(names: Any) -> str:
+    """Some of the names that exist, for a 'no X named ...' line (built once per section)."""
+    names = sorted(names)
+    return ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "") or "none defined"
+
+
+def _unique(problems: list[str], section: str, items: list[tuple[int, dict]], key: str = "id") -> dict[str, int]:
+    """First index of each text `key` in `items`; a repeat is a problem."""
+    first: dict[str, int] = {}
+    for i, item in items:
+        ident = _text(item.get(key))
+        if ident is None:
+            continue
+        if ident in first:
+            problems.append(f"{section}[{i}].{key}: '{ident}' is already used by {section}[{first[ident]}]")
+        else:
+            first[ident] = i
+    return first
 
 
 def _cross_check(data: dict, models: dict[str, MeterModel]) -> list[str]:
-    """Checks across sections, on the raw data so they run even when some entries are invalid."""
+    """Checks across sections, on the raw data so they run even when some entries are invalid.
+    Linear in the size of the file: every lookup is in a dict or set built once."""
     problems: list[str] = []
-
-    def entries(section: str) -> list[tuple[int, dict]]:
-        items = data.get(section)
-        return [(i, x) for i, x in enumerate(items) if isinstance(x, dict)] if isinstance(items, list) else []
-
-    def dupes(section: str) -> None:
-        first: dict[Any, int] = {}
-        for i, item in entries(section):
-            ident = item.get("id")
-            if ident is None or not isinstance(ident, str):
-                continue
-            if ident in first:
-                problems.append(f"{section}[{i}].id: '{ident}' is already used by {section}[{first[ident]}]")
-            else:
-                first[ident] = i
-
-    dupes("buses")
-    dupes("meters")
-    dupes("card_readers")
-    dupes("doors")
-    seen_users: dict[Any, int] = {}
-    for i, u in entries("users"):
-        if u.get("name") in seen_users:
-            problems.append(f"users[{i}].name: '{u.get('name')}' is already users[{seen_users[u.get('name')]}]")
-        seen_users.setdefault(u.get("name"), i)
+    buses = {b: x for b, x in ((_text(x.get("id")), x) for _, x in _entries(data, "buses")) if b is not None}
+    _unique(problems, "buses", _entries(data, "buses"))
+    meter_ids = _unique(problems, "meters", _entries(data, "meters"))
+    _unique(problems, "card_readers", _entries(data, "card_readers"))
+    _unique(problems, "doors", _entries(data, "doors"))
+    seen_users: dict[str, int] = {}
+    for i, u in _entries(data, "users"):
+        name = _text(u.get("name"))
+        if name in seen_users:
+            problems.append(f"users[{i}].name: '{name}' is already users[{seen_users[name]}]")
+        elif name is not None:
+            seen_users[name] = i
     problems.extend(_check_access_patrol(data))
+    problems.extend(_check_topics(data))
     problems.extend(check_rules(data))
-    meter_ids = {m.get("id") for _, m in entries("meters")}
-    allocation = data.get("allocation") if isinstance(data.get("allocation"), dict) else {}
-    groups = allocation.get("groups") if isinstance(allocation.get("groups"), list) else []
-    for i, g in enumerate(groups):
-        for j, mid in enumerate(g.get("meters") or [] if isinstance(g, dict) else []):
+    allocation = data.get("allocation")
+    for i, g in _entries(allocation, "groups"):
+        for j, mid in _names(g.get("meters")):
             if mid not in meter_ids:
                 problems.append(f"allocation.groups[{i}].meters[{j}]: no meter named '{mid}'")
-    buses = {b.get("id"): b for _, b in entries("buses")}
-    where: dict[tuple[Any, Any], int] = {}
-    for i, m in entries("meters"):
-        bus_id, model, unit = m.get("bus"), m.get("model"), m.get("unit")
+    known_buses, known_models = _known(buses), _known(models)
+    kinds = _model_kinds(models)
+    where: dict[tuple[str, Any], int] = {}
+    for i, m in _entries(data, "meters"):
+        bus_id, model, unit, address = _text(m.get("bus")), _text(m.get("model")), m.get("unit"), m.get("address")
         if bus_id is not None and bus_id not in buses:
-            known = ", ".join(sorted(str(b) for b in buses)) or "none defined"
-            problems.append(f"meters[{i}].bus: no bus named '{bus_id}' (buses: {known})")
+            problems.append(f"meters[{i}].bus: no bus named '{bus_id}' (buses: {known_buses})")
         if model is not None and model not in models:
-            problems.append(f"meters[{i}].model: no meter model '{model}' "
-                            f"(known: {', '.join(sorted(models)) or 'none'})")
-        problems.extend(_protocol_check(i, m, buses.get(bus_id), models))
-        address = m.get("address")
-        if bus_id is not None and isinstance(address, str):
+            problems.append(f"meters[{i}].model: no meter model '{model}' (known: {known_models})")
+        problems.extend(_protocol_check(i, m, buses.get(bus_id), models, kinds))
+        if bus_id is None:
+            continue
+        if isinstance(address, str):
             if (bus_id, address) in where:
                 j = where[(bus_id, address)]
                 problems.append(f"meters[{i}].address: address {address} on bus '{bus_id}' is already "
                                 f"meters[{j}] ('{data['meters'][j].get('id')}')")
             else:
                 where[(bus_id, address)] = i
-        if bus_id is not None and isinstance(unit, int):
+        if isinstance(unit, int) and not isinstance(unit, bool):
             if (bus_id, unit) in where:
                 j = where[(bus_id, unit)]
                 problems.append(f"meters[{i}].unit: unit {unit} on bus '{bus_id}' is already "
@@ -699,7 +762,13 @@ def _is_dlt645(model: Any) -> bool:
     return getattr(model, "protocol", "") == "dlt645"
 
 
-def _protocol_check(i: int, m: dict, bus: Any, models: dict[str, Any]) -> list[str]:
+def _model_kinds(models: dict[str, Any]) -> dict[bool, str]:
+    """The names of the DL/T 645 models (True) and of the register maps (False), for messages."""
+    return {kind: ", ".join(sorted(k for k, v in models.items() if _is_dlt645(v) == kind)) or "none"
+            for kind in (True, False)}
+
+
+def _protocol_check(i: int, m: dict, bus: Any, models: dict[str, Any], kinds: dict[bool, str]) -> list[str]:
     """A meter on a Modbus bus is named by its `unit` id and read with a register map; a meter on
     a DL/T 645 bus is named by its 12-digit `address` and read with a DL/T 645 model."""
     if not isinstance(bus, dict) or bus.get("type") not in BUS_TYPES:
@@ -709,7 +778,6 @@ def _protocol_check(i: int, m: dict, bus: Any, models: dict[str, Any]) -> list[s
     model = models.get(name) if isinstance(name, str) else None
     out = []
     if kind == "dlt645":
-        dl = ", ".join(sorted(k for k, v in models.items() if _is_dlt645(v))) or "none"
         if unit is not None:
             out.append(f"meters[{i}].unit: bus '{bus_id}' is a DL/T 645 line: its meters have an 'address' "
                        "(12 digits), not a Modbus unit id")
@@ -719,7 +787,7 @@ def _protocol_check(i: int, m: dict, bus: Any, models: dict[str, Any]) -> list[s
                        "dlt645` reads it)")
         if model is not None and not _is_dlt645(model):
             out.append(f"meters[{i}].model: '{name}' is a Modbus register map; a meter on DL/T 645 bus "
-                       f"'{bus_id}' needs a DL/T 645 model (known: {dl})")
+                       f"'{bus_id}' needs a DL/T 645 model (known: {kinds[True]})")
     else:
         if address is not None:
             out.append(f"meters[{i}].address: bus '{bus_id}' is {kind}: its meters have a Modbus 'unit' id "
@@ -728,49 +796,36 @@ def _protocol_check(i: int, m: dict, bus: Any, models: dict[str, Any]) -> list[s
             out.append(f"meters[{i}].unit: required on Modbus bus '{bus_id}' ({kind}): the meter's unit id, "
                        "1-247 (an 'address' is for meters on a bus of type dlt645)")
         if model is not None and _is_dlt645(model):
-            mb = ", ".join(sorted(k for k, v in models.items() if not _is_dlt645(v))) or "none"
             out.append(f"meters[{i}].model: '{name}' is a DL/T 645 model; a meter on Modbus bus '{bus_id}' "
-                       f"needs a register map (known: {mb})")
+                       f"needs a register map (known: {kinds[False]})")
     return out
 
 
 def _check_access_patrol(data: dict) -> list[str]:
     problems: list[str] = []
-
-    def items(container: Any, key: str) -> list[tuple[int, dict]]:
-        seq = container.get(key) if isinstance(container, dict) else None
-        return [(i, x) for i, x in enumerate(seq) if isinstance(x, dict)] if isinstance(seq, list) else []
-
-    doors = {d.get("id") for _, d in items(data, "doors")}
+    doors = {d for d in (_text(x.get("id")) for _, x in _entries(data, "doors")) if d is not None}
+    known_doors = _known(doors)
     uses_mqtt = False
-    for i, r in items(data, "card_readers"):
+    for i, r in _entries(data, "card_readers"):
         uses_mqtt |= r.get("type") == "mqtt"
-        door = r.get("door")
+        door = _text(r.get("door"))
         if door is not None and door not in doors:
-            problems.append(f"card_readers[{i}].door: no door named '{door}' "
-                            f"(doors: {', '.join(sorted(map(str, doors))) or 'none defined'})")
-    uses_mqtt |= any(d.get("topic") for _, d in items(data, "doors"))
-    patrol = data.get("patrol") if isinstance(data.get("patrol"), dict) else {}
+            problems.append(f"card_readers[{i}].door: no door named '{door}' (doors: {known_doors})")
+    uses_mqtt |= any(d.get("topic") for _, d in _entries(data, "doors"))
+    patrol = data.get("patrol")
+    ids = _unique(problems, "patrol.checkpoints", _entries(patrol, "checkpoints"))
     tags: dict[str, int] = {}
-    ids: dict[str, int] = {}
-    for i, c in items(patrol, "checkpoints"):
-        cid, tag = c.get("id"), str(c.get("tag", "")).upper()
-        if cid in ids:
-            problems.append(f"patrol.checkpoints[{i}].id: '{cid}' is already used by patrol.checkpoints[{ids[cid]}]")
-        ids.setdefault(cid, i)
+    for i, c in _entries(patrol, "checkpoints"):
+        tag = c.get("tag")
+        tag = str(tag).upper() if isinstance(tag, (str, int)) and not isinstance(tag, bool) else ""
         if tag and tag in tags:
             problems.append(f"patrol.checkpoints[{i}].tag: tag {tag} is already patrol.checkpoints[{tags[tag]}]")
         tags.setdefault(tag, i)
-    for section in ("readers", "routes"):
-        seen: dict[Any, int] = {}
-        for i, x in items(patrol, section):
-            if x.get("id") in seen:
-                problems.append(f"patrol.{section}[{i}].id: '{x.get('id')}' is already used by "
-                                f"patrol.{section}[{seen[x.get('id')]}]")
-            seen.setdefault(x.get("id"), i)
-    uses_mqtt |= any(r.get("type") == "mqtt" for _, r in items(patrol, "readers"))
-    for i, r in items(patrol, "routes"):
-        for j, cp in enumerate(r.get("checkpoints") or []):
+    _unique(problems, "patrol.readers", _entries(patrol, "readers"))
+    _unique(problems, "patrol.routes", _entries(patrol, "routes"))
+    uses_mqtt |= any(r.get("type") == "mqtt" for _, r in _entries(patrol, "readers"))
+    for i, r in _entries(patrol, "routes"):
+        for j, cp in _names(r.get("checkpoints")):
             if cp not in ids:
                 problems.append(f"patrol.routes[{i}].checkpoints[{j}]: no checkpoint named '{cp}'")
     if uses_mqtt and not isinstance(data.get("mqtt"), dict):
@@ -778,22 +833,33 @@ def _check_access_patrol(data: dict) -> list[str]:
     return problems
 
 
+def _check_topics(data: dict) -> list[str]:
+    """A reader or door subscribed to the gateway's own alert topics would take them as input
+    (a reader on '#' gets every alert as a garbled swipe). The topics' grammar is checked by the
+    models; this needs the site id and the alert prefix."""
+    site, alerts = data.get("site"), data.get("alerts")
+    prefix = alerts.get("mqtt_prefix") if isinstance(alerts, dict) else None
+    if prefix is None and isinstance(site, dict) and isinstance(site.get("id"), str):
+        prefix = f"{site['id']}/alerts"
+    if not isinstance(prefix, str) or prefix_problem(prefix):
+        return []
+    own = alert_topics(prefix)
+    subscribed = [(f"card_readers[{i}]", r) for i, r in _entries(data, "card_readers") if r.get("type") == "mqtt"]
+    subscribed += [(f"doors[{i}]", d) for i, d in _entries(data, "doors")]
+    subscribed += [(f"patrol.readers[{i}]", r) for i, r in _entries(data.get("patrol"), "readers")
+                   if r.get("type") == "mqtt"]
+    return [f"{where}.topic: {_show(topic)} would also receive the gateway's own alerts ({prefix}/<rule>/<source>)"
+            for where, x in subscribed
+            if isinstance(topic := x.get("topic"), str) and not filter_problem(topic) and filters_overlap(topic, own)]
+
+
 def load_site(path: str | Path) -> SiteConfig:
     path = Path(path)
     src = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([f"{src}: no such file"], src) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError([f"{src}: cannot read: {e}"], src) from None
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        what = getattr(e, "problem", None) or str(e)
-        raise ConfigError([f"{src}{where}: not valid YAML: {what}"], src) from None
+        data = read_yaml_file(path)
+    except YamlFileError as e:
+        raise ConfigError([_one_line(e.line(src))], src) from None
     return parse_site(data, base_dir=path.resolve().parent, source=src)
 
 
@@ -806,8 +872,7 @@ def parse_site(data: Any, base_dir: Path, source: str = "site file") -> SiteConf
         cfg = SiteConfig.model_validate(data)
     except ValidationError as e:
         problems += [f"{_path(err['loc'])}: {_message(err)}" for err in e.errors()]
-    extra_dirs = data.get("meter_models") if isinstance(data.get("meter_models"), list) else []
-    dirs = model_dirs(base_dir, [str(d) for d in extra_dirs])
+    dirs = model_dirs(base_dir, [d for _, d in _names(data.get("meter_models")) if "\x00" not in d])
     models, model_problems = load_models(dirs)
     from .drivers.dlt645 import load_dlt645_models  # here: the driver imports this module
     dlt_models, dlt_problems = load_dlt645_models(dirs)
@@ -817,7 +882,7 @@ def parse_site(data: Any, base_dir: Path, source: str = "site file") -> SiteConf
     models.update(dlt_models)
     problems += model_problems + _cross_check(data, models)
     if problems or cfg is None:
-        raise ConfigError(problems, source)
+        raise ConfigError([_one_line(p) for p in problems], source)
     cfg._base_dir = base_dir
     cfg._models = models
     return cfg

@@ -14,8 +14,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .yamlfile import YamlFileError, read_yaml_file
 
 SHIPPED_MODELS_DIR = Path(__file__).resolve().parent.parent / "edge_config" / "meter_models"
 
@@ -167,7 +168,7 @@ class MeterModel:
 
 def _function_code(v: Any) -> int:
     names = {"holding": HOLDING, "input": INPUT, 3: HOLDING, 4: INPUT, "03": HOLDING, "04": INPUT}
-    if v in names:
+    if isinstance(v, (str, int)) and v in names:  # a list here cannot be looked up
         return names[v]
     raise ValueError("function must be 'holding' (03) or 'input' (04)")
 
@@ -280,11 +281,9 @@ def parse_model(data: Any, path: Path) -> MeterModel:
 
 def load_model_file(path: Path) -> MeterModel:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise ModelError([f"{path}: cannot read: {e}"]) from None
-    except yaml.YAMLError as e:
-        raise ModelError([f"{path}: not valid YAML: {e}".replace("\n", " ")]) from None
+        data = read_yaml_file(path)
+    except YamlFileError as e:
+        raise ModelError([e.line(str(path))]) from None
     return parse_model(data, path)
 
 

@@ -40,11 +40,11 @@ from typing import Any, Callable, Literal
 
 import serial
 import serial_asyncio_fast
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..clock import REAL_CLOCK, Clock
 from ..meter_models import check_field_names
+from ..yamlfile import YamlFileError, read_yaml_file
 from .scheduler import BusDown, Garbled, MeterState, NoAnswer, PolledBus, PollError
 
 # ---- frames ----------------------------------------------------------------------------------
@@ -372,9 +372,9 @@ def load_dlt645_models(dirs: list[Path]) -> tuple[dict[str, Dlt645Model], list[s
         seen.add(d)
         for path in sorted(d.glob("*.yaml")):
             try:
-                models[path.stem] = parse_model(yaml.safe_load(path.read_text(encoding="utf-8")), path)
-            except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-                problems.append(f"{path}: cannot read: {e}".replace("\n", " "))
+                models[path.stem] = parse_model(read_yaml_file(path), path)
+            except YamlFileError as e:
+                problems.append(e.line(str(path)))
             except ValueError as e:
                 problems.extend(str(e).splitlines())
     return models, problems

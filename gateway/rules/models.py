@@ -189,21 +189,24 @@ def parse_rules(data: Any) -> list[Rule]:
 
 
 def check_rules(data: dict) -> list[str]:
-    """Checks across sections on the raw site data (they run even when some entries are invalid)."""
+    """Checks across sections on the raw site data (they run even when some entries are invalid).
+    Only text values are looked up: a list or mapping where a name belongs is already a problem
+    from the models (and cannot be looked up in a set)."""
     problems: list[str] = []
     rules = data.get("rules")
     if not isinstance(rules, list):
         return problems
 
-    def ids(seq: Any) -> set:
-        return {x.get("id") for x in seq if isinstance(x, dict)} if isinstance(seq, list) else set()
+    def texts(seq: Any, key: str = "id") -> set[str]:
+        return {v for x in seq if isinstance(x, dict) and isinstance(v := x.get(key), str)} \
+            if isinstance(seq, list) else set()
 
-    meters = ids(data.get("meters"))
-    buildings = {m.get("building") for m in data.get("meters") or [] if isinstance(m, dict)}
-    doors = ids(data.get("doors"))
+    meters = texts(data.get("meters"))
+    buildings = texts(data.get("meters"), "building")
+    doors = texts(data.get("doors"))
     patrol = data.get("patrol") if isinstance(data.get("patrol"), dict) else {}
-    routes, readers = ids(patrol.get("routes")), ids(patrol.get("readers"))
-    seen: dict[Any, int] = {}
+    routes, readers = texts(patrol.get("routes")), texts(patrol.get("readers"))
+    seen: dict[str, int] = {}
     for i, r in enumerate(rules):
         if not isinstance(r, dict):
             continue
@@ -219,14 +222,13 @@ def check_rules(data: dict) -> list[str]:
             if not isinstance(vals, list):
                 continue
             for j, v in enumerate(vals):
-                if v not in known:
+                if isinstance(v, str) and v not in known:
                     problems.append(f"rules[{i}].{key}[{j}]: no {what} named '{v}'")
-        for key in ("max_power_kw_by_meter",):
-            vals = r.get(key)
-            if isinstance(vals, dict):
-                for v in vals:
-                    if v not in meters:
-                        problems.append(f"rules[{i}].{key}.{v}: no meter named '{v}'")
+        vals = r.get("max_power_kw_by_meter")
+        if isinstance(vals, dict):
+            for v in vals:
+                if isinstance(v, str) and v not in meters:
+                    problems.append(f"rules[{i}].max_power_kw_by_meter.{v}: no meter named '{v}'")
     return problems
 
 
