@@ -23,7 +23,7 @@ from typing import Callable
 
 from .clock import Clock
 from .config import SiteConfig
-from .drivers.modbus import BusDown, ExceptionReply, Garbled, NoAnswer
+from .drivers.modbus import BadAnswer, BusDown, ExceptionReply, Garbled, NoAnswer
 from .events import AlertChange, CardSwipe, DeviceStatus, DoorEvent, PatrolCheckin, Reading
 from .mqtt import topic_matches
 from .recording import read
@@ -32,7 +32,7 @@ from .store import Ledger
 
 log = logging.getLogger(__name__)
 
-ERRORS = {"NoAnswer": NoAnswer, "Garbled": Garbled, "BusDown": BusDown}
+ERRORS = {"NoAnswer": NoAnswer, "Garbled": Garbled, "BadAnswer": BadAnswer, "BusDown": BusDown}
 
 
 class SimClock(Clock):

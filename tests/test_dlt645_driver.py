@@ -133,7 +133,7 @@ async def test_a_dead_meter_does_not_stall_its_neighbours(tmp_path):
             assert got.statuses(st.meter.id) == [True]
     s = bus.stats()
     assert set(s) == {"bus", "meters", "online", "offline", "polls", "ok", "failures", "timeouts", "exceptions",
-                      "crc_errors", "bus_down", "overruns", "requests", "busy_s"}
+                      "crc_errors", "bad_answers", "bus_down", "overruns", "requests", "busy_s"}
     assert (s["meters"], s["online"], s["offline"]) == (5, 4, 1) and s["busy_s"] > 0
 
 

@@ -17,15 +17,18 @@ import termios
 from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-from pymodbus.framer import FramerRTU
 
 from ..clock import REAL_CLOCK, Clock
 from ..config import Meter, ModbusRtuBus, ModbusTcpBus
 from ..meter_models import MeterModel
+from .modbus_answer import AnswerWatch
 from .modbus_plan import ReadRequest, plan_for_model
-from .scheduler import BusDown, Garbled, MeterState, MeterStats, NoAnswer, PolledBus, PollError  # noqa: F401
+from .scheduler import (BadAnswer, BusDown, Garbled, MeterState, MeterStats, NoAnswer,  # noqa: F401
+                        PolledBus, PollError)
 
 log = logging.getLogger(__name__)
+
+RECEIVE_BUFFER = 1024  # bytes received in one exchange beyond which all is dropped as noise
 
 EXCEPTION_NAMES = {
     1: "illegal function", 2: "illegal data address", 3: "illegal data value",
@@ -43,35 +46,6 @@ class ExceptionReply(PollError):
         super().__init__(f"exception {code:#04x} ({EXCEPTION_NAMES.get(code, 'unknown code')})")
 
 
-class _RtuWatch:
-    """Sees raw answer bytes (pymodbus `trace_packet`) to tell a corrupted answer from silence.
-
-    pymodbus drops a frame with a bad CRC and keeps waiting; we recognise the frame by the
-    unit and function we asked and fail the exchange at once instead of after the timeout.
-    """
-
-    def __init__(self) -> None:
-        self.unit = self.function = self.expect = 0
-        self.bad: asyncio.Future | None = None
-        self.seen = b""
-
-    def arm(self, unit: int, req: ReadRequest) -> asyncio.Future:
-        self.unit, self.function, self.expect = unit, req.function, req.response_bytes_rtu
-        self.seen = b""
-        self.bad = asyncio.get_running_loop().create_future()
-        return self.bad
-
-    def trace(self, sending: bool, data: bytes) -> bytes:
-        if sending or self.bad is None or self.bad.done():
-            return data
-        self.seen = data
-        if len(data) >= 2 and data[0] == self.unit and data[1] & 0x7F == self.function:
-            n = 5 if data[1] & 0x80 else self.expect
-            if len(data) >= n and FramerRTU.compute_CRC(data[:n - 2]) != int.from_bytes(data[n - 2:n], "big"):
-                self.bad.set_result(data[:n])
-        return data
-
-
 class ModbusBus(PolledBus):
     """Owns one bus (a serial line or a TCP serial server) and polls its meters."""
 
@@ -81,8 +55,7 @@ class ModbusBus(PolledBus):
         self.meters = [MeterState(m, model, plan_for_model(model, bus.max_gap_registers),
                                   m.timeout_s or bus.timeout_s) for m, model in meters]
         self.client = None
-        self._rtu_framing = bus.type == "modbus_rtu" or getattr(bus, "framer", "socket") == "rtu"
-        self._watch = _RtuWatch() if self._rtu_framing else None
+        self._watch = AnswerWatch(rtu=bus.type == "modbus_rtu" or getattr(bus, "framer", "socket") == "rtu")
         self._last_exchange = 0.0
 
     # ---- connection ----
@@ -95,15 +68,21 @@ class ModbusBus(PolledBus):
     def _make_client(self):
         b = self.bus
         # The timeout is set again per exchange (each meter may have its own); retries are ours.
-        trace = self._watch.trace if self._watch else None
+        # Every answer passes the watch, which hands pymodbus only the answer to the request.
+        trace = self._watch.trace
         if b.type == "modbus_tcp":
-            return AsyncModbusTcpClient(
+            client = AsyncModbusTcpClient(
                 b.host, port=b.port, framer=FramerType.RTU if b.framer == "rtu" else FramerType.SOCKET,
                 timeout=b.timeout_s, retries=0, reconnect_delay=0, trace_packet=trace, name=b.id)
-        return AsyncModbusSerialClient(
-            b.port, framer=FramerType.RTU, baudrate=b.baudrate, bytesize=b.bytesize, parity=b.parity,
-            stopbits=b.stopbits, timeout=b.timeout_s, retries=0, reconnect_delay=0, trace_packet=trace,
-            name=b.id)
+        else:
+            client = AsyncModbusSerialClient(
+                b.port, framer=FramerType.RTU, baudrate=b.baudrate, bytesize=b.bytesize, parity=b.parity,
+                stopbits=b.stopbits, timeout=b.timeout_s, retries=0, reconnect_delay=0, trace_packet=trace,
+                name=b.id)
+        # pymodbus empties its receive buffer, unseen, once it holds more than one frame (264
+        # bytes); room for the answer behind a late answer to an earlier request (set aside).
+        client.ctx.max_buffer_size = RECEIVE_BUFFER
+        return client
 
     async def _ensure_connected(self, timeout: float) -> None:
         # We reconnect ourselves (pymodbus's own reconnect is off) so that one back-off, shared
@@ -147,43 +126,30 @@ class ModbusBus(PolledBus):
         params = self.client.ctx.comm_params
         if params.timeout_connect != timeout:
             params.timeout_connect = timeout
+        self._watch.arm(unit, req.function, req.count)  # it judges the answer before pymodbus does
         try:
-            if self._watch is None:
-                rr = await call(req.address, count=req.count, device_id=unit)
-            else:
-                rr = await self._read_watched(call, unit, req)
+            rr = await call(req.address, count=req.count, device_id=unit)
         except ConnectionException as e:
             self._bus_trouble(f"connection lost: {e}")
             raise BusDown(f"bus {self.bus.id} not connected") from None
         except ModbusIOException as e:
             if "No response" in str(e):
-                raise NoAnswer(f"no answer within {timeout:g} s") from None
+                raise self._watch.timed_out(timeout) from None
             raise Garbled(f"bad answer: {e}") from None
         except ModbusException as e:
             raise Garbled(f"bad answer: {e}") from None
         finally:
+            self._watch.disarm()
             self._last_exchange = self.clock.monotonic()
+        if self._watch.refused is not None:
+            raise self._watch.refused
         if rr.isError():
             raise ExceptionReply(getattr(rr, "exception_code", 0))
         regs = rr.registers
-        if len(regs) < req.count:
-            raise Garbled(f"answer has {len(regs)} registers, asked for {req.count}")
+        if rr.function_code != req.function or len(regs) != req.count:  # the watch's job; kept as a last guard
+            raise BadAnswer(f"answer with function {rr.function_code} and {len(regs)} registers to a read of "
+                            f"{req.count} with function {req.function}")
         return regs
-
-    async def _read_watched(self, call, unit: int, req: ReadRequest):
-        bad = self._watch.arm(unit, req)
-        task = asyncio.ensure_future(call(req.address, count=req.count, device_id=unit))
-        try:
-            await asyncio.wait((task, bad), return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            task.cancel()
-            raise
-        if task.done():
-            if isinstance(task.exception(), ModbusIOException) and self._watch.seen:
-                raise Garbled(f"incomplete or unreadable answer ({self._watch.seen[:32].hex(' ')})")
-            return task.result()
-        task.cancel()
-        raise Garbled(f"CRC error in answer ({bad.result().hex(' ')})")
 
     # ---- one poll of one meter (the scheduler's hooks) ----
 

@@ -10,7 +10,9 @@ its bus.
 A protocol driver subclasses `PolledBus` and supplies the exchange (`_exchange`: one request of
 a meter's plan, answered or raising a `PollError`), what a recording keeps of an answer
 (`_recorded`), how a meter is named in log lines (`_describe`) and `close`. Each request of a
-plan decodes its own answer: `req.decode(answer, values, counters)`.
+plan decodes its own answer: `req.decode(answer, values, counters)`. Anything else a poll raises
+(a decoder meeting an answer nobody foresaw, a bug) is that meter's failed poll too, counted with
+`bad_answers` and logged with its traceback once per episode: the bus task goes on.
 """
 
 from __future__ import annotations
@@ -44,6 +46,15 @@ class Garbled(PollError):
     retry = True
 
 
+class BadAnswer(Garbled):
+    """An answer that is not the one asked for: wrong length, function or unit, or unusable.
+
+    Garbled too (whoever handles a garbled answer handles this one), with its own counter.
+    """
+
+    kind = "bad_answers"
+
+
 class BusDown(PollError):
     kind = "bus_down"
 
@@ -56,6 +67,7 @@ class MeterStats:
     timeouts: int = 0
     exceptions: int = 0
     crc_errors: int = 0
+    bad_answers: int = 0
     bus_down: int = 0
     overruns: int = 0
     requests: int = 0
@@ -163,6 +175,12 @@ class PolledBus:
         except PollError as e:
             self._failed(st, e)
             return None
+        except Exception as e:
+            # Whatever else goes wrong in one meter's exchange or decoding (an answer nobody
+            # foresaw, a bug) is that meter's failed poll: the bus and its other meters go on.
+            what = f"{type(e).__module__}.{type(e).__qualname__}".removeprefix("builtins.")
+            self._failed(st, BadAnswer(f"unexpected error reading it: {what}: {e}"), e)
+            return None
         finally:
             if record is not None:
                 self.recorder.poll(ts, self.bus.id, st.meter.id, record)
@@ -171,13 +189,14 @@ class PolledBus:
         self.publish(reading)
         return reading
 
-    def _failed(self, st: MeterState, e: PollError) -> None:
+    def _failed(self, st: MeterState, e: PollError, unexpected: Exception | None = None) -> None:
         st.failures += 1
         st.stats.failures += 1
         setattr(st.stats, e.kind, getattr(st.stats, e.kind) + 1)
         st.last_error = str(e)
         if st.failures == 1 and not isinstance(e, BusDown):  # once per episode; bus has its own line
-            self._log.warning("%s: %s", self._describe(st), e)
+            # an unexpected error is a bug to fix: its traceback comes with the line
+            self._log.warning("%s: %s", self._describe(st), e, exc_info=unexpected)
         if st.failures >= self.bus.offline_after and st.online is not False:
             st.online = False
             self._log.warning("%s: offline after %d failed polls (%s)", self._describe(st), st.failures, e)
