@@ -447,7 +447,7 @@ def mqtt_settings(port: int, client_id: str) -> MqttSettings:
 
 
 def mqtt_driver(field: Field, desk: CardDesk | None = None) -> MqttCardReaderDriver:
-    cfg = MqttCardReader(id="acs-gate-s", type="mqtt", topic=MQTT_TOPIC, door="gate-s")
+    cfg = MqttCardReader(id="acs-gate-s", type="mqtt", topic=MQTT_TOPIC, door="gate-s", readers=["gate-s-in"])
     return MqttCardReaderDriver(cfg, {"gate-s"}, desk or field.desk, field.tz)
 
 

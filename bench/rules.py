@@ -242,7 +242,8 @@ class DayMix:
                 self.swipe_drivers[r.door] = MqttCardReaderDriver(r, doors, self.desk, self.tz, self.clock)
         for d in cfg.doors:  # the serial gate (gate-n) gets the same controller messages here
             if d.id not in self.swipe_drivers:
-                r = MqttCardReader(id=f"{d.id}-acs", type="mqtt", topic=f"{cfg.site.id}/acs/{d.id}/swipe", door=d.id)
+                r = MqttCardReader(id=f"{d.id}-acs", type="mqtt", topic=f"{cfg.site.id}/acs/{d.id}/swipe", door=d.id,
+                                   readers=[f"{d.id}-in", f"{d.id}-out"])
                 self.swipe_drivers[d.id] = MqttCardReaderDriver(r, doors, self.desk, self.tz, self.clock)
         self.door_drivers = {d.id: DoorEventsDriver(d, doors, self._collect, self.tz) for d in cfg.doors}
         self.controllers = []

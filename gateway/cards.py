@@ -69,6 +69,12 @@ def card_hash(number: str, key: bytes) -> str:
     return hmac.new(key, number.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
 
 
+def masked_number(text: str) -> str:
+    """A card number as problems and logs show it: only its last 4 characters (what the ledger
+    keeps as the card's tail, printed on the card), so it can be found but is never in clear."""
+    return "*" * max(0, len(text) - 4) + text[-4:]
+
+
 def load_hash_key(env_name: str) -> bytes | None:
     """The hash key from the environment variable `env_name` (its text as UTF-8 bytes), or None
     when unset or empty. The caller decides what then: the runtime generates a random key and
@@ -156,7 +162,7 @@ def _entry(row: Mapping[str, Any], tz: ZoneInfo, source: str) -> CardEntry:
     try:
         value, bits = parse_card_text(text, "auto")
     except ValueError as e:
-        raise _RowError("number", text, str(e)) from None
+        raise _RowError("number", masked_number(text), str(e)) from None
     category, job = _role(row.get("role"))
     valid_from = _when(row.get("valid_from"), tz, "valid_from", end=False)
     valid_until = _when(row.get("valid_to"), tz, "valid_to", end=True)
@@ -288,7 +294,7 @@ class CardRegistry:
         by_value: dict[int, CardEntry] = {}
         for e in entries:
             if e.value in by_value:
-                problems.append(f"{e.source}: number {e.number} is also at {by_value[e.value].source}; "
+                problems.append(f"{e.source}: number {masked_number(e.number)} is also at {by_value[e.value].source}; "
                                 f"using this later one")
             by_value[e.value] = e
         kept = [e for e in entries if by_value[e.value] is e]
@@ -301,8 +307,9 @@ class CardRegistry:
         notes = []
         for first, *others in by_low24.values():
             for e in others:
-                notes.append(f"{e.source}: number {e.number} has the same low 24 bits as {first.source} "
-                             f"({first.number}): a 26-bit reader cannot tell them apart (it takes the first)")
+                notes.append(f"{e.source}: number {masked_number(e.number)} has the same low 24 bits as "
+                             f"{first.source} ({masked_number(first.number)}): a 26-bit reader cannot tell them "
+                             f"apart (it takes the first)")
         self._entries, self._by_value, self._by_low24 = kept, by_value, by_low24
         self.problems, self.notes = problems, notes
 

@@ -293,6 +293,9 @@ class MqttCardReader(_Strict):
     card_format: Literal["decimal", "hex", "fac_card", "auto"] = "auto"
     mapping: JsonMapping = JsonMapping()
     debounce_s: float = Field(default=2.0, ge=0, le=60)
+    # The readers the controller names in its messages (`reader`), e.g. [gate-s-in, gate-s-out]:
+    # a message naming another is refused as bad input. A message naming none is this reader's.
+    readers: list[Id] = Field(default_factory=list)
 
 
 CardReader = Annotated[Union[SerialCardReader, MqttCardReader], Field(discriminator="type")]

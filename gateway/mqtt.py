@@ -16,7 +16,14 @@ dropped (counted as `unmatched`).
 
 Outgoing messages published while disconnected wait in memory (bounded; the oldest are
 dropped, counted) and are sent in order after the next connect. A message whose
-acknowledgement was lost with the connection is sent again: at-least-once too.
+acknowledgement was lost with the connection is sent again: at-least-once too. A topic that
+cannot be published to (a wildcard in it, empty) is refused at once: logged, counted, dropped.
+
+The broker keeps a persistent session's subscriptions across runs, so a filter that an earlier
+run subscribed (or the site file before a reload) would go on delivering. With a `memory` (the
+ledger) the link remembers every filter it subscribed and, after each connect, unsubscribes
+those that no one registered this time. Messages on the gateway's own topics (`own()`: its
+alerts) never reach a handler, whatever a subscription's filter matches.
 
 No threads of our own: aiomqtt runs paho-mqtt on the event loop (it uses the loop's default
 executor only for the blocking TCP/TLS connect).
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import random
 import ssl
@@ -33,7 +41,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable
+from typing import Callable, Iterable
 
 import aiomqtt
 
@@ -72,6 +80,27 @@ class MqttSettings:
     def __post_init__(self) -> None:
         if not self.client_id:
             raise ValueError("MqttSettings.client_id is required (a persistent session needs a fixed id)")
+
+
+@dataclass
+class SessionMemory:
+    """Where the topic filters of the persistent session are remembered across runs: the
+    broker keeps them, and only we know which ones the current site file no longer names.
+    `get`/`put` read and write one text value (the ledger's meta table) under `key`."""
+
+    get: Callable[[str], str | None]
+    put: Callable[[str, str], None]
+    key: str
+
+    def load(self) -> set[str]:
+        try:
+            filters = json.loads(self.get(self.key) or "[]")
+        except ValueError:
+            return set()
+        return {f for f in filters if _valid_filter(f)} if isinstance(filters, list) else set()
+
+    def save(self, filters: Iterable[str]) -> None:
+        self.put(self.key, json.dumps(sorted(filters)))
 
 
 @dataclass
@@ -128,8 +157,11 @@ class MqttLink:
 
     def __init__(self, settings: MqttSettings, clock_monotonic: Callable[[], float] = time.monotonic,
                  clock_now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
-                 rng: random.Random | None = None):
+                 rng: random.Random | None = None, memory: SessionMemory | None = None):
         self.settings = settings
+        self._memory = memory
+        self._held: set[str] | None = None   # filters the session may hold (loaded from memory)
+        self._own: list[str] = []            # filters of the gateway's own topics
         self._monotonic = clock_monotonic
         self._now = clock_now
         self._rng = rng or random.Random()
@@ -149,17 +181,21 @@ class MqttLink:
         self._oversize_topics: set[str] = set()
         self._unmatched_topics: set[str] = set()
         self._refused_filters: set[str] = set()
+        self._own_topics: set[str] = set()
+        self._invalid_reasons: set[str] = set()
         self._dropping = False
         # counters
         self.messages = 0         # incoming messages handed to dispatch (including dropped ones)
         self.handler_errors = 0
         self.oversize = 0
         self.unmatched = 0
+        self.own_messages = 0     # incoming messages on the gateway's own topics, not dispatched
         self.reconnects = 0       # successful connects after the first
         self.connect_failures = 0
         self.published = 0        # acknowledged by the broker (QoS 0: written)
         self.queued = 0           # publish() calls that went to the outbox
         self.dropped = 0          # oldest outbox messages dropped because it was full
+        self.invalid = 0          # publish() calls refused: the topic cannot be published to
 
     # ---- state ----
 
@@ -187,9 +223,10 @@ class MqttLink:
     def stats(self) -> dict:
         return {"connected": self.connected, "messages": self.messages,
                 "handler_errors": self.handler_errors, "oversize": self.oversize,
-                "unmatched": self.unmatched, "reconnects": self.reconnects,
+                "unmatched": self.unmatched, "own_messages": self.own_messages, "reconnects": self.reconnects,
                 "connect_failures": self.connect_failures, "published": self.published,
-                "queued": self.queued, "pending": len(self._outbox), "dropped": self.dropped}
+                "queued": self.queued, "pending": len(self._outbox), "dropped": self.dropped,
+                "invalid": self.invalid}
 
     # ---- subscriptions ----
 
@@ -203,6 +240,7 @@ class MqttLink:
         aiomqtt.Wildcard(topic_filter)  # raises ValueError on a malformed filter
         sub = _Subscription(topic_filter, handler, self.settings.qos if qos is None else qos)
         self._subs.append(sub)
+        self._remember()
         session = self._session
         if session is not None and not session.ended.done():
             task = asyncio.get_running_loop().create_task(self._subscribe_late(session, sub))
@@ -214,6 +252,37 @@ class MqttLink:
             await self._subscribe(session, [sub])
         except aiomqtt.MqttError:
             pass  # logged; renewed after the next connect
+
+    def own(self, topic_filter: str) -> None:
+        """Topics the gateway publishes itself (its alerts): a message on them is never handed
+        to a handler, even when a reader's filter matches it (a reader on `site/#`)."""
+        aiomqtt.Wildcard(topic_filter)
+        self._own.append(topic_filter)
+
+    def _remember(self) -> None:
+        """Add the registered filters to the remembered ones, before they are subscribed: a
+        crash in between must not leave a subscription no later run knows of."""
+        wanted = {s.topic_filter for s in self._subs}
+        if self._held is not None and not wanted <= self._held:   # None: no memory, or not running yet
+            self._held |= wanted
+            self._memory.save(self._held)
+
+    async def _forget_stale(self, session: _Session) -> None:
+        """Unsubscribe what the session holds from earlier runs but no one registered now."""
+        wanted = {s.topic_filter for s in self._subs}
+        stale = sorted(self._held - wanted) if self._held is not None else []
+        if not stale:
+            return
+        try:
+            await self._guarded(session, session.client.unsubscribe(stale))
+        except aiomqtt.MqttError as e:
+            if session is self._session and not session.ended.done():
+                log.warning("MQTT unsubscribe from %s failed: %s", ", ".join(stale), e)
+            raise
+        log.info("MQTT unsubscribed from %s: subscribed by an earlier run (or before a reload), not wanted now",
+                 ", ".join(map(repr, stale)))
+        self._held = wanted
+        self._memory.save(self._held)
 
     async def _subscribe(self, session: _Session, subs: list[_Subscription]) -> None:
         wanted: dict[str, int] = {}
@@ -251,6 +320,14 @@ class MqttLink:
         keep it in the outbox, sent in order after the next connect (False)."""
         if isinstance(payload, str):
             payload = payload.encode()
+        problem = _publish_problem(topic)
+        if problem:
+            self.invalid += 1
+            if problem not in self._invalid_reasons:
+                self._invalid_reasons.add(problem)
+                log.error("MQTT cannot publish to %r: %s; such messages are dropped (counted as invalid)",
+                          topic[:200], problem)
+            return False
         msg = _Outgoing(next(self._seq), topic, payload, self.settings.qos if qos is None else qos, retain)
         session = self._session
         if session is None or session.ended.done() or self._outbox:
@@ -342,6 +419,15 @@ class MqttLink:
                                 topic, len(payload), self.settings.max_payload)
                 return
             self._oversize_topics.discard(topic)
+            if any(topic_matches(f, topic) for f in self._own):
+                self.own_messages += 1
+                if topic not in self._own_topics:
+                    if len(self._own_topics) >= _EPISODE_KEYS_MAX:
+                        self._own_topics.clear()
+                    self._own_topics.add(topic)
+                    log.warning("MQTT message on %r is on the gateway's own topics: not given to any handler "
+                                "(does a reader's topic filter cover the alerts?)", topic)
+                return
             arrived = self._now()
             matched = False
             for sub in self._subs:
@@ -474,6 +560,9 @@ class MqttLink:
         if self._running:
             raise RuntimeError("MqttLink.run() is already running (one connection per client id)")
         self._running = True
+        if self._memory is not None and self._held is None:
+            self._held = self._memory.load()
+            self._remember()
         try:
             await self._run()
         finally:
@@ -522,7 +611,7 @@ class MqttLink:
     async def _session_run(self, client: aiomqtt.Client) -> BaseException | None:
         """One connected session. Returns the error that ended it, or None on stop()."""
         session = self._session = _Session(client)
-        subscribed = asyncio.ensure_future(self._subscribe(session, list(self._subs)))
+        subscribed = asyncio.ensure_future(self._renew(session))
         tasks = {subscribed}
         stopper = asyncio.ensure_future(self._stop.wait())
         try:
@@ -556,6 +645,10 @@ class MqttLink:
                 t.cancel()
             await asyncio.gather(stopper, *tasks, return_exceptions=True)
 
+    async def _renew(self, session: _Session) -> None:
+        await self._subscribe(session, list(self._subs))
+        await self._forget_stale(session)
+
     @staticmethod
     def _ended_by(task: asyncio.Task) -> BaseException:
         e = task.exception()
@@ -582,6 +675,25 @@ class MqttLink:
     def stop(self) -> None:
         """Ask `run()` to finish: handle what has arrived, send what waits, disconnect."""
         self._stop.set()
+
+
+def _valid_filter(topic_filter: object) -> bool:
+    try:
+        aiomqtt.Wildcard(topic_filter)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _publish_problem(topic: str) -> str:
+    """Why a message cannot be published to `topic` ("" if it can)."""
+    try:
+        aiomqtt.Topic(topic)
+    except (TypeError, ValueError):
+        return "a topic to publish to is 1..65535 characters without the wildcards + and #"
+    if "\0" in topic:
+        return "a topic cannot hold a NUL character"
+    return ""
 
 
 def _name(handler: Handler) -> str:

@@ -24,6 +24,10 @@ from .store import Ledger
 log = logging.getLogger(__name__)
 
 
+def alert_prefix(cfg: SiteConfig) -> str:
+    return cfg.alerts.mqtt_prefix or f"{cfg.site.id}/alerts"
+
+
 def alert_messages(change: AlertChange, prefix: str) -> list[tuple[str, str | bytes, bool]]:
     """The MQTT messages of one alert change: (topic, payload, retain). An open alert's message
     is retained, so a console that connects later sees it; a cleared one is said once and its
@@ -162,14 +166,23 @@ class Gateway:
     def _mqtt_link(self):
         import os
 
-        from .mqtt import MqttLink, MqttSettings
+        from .mqtt import MqttLink, MqttSettings, SessionMemory
         m = self.cfg.mqtt
-        return MqttLink(MqttSettings(
-            host=m.host, port=m.port, client_id=m.client_id or f"estate-gateway-{self.cfg.site.id}",
+        client_id = m.client_id or f"estate-gateway-{self.cfg.site.id}"
+        link = MqttLink(MqttSettings(
+            host=m.host, port=m.port, client_id=client_id,
             username=os.environ.get(m.username_env) if m.username_env else None,
             password=os.environ.get(m.password_env) if m.password_env else None,
             tls=m.tls, ca_file=str(self.cfg.base_dir / m.ca_file) if m.ca_file else None, keepalive=m.keepalive_s),
-            clock_monotonic=self.clock.monotonic, clock_now=self.clock.now)   # arrival times on the gateway's clock
+            clock_monotonic=self.clock.monotonic, clock_now=self.clock.now,   # arrival times on the gateway's clock
+            # the broker keeps the session's subscriptions across runs and reloads: the ledger
+            # remembers them, so those the site file no longer names are unsubscribed
+            memory=SessionMemory(self.ledger.meta, self.ledger.set_meta, f"mqtt_filters:{client_id}"))
+        try:
+            link.own(f"{alert_prefix(self.cfg)}/#")   # our alerts never reach a reader's handler
+        except ValueError:
+            pass  # a prefix with a wildcard: nothing is published under it (publish refuses, says why)
+        return link
 
     def _tap_serial(self, driver) -> None:
         if self.record_path:
@@ -335,7 +348,7 @@ class Gateway:
 
     async def _publish_alerts(self) -> None:
         """`<prefix>/<rule>/<source>`: JSON, retained while the alert is open; deleted when cleared."""
-        prefix = self.cfg.alerts.mqtt_prefix or f"{self.cfg.site.id}/alerts"
+        prefix = alert_prefix(self.cfg)
         sub = self.hub.subscribe(AlertChange, name="alert publisher")
         try:
             while True:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sqlite3
 from datetime import datetime, timedelta
@@ -48,7 +49,8 @@ def site_data(tmp_path, broker, rdm_port, wiegand_port, wand_port):
              "direction": "in", "debounce_s": 1.0},
             {"id": "gate-n-out", "type": "serial", "port": wiegand_port, "format": "wiegand_text",
              "encoding": "hex_raw", "door": "gate-n", "direction": "out"},
-            {"id": "acs-gate-s", "type": "mqtt", "topic": "wanhu/acs/gate-s/swipe", "door": "gate-s"},
+            {"id": "acs-gate-s", "type": "mqtt", "topic": "wanhu/acs/gate-s/swipe", "door": "gate-s",
+             "readers": ["gate-s-in", "gate-s-out"]},
         ],
         "cards": {"file": "cards.csv", "hash_key_env": "GW_TEST_CARD_KEY", "reload_s": 0.2},
         "patrol": {
@@ -271,3 +273,169 @@ async def test_a_reader_on_a_missing_port_is_reported_offline_once(tmp_path):
     statuses = [e for e in published if isinstance(e, DeviceStatus)]
     assert [(s.device, s.kind, s.online) for s in statuses] == [("gate-x", "reader", False)]
     assert "ttyUSB9" in statuses[0].reason
+
+
+# ---- bad input at the MQTT handlers: one clear line, counted, never another exception -------
+
+def mqtt_drivers(published: list):
+    """The three MQTT handlers (swipes, doors, online patrol), publishing into `published`."""
+    from gateway.cards import CardRegistry
+    from gateway.config import Checkpoint, Door, MqttCardReader, MqttPatrolReader, Patrol
+    from gateway.drivers.card_reader import CardDesk, DoorEventsDriver, MqttCardReaderDriver
+    from gateway.drivers.patrol import Checkpoints, MqttPatrolReaderDriver
+    desk = CardDesk(CardRegistry(None, "Asia/Shanghai"), b"k", published.append)
+    reader = MqttCardReader(id="acs-gate-s", type="mqtt", topic="wanhu/acs/gate-s/swipe", door="gate-s",
+                            readers=["gate-s-in", "gate-s-out"])
+    patrol = Patrol(checkpoints=[Checkpoint(id="CP01", tag="04A1B2C3")])
+    return {
+        "swipe": MqttCardReaderDriver(reader, {"gate-s"}, desk, TZ),
+        "door": DoorEventsDriver(Door(id="gate-s", topic="wanhu/acs/gate-s/door"), {"gate-s"}, published.append, TZ),
+        "patrol": MqttPatrolReaderDriver(MqttPatrolReader(id="pr-1", type="mqtt", topic="wanhu/patrol/pr-1/read"),
+                                         Checkpoints(patrol), desk, published.append, TZ),
+    }
+
+
+# Keys for all three handlers (each ignores the others' keys).
+GOOD = {"card": f"{RESIDENT:010d}", "reader": "gate-s-in", "event": "opened", "guard": f"{GUARD:010d}",
+        "tag": "04A1B2C3", "time": "2026-11-23T20:04:00+08:00"}
+WEIRD = {  # item 4 of the defects issue, and their neighbours
+    "nested 30,000 deep": b"[" * 30_000 + b"]" * 30_000,
+    "a 400-digit epoch": json.dumps({**GOOD, "time": int("9" * 400)}).encode(),
+    "past datetime's end in UTC": json.dumps({**GOOD, "time": "9999-12-31T23:59:59-23:59"}).encode(),
+    "year 1": json.dumps({**GOOD, "time": "0001-01-01T00:00:00Z"}).encode(),
+    "NaN epoch": json.dumps({**GOOD, "time": float("nan")}).encode(),
+    "a 5,000-digit number": b'{"card": ' + b"1" * 5000 + b"}",
+}
+
+
+@pytest.mark.parametrize("what", WEIRD)
+@pytest.mark.parametrize("kind", ["swipe", "door", "patrol"])
+def test_weird_payloads_are_bad_input_never_an_exception(kind, what, caplog):
+    published: list = []
+    driver = mqtt_drivers(published)[kind]
+    driver.handle("wanhu/x", WEIRD[what], datetime.now(TZ))   # before the fix: RecursionError, OverflowError
+    assert driver.bad.total == 1 and published == []
+    lines = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 1 and lines[0].exc_info is None and "wanhu/x" in lines[0].getMessage()
+    driver.handle("wanhu/x", json.dumps(GOOD).encode(), datetime.now(TZ))
+    assert len(published) == 1  # and good input still works
+
+
+def test_each_kind_of_bad_input_is_named_once_per_episode(caplog):
+    caplog.set_level(logging.INFO, logger="gateway.drivers")
+    published: list = []
+    driver = mqtt_drivers(published)["swipe"]
+
+    def send(doc) -> None:
+        driver.handle("wanhu/acs/gate-s/swipe", doc if isinstance(doc, bytes) else json.dumps(doc).encode(),
+                      datetime.now(TZ))
+
+    def named() -> list[str]:
+        return [r.getMessage().split(": ", 1)[1] for r in caplog.records if r.levelno == logging.WARNING]
+
+    for doc in (b"not json", {"x": 1}, b"again not json", {**GOOD, "door": "nowhere"}, {"y": 2}):
+        send(doc)
+    assert [n.split(" (")[0] for n in named()] == ["not json", "missing key", "unknown door"]
+    assert driver.bad.counts == {"not_json": 2, "missing_key": 2, "unknown_door": 1}
+    send(GOOD)                                   # the episode ends: the next problem is named again
+    send(b"not json")
+    assert [n.split(" (")[0] for n in named()] == ["not json", "missing key", "unknown door", "not json"]
+    assert any("good input again after 5 bad" in r.getMessage() for r in caplog.records)
+
+
+def test_an_unknown_reader_is_refused_like_an_unknown_door(caplog):
+    published: list = []
+    driver = mqtt_drivers(published)["swipe"]
+    # item 5 of the defects issue: a `reader` that would rewrite the InfluxDB point's tags
+    injected = {**GOOD, "reader": "r x,site=evil y=1\nmeter,…\\"}
+    driver.handle("wanhu/acs/gate-s/swipe", json.dumps(injected).encode(), datetime.now(TZ))
+    assert published == [] and driver.bad.counts == {"unknown_reader": 1}
+    (said,) = [r.getMessage() for r in caplog.records]
+    assert "unknown reader" in said and "\n" not in said and "gate-s-in, gate-s-out" in said
+    listed = {**GOOD, "reader": "gate-s-out"}
+    unnamed = {k: v for k, v in GOOD.items() if k != "reader"} | {"card": f"{GUARD:010d}"}
+    for doc in (listed, unnamed):  # a reader the site file lists, or none: the controller's own id
+        driver.handle("wanhu/acs/gate-s/swipe", json.dumps(doc).encode(), datetime.now(TZ))
+    assert [s.reader for s in published] == ["gate-s-out", "acs-gate-s"]
+
+
+CARD_TEXT = f"{RESIDENT:010d}"
+
+
+@pytest.mark.parametrize("payload", [
+    f"card={CARD_TEXT};door=gate-s".encode(),                   # a controller that does not speak JSON
+    f'{{"card": "{CARD_TEXT}", "door": '.encode(),              # cut off
+    json.dumps({"card": "123,456789"}).encode(),               # a facility,card pair out of range
+    json.dumps({"card": CARD_TEXT + "x"}).encode(),
+])
+def test_card_numbers_are_never_logged_in_clear(payload, caplog):
+    published: list = []
+    driver = mqtt_drivers(published)["swipe"]
+    driver.handle("wanhu/acs/gate-s/swipe", payload, datetime.now(TZ))
+    assert driver.bad.total == 1
+    (said,) = [r.getMessage() for r in caplog.records]
+    assert CARD_TEXT not in said and str(RESIDENT) not in said and "456789" not in said
+    assert "wanhu/acs/gate-s/swipe" in said  # still says what and where
+
+
+async def test_weird_payloads_through_the_broker_are_counted_not_handler_errors(field, caplog):
+    run, broker, *_ = field
+    for what in ("nested 30,000 deep", "a 400-digit epoch", "past datetime's end in UTC"):
+        await publish(broker, "wanhu/acs/gate-s/swipe", WEIRD[what])
+    await publish(broker, "wanhu/acs/gate-s/swipe", {"card": f"{RESIDENT:010d}", "reader": "gate-s-in"})
+    await run.until(lambda: run.events(CardSwipe), "the good swipe behind them")
+    swipe_driver = next(d for d in run.gw.field_drivers if getattr(d, "cfg", None) and d.cfg.id == "acs-gate-s")
+    assert run.gw.mqtt.handler_errors == 0
+    assert swipe_driver.bad.counts == {"not_json": 1, "bad_time": 2}
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+# ---- the persistent session and the gateway's own topics ----------------------------------
+
+def mqtt_site(tmp_path, broker, reader_topic: str, rules: list | None = None):
+    """Only an MQTT card reader (and rules): the gateway's MQTT side and nothing else."""
+    data = {"site": SITE, "storage": {"path": str(tmp_path / "gw.db"), "commit_interval_s": 0.2},
+            "mqtt": {"host": "127.0.0.1", "port": broker.port},
+            "doors": [{"id": "gate-s"}],
+            "card_readers": [{"id": "acs-gate-s", "type": "mqtt", "topic": reader_topic, "door": "gate-s",
+                              "readers": ["gate-s-in"]}],
+            "cards": {"file": None, "entries": [{"number": f"{RESIDENT:010d}", "holder": "张伟"}],
+                      "hash_key_env": "GW_TEST_CARD_KEY"}}
+    if rules:
+        data["rules"] = rules
+    return parse_site(data, base_dir=tmp_path)
+
+
+async def test_a_filter_of_an_earlier_run_is_unsubscribed(tmp_path, mqtt_broker, monkeypatch, caplog):  # noqa: F811
+    """The broker keeps a persistent session's subscriptions: the filter the first run used
+    must not go on delivering once the site file names another (item 8 of the defects issue)."""
+    caplog.set_level(logging.INFO, logger="gateway.mqtt")
+    monkeypatch.setenv("GW_TEST_CARD_KEY", "test-key")
+    broker = mqtt_broker()
+    async with Running(Gateway(mqtt_site(tmp_path, broker, "wanhu/#"))) as run:
+        assert run.gw.mqtt.subscriptions() == {"wanhu/#": True}
+    # the next run (or a reload) with a narrower topic, the same client id and ledger
+    async with Running(Gateway(mqtt_site(tmp_path, broker, "wanhu/acs/gate-s/swipe"))) as run:
+        await publish(broker, "wanhu/elsewhere/x", {"card": f"{RESIDENT:010d}"})   # only the old filter matches
+        await publish(broker, "wanhu/acs/gate-s/swipe", {"card": f"{RESIDENT:010d}", "reader": "gate-s-in"})
+        await run.until(lambda: run.events(CardSwipe), "the swipe published after the other")
+        stats = run.gw.mqtt.stats()
+        assert (stats["messages"], stats["unmatched"]) == (1, 0)
+    assert any("unsubscribed from 'wanhu/#'" in r.getMessage() for r in caplog.records)
+
+
+async def test_the_gateways_own_alerts_never_reach_a_reader(tmp_path, mqtt_broker, monkeypatch):  # noqa: F811
+    """A reader whose filter covers the alert topics (`wanhu/#`) must not be handed the
+    gateway's own alerts, retained or live (item 8 of the defects issue)."""
+    monkeypatch.setenv("GW_TEST_CARD_KEY", "test-key")
+    broker = mqtt_broker()
+    cfg = mqtt_site(tmp_path, broker, "wanhu/#",
+                    rules=[{"id": "invalid-card", "kind": "access", "check": "invalid_card"}])
+    async with Running(Gateway(cfg)) as run:
+        reader = run.gw.field_drivers[0]
+        await publish(broker, "wanhu/acs/gate-s/swipe", {"card": f"{UNKNOWN:010d}", "reader": "gate-s-in"})
+        await run.until(lambda: run.gw.mqtt.published >= 1, "the unknown card's alert published")
+        await publish(broker, "wanhu/acs/gate-s/swipe", {"card": f"{RESIDENT:010d}", "reader": "gate-s-in"})
+        await run.until(lambda: len(run.events(CardSwipe)) == 2, "the swipe published after the alert")
+        assert reader.bad.total == 0 and reader.swipes == 2
+        assert run.gw.mqtt.stats()["own_messages"] >= 1   # it did arrive (the filter covers it), and was dropped

@@ -4,6 +4,8 @@ nothing doubled, bad data set aside."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import logging
 import signal
 import sqlite3
 import sys
@@ -12,14 +14,14 @@ from decimal import Decimal
 
 import pytest
 import yaml
-from hypothesis import given, strategies as st
+from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
 from gateway.config import parse_site
-from gateway.events import DeviceStatus, GatewayStats, Reading
+from gateway.events import CardSwipe, DeviceStatus, GatewayStats, Reading
 from gateway.runtime import Gateway
 from gateway.sinks.drainer import Drainer
 from gateway.sinks.influxdb import make_writer
-from gateway.sinks.lineprotocol import line
+from gateway.sinks.lineprotocol import Unwritable, line
 from gateway.sinks.schema import Encoder, SiteIndex
 from gateway.store import NEVER_SHED, Ledger
 from servers import Influx1
@@ -85,6 +87,83 @@ def test_schema_describes_meter_points_with_site_tags(tmp_path):
     assert row.essential == f"meter,building=B01,circuit=stairwell_lighting,meter=B01-stair,site=wanhu energy_kwh=1234.56 {T0_MS}"
     status = Encoder(SiteIndex.from_config(cfg))(DeviceStatus("b", "bus", False, T0, "refused"))
     assert status.line == f'device_status,device=b,kind=bus,site=wanhu online=false,reason="refused" {T0_MS}'
+
+
+# What line protocol cannot carry is refused: a newline ends the point; a backslash before a
+# backslash, an escaped character, a double quote or the end is read differently by the engines.
+UNWRITABLE = ["a\nb", "a\\", "a\\\\b", "a\\,b", "a\\=b", "a\\ b", 'a\\"b']
+
+
+@pytest.mark.parametrize("text", UNWRITABLE)
+def test_what_line_protocol_cannot_carry_is_refused(text):
+    for tags, fields in [({"t": text}, {"f": 1}), ({text: "v"}, {"f": 1}), ({}, {text: 1})]:
+        with pytest.raises(Unwritable, match="line protocol cannot carry"):
+            line("m", tags, fields, 1)
+
+
+_names = itertools.count()
+# Every character, and often the ones line protocol escapes or treats specially.
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",)) | st.sampled_from(list(',= \\"\'\t\r\n\x00#é漢')),
+                min_size=1, max_size=12)
+
+
+# A few batches of 50-80 texts: each example is a round trip through the server, so no
+# shrinking (the assertion's set difference names the text that failed).
+@settings(max_examples=4, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(_TEXT, min_size=50, max_size=80, unique=True))
+def test_any_text_round_trips_through_influxdb_1_as_tag_value_and_field_key(influx1, texts):
+    """Whatever `line()` writes, a real InfluxDB 1.x reads back as the same tag value and field
+    key; it refuses only texts with a newline or a backslash (and a field key that starts with
+    a tab or NUL, which InfluxDB skips as blank)."""
+    n = next(_names)
+    tags_m, keys_m = f"tagv{n}", f"fkey{n}"
+    lines, tag_values, field_keys = [], {}, set()
+    for i, text in enumerate(texts):
+        try:
+            lines.append(line(tags_m, {"i": str(i), "v": text}, {"f": 1}, T0_MS))
+            tag_values[str(i)] = text
+        except Unwritable:
+            assert "\n" in text or "\\" in text
+        try:
+            lines.append(line(keys_m, {"i": str(i)}, {text: i}, T0_MS))
+            field_keys.add(text)
+        except Unwritable:
+            assert "\n" in text or "\\" in text or text[0] in "\t\x00"
+    assert len(tag_values) >= len(texts) // 2  # most are written: the test is not vacuous
+    status, body = influx1.http(f"/write?db={influx1.database}&precision=ms", "\n".join(lines).encode())
+    assert status == 204, body
+    result = influx1.query(f'SELECT * FROM "{tags_m}" GROUP BY *')["results"][0]
+    assert {s["tags"]["i"]: s["tags"]["v"] for s in result["series"]} == tag_values
+    result = influx1.query(f'SHOW FIELD KEYS FROM "{keys_m}"')["results"][0]
+    assert {k for k, _ in result["series"][0]["values"]} == field_keys
+
+
+INJECTION = "r x,site=evil y=1\nmeter,…\\"  # item 5 of the defects issue: a controller's `reader`
+
+
+async def test_an_injected_reader_never_shifts_the_tags(tmp_path, influx1, caplog):
+    cfg = small_site(tmp_path, influx_cfg("v1", influx1))
+    encoder = Encoder(SiteIndex.from_config(cfg))
+
+    def swipe(reader: str, second: int) -> CardSwipe:
+        return CardSwipe(reader, "gate-s", "in", T0 + timedelta(seconds=second), "0012345678",
+                         "0123456789abcdef", "unknown")
+
+    # As sent, it cannot be written: refused, said once, the ledger keeps the event.
+    assert encoder(swipe(INJECTION, 0)) is None and encoder(swipe(INJECTION, 1)) is None
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(said) == 1 and "access point: tag reader" in said[0] and "newline" in said[0]
+    # Without the newline and the final backslash it is written, and is only a reader's name.
+    variants = [INJECTION.replace("\n", " ")[:-1], INJECTION.split("\n")[0]]
+    ledger = Ledger(cfg.storage_path, encoder=encoder)
+    for k, reader in enumerate(variants):
+        ledger.add(swipe(reader, 10 + k))
+    ledger.flush()
+    await drain(ledger, Drainer(ledger, make_writer(cfg.influxdb, tmp_path), cfg.influxdb))
+    points = sorted(influx1.points("access"), key=lambda p: p["time"])
+    assert [(p["site"], p["reader"], p["door"]) for p in points] == [("wanhu", r, "gate-s") for r in variants]
+    ledger.close()
 
 
 # ---- both server generations read back exactly ------------------------------------------------

@@ -404,3 +404,32 @@ async def test_cancel_closes_cleanly(mqtt_broker):
     await until(lambda: "gw-cancel disconnected" in broker.log.read_text(), timeout=3,
                 what="broker logs the disconnect")
     assert "gw-cancel closed its connection" not in broker.log.read_text()
+
+
+async def test_publishing_to_an_invalid_topic_is_one_line_and_a_counted_drop(mqtt_broker, run_link, caplog):
+    """An alert prefix of '#' made the alert publisher crash every 5 s (item 8 of the defects
+    issue): a topic that cannot be published to is refused by publish() itself, connected or not."""
+    broker = mqtt_broker()
+    link = MqttLink(settings_for(broker))
+    assert await link.publish("#/offline/B01", b"{}") is False   # not connected yet: not queued either
+    run_link(link)
+    await until(lambda: link.connected, what="connect")
+    for topic in ("#/offline/B02", "wanhu/+/x", ""):
+        assert await link.publish(topic, b"{}") is False
+    assert await link.publish("wanhu/alerts/offline/B01", b"{}") is True   # the link works on
+    assert link.stats()["invalid"] == 4 and link.pending() == 0
+    said = [m for m in mqtt_lines(caplog, logging.ERROR) if "cannot publish" in m]
+    assert len(said) == 1 and "'#/offline/B01'" in said[0]
+
+
+def test_session_memory_ignores_what_is_no_topic_filter():
+    from gateway.mqtt import SessionMemory
+    store: dict[str, str] = {}
+    memory = SessionMemory(store.get, store.__setitem__, "mqtt_filters:gw")
+    assert memory.load() == set()
+    memory.save({"b/#", "a/+"})
+    assert store["mqtt_filters:gw"] == '["a/+", "b/#"]' and memory.load() == {"a/+", "b/#"}
+    store["mqtt_filters:gw"] = '["a/#/b", "", 3, "ok/#"]'
+    assert memory.load() == {"ok/#"}
+    store["mqtt_filters:gw"] = "not json"
+    assert memory.load() == set()

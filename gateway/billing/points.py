@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from ..sinks.lineprotocol import line
+from ..sinks.lineprotocol import Unwritable, line as point_line
+from ..sinks.schema import Refusals
 from .model import AllocationResult
 from .tariffs import SLOT_US, MonthPlan
 
@@ -20,7 +21,20 @@ PRIORITY_ALLOCATION = 6
 
 def outbox_rows(result: AllocationResult, plan: MonthPlan, intervals: dict, buildings: dict) -> Iterator[tuple]:
     """The rows, one at a time (a month is about 440,000 of them).
-    `intervals`: meter -> MeterIntervals; `buildings`: meter -> (building, circuit, group)."""
+    `intervals`: meter -> MeterIntervals; `buildings`: meter -> (building, circuit, group).
+    A point whose tags line protocol cannot carry (a household id with a newline) is left out
+    (said once)."""
+    return (row for row in _rows(result, plan, intervals, buildings, Refusals()) if row[3] is not None)
+
+
+def _rows(result: AllocationResult, plan: MonthPlan, intervals: dict, buildings: dict, refused) -> Iterator[tuple]:
+    def line(measurement: str, tags: dict, fields: dict, ts_ms: int) -> str | None:
+        try:
+            return point_line(measurement, tags, fields, ts_ms)
+        except Unwritable as e:
+            refused(f"{measurement} point: {e}")
+            return None
+
     site = result.site_id
     period_of = [plan.uses[max(parts, key=lambda p: p[1])[0]].period for parts in plan.slot_uses]
     for meter, iv in intervals.items():

@@ -1,4 +1,8 @@
-"""Bad input is a logged, counted event, never a crash: one line per episode per source."""
+"""Bad input is a logged, counted event, never a crash.
+
+An episode of bad input from one source lasts until good input arrives: in it, each distinct
+kind of problem is named once (the first of its kind, with its detail) and the rest counted.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +17,14 @@ class BadInput:
         self.where = where  # e.g. "card reader gate-n-in (/dev/ttyUSB1)"
         self.counts: Counter[str] = Counter()
         self._since_good = 0
+        self._named: set[str] = set()  # kinds already logged in this episode
 
     def bad(self, kind: str, detail: str = "") -> None:
         self.counts[kind] += 1
         self._since_good += 1
-        if self._since_good == 1:
-            log.warning("%s: %s%s; more bad input from here is counted, not logged, until good input arrives",
+        if kind not in self._named:
+            self._named.add(kind)
+            log.warning("%s: %s%s; more of this kind from here is counted, not logged, until good input arrives",
                         self.where, kind.replace("_", " "), f" ({detail})" if detail else "")
 
     def parser_errors(self, errors: Counter[str], before: dict[str, int]) -> None:
@@ -31,6 +37,7 @@ class BadInput:
         if self._since_good > 1:
             log.info("%s: good input again after %d bad", self.where, self._since_good)
         self._since_good = 0
+        self._named.clear()
 
     @property
     def total(self) -> int:

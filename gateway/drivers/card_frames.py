@@ -66,7 +66,8 @@ def parse_card_text(text: str, fmt: str) -> tuple[int, int]:
     ((fac << 16) | card; bits 24 for a Wiegand-26 facility ≤ 255, else 32); "auto": fac_card if
     there is a separator, hex if there is a hex letter or 0x, else decimal.
     Raises ValueError with a plain message (this is for config, CSV and JSON, where a person can
-    fix the text; the serial parsers never raise).
+    fix the text; the serial parsers never raise). The message never quotes the number: it is
+    logged, and a card number is never logged in clear.
     """
     if not isinstance(text, str):
         raise ValueError(f"a card number must be text, not {type(text).__name__}")
@@ -106,9 +107,9 @@ def parse_card_text(text: str, fmt: str) -> tuple[int, int]:
             raise ValueError("facility and card must both be decimal numbers, e.g. 123,45678")
         fac, card = int(fac_s), int(card_s)
         if card > 0xFFFF:
-            raise ValueError(f"card {card} is more than 65535 (16 bits)")
+            raise ValueError("the card part is more than 65535 (16 bits)")
         if fac > 0xFFFF:
-            raise ValueError(f"facility {fac} is more than 65535 (16 bits)")
+            raise ValueError("the facility is more than 65535 (16 bits)")
         return (fac << 16) | card, (24 if fac <= 0xFF else 32)
     raise ValueError(f"unknown card number format '{fmt}' (decimal, hex, fac_card or auto)")
 

@@ -117,34 +117,44 @@ class MqttCardReaderDriver:
         self.desk = desk
         self.tz = tz
         self.clock = clock
+        self.readers = {cfg.id, *cfg.readers}  # what the message's `reader` may name
         self.debounce = Debounce(cfg.debounce_s)
         self.bad = BadInput(f"card reader {cfg.id} (MQTT {cfg.topic})")
         self.swipes = 0
 
     def handle(self, topic: str, payload: bytes, arrival: datetime) -> None:
-        m = self.cfg.mapping
         try:
-            doc = json_msg.load(payload)
-            card = json_msg.text(doc, m.card)
-            try:
-                value, bits = parse_card_text(card, self.cfg.card_format)
-            except ValueError as e:
-                raise json_msg.BadMessage("bad_card", str(e)) from None
-            door = json_msg.text(doc, m.door, required=False) or self.cfg.door
-            if door not in self.doors:
-                raise json_msg.BadMessage("unknown_door", f"door {door!r} is not in the site file")
-            direction = DIRECTIONS.get((json_msg.text(doc, m.direction, required=False) or self.cfg.direction).lower())
-            if direction is None:
-                raise json_msg.BadMessage("bad_direction", f"direction {doc.get(m.direction)!r}")
-            reader = json_msg.text(doc, m.reader, required=False) or self.cfg.id
-            ts = json_msg.timestamp(doc, m.time, self.tz, arrival)
+            with json_msg.reading():
+                reader, door, direction, value, bits, ts = self._read(payload, arrival)
         except json_msg.BadMessage as e:
-            self.bad.bad(e.kind, f"{topic}: {e}")
+            self.bad.bad(e.kind, f"{json_msg.shown(topic, 80)}: {e}")
             return
         self.bad.good()
         if self.debounce.accept(value, ts.timestamp()):
             self.swipes += 1
             self.desk.swipe(reader, door, direction, value, bits, ts)
+
+    def _read(self, payload: bytes, arrival: datetime) -> tuple[str, str, str, int, int, datetime]:
+        m = self.cfg.mapping
+        doc = json_msg.load(payload)
+        card = json_msg.text(doc, m.card)
+        try:
+            value, bits = parse_card_text(card, self.cfg.card_format)
+        except ValueError as e:  # its text never quotes the card
+            raise json_msg.BadMessage("bad_card", f"'{m.card}': {e}") from None
+        door = json_msg.text(doc, m.door, required=False) or self.cfg.door
+        if door not in self.doors:
+            raise json_msg.BadMessage("unknown_door", f"door {json_msg.shown(door)} is not in the site file")
+        said = json_msg.text(doc, m.direction, required=False)
+        direction = DIRECTIONS.get((said or self.cfg.direction).lower())
+        if direction is None:
+            raise json_msg.BadMessage("bad_direction", f"direction {json_msg.shown(said)}")
+        reader = json_msg.text(doc, m.reader, required=False) or self.cfg.id
+        if reader not in self.readers:
+            known = ", ".join(sorted(self.readers))
+            raise json_msg.BadMessage("unknown_reader", f"reader {json_msg.shown(reader)} is not in the site file "
+                                                        f"(the readers of {self.cfg.id}: {known})")
+        return reader, door, direction, value, bits, json_msg.timestamp(doc, m.time, self.tz, arrival)
 
 
 STATES = ("opened", "closed", "forced_open", "held_open")
@@ -159,19 +169,23 @@ class DoorEventsDriver:
         self.bad = BadInput(f"door {door.id} (MQTT {door.topic})")
 
     def handle(self, topic: str, payload: bytes, arrival: datetime) -> None:
-        m = self.door.mapping
         try:
-            doc = json_msg.load(payload)
-            name = json_msg.text(doc, m.event)
-            state = self.door.event_names.get(name, name)
-            if state not in STATES:
-                raise json_msg.BadMessage("unknown_event", f"event {name!r} (known: {', '.join(STATES)})")
-            door = json_msg.text(doc, m.door, required=False) or self.door.id
-            if door not in self.doors:
-                raise json_msg.BadMessage("unknown_door", f"door {door!r} is not in the site file")
-            ts = json_msg.timestamp(doc, m.time, self.tz, arrival)
+            with json_msg.reading():
+                door, state, ts = self._read(payload, arrival)
         except json_msg.BadMessage as e:
-            self.bad.bad(e.kind, f"{topic}: {e}")
+            self.bad.bad(e.kind, f"{json_msg.shown(topic, 80)}: {e}")
             return
         self.bad.good()
         self.publish(DoorEvent(door, state, ts, f"mqtt:{topic}"))
+
+    def _read(self, payload: bytes, arrival: datetime) -> tuple[str, str, datetime]:
+        m = self.door.mapping
+        doc = json_msg.load(payload)
+        name = json_msg.text(doc, m.event)
+        state = self.door.event_names.get(name, name)
+        if state not in STATES:
+            raise json_msg.BadMessage("unknown_event", f"event {json_msg.shown(name)} (known: {', '.join(STATES)})")
+        door = json_msg.text(doc, m.door, required=False) or self.door.id
+        if door not in self.doors:
+            raise json_msg.BadMessage("unknown_door", f"door {json_msg.shown(door)} is not in the site file")
+        return door, state, json_msg.timestamp(doc, m.time, self.tz, arrival)

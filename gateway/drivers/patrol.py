@@ -60,9 +60,9 @@ class _PatrolSource:
         self.seen = _Seen()
         self.checkins = self.duplicates = 0
 
-    def checkin(self, guard_text: str, card_format: str, tag: str, ts: datetime, source: str) -> bool:
-        """Publish the read (once); False when its tag is no checkpoint (counted as bad input)."""
-        value, bits = parse_card_text(guard_text, card_format)
+    def checkin(self, value: int, bits: int, tag: str, ts: datetime, source: str) -> bool:
+        """Publish the read of the guard's card (value, bits) once; False when its tag is no
+        checkpoint (counted as bad input)."""
         guard, guard_hash = self.desk.guard(value, bits, ts)
         tag = tag.strip().upper()
         if not self.seen.first_time((tag, ts, guard_hash)):
@@ -71,7 +71,7 @@ class _PatrolSource:
         self.checkins += 1
         checkpoint = self.checkpoints.lookup(tag)
         if not checkpoint:  # still published: a guard at a tag the site file lacks is worth seeing
-            self.bad.bad("unknown_checkpoint", f"tag {tag} is no checkpoint of the site file")
+            self.bad.bad("unknown_checkpoint", f"tag {json_msg.shown(tag)} is no checkpoint of the site file")
         self.publish(PatrolCheckin(self.reader_id, checkpoint, tag, guard, guard_hash, ts, self.clock.now(), source))
         return bool(checkpoint)
 
@@ -85,21 +85,26 @@ class MqttPatrolReaderDriver(_PatrolSource):
         self.bad = BadInput(f"patrol reader {cfg.id} (MQTT {cfg.topic})")
 
     def handle(self, topic: str, payload: bytes, arrival: datetime) -> None:
-        m = self.cfg.mapping
         try:
-            doc = json_msg.load(payload)
-            guard = json_msg.text(doc, m.get("guard", "guard"))
-            tag = json_msg.text(doc, m.get("tag", "tag"))
-            ts = json_msg.timestamp(doc, m.get("time", "time"), self.tz, arrival)
-            try:
-                known = self.checkin(guard, "auto", tag, ts, "online")
-            except ValueError as e:
-                raise json_msg.BadMessage("bad_card", str(e)) from None
+            with json_msg.reading():
+                value, bits, tag, ts = self._read(payload, arrival)
         except json_msg.BadMessage as e:
-            self.bad.bad(e.kind, f"{topic}: {e}")
+            self.bad.bad(e.kind, f"{json_msg.shown(topic, 80)}: {e}")
             return
-        if known:  # an unknown tag stays in its episode: logged once, not at every read
-            self.bad.good()
+        if self.checkin(value, bits, tag, ts, "online"):
+            self.bad.good()  # an unknown tag stays in its episode: logged once, not at every read
+
+    def _read(self, payload: bytes, arrival: datetime) -> tuple[int, int, str, datetime]:
+        m = self.cfg.mapping
+        doc = json_msg.load(payload)
+        guard = json_msg.text(doc, m.get("guard", "guard"))
+        tag = json_msg.text(doc, m.get("tag", "tag"))
+        ts = json_msg.timestamp(doc, m.get("time", "time"), self.tz, arrival)
+        try:
+            value, bits = parse_card_text(guard, "auto")
+        except ValueError as e:  # its text never quotes the card
+            raise json_msg.BadMessage("bad_card", f"guard's card: {e}") from None
+        return value, bits, tag, ts
 
 
 class WandDriver(_PatrolSource):
@@ -132,11 +137,13 @@ class WandDriver(_PatrolSource):
             for rec in batch.records:
                 ts = rec.local_time.replace(tzinfo=self.tz)
                 try:
-                    before_n = self.checkins
-                    self.checkin(rec.guard_tag, "hex", rec.checkpoint_tag, ts, "wand")
-                    new += self.checkins - before_n
-                except ValueError as e:
-                    self.bad.bad("bad_card", str(e))
+                    value, bits = parse_card_text(rec.guard_tag, "hex")
+                except ValueError as e:  # its text never quotes the card
+                    self.bad.bad("bad_card", f"guard's card: {e}")
+                    continue
+                before_n = self.checkins
+                self.checkin(value, bits, rec.checkpoint_tag, ts, "wand")
+                new += self.checkins - before_n
             if batch.complete:
                 self.bad.good()
                 log.info("patrol wand %s: download of %d reads, %d new", batch.wand, len(batch.records), new)

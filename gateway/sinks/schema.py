@@ -7,13 +7,16 @@ resulting schema; it is stable once released (dashboards and head office depend 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from ..clock import to_us
 from ..config import SiteConfig
 from ..events import AlertChange, CardSwipe, DeviceStatus, DoorEvent, GatewayStats, PatrolCheckin, Reading
-from .lineprotocol import line
+from .lineprotocol import Unwritable, line
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -102,12 +105,30 @@ class OutboxRow:
     essential: str | None
 
 
+class Refusals:
+    """Points that line protocol cannot carry: each distinct reason logged once (bounded), all counted."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._said: set[str] = set()
+
+    def __call__(self, text: str) -> None:
+        self.count += 1
+        if text not in self._said:
+            if len(self._said) >= 1000:
+                self._said.clear()
+            self._said.add(text)
+            log.warning("InfluxDB: %s; the point is not sent (the ledger keeps the event)", text)
+
+
 class Encoder:
-    """Turns an event into its outbox row (line protocol), or None if it has no measurement."""
+    """Turns an event into its outbox row (line protocol), or None if it has no measurement or
+    cannot be written (see lineprotocol.py; logged once per reason)."""
 
     def __init__(self, index: SiteIndex, measurements: list[Measurement] = MEASUREMENTS):
         self.index = index
         self._by_type = {m.event: m for m in measurements}
+        self.refused = Refusals()
 
     def __call__(self, event: object) -> OutboxRow | None:
         m = self._by_type.get(type(event))
@@ -115,8 +136,12 @@ class Encoder:
             return None
         ts_ms = to_us(event.ts) // 1000
         tags = m.tags(event, self.index)
-        full = line(m.name, tags, m.fields(event), ts_ms)
-        if full is None:
+        try:
+            full = line(m.name, tags, m.fields(event), ts_ms)
+            if full is None:
+                return None
+            essential = line(m.name, tags, m.essential(event), ts_ms) if m.essential else None
+        except Unwritable as e:
+            self.refused(f"{m.name} point: {e}")
             return None
-        essential = line(m.name, tags, m.essential(event), ts_ms) if m.essential else None
         return OutboxRow(m.name, m.priority, ts_ms, full, essential)
