@@ -591,6 +591,11 @@ class SiteConfig(_Strict):
     def models(self) -> dict[str, MeterModel]:
         return self._models
 
+    @property
+    def alert_prefix(self) -> str:
+        """Where alerts are published: `alerts.mqtt_prefix`, by default `<site id>/alerts`."""
+        return self.alerts.mqtt_prefix or default_alert_prefix(self.site.id)
+
     def bus(self, bus_id: str) -> ModbusTcpBus | ModbusRtuBus | Dlt645Bus:
         return next(b for b in self.buses if b.id == bus_id)
 
@@ -836,6 +841,10 @@ def _check_access_patrol(data: dict) -> list[str]:
     return problems
 
 
+def default_alert_prefix(site_id: str) -> str:
+    return f"{site_id}/alerts"
+
+
 def _check_topics(data: dict) -> list[str]:
     """A reader or door subscribed to the gateway's own alert topics would take them as input
     (a reader on '#' gets every alert as a garbled swipe). The topics' grammar is checked by the
@@ -843,7 +852,7 @@ def _check_topics(data: dict) -> list[str]:
     site, alerts = data.get("site"), data.get("alerts")
     prefix = alerts.get("mqtt_prefix") if isinstance(alerts, dict) else None
     if prefix is None and isinstance(site, dict) and isinstance(site.get("id"), str):
-        prefix = f"{site['id']}/alerts"
+        prefix = default_alert_prefix(site["id"])
     if not isinstance(prefix, str) or prefix_problem(prefix):
         return []
     own = alert_topics(prefix)

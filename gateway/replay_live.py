@@ -603,7 +603,7 @@ async def _replay(cfg: SiteConfig, header: dict, records: list[dict], tail_s: fl
             await asyncio.sleep(delay)
 
         # ---- let the alerts reach the broker, then stop ----
-        prefix = gw_cfg.alerts.mqtt_prefix or f"{gw_cfg.site.id}/alerts"
+        prefix = gw_cfg.alert_prefix
         link = gw.mqtt
         if link is not None:
             def sent() -> bool:

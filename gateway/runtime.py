@@ -24,10 +24,6 @@ from .store import Ledger
 log = logging.getLogger(__name__)
 
 
-def alert_prefix(cfg: SiteConfig) -> str:
-    return cfg.alerts.mqtt_prefix or f"{cfg.site.id}/alerts"
-
-
 def alert_messages(change: AlertChange, prefix: str) -> list[tuple[str, str | bytes, bool]]:
     """The MQTT messages of one alert change: (topic, payload, retain). An open alert's message
     is retained, so a console that connects later sees it; a cleared one is said once and its
@@ -179,7 +175,7 @@ class Gateway:
             # remembers them, so those the site file no longer names are unsubscribed
             memory=SessionMemory(self.ledger.meta, self.ledger.set_meta, f"mqtt_filters:{client_id}"))
         try:
-            link.own(f"{alert_prefix(self.cfg)}/#")   # our alerts never reach a reader's handler
+            link.own(f"{self.cfg.alert_prefix}/#")   # our alerts never reach a reader's handler
         except ValueError:
             pass  # a prefix with a wildcard: nothing is published under it (publish refuses, says why)
         return link
@@ -348,7 +344,7 @@ class Gateway:
 
     async def _publish_alerts(self) -> None:
         """`<prefix>/<rule>/<source>`: JSON, retained while the alert is open; deleted when cleared."""
-        prefix = alert_prefix(self.cfg)
+        prefix = self.cfg.alert_prefix
         sub = self.hub.subscribe(AlertChange, name="alert publisher")
         try:
             while True:

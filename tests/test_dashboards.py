@@ -72,7 +72,7 @@ FLUX_COLUMNS = {"_measurement", "_field", "_value", "_time", "_start", "_stop"}
 
 def test_schema_used_here_is_the_gateways():
     assert {m.name for m in MEASUREMENTS} >= set(SCHEMA)
-    assert {"polls", "ok", "failures", "timeouts", "exceptions", "crc_errors", "bus_down", "overruns", "requests",
+    assert {"polls", "ok", "failures", "timeouts", "exceptions", "crc_errors", "bad_answers", "bus_down", "overruns", "requests",
             "meters", "online", "offline", "readings_stored", "outbox_depth", "outbox_bytes", "outbox_age_s",
             "points_written", "write_failures", "points_rejected"} <= SCHEMA["gateway"]["fields"]
     assert {"voltage_v", "current_a", "power_kw", "energy_kwh", "voltage_l1_v", "current_l1_a"} <= SCHEMA["meter"]["fields"]
@@ -320,7 +320,7 @@ def estate_lines(now: datetime) -> list[str]:
             offline = 1 if (bus == "bus-n1" and minute >= SPAN_MIN - 39) or (site == "lvyuan" and minute >= SPAN_MIN - 58) else 0
             stats = {f.name: 0 for f in dataclasses.fields(MeterStats)}
             stats.update(polls=2 * n * up, ok=2 * (n - offline) * up, failures=up // 10, timeouts=up // 10,
-                         crc_errors=up // 45, overruns=up // 90, requests=4 * n * up)
+                         crc_errors=up // 45, bad_answers=up // 60, overruns=up // 90, requests=4 * n * up)
             out.append((site, GatewayStats(ts, {"meters": n, "online": n - offline, "offline": offline, **stats}, bus=bus)))
         outage = SPAN_MIN - 100 <= minute < SPAN_MIN - 80  # InfluxDB unreachable for 20 minutes
         written = 0 if up == 0 else written + (0 if outage else 60)
@@ -441,7 +441,7 @@ def test_gateway_health_rates_survive_a_restart(estate):
     assert all(r["polls"] >= 0 for r in polls)
     assert max(r["polls"] for r in polls if r["bus"] == "bus-n1") == pytest.approx(2 * 3 / 60)
     errors = ask(estate, "Failures, timeouts", site=["wanhu"])
-    assert all(r[k] >= 0 for r in errors for k in ("failures", "timeouts", "crc_errors", "overruns"))
+    assert all(r[k] >= 0 for r in errors for k in ("failures", "timeouts", "crc_errors", "bad_answers", "overruns"))
     online = ask(estate, "Meters online and offline per bus", site=["wanhu"])
     assert max(r["offline"] for r in online if r["bus"] == "bus-n1") == 1
     depth = ask(estate, "Outbox depth", site=["wanhu"])

@@ -314,14 +314,15 @@ PANELS: list[dict] = [
                      "flux": fx_gateway_rate(["polls"], "1s")}],
     },
     {
-        "title": "轮询故障 Failures, timeouts, CRC errors, overruns per bus", "type": "timeseries", "w": 8, "h": 8,
-        "description": "每分钟:失败、超时、CRC 错误、超期(总线忙错过轮询时刻)。"
-                       "Per minute: failed polls, timeouts, CRC errors, overruns (deadline missed, bus busy).",
+        "title": "轮询故障 Failures, timeouts, CRC errors, bad answers, overruns per bus", "type": "timeseries", "w": 8, "h": 8,
+        "description": "每分钟:失败、超时、CRC 错误、错误应答(功能码、字节数或单元号不符)、超期(总线忙错过轮询时刻)。"
+                       "Per minute: failed polls, timeouts, CRC errors, bad answers (wrong function, byte count or unit), "
+                       "overruns (deadline missed, bus busy).",
         "unit": "short", "axisLabel": "次/分钟 per minute",
         "legend": ["bus", "_field"],
         "queries": [{"refId": "A",
-                     "influxql": iq_gateway_rate(["failures", "timeouts", "crc_errors", "overruns"], "1m"),
-                     "flux": fx_gateway_rate(["failures", "timeouts", "crc_errors", "overruns"], "1m")}],
+                     "influxql": iq_gateway_rate(["failures", "timeouts", "crc_errors", "bad_answers", "overruns"], "1m"),
+                     "flux": fx_gateway_rate(["failures", "timeouts", "crc_errors", "bad_answers", "overruns"], "1m")}],
     },
     {
         "title": "各总线在线/离线电表 Meters online and offline per bus", "type": "timeseries", "w": 8, "h": 8,
