@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 import aiomqtt
 import pytest
 
-from gateway.config import parse_site
+from gateway.config import ConfigError, parse_site
 from gateway.drivers.card_frames import WandRecord
 from gateway.events import CardSwipe, DoorEvent, PatrolCheckin
 from gateway.runtime import Gateway
@@ -412,25 +412,30 @@ async def test_a_filter_of_an_earlier_run_is_unsubscribed(tmp_path, mqtt_broker,
     caplog.set_level(logging.INFO, logger="gateway.mqtt")
     monkeypatch.setenv("GW_TEST_CARD_KEY", "test-key")
     broker = mqtt_broker()
-    async with Running(Gateway(mqtt_site(tmp_path, broker, "wanhu/#"))) as run:
-        assert run.gw.mqtt.subscriptions() == {"wanhu/#": True}
+    async with Running(Gateway(mqtt_site(tmp_path, broker, "wanhu/acs/#"))) as run:
+        assert run.gw.mqtt.subscriptions() == {"wanhu/acs/#": True}
     # the next run (or a reload) with a narrower topic, the same client id and ledger
     async with Running(Gateway(mqtt_site(tmp_path, broker, "wanhu/acs/gate-s/swipe"))) as run:
-        await publish(broker, "wanhu/elsewhere/x", {"card": f"{RESIDENT:010d}"})   # only the old filter matches
+        await publish(broker, "wanhu/acs/elsewhere", {"card": f"{RESIDENT:010d}"})   # only the old filter matches
         await publish(broker, "wanhu/acs/gate-s/swipe", {"card": f"{RESIDENT:010d}", "reader": "gate-s-in"})
         await run.until(lambda: run.events(CardSwipe), "the swipe published after the other")
         stats = run.gw.mqtt.stats()
         assert (stats["messages"], stats["unmatched"]) == (1, 0)
-    assert any("unsubscribed from 'wanhu/#'" in r.getMessage() for r in caplog.records)
+    assert any("unsubscribed from 'wanhu/acs/#'" in r.getMessage() for r in caplog.records)
 
 
 async def test_the_gateways_own_alerts_never_reach_a_reader(tmp_path, mqtt_broker, monkeypatch):  # noqa: F811
     """A reader whose filter covers the alert topics (`wanhu/#`) must not be handed the
-    gateway's own alerts, retained or live (item 8 of the defects issue)."""
+    gateway's own alerts, retained or live (item 8 of the defects issue). The site-file check
+    refuses such a filter; this is the guard behind it, so the filter is put in past the check."""
     monkeypatch.setenv("GW_TEST_CARD_KEY", "test-key")
     broker = mqtt_broker()
-    cfg = mqtt_site(tmp_path, broker, "wanhu/#",
-                    rules=[{"id": "invalid-card", "kind": "access", "check": "invalid_card"}])
+    checked = mqtt_site(tmp_path, broker, "wanhu/acs/gate-s/swipe",
+                        rules=[{"id": "invalid-card", "kind": "access", "check": "invalid_card"}])
+    with pytest.raises(ConfigError, match="would also receive the gateway's own alerts"):
+        mqtt_site(tmp_path, broker, "wanhu/#")
+    broad = checked.card_readers[0].model_copy(update={"topic": "wanhu/#"})
+    cfg = checked.model_copy(update={"card_readers": [broad]})
     async with Running(Gateway(cfg)) as run:
         reader = run.gw.field_drivers[0]
         await publish(broker, "wanhu/acs/gate-s/swipe", {"card": f"{UNKNOWN:010d}", "reader": "gate-s-in"})

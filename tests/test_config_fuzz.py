@@ -186,7 +186,7 @@ TEXT = EXAMPLE_SITE.read_text(encoding="utf-8")
 NASTY = {
     "bus list": (TEXT.replace("bus: bus-n1, unit: 1,", "bus: [bus-n1], unit: 1,", 1),
                  "meters[0].bus: Input should be a valid string (found a list)"),
-    "door mapping": (TEXT.replace("door: gate-s}", "door: {a: 1}}", 1),
+    "door mapping": (TEXT.replace("door: gate-s,", "door: {a: 1},", 1),
                      "card_readers[2].door: Input should be a valid string (found a mapping)"),
     "float tag": (TEXT.replace("poll_s: 30", "poll_s: !!float x", 1), "'x' is not a valid float"),
     "5000 digits": (TEXT.replace("poll_s: 30", "poll_s: " + "9" * 5000, 1),
@@ -204,6 +204,7 @@ NASTY = {
 @pytest.mark.parametrize("case", list(NASTY))
 def test_cli_lists_the_nastiest_as_problems(tmp_path, case):
     text, expected = NASTY[case]
+    assert text != TEXT, "the mutation no longer applies to the example site"
     path = tmp_path / "site.yaml"
     path.write_text(text, encoding="utf-8")
     r = subprocess.run([sys.executable, "-m", "gateway", "check-config", str(path)],

@@ -10,16 +10,15 @@ from collections import deque
 from datetime import datetime, timezone
 from decimal import Decimal
 
-import pytest
 import yaml
 
 from gateway.config import parse_site
 from gateway.drivers.dlt645 import Dlt645Bus
-from gateway.events import DeviceStatus, Reading
 from gateway.recording import Recorder, read
 from gateway.replay import _scripted
 from gateway.runtime import build_buses
 from simulators.site import SiteSimulation
+from collect import Collector
 
 SITE = {"id": "t", "name": "test", "timezone": "Asia/Shanghai", "latitude": 44.15, "longitude": 125.83}
 MAIN = "000012345678"
@@ -34,20 +33,6 @@ def site(tmp_path, meters, **bus):
 def meters_on(n, poll_s=1, model="dlt645-1p", circuit="stairwell_lighting"):
     return [{"id": f"m{k}", "bus": "d", "address": f"{k:012d}", "model": model, "poll_s": poll_s,
              "circuit": circuit} for k in range(1, n + 1)]
-
-
-class Collector:
-    def __init__(self):
-        self.events = []
-
-    def __call__(self, e):
-        self.events.append(e)
-
-    def readings(self, meter=None):
-        return [e for e in self.events if isinstance(e, Reading) and (meter is None or e.meter == meter)]
-
-    def statuses(self, device):
-        return [e.online for e in self.events if isinstance(e, DeviceStatus) and e.device == device]
 
 
 def bus_for(sim, cfg, got=None) -> Dlt645Bus:
@@ -92,7 +77,7 @@ async def test_readings_have_the_right_values_and_exact_counters(tmp_path):
     assert 0.85 <= main.values["pf"] <= 0.99
     stair = got.readings("stair")[0]
     assert stair.counters["energy_kwh"] == Decimal(str(stair.values["energy_kwh"])).quantize(Decimal("0.01"))
-    assert got.statuses("MAIN") == [True]
+    assert got.online_changes("MAIN") == [True]
 
 
 async def test_noise_before_answers_and_follow_up_frames(tmp_path):
@@ -125,12 +110,12 @@ async def test_a_dead_meter_does_not_stall_its_neighbours(tmp_path):
     dead = bus.meters[2]
     # about 5 cycles of 1 s: the dead meter costs one timeout per attempt, never a retry
     assert 2 <= dead.stats.timeouts <= 5 and dead.stats.requests == dead.stats.timeouts
-    assert got.statuses("m3") == [False]
+    assert got.online_changes("m3") == [False]
     for st in bus.meters:
         if st is not dead:
             assert len(got.readings(st.meter.id)) >= 4, st.meter.id   # every cycle despite the dead one
             assert st.stats.failures == 0 and st.stats.overruns == 0  # on their grid
-            assert got.statuses(st.meter.id) == [True]
+            assert got.online_changes(st.meter.id) == [True]
     s = bus.stats()
     assert set(s) == {"bus", "meters", "online", "offline", "polls", "ok", "failures", "timeouts", "exceptions",
                       "crc_errors", "bad_answers", "bus_down", "overruns", "requests", "busy_s"}
@@ -157,11 +142,11 @@ async def test_error_reply_and_bad_checksum_are_counted_and_logged_once(tmp_path
             lines = [r.getMessage() for r in caplog.records]
             assert len([ln for ln in lines if "meter m1" in ln and "error reply" in ln and "offline" not in ln]) == 1
             assert len([ln for ln in lines if "meter m2" in ln and "checksum" in ln and "offline" not in ln]) == 1
-            assert got.statuses("m1") == got.statuses("m2") == [False]
+            assert got.online_changes("m1") == got.online_changes("m2") == [False]
             sim.meter("m1").error = None
             sim.meter("m2").corrupt_checksum = False
             assert await bus.poll(err) is not None and await bus.poll(crc) is not None
-            assert got.statuses("m1") == got.statuses("m2") == [False, True]
+            assert got.online_changes("m1") == got.online_changes("m2") == [False, True]
             assert any("m1" in ln and "answers again after 4 failed polls" in ln
                        for ln in [r.getMessage() for r in caplog.records])
         finally:
@@ -179,11 +164,11 @@ async def test_offline_and_online_device_status(tmp_path):
             sim.meter("m1").dead = True
             for n in range(3):
                 assert await bus.poll(st) is None
-                assert got.statuses("m1") == ([True] if n < 2 else [True, False])
+                assert got.online_changes("m1") == ([True] if n < 2 else [True, False])
             assert st.last_error == "no answer within 0.1 s"
             sim.meter("m1").dead = False
             assert await bus.poll(st) is not None
-            assert got.statuses("m1") == [True, False, True]
+            assert got.online_changes("m1") == [True, False, True]
         finally:
             await bus.close()
 
@@ -198,7 +183,7 @@ async def test_a_missing_port_is_one_clear_line_and_the_bus_keeps_trying(tmp_pat
     await run_for(bus, 2.5)
     lines = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(lines) == 1 and "ttyUSB9" in lines[0] and "bus usb" in lines[0] and "2400 8E1" in lines[0]
-    assert got.statuses("usb") == [False]
+    assert got.online_changes("usb") == [False]
     assert bus.meters[0].stats.bus_down >= 2 and bus.meters[0].stats.requests >= 2
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import random
 import struct
@@ -23,11 +22,12 @@ from hypothesis import given, strategies as st
 from gateway.config import parse_site
 from gateway.drivers.modbus import ModbusBus
 from gateway.drivers.modbus_answer import Expected, judge_mbap, judge_rtu
-from gateway.events import AlertChange, DeviceStatus, Reading
+from gateway.events import AlertChange, Reading
 from gateway.runtime import Gateway
 from modbus_fake import FakeModbusServer, Request, adu, read_pdu
 from simulators.meters import SimMeter
 from simulators.modbus_server import crc16
+from collect import Collector, assert_reads_as
 
 SITE = {"id": "t", "name": "test", "timezone": "Asia/Shanghai", "latitude": 44.15, "longitude": 125.83}
 FROZEN = 1_700_000_000.0  # the simulated meters' clock: their values do not change during a test
@@ -59,26 +59,6 @@ class Meters:
 def poisoned(regs: list[int]) -> list[int]:
     """What a malformed answer carries: every value differs, so accepting it would show."""
     return [~r & 0xFFFF for r in regs]
-
-
-class Collector:
-    def __init__(self):
-        self.events = []
-
-    def __call__(self, e):
-        self.events.append(e)
-
-    def readings(self, meter=None):
-        return [e for e in self.events if isinstance(e, Reading) and (meter is None or e.meter == meter)]
-
-    def bus_statuses(self):
-        return [e for e in self.events if isinstance(e, DeviceStatus) and e.kind == "bus"]
-
-
-def assert_reads_as(reading: Reading, expected: dict[str, float]):
-    assert set(reading.values) == set(expected)
-    for k, v in expected.items():
-        assert math.isclose(reading.values[k], v, rel_tol=1e-6, abs_tol=1e-9), (reading.meter, k, reading.values[k], v)
 
 
 @pytest.fixture(autouse=True)

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import math
 
 import pytest
 
 from gateway.config import parse_site
 from gateway.drivers.modbus import ModbusBus
-from gateway.events import DeviceStatus, Reading
+from gateway.events import Reading
 from gateway.runtime import Gateway
 from gateway.store import Ledger
 from simulators.site import SiteSimulation
+from collect import Collector, assert_reads_as
 
 SITE = {"id": "t", "name": "test", "timezone": "Asia/Shanghai", "latitude": 44.15, "longitude": 125.83}
 
@@ -27,31 +27,11 @@ def meters_on(bus, n, model="chint-ddsu666", poll_s=1, circuit="stairwell_lighti
              "circuit": circuit, **extra} for u in range(1, n + 1)]
 
 
-class Collector:
-    def __init__(self):
-        self.events = []
-
-    def __call__(self, e):
-        self.events.append(e)
-
-    def readings(self, meter=None):
-        return [e for e in self.events if isinstance(e, Reading) and (meter is None or e.meter == meter)]
-
-    def statuses(self, device):
-        return [e for e in self.events if isinstance(e, DeviceStatus) and e.device == device]
-
-
 async def run_for(bus: ModbusBus, seconds: float):
     task = asyncio.create_task(bus.run())
     await asyncio.sleep(seconds)
     bus.stop()
     await asyncio.wait_for(task, 5)
-
-
-def assert_matches(reading: Reading, expected: dict[str, float]):
-    assert set(reading.values) == set(expected)
-    for k, v in expected.items():
-        assert math.isclose(reading.values[k], v, rel_tol=1e-6, abs_tol=1e-9), (k, reading.values[k], v)
 
 
 @pytest.mark.parametrize("bus_cfg", [
@@ -73,7 +53,7 @@ async def test_values_decode_exactly(tmp_path, bus_cfg):
             for st in bus.meters:
                 reading = await bus.poll(st)
                 assert reading is not None, st.last_error
-                assert_matches(reading, sim.meter(st.meter.id).values())
+                assert_reads_as(reading, sim.meter(st.meter.id).values())
                 assert reading.counters["energy_kwh"] > 0
                 assert float(reading.counters["energy_kwh"]) == pytest.approx(reading.values["energy_kwh"])
             assert all(st.stats.requests == 2 for st in bus.meters)  # both models in two reads
