@@ -2,9 +2,11 @@
 
 A month of the example site (145 meters read every minute, about 6.5 million readings; 9,216
 households) is generated once into a ledger (simulators/month.py, seed 1, with its four faults)
-and kept in a cache directory. Each stage then runs in a fresh process so that its peak RSS is
-its own:
+and kept in a cache directory. Every stage, the generation too, runs in a fresh process of its
+own, and its peak is that process's own high-water mark (VmHWM: a process started by a large
+parent through vfork would otherwise report the parent's peak as its ru_maxrss):
 
+- generate (only when the month is not cached yet): the month generator;
 - baseline: read every meter's month of counters out of the ledger into Decimals and nothing
   else: the least any allocation must spend;
 - allocate: interval consumption, tariffs, groups and households (gateway.billing.allocate);
@@ -44,7 +46,18 @@ def site_for(db: Path):
     return parse_site(data, base_dir=SITE.parent)
 
 
-def stage(name: str, db: Path, month: str, out_dir: Path) -> dict:
+def peak_mb() -> float:
+    """This process's peak resident memory: VmHWM, which starts afresh at exec; else ru_maxrss."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def stage(name: str, db: Path, month: str, out_dir: Path, every: int) -> dict:
     from decimal import Decimal
 
     from gateway.billing.allocate import allocate
@@ -55,7 +68,11 @@ def stage(name: str, db: Path, month: str, out_dir: Path) -> dict:
     cfg = site_for(db)
     t0 = time.perf_counter()
     figures: dict = {}
-    if name == "baseline":
+    if name == "generate":
+        from simulators.month import generate_month
+        s = generate_month(cfg, db, month, seed=1, every_s=every)
+        figures.update(rows=s.rows, line=s.line())
+    elif name == "baseline":
         plan = plan_month(month, cfg.site.timezone, cfg.tariffs)
         ledger = Ledger(db)
         n = 0
@@ -74,8 +91,18 @@ def stage(name: str, db: Path, month: str, out_dir: Path) -> dict:
         figures.update(points=run.points, files={k: p.stat().st_size for k, p in run.files.items()},
                        recovered=str(run.result.recovered))
     figures["seconds"] = round(time.perf_counter() - t0, 2)
-    figures["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    figures["peak_rss_mb"] = peak_mb()
     return figures
+
+
+def run_stage(name: str, db: Path, month: str, out_dir: Path, every: int) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--stage", name, "--db", str(db), "--month", month,
+                           "--out", str(out_dir), "--every", str(every)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"stage {name} failed:\n{proc.stderr[-2000:]}")
+    f = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"{name:<9} {f['seconds']:6.2f} s  peak RSS {f['peak_rss_mb']:6.1f} MB", flush=True)
+    return f
 
 
 def main() -> None:
@@ -89,32 +116,25 @@ def main() -> None:
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.stage:
-        print(json.dumps(stage(args.stage, args.db, args.month, args.out)))
+        print(json.dumps(stage(args.stage, args.db, args.month, args.out, args.every)))
         return
 
-    from simulators.month import generate_month
     args.cache.mkdir(parents=True, exist_ok=True)
     source = args.cache / f"month-{args.month}-{args.every}s.db"
+    result: dict = {"month": args.month, "every_s": args.every}
     if not source.exists():
         print(f"generating {args.month} for the example site into {source} (once) ...", flush=True)
         part = source.with_suffix(".part")
         part.unlink(missing_ok=True)
-        s = generate_month(site_for(part), part, args.month, seed=1, every_s=args.every)
+        result["generate"] = run_stage("generate", part, args.month, args.cache, args.every)
+        print(result["generate"].pop("line"), flush=True)
         part.rename(source)
-        print(s.line(), flush=True)
     work = Path(tempfile.mkdtemp(prefix="bench-billing-"))
     try:
         db = work / "gateway.db"
         shutil.copy(source, db)   # `full` writes into the ledger: every run starts from the same one
-        result: dict = {"month": args.month, "every_s": args.every}
         for name in ("baseline", "allocate", "full"):
-            proc = subprocess.run([sys.executable, __file__, "--stage", name, "--db", str(db), "--month", args.month,
-                                   "--out", str(work / "out")], capture_output=True, text=True)
-            if proc.returncode != 0:
-                sys.exit(f"stage {name} failed:\n{proc.stderr[-2000:]}")
-            result[name] = json.loads(proc.stdout.strip().splitlines()[-1])
-            f = result[name]
-            print(f"{name:<9} {f['seconds']:6.2f} s  peak RSS {f['peak_rss_mb']:6.1f} MB", flush=True)
+            result[name] = run_stage(name, db, args.month, work / "out", args.every)
         full, base = result["full"], result["baseline"]
         result["readings"] = base["readings"]
         result["households"] = result["allocate"]["households"]

@@ -124,7 +124,11 @@ def demo(seconds: Optional[float] = typer.Option(None, "--seconds", help="stop a
                                              "(e.g. 2026-10) and allocate it"),
          seed: int = typer.Option(1, "--seed", help="with --month: the generator's seed"),
          every: int = typer.Option(300, "--every", help="with --month: seconds between readings (60 = the real rate)"),
-         bill: Optional[str] = typer.Option(None, "--bill", help="with --month: the utility bill, yuan")) -> None:
+         bill: Optional[str] = typer.Option(None, "--bill", help="with --month: the utility bill, yuan"),
+         allow_partial: bool = typer.Option(False, "--allow-partial", help="with --month: allocate a month that is "
+                                            "not over yet"),
+         force: bool = typer.Option(False, "--force", help="with --month: allocate a bill far from the metered "
+                                    "cost")) -> None:
     """Simulate the example site's meters and run the gateway against them (no hardware, no servers);
     with --month, generate a month of readings and allocate it."""
     from .runtime import Gateway
@@ -132,7 +136,7 @@ def demo(seconds: Optional[float] = typer.Option(None, "--seconds", help="stop a
 
     cfg = _load(site)
     if month is not None:
-        _demo_month(cfg, month, seed, every, bill, data_dir)
+        _demo_month(cfg, month, seed, every, bill, data_dir, allow_partial, force)
         return
     setup_logging()
     tmp = None
@@ -204,10 +208,13 @@ def _demo_user():
     return User(name="demo", role="admin", password_hash=hash_password(password)), password, port
 
 
-def _demo_month(cfg: SiteConfig, month: str, seed: int, every: int, bill: Optional[str], data_dir: Optional[Path]) -> None:
-    from .billing.allocate import AllocationError, parse_bill
+def _demo_month(cfg: SiteConfig, month: str, seed: int, every: int, bill: Optional[str], data_dir: Optional[Path],
+                allow_partial: bool, force: bool) -> None:
+    from datetime import datetime, timezone
+
+    from .billing.allocate import AllocationError, parse_bill, unfinished
     from .billing.monthly import run_month
-    from .billing.tariffs import TariffError
+    from .billing.tariffs import TariffError, plan_month
     from .config import parse_site
     from simulators.month import generate_month
 
@@ -215,6 +222,15 @@ def _demo_month(cfg: SiteConfig, month: str, seed: int, every: int, bill: Option
     db = (data_dir / "gateway.db").resolve()
     if db.exists():
         raise fail(f"{db} exists: give another --data-dir, or remove it to generate the month again", 2)
+    try:   # what would refuse the month is said before a minute of generating it
+        amount = parse_bill(bill)
+        why = unfinished(cfg, plan_month(month, cfg.site.timezone, cfg.tariffs), datetime.now(timezone.utc))
+    except AllocationError as e:
+        raise fail(e.problems[0], 2) from None
+    except TariffError as e:
+        raise fail(str(e), 2) from None
+    if why and not allow_partial:
+        raise fail(f"{why}: give --allow-partial to allocate it anyway", 2)
     data = cfg.model_dump(mode="json", exclude_none=True)
     data["storage"]["path"] = str(db)
     data.pop("influxdb", None)
@@ -225,15 +241,26 @@ def _demo_month(cfg: SiteConfig, month: str, seed: int, every: int, bill: Option
         typer.echo(truth.line())
         for f in truth.faults:
             typer.echo(f"  planted: {f.kind} on {f.meter}: {f.detail}")
-        run = run_month(site, month, data_dir / "allocation", parse_bill(bill))
-    except (AllocationError, TariffError, ValueError) as e:
+        run = run_month(site, month, data_dir / "allocation", amount, allow_partial=allow_partial, force=force)
+    except AllocationError as e:
+        for line in e.problems:
+            typer.echo(f"error: {line}", err=True)
+        raise typer.Exit(2) from None
+    except (TariffError, ValueError) as e:
         raise fail(str(e), 2) from None
     r = run.result
+    _waived(r)
     typer.echo(f"allocated: {sum(m.kwh for m in r.meters):.2f} kWh, metered cost {r.metered_cost:.2f} yuan, "
                f"recovered {r.recovered} from {len(r.households)} households; {len(r.quality)} data-quality notes")
     for kind, path in run.files.items():
         typer.echo(f"{kind:<5} {path}")
     typer.echo(f"ledger {db}: try `gateway allocate -c SITE --month {month}` with storage.path pointing at it")
+
+
+def _waived(result) -> None:
+    """The checks an allocation was told to override, one warning line each."""
+    for _, en in result.waived:
+        typer.echo(f"warning: {en}", err=True)
 
 
 @app.command()
@@ -436,7 +463,12 @@ def allocate(config: Path = typer.Option(..., "-c", "--config", help="site file"
              bill: Optional[str] = typer.Option(None, "--bill", help="the utility bill's total for the month, yuan"),
              out: Path = typer.Option(Path("allocation"), "--out", help="directory for the CSV, XLSX and HTML"),
              english: bool = typer.Option(False, "--en", help="reports in English"),
-             dry_run: bool = typer.Option(False, "--dry-run", help="write the reports only, not the ledger")) -> None:
+             dry_run: bool = typer.Option(False, "--dry-run", help="write the reports only, not the ledger"),
+             allow_partial: bool = typer.Option(False, "--allow-partial", help="allocate a month that is not over, or "
+                                                "whose counters cover less of it than allocation.min_coverage "
+                                                "(said in the report)"),
+             force: bool = typer.Option(False, "--force", help="allocate a bill further from the metered cost or the "
+                                        "main meter than allocation.bill_tolerance (said in the report)")) -> None:
     """Allocate a month's public electricity to the households, exact to the fen."""
     from .billing.allocate import AllocationError, parse_bill
     from .billing.households import HouseholdsError
@@ -448,7 +480,8 @@ def allocate(config: Path = typer.Option(..., "-c", "--config", help="site file"
     if not cfg.storage_path.exists():
         raise fail(f"no ledger at {cfg.storage_path}: nothing has been read for this site yet", 2)
     try:
-        run = run_month(cfg, month, out, parse_bill(bill), lang="en" if english else "zh", keep=not dry_run)
+        run = run_month(cfg, month, out, parse_bill(bill), lang="en" if english else "zh", keep=not dry_run,
+                        allow_partial=allow_partial, force=force)
     except (AllocationError, HouseholdsError) as e:
         for line in e.problems:
             typer.echo(f"error: {line}", err=True)
@@ -456,6 +489,7 @@ def allocate(config: Path = typer.Option(..., "-c", "--config", help="site file"
     except (TariffError, LedgerError) as e:
         raise fail(str(e), 2) from None
     r = run.result
+    _waived(r)
     kinds: dict[str, int] = {}
     for q in r.quality:
         kinds[q.kind] = kinds.get(q.kind, 0) + 1

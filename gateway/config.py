@@ -516,6 +516,12 @@ class Allocation(_Strict):
                                                                          "are a gap: interpolated and flagged")
     max_power_kw_by_circuit: dict[str, float] = Field(default_factory=dict)
     resolution_kwh: Decimal = Field(default=Decimal("0.01"), ge=0)
+    min_coverage: Decimal = Field(default=Decimal("0.95"), ge=0, le=1,
+                                  description="a month is allocated only when every billed meter's counters "
+                                              "measure at least this part of it (else --allow-partial)")
+    bill_tolerance: Decimal = Field(default=Decimal("0.20"), gt=0,
+                                    description="how far the bill may differ from the metered cost and from the "
+                                                "main meter's cost, as a fraction of each (else --force)")
 
 
 ROLES = ("guard", "electrician", "accountant", "admin")

@@ -8,7 +8,10 @@ the energy counter is the integral of that power, kept in exact hundredths of a 
 
 Known faults are planted (a gap, a meter replacement, a counter spike, a rollover) and listed in
 the summary with each meter's true consumption, so the allocation's handling of them can be
-checked against the truth.
+checked against the truth. On request, meters fall silent for a given span (`silent`: no readings,
+the counter keeps counting), and a month can follow the one generated before it into the same
+ledger (`follow`: every counter goes on from where it was), so a silence across a month's end can
+be checked over both months.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ _pack = struct.Struct("<4d").pack
 @dataclass(frozen=True)
 class Fault:
     meter: str
-    kind: str                # gap | replacement | spike | rollover
+    kind: str                # gap | replacement | spike | rollover | silent
     when: datetime | None    # UTC: gap start, replacement instant, spiked reading, first wrapped reading
     detail: str
 
@@ -62,6 +65,8 @@ class MonthSummary:
     faults: list[Fault] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)          # fault kind -> why it was not planted
     consumption_kwh: dict[str, Decimal] = field(default_factory=dict)  # meter -> true kWh of the month
+    # meter -> its counter at end_utc in hundredths of a kWh, unrounded: where a following month goes on
+    end_counters: dict[str, float] = field(default_factory=dict)
 
     def line(self) -> str:
         return (f"{self.month}: {self.rows} readings of {self.meters} meters every {self.every_s} s, "
@@ -99,7 +104,7 @@ class _Plan:
 
 
 def _choose_faults(rng: random.Random, subs: list[Meter], meters: list[Meter], k_of, tz: ZoneInfo,
-                   year: int, mon: int, every_s: int, summary: MonthSummary) -> dict[str, _Plan]:
+                   year: int, mon: int, every_s: int, summary: MonthSummary, following: bool) -> dict[str, _Plan]:
     """Pick the faulty meters and moments from the seed; distinct meters so each fault stands alone."""
     plans: dict[str, _Plan] = {}
     used: set[str] = set()
@@ -114,7 +119,11 @@ def _choose_faults(rng: random.Random, subs: list[Meter], meters: list[Meter], k
         return m
 
     # rollover first: it is the only fault that needs a particular kind of meter config
-    m = pick("rollover", [m for m in meters if m.counter_max_kwh is not None], "no meter has counter_max_kwh")
+    if following:
+        summary.skipped["rollover"] = "the counters go on from the month before"
+        m = None
+    else:
+        m = pick("rollover", [m for m in meters if m.counter_max_kwh is not None], "no meter has counter_max_kwh")
     if m is not None:
         plans[m.id] = _Plan(wrap_cents=int((m.counter_max_kwh * 100).to_integral_value(ROUND_FLOOR)))
 
@@ -138,8 +147,15 @@ def _choose_faults(rng: random.Random, subs: list[Meter], meters: list[Meter], k
 
 
 def generate_month(cfg: SiteConfig, db_path: Path, month: str = "2026-10", seed: int = 1,
-                   every_s: int = 60, faults: bool = True, margin_h: int = 2) -> MonthSummary:
-    """Write a month of readings of every enabled meter of `cfg` into the ledger at `db_path`."""
+                   every_s: int = 60, faults: bool = True, margin_h: int = 2,
+                   silent: dict[str, tuple[datetime, datetime]] | None = None,
+                   follow: MonthSummary | None = None) -> MonthSummary:
+    """Write a month of readings of every enabled meter of `cfg` into the ledger at `db_path`.
+
+    `silent`: meter -> [from, until) in UTC with no readings (the meter still uses energy).
+    `follow`: the summary of the month generated before into the same ledger, which must end
+    at or before this month's start (margin_h=0): the readings go on from its last instant with
+    its counters (that instant itself is not written again; no rollover is planted)."""
     began = time.perf_counter()
     if every_s <= 0 or 3600 % every_s:
         raise ValueError(f"every_s must divide an hour (60, 300, 900 ...), not {every_s}")
@@ -148,6 +164,11 @@ def generate_month(cfg: SiteConfig, db_path: Path, month: str = "2026-10", seed:
     tz = ZoneInfo(cfg.site.timezone)
     month_start, month_end = month_bounds(month, tz)
     start, end = month_start - timedelta(hours=margin_h), month_end + timedelta(hours=margin_h)
+    if follow is not None:
+        if follow.every_s != every_s or not follow.end_utc <= month_start < month_end:
+            raise ValueError(f"{month} cannot follow {follow.month}: it must end by this month's start "
+                             f"(margin_h=0) with readings every {every_s} s")
+        start = follow.end_utc
     start_s, end_s = int(start.timestamp()), int(end.timestamp())
     times = range(start_s, end_s + 1, every_s)
 
@@ -166,16 +187,22 @@ def generate_month(cfg: SiteConfig, db_path: Path, month: str = "2026-10", seed:
 
     rng = random.Random(seed)
     # drawn before the faults, so a run without faults has the same counters and voltages
-    start_cents = {m.id: rng.randrange(100_000, 6_000_000) for m in meters}
+    start_cents: dict[str, float] = {m.id: rng.randrange(100_000, 6_000_000) for m in meters}
+    if follow is not None:
+        start_cents = {m.id: follow.end_counters[m.id] for m in meters}
     volt_seed = {m.id: rng.getrandbits(64) for m in meters}
     year, mon = (int(x) for x in month.split("-"))
-    plans = _choose_faults(rng, subs, meters, k_of, tz, year, mon, every_s, summary) if faults else {}
+    plans = _choose_faults(rng, subs, meters, k_of, tz, year, mon, every_s, summary,
+                           follow is not None) if faults else {}
+    for mid, (a, b) in (silent or {}).items():
+        summary.faults.append(Fault(mid, "silent", a, f"no readings {a:%Y-%m-%d %H:%M}–{b:%Y-%m-%d %H:%M} UTC"))
 
     ledger = Ledger(Path(db_path))
     db = ledger._db
+    first_us = start_s * 1_000_000 + (1 if follow is not None else 0)   # a follower's first instant is written
     for m in meters:  # refuse to mix two runs: the counters would jump between them
         if db.execute("SELECT 1 FROM readings WHERE meter = ? AND ts_us BETWEEN ? AND ? LIMIT 1",
-                      (m.id, start_s * 1_000_000, end_s * 1_000_000)).fetchone():
+                      (m.id, first_us, end_s * 1_000_000)).fetchone():
             ledger.close()
             raise ValueError(f"{db_path} already has readings of {m.id} between {start} and {end}; "
                              f"use a new ledger file")
@@ -197,7 +224,7 @@ def generate_month(cfg: SiteConfig, db_path: Path, month: str = "2026-10", seed:
                     total = [a + b for a, b in zip(total, power)]
                 summary.rows += _write_meter(ledger, fs, m, times, power, start_cents[m.id], volt_seed[m.id],
                                              cfg.models[m.model].phases, every_s, plans.get(m.id, _Plan()),
-                                             k_ms, k_me, summary)
+                                             k_ms, k_me, summary, (silent or {}).get(m.id), follow is not None)
     finally:
         ledger.close()
     summary.faults.sort(key=lambda f: (f.when or end, f.kind))
@@ -215,9 +242,9 @@ def _power_series(circuit: str, seed: int, tz: str, latitude: float, longitude: 
     return power
 
 
-def _write_meter(ledger: Ledger, fs: int, m: Meter, times: range, power: list[float], start: int,
+def _write_meter(ledger: Ledger, fs: int, m: Meter, times: range, power: list[float], start: float,
                  volt_seed: int, phases: int, every_s: int, plan: _Plan, k_ms: int, k_me: int,
-                 summary: MonthSummary) -> int:
+                 summary: MonthSummary, silent: tuple[datetime, datetime] | None, following: bool) -> int:
     # energy up to each reading (left rectangle rule, in cents): power holds until the next reading
     per_step = every_s / 36.0  # kW over every_s seconds -> hundredths of a kWh
     acc = list(itertools.accumulate((p * per_step for p in power[:-1]), initial=0.0))
@@ -228,9 +255,11 @@ def _write_meter(ledger: Ledger, fs: int, m: Meter, times: range, power: list[fl
         start = max(0, plan.wrap_cents - 3000 - int(acc[k_ms]))
     unwrapped = [int(start + a) for a in acc]  # floor: the counter shows whole hundredths
     counters = unwrapped
+    shown_end = start + acc[-1]                 # the counter at the last instant, before the floor
     if plan.wrap_cents is not None:
         w = plan.wrap_cents
         counters = [c % w for c in unwrapped]
+        shown_end %= w
         k = next((k for k in range(1, len(counters)) if counters[k] < counters[k - 1]), None)
         summary.faults.append(Fault(
             m.id, "rollover", None if k is None else utc(k),
@@ -243,6 +272,7 @@ def _write_meter(ledger: Ledger, fs: int, m: Meter, times: range, power: list[fl
         k = plan.replaced_at
         old_final = unwrapped[k]  # the old meter's counter at the replacement instant
         counters = counters[:k] + [int(a - acc[k]) for a in acc[k:]]  # the new meter starts at 0.00
+        shown_end = acc[-1] - acc[k]
         true_cents = (old_final - counters[k_ms]) + counters[k_me]
         at = utc(k)
         replacement = Replacement(m.id, at, _kwh(old_final), Decimal("0.00"), by="demo", note="generated",
@@ -257,6 +287,7 @@ def _write_meter(ledger: Ledger, fs: int, m: Meter, times: range, power: list[fl
                                     f"one reading {_cents_text(counters[k])} instead of "
                                     f"{_cents_text(counters[k] - SPIKE_CENTS)} (+5000 kWh)"))
     summary.consumption_kwh[m.id] = _kwh(true_cents)
+    summary.end_counters[m.id] = shown_end
 
     vrnd = random.Random(volt_seed).random
     amps_per_kw = 1000.0 / phases  # current per phase of a balanced load; pf taken as 1 for simplicity
@@ -266,6 +297,11 @@ def _write_meter(ledger: Ledger, fs: int, m: Meter, times: range, power: list[fl
             for t, p, c, v in zip(times, power, counters, (220.0 + 10.0 * vrnd() for _ in times))]
     if plan.gap is not None:
         del rows[plan.gap[0]:plan.gap[1]]
+    if silent is not None:
+        a_us, b_us = (int(x.timestamp()) * 1_000_000 for x in silent)
+        rows = [r for r in rows if not a_us <= r[1] < b_us]
+    if following:
+        rows = [r for r in rows if r[1] != times[0] * 1_000_000]   # the month before wrote that instant
     db = ledger._db
     db.execute("BEGIN")  # one transaction per meter: its readings and its replacement, or nothing
     try:

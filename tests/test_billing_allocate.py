@@ -2,10 +2,11 @@
 
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
@@ -19,6 +20,7 @@ from gateway.events import Reading
 from gateway.store import Ledger, Replacement
 
 D = Decimal
+ZERO = D(0)
 JILIN = {"peak": ["08:00-10:00", "16:00-21:00"],
          "flat": ["05:00-08:00", "10:00-11:00", "14:00-16:00", "21:00-23:00"],
          "valley": ["00:00-05:00", "11:00-14:00", "23:00-24:00"]}
@@ -117,6 +119,73 @@ def test_bill_must_be_yuan_to_the_fen():
     for bad in ("12.345", "abc", "-1", "NaN"):
         with pytest.raises(AllocationError):
             parse_bill(bad)
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("0", "'0': the bill must be more than 0 (to recover the metered cost, leave the bill out)"),
+    ("0.00", "the bill must be more than 0"),
+    ("-5", "'-5': the bill must be more than 0, not negative"),
+    ("-0.001", "not negative"),
+    ("1e-3", "two decimals at most"),
+    ("Infinity", "is not an amount in yuan"),
+    ("1,2,3", "is not an amount in yuan"),
+    ("1e400", "is not an amount in yuan"),
+])
+def test_a_refused_bill_says_why(text, reason):
+    with pytest.raises(AllocationError) as e:
+        parse_bill(text)
+    assert len(e.value.problems) == 1 and reason in e.value.problems[0]
+
+
+def test_bills_are_kept_in_canonical_form():
+    for text, canonical in (("1e3", "1000.00"), ("12,345.6", "12345.60"), (" 5 ", "5.00"), ("+0.5", "0.50"),
+                            ("1.2E+3", "1200.00"), ("51234.560", "51234.56")):
+        bill = parse_bill(text)
+        assert str(bill) == canonical and bill.as_tuple().exponent == -2
+
+
+def test_a_bill_far_from_the_meters_needs_force(tmp_path):
+    cfg = make_site(tmp_path)
+    ledger = fill(cfg)
+    r = allocate(cfg, ledger, "2026-10")
+    metered, main = r.metered_cost, r.reference[0].cost        # MAIN sees 3.5 of the sub-meters' 3.35 kWh
+    assert allocate(cfg, ledger, "2026-10", bill=(main * D("1.1")).quantize(FEN)).waived == []
+    for bill, why in (((main * D("2.46")).quantize(FEN), "2.46× the main meter MAIN's metered cost"),
+                      ((metered * D("0.75")).quantize(FEN), "0.75× the sub-meters' metered cost")):
+        with pytest.raises(AllocationError) as e:
+            allocate(cfg, ledger, "2026-10", bill=bill)
+        assert any(why in p and p.endswith("check the bill, or give --force to allocate it anyway")
+                   for p in e.value.problems), e.value.problems
+        forced = allocate(cfg, ledger, "2026-10", bill=bill, force=True)
+        assert forced.recovered == bill and any(why in en for _, en in forced.waived)
+        assert forced.note_texts("en")[0].startswith("allocated with --force: the bill")
+    with pytest.raises(AllocationError, match="must be more than 0"):
+        allocate(cfg, ledger, "2026-10", bill=D(0))
+    ledger.close()
+    # the band is the site's: ±200 % lets 2.46x through
+    text = (tmp_path / "site.yaml").read_text(encoding="utf-8")
+    (tmp_path / "site.yaml").write_text(text.replace("  difference_rule:", "  bill_tolerance: 2\n  difference_rule:"),
+                                        encoding="utf-8")
+    cfg = load_site(tmp_path / "site.yaml")
+    ledger = Ledger(cfg.storage_path)
+    assert allocate(cfg, ledger, "2026-10", bill=(main * D("2.46")).quantize(FEN)).waived == []
+    ledger.close()
+
+
+def test_cli_keeps_the_bill_in_canonical_form(tmp_path):
+    cfg = make_site(tmp_path)
+    fill(cfg).close()
+    site = str(tmp_path / "site.yaml")
+    res = CliRunner().invoke(app, ["allocate", "-c", site, "--month", "2026-10", "--bill", "5.4e3", "--out",
+                                   str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    assert "bill 5400.00 (difference +5.16)" in res.output
+    ledger = Ledger(cfg.storage_path)
+    assert ledger.allocations()[0][5] == "5400.00"
+    ledger.close()
+    for bad, why in (("0", "the bill must be more than 0"), ("-5", "not negative")):
+        res = CliRunner().invoke(app, ["allocate", "-c", site, "--month", "2026-10", "--bill", bad])
+        assert res.exit_code == 2 and why in res.output and "two decimals" not in res.output
 
 
 # ---- the allocation through a ledger ------------------------------------------------------------
@@ -263,16 +332,38 @@ def test_configuration_problems_are_listed(tmp_path):
 
 # ---- property: any households, areas, keys and prices add up --------------------------------------
 
+def exact_fen(r, homes) -> tuple[dict, dict]:
+    """Each household's exact share of what is recovered, and of each group, in fen (fractions):
+    a group's exact amount (its metered cost; scaled by bill / metered cost by_cost; the bill less
+    the metered cost for the by_area line) split by its key."""
+    metered = Fraction(r.metered_cost)
+    totals, lines = {h: Fraction(0) for h in homes}, {}
+    for g in r.groups:
+        if g.id == "difference":
+            amount = Fraction(r.bill) - metered
+        elif r.bill is not None and r.difference_rule == "by_cost":
+            amount = Fraction(g.metered_cost) * Fraction(r.bill) / metered
+        else:
+            amount = Fraction(g.metered_cost)
+        w = {h: Fraction(homes[h].area_m2) if g.key == "area" else Fraction(1) for h in g.households}
+        whole = sum(w.values())
+        for h in g.households:
+            lines[h, g.id] = amount * w[h] / whole * 100
+            totals[h] += lines[h, g.id]
+    return totals, lines
+
+
 @settings(max_examples=40, deadline=None)
 @given(areas=st.lists(st.decimals(D("20"), D("200"), places=2), min_size=2, max_size=30),
        keys=st.sampled_from(["area", "household"]),
+       rule=st.sampled_from(["by_cost", "by_area"]),
        price=st.decimals(D("0.01"), D("3"), places=4),
        use=st.decimals(D("0"), D("5"), places=2),
        bill_factor=st.one_of(st.none(), st.decimals(D("0.8"), D("1.3"), places=3)))
-def test_any_households_add_up_exactly(tmp_path_factory, areas, keys, price, use, bill_factor):
+def test_any_households_add_up_exactly(tmp_path_factory, areas, keys, rule, price, use, bill_factor):
     tmp = tmp_path_factory.mktemp("prop")
     rows = "".join(f"H{i},{'A' if i % 2 else 'B'},1,{i},{a},{i % 3 != 0:d}\n" for i, a in enumerate(areas))
-    site = SITE.format(rule="by_cost").replace("key: area}", f"key: {keys}}}").replace("'0.50'", f"'{price}'")
+    site = SITE.format(rule=rule).replace("key: area}", f"key: {keys}}}").replace("'0.50'", f"'{price}'")
     site = site[:site.index("    - {id: gate")]
     (tmp / "site.yaml").write_text(site.replace("key: household, vacant: exclude", "key: household"), encoding="utf-8")
     (tmp / "households.csv").write_text("id,building,unit,room,floor_area_m2,occupied\n" + rows, encoding="utf-8")
@@ -281,11 +372,24 @@ def test_any_households_add_up_exactly(tmp_path_factory, areas, keys, price, use
                                              "SL1": str(use), "GATE": "0.05", "MAIN": "3.50"})
     metered = allocate(cfg, ledger, "2026-10").metered_cost
     bill = (metered * bill_factor).quantize(FEN) if bill_factor is not None else None
-    r = allocate(cfg, ledger, "2026-10", bill=bill)
-    assert sum(c.total for c in r.households) == r.recovered == (bill if bill is not None else metered.quantize(FEN))
+    assume(bill != 0)
+    # the bill is up to 30 % off the metered cost (further from MAIN's): beyond the default band
+    r = allocate(cfg, ledger, "2026-10", bill=bill, force=True)
+    assert sum(c.total for c in r.households) == r.recovered == (bill if bill is not None else to_fen(metered) * FEN)
     assert sum(g.amount for g in r.groups) == r.recovered
     for c in r.households:
         assert sum(c.lines.values()) == c.total and all(v == v.quantize(FEN) for v in c.lines.values())
+    # every household's total, every line and every group's amount within a fen of its exact value
+    homes = {c.household.id: c.household for c in r.households}
+    totals, lines = exact_fen(r, homes)
+    for c in r.households:
+        assert abs(Fraction(c.total) * 100 - totals[c.household.id]) < 1, (c.household.id, c.total, totals[c.household.id])
+    charged = {c.household.id: c.lines for c in r.households}
+    for g in r.groups:
+        assert sum(charged[h].get(g.id, ZERO) for h in g.households) == g.amount
+        for h in g.households:
+            assert abs(Fraction(charged[h].get(g.id, ZERO)) * 100 - lines[h, g.id]) < 1
+        assert abs(Fraction(g.amount) * 100 - sum(lines[h, g.id] for h in g.households)) < 1
     ledger.close()
 
 
@@ -304,10 +408,17 @@ def test_cli_allocate_and_replace(tmp_path):
     assert again.exit_code == 2 and "already has a replacement" in again.output
     listed = runner.invoke(app, ["meters", "replacements", "-c", site])
     assert "2026-10-15 00:07  A-stair" in listed.output and "王师傅" in listed.output
+    # the bill is 1.85x the metered cost: refused, and allocated with --force, which the report says
     res = runner.invoke(app, ["allocate", "-c", site, "--month", "2026-10", "--bill", "9999.99", "--out",
                               str(tmp_path / "out")])
+    assert res.exit_code == 2 and "1.85× the sub-meters' metered cost" in res.output and "--force" in res.output
+    assert not (tmp_path / "out").exists()
+    res = runner.invoke(app, ["allocate", "-c", site, "--month", "2026-10", "--bill", "9999.99", "--out",
+                              str(tmp_path / "out"), "--force"])
     assert res.exit_code == 0, res.output
     assert "recovered 9999.99 yuan from 5 households" in res.output
+    assert "warning: allocated with --force: the bill 9,999.99 yuan is 1.85×" in res.output
+    assert "按 --force 分摊" in (tmp_path / "out" / "allocation-2026-10.html").read_text(encoding="utf-8")
     assert sorted(p.suffix for p in (tmp_path / "out").iterdir()) == [".csv", ".html", ".xlsx"]
     ledger = Ledger(cfg.storage_path)
     runs = ledger.allocations()
@@ -332,7 +443,7 @@ async def test_month_points_reach_influxdb(tmp_path, influx1):
     (tmp_path / "households.csv").write_text(HOUSEHOLDS, encoding="utf-8")
     cfg = load_site(tmp_path / "site.yaml")
     fill(cfg).close()
-    run = run_month(cfg, "2026-10", tmp_path / "out", bill=D("9999.99"))
+    run = run_month(cfg, "2026-10", tmp_path / "out", bill=D("9999.99"), force=True)   # 1.85x the metered cost
     slots = 31 * 96
     assert run.points == 6 * slots + 1 + 5 + 5          # meters x slots; site, groups, households
     ledger = Ledger(cfg.storage_path)

@@ -41,3 +41,16 @@ def test_summary_is_the_golden_one(month):
     golden = json.loads((GOLDEN / f"allocation-{MONTH}.json").read_text(encoding="utf-8"))
     assert json.loads(json.dumps(summary, ensure_ascii=False)) == golden
     assert summary["recovered"] == summary["bill"]
+
+
+def test_every_household_is_within_a_fen_of_its_exact_share(month):
+    from fractions import Fraction
+
+    from test_billing_allocate import exact_fen
+
+    result, _, _, _ = month
+    totals, lines = exact_fen(result, {c.household.id: c.household for c in result.households})
+    off = [c.household.id for c in result.households if abs(Fraction(c.total) * 100 - totals[c.household.id]) >= 1]
+    assert off == []
+    assert all(abs(Fraction(a) * 100 - lines[c.household.id, g]) < 1 for c in result.households
+               for g, a in c.lines.items())

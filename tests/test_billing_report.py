@@ -185,10 +185,14 @@ def test_xlsx_reads_back_exact_to_the_fen(tmp_path):
 
     homes = list(wb["住户"].iter_rows(values_only=True))
     assert homes[0] == ("户号", "楼号", "单元", "房号", "建筑面积(m²)", "入住", "金额(元)")
+    assert homes[-1][0] == "合计" and as_decimal(homes[-1][6]) == r.recovered          # the totals row
+    homes = homes[:-1]
     assert [as_decimal(row[6]) for row in homes[1:]] == [c.total for c in r.households]
     assert sum(as_decimal(row[6]) for row in homes[1:]) == r.recovered
 
     lines = list(wb["分摊明细"].iter_rows(values_only=True))[1:]
+    assert lines[-1][0] == "合计" and as_decimal(lines[-1][3]) == r.recovered
+    lines = lines[:-1]
     assert len(lines) == sum(len(c.lines) for c in r.households)
     assert sum(as_decimal(row[3]) for row in lines) == r.recovered
     assert ("1-1-101", "street", "公共路灯") == lines[0][:3]
@@ -283,15 +287,22 @@ def test_html_flags_an_unreconciled_bill():
     assert "未平账" in report.render_html(r)
 
 
-def test_html_says_when_shown_figures_do_not_add_up():
+def test_html_shows_figures_that_add_up():
     r = build()
-    assert "显示值相加可能差 0.01 元" not in report.render_html(r)
-    # exact 100.005 + 49.995 = 150.00, but shown to the fen 100.01 + 50.00 = 150.01
-    r.metered_cost, r.difference = D("100.005"), D("49.995")
-    r.bill = r.recovered = D("150.00")
-    r.households = [HouseholdCharge(r.households[0].household, {"street": D("150.00")}, D("150.00"))]
     html = report.render_html(r)
-    assert "已平账" in html and "显示值相加可能差 0.01 元" in html
+    # exact: metered cost and difference have sub-fen parts; shown, they add up to the bill
+    assert r.metered_cost != r.metered_cost.quantize(FEN) and r.difference != r.difference.quantize(FEN)
+    recon = re.search(r'id="reconciliation">(.*?)</div>', html, re.S).group(1)
+    metered, difference, bill = (D(x.replace(",", "")) for x in re.findall(r'class="n">([\d,.-]+)<', recon)[:3])
+    assert metered + difference == bill == r.bill and "已平账" in recon
+    groups = re.search(r'<section class="groups">(.*?)</section>', html, re.S).group(1)
+    def figures(tr: str) -> list[Decimal]:
+        return [D(x.replace(",", "")) for x in re.findall(r'class="n">([\d,.-]+)<', tr)]
+    body = [figures(tr)[2:] for tr in re.findall(r"<tr><td>.*?</tr>", groups, re.S)]    # after the counts
+    total = figures(re.search(r'<tr class="total">.*?</tr>', groups, re.S).group(0))
+    assert [sum(col) for col in zip(*body)] == total                    # columns
+    assert all(kwh >= 0 and m + d == a for kwh, m, d, a in body)        # metered + difference = amount
+    assert total[1] == metered and total[3] == r.recovered
 
 
 def test_many_building_groups_are_summed():
@@ -318,7 +329,7 @@ def test_write_all_at_estate_size(tmp_path):
     assert len(rows) == 9216 and sum(D(row[6]) for row in rows) == r.recovered
 
     wb = openpyxl.load_workbook(files["xlsx"], read_only=True)
-    homes = list(wb["住户"].iter_rows(min_row=2, values_only=True))
+    homes = list(wb["住户"].iter_rows(min_row=2, values_only=True))[:-1]     # without the totals row
     assert len(homes) == 9216 and sum(as_decimal(row[6]) for row in homes) == r.recovered
     assert as_decimal(summary_value(wb["汇总"], "住户应缴合计")) == r.recovered
     wb.close()
@@ -326,3 +337,79 @@ def test_write_all_at_estate_size(tmp_path):
     html = files["html"].read_text(encoding="utf-8")
     assert html.count("<tr><td>") >= 9216 and "楼栋合计" in html
     assert len(svgs(html)) == 2
+
+
+# --- every sheet adds up as shown --------------------------------------------------------------
+
+def shown_value(v) -> Decimal:
+    """A number as Excel holds it, which must already be a value to 0.01 (no hidden decimals)."""
+    d = D(repr(v))
+    assert d == d.quantize(FEN), f"{v} is not rounded to 0.01"
+    return d.quantize(FEN)
+
+
+def check_adds_up(path, r) -> None:
+    """Open the workbook as the accountant does and add up every row and column as displayed."""
+    wb = openpyxl.load_workbook(path)
+    summary = list(wb.worksheets[0].iter_rows(values_only=True))
+    value = {row[0]: row[1] for row in summary if row and row[0]}
+    labels = report.T["zh"]
+    metered, recovered = shown_value(value[labels["metered_cost"]]), shown_value(value[labels["recovered"]])
+    allocated = shown_value(value[labels["allocated_kwh"]])
+    if r.bill is not None:
+        assert metered + shown_value(value[labels["difference"]]) == shown_value(value[labels["bill"]]) == recovered
+    start = next(i for i, row in enumerate(summary) if row and row[0] == report.TARIFF_COLS["zh"][0])
+    *tariffs, total = summary[start + 1:]
+    for col, want in ((3, allocated), (4, metered)):
+        assert sum(shown_value(t[col]) for t in tariffs) == shown_value(total[col]) == want
+
+    periods = len(report._periods(r))
+    blocks, block = [], []
+    for row in list(wb.worksheets[1].iter_rows(values_only=True))[1:]:
+        figures = [shown_value(v) for v in row[5:5 + 2 + periods + 1]]
+        if row[0] in (labels["billed_total"], labels["unallocated_total"]):
+            assert [sum(col) for col in zip(*block)] == figures, row[0]
+            blocks.append((row[0], figures))
+            block = []
+        else:
+            assert sum(figures[2:2 + periods]) == figures[0], row[0]          # kWh by period add up
+            block.append(figures)
+    billed = dict(blocks)[labels["billed_total"]]
+    assert billed[0] == allocated and billed[-1] == metered
+
+    *groups, total = list(wb.worksheets[2].iter_rows(values_only=True))[1:]
+    rows = [[shown_value(v) for v in g[6:10]] for g in groups]
+    for kwh, m, d, a in rows:
+        assert m + d == a
+    assert [sum(col) for col in zip(*rows)] == [shown_value(v) for v in total[6:10]]
+    assert shown_value(total[6]) == allocated and shown_value(total[7]) == metered
+    assert shown_value(total[9]) == recovered
+
+    *homes, total = list(wb.worksheets[3].iter_rows(values_only=True))[1:]
+    amounts = {h[0]: shown_value(h[6]) for h in homes}
+    assert sum(amounts.values()) == shown_value(total[6]) == recovered
+    *lines, total = list(wb.worksheets[4].iter_rows(values_only=True))[1:]
+    per_home: dict[str, Decimal] = {}
+    for h, _, _, a in lines:
+        per_home[h] = per_home.get(h, D(0)) + shown_value(a)
+    assert sum(per_home.values()) == shown_value(total[3]) == recovered
+    assert {h: a for h, a in amounts.items() if a} == per_home
+
+
+@pytest.mark.parametrize("with_bill", [True, False])
+def test_every_sheet_adds_up_as_shown(tmp_path, with_bill):
+    r = build(with_bill=with_bill, buildings=12, per_building=7)
+    check_adds_up(report.write_xlsx(r, tmp_path / "a.xlsx"), r)
+
+
+@pytest.mark.parametrize("rule", ["by_cost", "by_area"])
+def test_a_generated_month_adds_up_as_shown(tmp_path, rule):
+    from gateway.billing.monthly import run_month
+    from simulators.month import generate_month
+    from test_billing_allocate import make_site
+
+    cfg = make_site(tmp_path, rule=rule)
+    s = generate_month(cfg, cfg.storage_path, "2026-10", seed=7, every_s=900)     # with its four faults
+    assert {f.kind for f in s.faults} >= {"gap", "replacement", "spike"}
+    run = run_month(cfg, "2026-10", tmp_path / "out", bill=D("123456.78"), force=True, keep=False)
+    check_adds_up(run.files["xlsx"], run.result)

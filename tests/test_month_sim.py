@@ -258,6 +258,33 @@ def test_rollover_is_skipped_without_a_counter_maximum(tmp_path):
     assert s.rows == 7 * (28 * 96 + 1) - 6 * 4
 
 
+def test_a_month_follows_the_one_before_and_silent_meters_send_nothing(site, tmp_path):
+    db = tmp_path / "two.db"
+    silent = (datetime(2026, 10, 31, 12, tzinfo=TZ).astimezone(timezone.utc),
+              datetime(2026, 11, 1, 8, tzinfo=TZ).astimezone(timezone.utc))
+    october = generate_month(site, db, "2026-10", seed=1, every_s=900, faults=False, margin_h=0,
+                             silent={"GATE1": silent})
+    with pytest.raises(ValueError, match="already has readings"):   # not a follower: its counters would jump
+        generate_month(site, db, "2026-11", seed=1, every_s=900, faults=False, margin_h=0)
+    november = generate_month(site, db, "2026-11", seed=1, every_s=900, faults=False, margin_h=0,
+                              silent={"GATE1": silent}, follow=october)
+    assert [(f.meter, f.kind) for f in november.faults] == [("GATE1", "silent")]
+    readings = by_meter(db)
+    for meter, rs in readings.items():
+        assert counter_anomalies(rs) == [], meter            # no jump at 1 November: one counter, two months
+        assert len({r.ts for r in rs}) == len(rs)            # the instant they share is written once
+        first, last = rs[0].counters["energy_kwh"], rs[-1].counters["energy_kwh"]
+        assert october.consumption_kwh[meter] + november.consumption_kwh[meter] == last - first, meter
+    assert [r for r in readings["GATE1"] if silent[0] <= r.ts < silent[1]] == []
+    assert len(readings["GATE1"]) == len(readings["PUMP1"]) - 20 * 4
+    with pytest.raises(ValueError, match="cannot follow"):
+        generate_month(site, tmp_path / "x.db", "2026-11", every_s=900, follow=month_summary_with_margin(site, tmp_path))
+
+
+def month_summary_with_margin(site, tmp_path):
+    return generate_month(site, tmp_path / "margin.db", "2026-10", seed=1, every_s=3600)
+
+
 def test_bad_arguments(site, tmp_path):
     with pytest.raises(ValueError, match="every_s"):
         generate_month(site, tmp_path / "a.db", every_s=7)

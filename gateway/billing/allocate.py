@@ -1,9 +1,15 @@
 """The monthly allocation: meters -> interval kWh -> cost -> groups -> households, to the fen.
 
 What households pay adds up exactly to what is recovered: the bill when it is given, else the
-metered cost rounded to the fen. Groups are rounded first (largest remainder over the groups),
-then each group over its households (largest remainder by the group's key), so every group's
-lines and every household's total are whole fen and nothing is lost or created by rounding.
+metered cost rounded to the fen. The whole table of households × groups is rounded at once
+(shares.round_table): every line, every household's total and every group's amount is whole fen
+and within a fen of its exact value, each group's lines add up to its amount, and nothing is lost
+or created by rounding.
+
+A month is refused (one line per reason) while it is not over by the clock, when its billed
+meters' counters cover less of it than `allocation.min_coverage` (both: unless --allow-partial),
+and when the bill is further than `allocation.bill_tolerance` from the sub-meters' metered cost or
+the main meter's (unless --force); an override is said first in the report.
 
 The difference between the bill and the metered cost (line losses, unmetered loads) is spread
 by `allocation.difference_rule`:
@@ -15,9 +21,11 @@ by `allocation.difference_rule`:
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from decimal import Decimal, InvalidOperation
+from datetime import datetime, timedelta, timezone
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from fractions import Fraction
 
 from ..config import AllocationGroup, Meter, SiteConfig
 from ..rules.models import MAX_POWER_KW
@@ -26,7 +34,7 @@ from .households import load_households
 from .intervals import MeterIntervals, MeterLimits, Replaced, meter_intervals
 from .model import (FEN, QUALITY_KINDS, AllocationResult, GroupMonth, Household, HouseholdCharge, MeterMonth, QualityNote,
                     TariffUse)
-from .shares import largest_remainder, to_fen
+from .shares import Column, round_table, round_to_total, to_fen
 from .tariffs import MonthPlan, plan_month, split_by_minutes
 
 log = logging.getLogger(__name__)
@@ -34,6 +42,7 @@ log = logging.getLogger(__name__)
 ZERO = Decimal(0)
 BRACKET_US = 62 * 86_400_000_000       # how far outside the month to look for the bracketing readings
 DIFFERENCE_GROUP = "difference"
+GROUPED = re.compile(r"^[+-]?\d{1,3}(,\d{3})*(\.\d*)?$")   # 12,345.67
 
 
 class AllocationError(ValueError):
@@ -56,15 +65,90 @@ class GroupPlan:
 
 
 def parse_bill(text: str | None) -> Decimal | None:
+    """The bill as typed (`12345.67`, `12,345.67`, `1e3`) in canonical form, yuan to the fen."""
     if text is None:
         return None
+    raw = text.strip()
     try:
-        bill = Decimal(text.replace(",", "").strip())
+        if "," in raw and not GROUPED.match(raw):
+            raise InvalidOperation
+        bill = Decimal(raw.replace(",", ""))
+        if not bill.is_finite():
+            raise InvalidOperation
     except InvalidOperation:
         raise AllocationError([f"--bill {text!r} is not an amount in yuan such as 12345.67"]) from None
-    if not bill.is_finite() or bill < 0 or bill != bill.quantize(FEN):
-        raise AllocationError([f"--bill {text!r}: give the bill's total in yuan to the fen (two decimals at most)"])
-    return bill
+    return check_bill(bill, f"--bill {text!r}")
+
+
+def check_bill(bill: Decimal, shown: str) -> Decimal:
+    """A bill more than 0 and to the fen, as `Decimal('1000.00')` (never `1E+3`)."""
+    if bill == 0:
+        raise AllocationError([f"{shown}: the bill must be more than 0 (to recover the metered cost, leave the "
+                               f"bill out)"])
+    if bill < 0:
+        raise AllocationError([f"{shown}: the bill must be more than 0, not negative"])
+    try:
+        canonical = bill.quantize(FEN)
+    except InvalidOperation:         # more digits than any bill has
+        raise AllocationError([f"{shown} is not an amount in yuan such as 12345.67"]) from None
+    if canonical != bill:
+        raise AllocationError([f"{shown}: give the bill's total in yuan to the fen (two decimals at most)"])
+    return canonical
+
+
+def unfinished(cfg: SiteConfig, plan: MonthPlan, now: datetime) -> str | None:
+    """Why the month cannot be allocated yet by the clock, or None. A month is over once a step
+    across its end can no longer be shorter than the gap threshold: until then the reading that
+    closes it may still come (and the month would otherwise lose what the next one no longer bills)."""
+    final = plan.end + timedelta(minutes=cfg.allocation.gap_minutes)
+    if now >= final:
+        return None
+    if now < plan.start:
+        return f"{plan.month} has not begun (it starts {plan.start:%Y-%m-%d %H:%M} {cfg.site.timezone})"
+    return (f"{plan.month} is not over: it ends {plan.end:%Y-%m-%d %H:%M} {cfg.site.timezone} and its readings "
+            f"are complete {cfg.allocation.gap_minutes:g} min later")
+
+
+def _percent(x: Decimal) -> str:
+    """0.95 -> '95 %', 0.00281 -> '0.3 %'."""
+    return f"{(x * 100).quantize(Decimal('0.1'), ROUND_HALF_UP).normalize():f} %"
+
+
+def coverage_problem(cfg: SiteConfig, month: str, meters: list[MeterMonth]) -> tuple[str, str] | None:
+    """(zh, en) when some billed meter's counters measure less of the month than the site wants."""
+    billed = [m for m in meters if m.group is not None]
+    need = cfg.allocation.min_coverage
+    low = sorted((m for m in billed if m.coverage < need), key=lambda m: (m.coverage, m.meter))
+    if not low:
+        return None
+    w = low[0]
+    return (f"{month}：{len(billed)} 块分摊电表中有 {len(low)} 块的读数覆盖不足本月的 {_percent(need)}"
+            f"（最低 {w.meter} {_percent(w.coverage)}；allocation.min_coverage）",
+            f"{month}: the counters of {len(low)} of {len(billed)} billed meters cover less than {_percent(need)} "
+            f"of the month (lowest {w.meter}, {_percent(w.coverage)}; allocation.min_coverage)")
+
+
+def bill_problems(cfg: SiteConfig, bill: Decimal, metered: Decimal, reference: list[MeterMonth]) -> list[tuple[str, str]]:
+    """(zh, en) for each reference the bill is too far from: the sub-meters' metered cost and the
+    main meter's (the utility's own meter, so the bill should be close to what it measured)."""
+    band = cfg.allocation.bill_tolerance
+    mains = [r for r in reference if r.kwh > 0]
+    refs = [("分表计量电费", "the sub-meters' metered cost", metered)]
+    if mains:
+        ids = ", ".join(r.meter for r in mains)
+        refs.append((f"总表 {ids} 的计量电费", f"the main meter {ids}'s metered cost",
+                     sum((r.cost for r in mains), ZERO)))
+    out = []
+    for zh, en, x in refs:
+        if x <= 0:
+            out.append((f"{zh}为 0：账单 {bill:,} 元将全部作为线损分摊", f"{en} is 0: all of the bill, {bill:,} yuan, "
+                        f"would be shared as line losses"))
+        elif abs(bill - x) > band * x:
+            ratio = bill / x
+            out.append((f"账单 {bill:,} 元是{zh} {x:,.2f} 元的 {ratio:.2f} 倍，超出 allocation.bill_tolerance（±{_percent(band)}）",
+                        f"the bill {bill:,} yuan is {ratio:.2f}× {en} {x:,.2f} yuan, beyond allocation.bill_tolerance "
+                        f"(±{_percent(band)})"))
+    return out
 
 
 # ---- groups ---------------------------------------------------------------------------------------
@@ -160,7 +244,7 @@ def meter_limits(cfg: SiteConfig, m: Meter) -> MeterLimits:
 def read_meter(ledger: Ledger, cfg: SiteConfig, m: Meter, plan: MonthPlan) -> MeterIntervals:
     s, e = plan.start_us, plan.end_us
     points = [(t, Decimal(c)) for t, c in ledger.energy_series(m.id, s, e)]
-    before = ledger.energy_before(m.id, s, s - BRACKET_US)
+    before = ledger.energy_before(m.id, s, 0)    # however long ago: a silence across the start is billed here
     after = ledger.energy_after(m.id, e, e + BRACKET_US)
     if before:
         points.insert(0, (before[0], Decimal(before[1])))
@@ -187,16 +271,32 @@ def price_meter(m: Meter, iv: MeterIntervals, plan: MonthPlan, group: str | None
         kwh_p[u.period] = kwh_p.get(u.period, ZERO) + k
         cost_p[u.period] = cost_p.get(u.period, ZERO) + k * u.price
     return MeterMonth(m.id, m.name, m.circuit, m.building, group, iv.total, iv.estimated_kwh, kwh_p,
-                      sum(cost_p.values(), ZERO), cost_p, daily, iv.used, iv.first_counter, iv.last_counter), by_use
+                      sum(cost_p.values(), ZERO), cost_p, daily, iv.used, iv.first_counter, iv.last_counter,
+                      iv.coverage), by_use
 
 
 # ---- the month ------------------------------------------------------------------------------------
 
 def allocate(cfg: SiteConfig, ledger: Ledger, month: str, bill: Decimal | None = None,
              now: datetime | None = None, intervals_out: dict[str, MeterIntervals] | None = None,
-             plan: MonthPlan | None = None) -> AllocationResult:
-    """The month's allocation; `intervals_out`, if given, receives each meter's slots."""
+             plan: MonthPlan | None = None, allow_partial: bool = False, force: bool = False) -> AllocationResult:
+    """The month's allocation; `intervals_out`, if given, receives each meter's slots.
+
+    Refused (AllocationError, one line per reason) when the month is not over by the clock or its
+    billed meters' counters cover too little of it, unless `allow_partial`, and when the bill is
+    too far from the metered cost or the main meter's, unless `force`; what was overridden is
+    listed first in the report (`waived`)."""
     plan = plan or plan_month(month, cfg.site.timezone, cfg.tariffs)
+    now = now or datetime.now(timezone.utc)
+    if bill is not None:
+        bill = check_bill(bill, f"bill {bill}")
+    waived: list[tuple[str, str]] = []
+    why = unfinished(cfg, plan, now)
+    if why and not allow_partial:
+        raise AllocationError([f"{why}: give --allow-partial to allocate it anyway"])
+    if why:
+        waived.append((f"按 --allow-partial 分摊：{plan.month} 尚未结束（{plan.end:%Y-%m-%d %H:%M} 结束）",
+                       f"allocated with --allow-partial: {why}"))
     households = sorted(load_households(cfg.base_dir / cfg.allocation.households_file), key=lambda h: h.id)
     groups, problems = plan_groups(cfg, households)
     if problems:
@@ -228,40 +328,59 @@ def allocate(cfg: SiteConfig, ledger: Ledger, month: str, bill: Decimal | None =
                                        f"charged to households"))
     by_id = {mm.meter: mm for mm in meters}
     metered = sum((by_id[mid].cost for g in groups for mid in g.meters), ZERO)
+    refused = []
+    low = coverage_problem(cfg, month, meters)
+    if low and not allow_partial:
+        refused.append(f"{low[1]}: give --allow-partial to allocate it anyway")
+    elif low:
+        waived.append((f"按 --allow-partial 分摊：{low[0]}", f"allocated with --allow-partial: {low[1]}"))
+    for zh, en in bill_problems(cfg, bill, metered, reference) if bill is not None else ():
+        if force:
+            waived.append((f"按 --force 分摊：{zh}", f"allocated with --force: {en}"))
+        else:
+            refused.append(f"{en}: check the bill, or give --force to allocate it anyway")
+    if refused:
+        raise AllocationError(refused)
     rule = cfg.allocation.difference_rule
     difference = bill - metered if bill is not None else None
-    notes: list[str] = []
-    if bill is not None and metered == 0 and bill > 0:
+    notes: list[tuple[str, str]] = []
+    if bill is not None and metered == 0:
         rule = "by_area"   # nothing metered to scale: the whole bill by floor area
         notes.append(("本月计量电费为 0：账单全额按建筑面积分摊", "nothing metered: the whole bill shared by floor area"))
     target_fen = to_fen(bill) if bill is not None else to_fen(metered)
 
-    # Group amounts, rounded together so that they add up to the target exactly.
+    # Each group's exact amount (fen) and the rounding of it wanted for the group table.
     costs = [sum((by_id[mid].cost for mid in g.meters), ZERO) for g in groups]
+    exact = [Fraction(c) * 100 for c in costs]
     if bill is not None and rule == "by_area":
-        metered_fen = largest_remainder(to_fen(metered), costs) if metered > 0 else [0] * len(groups)
-        group_fen = metered_fen + [target_fen - sum(metered_fen)]
+        # the metered groups recover the metered cost rounded to the fen, the extra line the rest
+        targets = round_to_total(exact, to_fen(metered)) + [target_fen - to_fen(metered)]
+        exact.append(Fraction(difference) * 100)
         diff_share = [ZERO] * len(groups) + [difference]
         area = [h.area_m2 for h in households]
         groups = groups + [GroupPlan(DIFFERENCE_GROUP, "线损及未计量用电", "estate", "area", [], households, area)]
         costs = costs + [ZERO]
-    elif metered > 0:
-        group_fen = largest_remainder(target_fen, costs)
-        diff_share = [difference * c / metered if difference is not None else ZERO for c in costs]
     else:
-        group_fen = [0] * len(groups)
-        diff_share = [ZERO] * len(groups)
+        if bill is not None:                    # by_cost: every group scaled by bill / metered cost
+            exact = [e * Fraction(bill) / Fraction(metered) for e in exact]
+        targets = round_to_total(exact, target_fen)
+        diff_share = [difference * c / metered if difference is not None else ZERO for c in costs]
 
+    # Households' lines: every line, every household's total and every group's amount is its exact
+    # value rounded down or up, and they all add up to the target (shares.round_table).
+    row = {h.id: i for i, h in enumerate(households)}
+    cells = round_table(len(households), [Column(e, t, [row[h.id] for h in g.households], g.weights)
+                                          for g, e, t in zip(groups, exact, targets)])
     charges: dict[str, dict[str, Decimal]] = {h.id: {} for h in households}
     group_months: list[GroupMonth] = []
-    for g, cost, fen, share in zip(groups, costs, group_fen, diff_share):
-        for h, f in zip(g.households, largest_remainder(fen, g.weights) if fen else [0] * len(g.households)):
+    for g, cost, fens, share in zip(groups, costs, cells, diff_share):
+        for h, f in zip(g.households, fens):
             if f:
                 charges[h.id][g.id] = Decimal(f) * FEN
         daily = [sum(x, ZERO) for x in zip(*(by_id[mid].daily_kwh for mid in g.meters))] or [ZERO] * len(plan.days)
         group_months.append(GroupMonth(g.id, g.name, g.scope, g.key, g.meters, [h.id for h in g.households],
                                        sum((by_id[mid].kwh for mid in g.meters), ZERO), cost, share,
-                                       Decimal(fen) * FEN, daily))
+                                       Decimal(sum(fens)) * FEN, daily))
     hh = [HouseholdCharge(h, charges[h.id], sum(charges[h.id].values(), ZERO)) for h in households]
     recovered = sum((c.total for c in hh), ZERO)
     assert recovered == Decimal(target_fen) * FEN, "allocation does not add up"  # by construction
@@ -283,7 +402,7 @@ def allocate(cfg: SiteConfig, ledger: Ledger, month: str, bill: Decimal | None =
         start=plan.start, end=plan.end, days=plan.days, meters=meters, reference=reference,
         groups=group_months, households=hh, quality=sorted(quality, key=_quality_order), tariff_use=tariff_use,
         metered_cost=metered, bill=bill, difference=difference, difference_rule=rule, recovered=recovered,
-        generated_at=(now or datetime.now(timezone.utc)).astimezone(plan.tz), notes=notes)
+        generated_at=now.astimezone(plan.tz), notes=notes, waived=waived)
 
 
 def clock_notes(unrepaired: list[dict], m: Meter, plan: MonthPlan) -> list[QualityNote]:

@@ -12,11 +12,21 @@ not matter) and every step from one accepted reading to the next is judged:
   restarted (a replacement nobody recorded): they are accepted from there on, and the energy
   of the unexplained step is unknown (counted as 0 and flagged);
 - a step longer than the gap threshold (the meter was offline) is spread by linear
-  interpolation over the slots it covers and flagged as estimated.
+  interpolation over the slots it covers and flagged as estimated;
+- such a step across the month's start or end (the meter was silent at the boundary) is not
+  split between the months: all of it is billed in the month where the counter resumes, spread
+  over that month's part of the step, and flagged in both months ("carried"). The month before
+  ends at its last reading, whenever it is allocated, so over consecutive months nothing is lost
+  and nothing is billed twice.
 
 A step's energy is spread over the slots it overlaps in proportion to time, the last slot
 taking the remainder, so the month's slots add up exactly to the counter difference plus
 rollovers and replacements. Every adjustment becomes a QualityNote.
+
+Coverage is the part of the month whose consumption the counters measure: from the first
+accepted reading to the last one that counts for the month, less the steps whose energy is
+unknown (a counter restart). Time inside an interpolated gap is covered: its energy is measured,
+only its spread over the slots is estimated.
 """
 
 from __future__ import annotations
@@ -61,6 +71,7 @@ class MeterIntervals:
     used: int = 0                                          # readings accepted
     first_counter: Decimal | None = None                   # at the month's start (interpolated)
     last_counter: Decimal | None = None                    # at its end, on the meter then installed
+    coverage: Decimal = ZERO                               # part of the month the counters measure
 
     @property
     def total(self) -> Decimal:
@@ -80,6 +91,9 @@ class _Walk:
         self.out = MeterIntervals(meter, [ZERO] * ((end_us - start_us) // SLOT_US))
         self.jitter = 0
         self.jitter_span: tuple[int, int] | None = None
+        self.carried_out: tuple[int, int, Decimal] | None = None   # a silent step across the month's end
+        self.unknown_us = 0                                         # month time of steps of unknown energy
+        self.last_t = start_us
         self.max_kwh_per_us = (Decimal(repr(limits.max_power_kw)) / HOUR_US) if limits.max_power_kw else None
 
     def note(self, kind: str, a_us: int, b_us: int, kwh: Decimal | None, zh: str, en: str) -> None:
@@ -95,6 +109,27 @@ class _Walk:
         """Energy `delta` used between t0 and t1 (counter c0 at t0, c1 at t1 on the same meter
         after adjustments); records the counter at the month's boundaries on the way."""
         s, e = self.start_us, self.end_us
+        gap = t1 - t0 > self.lim.gap_us
+        if gap and t0 < e < t1:
+            # silent across the month's end: billed in the month where the counter resumes
+            if self.out.first_counter is None and t0 <= s:
+                self.out.first_counter = c0
+            if self.out.last_counter is None:
+                self.out.last_counter = c0
+            self.carried_out = (t0, t1, delta)
+            return
+        if gap and t0 < s < t1:
+            # silent across the month's start: all of it here, over the month's part of the step
+            before = self._part(delta, t0, t1, s)
+            self.note("carried", t0, t1, before,
+                      f"{_local(t0, self.tz):%m-%d %H:%M} 至 {_local(t1, self.tz):%m-%d %H:%M} 跨月初没有读数：读数差 "
+                      f"{delta} kWh 全部计入本月（上月按其最后读数结算），其中约 {before} kWh 属于月初之前",
+                      f"no reading from {_local(t0, self.tz):%m-%d %H:%M} to {_local(t1, self.tz):%m-%d %H:%M} "
+                      f"across the month's start: all of the counter difference {delta} kWh is billed in this month "
+                      f"(the month before ended at its last reading), about {before} kWh of it from before the start")
+            if self.out.first_counter is None:
+                self.out.first_counter = c0
+            t0 = s
         if t0 <= s <= t1 and self.out.first_counter is None:
             self.out.first_counter = c0 + self._part(delta, t0, t1, s)
         if t0 <= e <= t1 and self.out.last_counter is None:
@@ -104,7 +139,6 @@ class _Walk:
         kwh = self.out.kwh
         i0 = (t0 - s) // SLOT_US
         i1 = (t1 - 1 - s) // SLOT_US
-        gap = t1 - t0 > self.lim.gap_us
         if i0 == i1 and not gap:            # the common case: both readings inside one slot
             kwh[i0] += delta
             return
@@ -188,6 +222,7 @@ class _Walk:
             self.step(t, c, t1, c1, delta)
             t, c = t1, c1
         self.out.used = used
+        self.last_t = t
         self._flush_rejected(pending)
         if self.jitter:
             a, b = self.jitter_span
@@ -248,6 +283,7 @@ class _Walk:
         self._flush_rejected(pending[:first])
         (ta, ca, _) = pending[first]
         self.step(t, c, ta, c, ZERO)        # unknown energy: counted as none, flagged below
+        self.unknown_us += max(0, min(ta, self.end_us) - max(t, self.start_us))
         self.note("restarted", t, ta, None,
                   f"读数从 {c} 变为 {ca} 且持续，但没有换表记录：这段用电量未知（按 0 计）。"
                   f"如已换表，请用 gateway meters replace 登记后重新分摊",
@@ -284,13 +320,25 @@ def meter_intervals(meter: str, readings: Iterable[tuple[int, Decimal]], start_u
                   "no readings this month: consumption unknown, counted as 0")
         return walk.out
     out = walk.run(dedup, list(replacements))
-    first_t, last_t = dedup[0][0], dedup[-1][0]
+    first_t = dedup[0][0]
+    last_t = walk.carried_out[0] if walk.carried_out else walk.last_t
     if first_t > start_us:
         walk.note("partial", start_us, min(first_t, end_us), None,
                   "月初至首个读数之间没有读数：这段用电量未知", "no reading between the start of the month and the "
                   "first reading: the energy before it is unknown")
-    if last_t < end_us:
+    if walk.carried_out:
+        t0, t1, delta = walk.carried_out
+        walk.note("carried", max(t0, start_us), end_us, delta,
+                  f"最后一个读数之后至月末没有读数，计数器 {_local(t1, tz):%Y-%m-%d %H:%M} 才恢复：这段读数差 {delta} kWh "
+                  f"计入恢复的那个月，不计入本月",
+                  f"no reading from the last one to the month's end; the counter resumed on "
+                  f"{_local(t1, tz):%Y-%m-%d %H:%M}: its difference over the silence, {delta} kWh, is billed in "
+                  f"that month, not in this one")
+    elif last_t < end_us:
         walk.note("partial", max(last_t, start_us), end_us, None,
-                  "最后一个读数之后至月末没有读数：这段用电量未知", "no reading between the last reading and the "
-                  "end of the month: the energy after it is unknown")
+                  "最后一个读数之后至月末没有读数：这段用电量未知，将计入计数器恢复的那个月",
+                  "no reading between the last reading and the end of the month: the energy after it is not "
+                  "known yet and will be billed in the month where the counter resumes")
+    covered = min(end_us, last_t) - max(start_us, first_t) - walk.unknown_us
+    out.coverage = (Decimal(max(covered, 0)) / (end_us - start_us)).quantize(SHARE_Q)
     return out

@@ -13,7 +13,7 @@ SLOT_MINUTES = 15
 FEN = Decimal("0.01")
 
 # Data-quality kinds, in the order the report lists them.
-QUALITY_KINDS = ("no_data", "partial", "gap", "replacement", "rollover", "rejected_spike", "rejected_low",
+QUALITY_KINDS = ("no_data", "partial", "carried", "gap", "replacement", "rollover", "rejected_spike", "rejected_low",
                  "restarted", "ignored_jitter", "unallocated")
 
 
@@ -48,6 +48,7 @@ class MeterMonth:
     readings: int                          # readings used (accepted)
     first_counter: Decimal | None          # counter at the start of the month (interpolated) ...
     last_counter: Decimal | None           # ... and at its end, on the meter then installed
+    coverage: Decimal = Decimal(1)         # part of the month its counters measure (intervals.py)
 
 
 @dataclass
@@ -117,7 +118,9 @@ class AllocationResult:
     recovered: Decimal                     # what households pay in all: sum of charges, to the fen
     generated_at: datetime
     notes: list[tuple[str, str]] = field(default_factory=list)   # remarks for the report header: (zh, en)
+    # checks that refuse a month, overridden with --allow-partial or --force: (zh, en), shown first
+    waived: list[tuple[str, str]] = field(default_factory=list)
 
     def note_texts(self, lang: str) -> list[str]:
-        return [zh if lang == "zh" else en for zh, en in self.notes]
+        return [zh if lang == "zh" else en for zh, en in self.waived + self.notes]
 

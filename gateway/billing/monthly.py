@@ -26,25 +26,33 @@ class MonthRun:
     points: int
 
 
+def plain(d: Decimal) -> str:
+    """Decimal text without an exponent: '0.00', never '0E-2' or '1E+3'."""
+    return format(d, "f")
+
+
 def summary_json(r: AllocationResult) -> str:
     return json.dumps({
-        "groups": [{"id": g.id, "name": g.name, "kwh": str(g.kwh), "metered_cost": str(g.metered_cost),
-                    "amount": str(g.amount), "households": len(g.households)} for g in r.groups],
-        "meters": [{"id": m.meter, "group": m.group, "kwh": str(m.kwh), "estimated_kwh": str(m.estimated_kwh),
-                    "cost": str(m.cost)} for m in r.meters + r.reference],
+        "groups": [{"id": g.id, "name": g.name, "kwh": plain(g.kwh), "metered_cost": plain(g.metered_cost),
+                    "amount": plain(g.amount), "households": len(g.households)} for g in r.groups],
+        "meters": [{"id": m.meter, "group": m.group, "kwh": plain(m.kwh), "estimated_kwh": plain(m.estimated_kwh),
+                    "cost": plain(m.cost), "coverage": plain(m.coverage)} for m in r.meters + r.reference],
         "difference_rule": r.difference_rule,
+        "waived": [en for _, en in r.waived],
     }, ensure_ascii=False)
 
 
 def run_month(cfg: SiteConfig, month: str, out_dir: Path, bill: Decimal | None = None, lang: str = "zh",
-              keep: bool = True, now: datetime | None = None) -> MonthRun:
+              keep: bool = True, now: datetime | None = None, allow_partial: bool = False,
+              force: bool = False) -> MonthRun:
     from .report import write_all
     now = now or datetime.now(timezone.utc)
     ledger = Ledger(cfg.storage_path)
     try:
         intervals: dict = {}
         plan = plan_month(month, cfg.site.timezone, cfg.tariffs)
-        result = allocate(cfg, ledger, month, bill, now, intervals_out=intervals, plan=plan)
+        result = allocate(cfg, ledger, month, bill, now, intervals_out=intervals, plan=plan,
+                          allow_partial=allow_partial, force=force)
         files = write_all(result, out_dir, lang=lang)
         run_id, points = None, 0
         if keep:
@@ -52,10 +60,10 @@ def run_month(cfg: SiteConfig, month: str, out_dir: Path, bill: Decimal | None =
             rows = outbox_rows(result, plan, {k: v for k, v in intervals.items() if k in where}, where)
             if cfg.influxdb is None:
                 rows = ()      # no server to send them to: the ledger keeps the run itself
-            charges = [(c.household.id, g, str(a)) for c in result.households for g, a in c.lines.items()]
+            charges = [(c.household.id, g, plain(a)) for c in result.households for g, a in c.lines.items()]
             run_id, points = ledger.save_allocation(
-                month, to_us(now), str(bill) if bill is not None else None, str(result.metered_cost),
-                str(result.recovered), len(result.quality), str(out_dir.resolve()), summary_json(result), charges, rows)
+                month, to_us(now), plain(result.bill) if result.bill is not None else None, plain(result.metered_cost),
+                plain(result.recovered), len(result.quality), str(out_dir.resolve()), summary_json(result), charges, rows)
         return MonthRun(result, files, run_id, points)
     finally:
         ledger.close()

@@ -1,7 +1,8 @@
 """The month's allocation rendered for people: a CSV the fee clerk imports into the billing
 system, an Excel workbook for the accountant and a printable HTML report for the property
-committee. Rendering only: every figure comes from the AllocationResult, nothing is recomputed
-except sums and shares for display.
+committee. Rendering only: every figure comes from the AllocationResult, rounded for display by
+shown.py so that every row and column adds up as printed; nothing else is recomputed except sums
+and shares. The CSV has no totals row: it is the billing system's import, one row per household.
 
 Chinese by default, English with lang="en".
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import csv
 import math
 from functools import lru_cache
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -25,6 +26,7 @@ from openpyxl.styles import Font
 from openpyxl.utils import get_column_letter
 
 from .model import FEN, QUALITY_KINDS, AllocationResult, GroupMonth, HouseholdCharge, MeterMonth
+from .shown import shown
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 LANGS = ("zh", "en")
@@ -40,7 +42,9 @@ T: dict[str, dict[str, str]] = {
         "allocated_kwh": "分摊电量(kWh)", "estimated_kwh": "其中估算电量(kWh)", "no_bill": "未录入",
         "reconciliation": "对账", "reconciled": "已平账",
         "not_reconciled": "未平账:住户应缴合计与电费账单不一致",
-        "rounding_note": "金额均四舍五入显示到分,显示值相加可能差 0.01 元。",
+        "rounding_sheets": "金额与电量均为舍入到 0.01 后的数值,各行各列按显示值相加即合计:分表的电量和电费按最大余数法"
+                           "一并舍入,使其合计等于分摊电量和计量电费;各组的差额分摊 = 应收金额 − 计量电费,舍入差计入差额分摊列。",
+        "billed_total": "分摊电表合计", "unallocated_total": "未分配电表合计",
         "no_bill_note": "未录入电费账单:按计量电费分摊,各组金额四舍五入到分,舍入差如下。",
         "metered_exact": "计量电费(精确)",
         "summary": "汇总", "notes": "说明",
@@ -63,7 +67,11 @@ T: dict[str, dict[str, str]] = {
         "households": "Households", "allocated_kwh": "Allocated kWh", "estimated_kwh": "of which estimated kWh",
         "no_bill": "not given", "reconciliation": "Reconciliation",
         "reconciled": "Reconciled", "not_reconciled": "NOT reconciled: recovered differs from the bill",
-        "rounding_note": "Amounts are shown rounded to the fen; shown figures may differ by 0.01 when added.",
+        "rounding_sheets": "Amounts and kWh are rounded to 0.01 and every row and column adds up as shown: the "
+                           "billed meters' kWh and costs are rounded together (largest remainder) so that they add up "
+                           "to the allocated kWh and the metered cost; a group's difference share is its amount less "
+                           "its metered cost, so that column takes the rounding.",
+        "billed_total": "Billed meters, total", "unallocated_total": "Unallocated meters, total",
         "no_bill_note": "No utility bill given: the metered cost is allocated, each group rounded to the "
                         "fen; the rounding is shown below.",
         "metered_exact": "Metered cost (exact)",
@@ -121,7 +129,10 @@ SHEETS = {
 KINDS = {
     "zh": {
         "no_data": ("无读数", "本月无读数:该表整月没有可用读数,电量无法计量。"),
-        "partial": ("部分无读数", "本月部分时间无读数:月初或月末一段时间没有读数,该段电量未能计入。"),
+        "partial": ("部分无读数", "本月部分时间无读数:月初或月末一段时间没有读数,该段电量未能计入本月;月末未计的部分"
+                               "在计数器恢复读数的那个月补计。"),
+        "carried": ("跨月补计", "跨月补计:电表在月末前后没有读数,这段读数差全部计入计数器恢复读数的那个月,前一个月只算到最后一个读数,"
+                              "因此不会漏计,也不会重复计。"),
         "gap": ("离线估算", "离线期间按线性插值估算:网关与电表失联期间的电量按前后读数线性插值分配到各时段。"),
         "replacement": ("换表", "换表:旧表与新表分别计量,电量为两段之和。"),
         "rollover": ("计数器翻转", "计数器翻转:电表计数器到达上限后从零重新计数,已按上限补足。"),
@@ -133,7 +144,11 @@ KINDS = {
     },
     "en": {
         "no_data": ("no data", "No readings this month: the meter's consumption could not be measured."),
-        "partial": ("partial", "Part of the month without readings: the consumption of that part is missing."),
+        "partial": ("partial", "Part of the month without readings: the consumption of that part is not in this "
+                               "month; what is missing at its end is billed in the month where the counter resumes."),
+        "carried": ("carried", "Silent across a month's end: the counter difference over the silence is billed in "
+                               "the month where the counter resumed; the month before ends at its last reading, so "
+                               "nothing is lost or billed twice."),
         "gap": ("gap", "Offline gap: the energy over the gap is estimated by linear interpolation between "
                        "the readings around it."),
         "replacement": ("replacement", "Meter replaced: the old and the new meter are counted separately "
@@ -314,14 +329,16 @@ def _sheet(wb: Workbook, title: str, headers: Sequence[str], widths: Sequence[in
 
 def write_xlsx(result: AllocationResult, path: str | Path, lang: str = "zh") -> Path:
     """The accountant's workbook: summary, meters, groups, households, household × group lines,
-    data quality. Numbers are numbers (openpyxl writes a Decimal as a 16-digit number), shown to
-    the fen by their number format."""
+    data quality. Every amount and kWh is written already rounded to 0.01 (shown.py), so each
+    row and column adds up exactly as displayed; every sheet but the data-quality notes ends with
+    its totals row."""
     lang = _lang(lang)
     _check_amounts(result)
     path = Path(path)
     t, sheets = T[lang], SHEETS[lang]
     names = _group_names(result)
     periods = _periods(result)
+    fig = shown(result, periods)
     # write_only streams rows to disk: 9,216 households and their lines stay cheap in memory.
     wb = Workbook(write_only=True)
 
@@ -334,54 +351,65 @@ def write_xlsx(result: AllocationResult, path: str | Path, lang: str = "zh") -> 
         (t["month"], result.month, None),
         (t["period"], _period_text(result, lang), None),
         (t["timezone"], result.timezone, None),
-        (t["metered_cost"], result.metered_cost, MONEY),
+        (t["metered_cost"], fig.metered_cost, MONEY),
         (t["bill"], result.bill if result.bill is not None else t["no_bill"], MONEY),
-        (t["difference"], result.difference, MONEY),
+        (t["difference"], fig.difference, MONEY),
         (t["difference_rule"], _word(RULES, lang, result.difference_rule), None),
         (t["recovered"], result.recovered, MONEY),
         (t["households"], len(result.households), "0"),
-        (t["allocated_kwh"], sum((g.kwh for g in result.groups), Decimal(0)), KWH),
+        (t["allocated_kwh"], fig.allocated_kwh, KWH),
         (t["generated"], result.generated_at, STAMP),
     ]
     for label, value, fmt in rows:
         _row(ws, [label, value], [None, fmt])
-    for note in result.note_texts(lang):
+    for note in result.note_texts(lang) + [t["rounding_sheets"]]:
         _row(ws, [t["notes"], note])
     ws.append([])
     _row(ws, TARIFF_COLS[lang], bold=True)
-    for u in result.tariff_use:
-        _row(ws, [u.tariff, _word(PERIODS, lang, u.period), u.price, u.kwh, u.cost], [None, None, PRICE, KWH, MONEY])
-    _row(ws, [t["total"], None, None, sum((u.kwh for u in result.tariff_use), Decimal(0)),
-              sum((u.cost for u in result.tariff_use), Decimal(0))], [None, None, None, KWH, MONEY], bold=True)
+    for u, (kwh, cost) in zip(result.tariff_use, fig.tariff):
+        _row(ws, [u.tariff, _word(PERIODS, lang, u.period), u.price, kwh, cost], [None, None, PRICE, KWH, MONEY])
+    _row(ws, [t["total"], None, None, *_totals(fig.tariff)], [None, None, None, KWH, MONEY], bold=True)
 
     ws = _sheet(wb, sheets["meters"],
                 METER_COLS[lang] + [f"{_word(PERIODS, lang, p)} kWh" for p in periods] + METER_COLS_TAIL[lang],
                 [12, 24, 14, 8, 14, 12, 12] + [11] * len(periods) + [12, 9, 12, 12])
-    for reference, meters in ((False, result.meters), (True, result.reference)):
+    fmts = [None] * 5 + [KWH] * (2 + len(periods)) + [MONEY, "0", KWH, KWH]
+    billed = [m for m in result.meters if m.group is not None]
+    blocks = [(billed, t["billed_total"]), ([m for m in result.meters if m.group is None], t["unallocated_total"]),
+              (result.reference, None)]
+    for meters, total in blocks:
+        figures = []
         for m in meters:
-            _row(ws, [m.meter, m.name, _word(CIRCUITS, lang, m.circuit), m.building, _meter_group(m, reference, lang),
-                      m.kwh, m.estimated_kwh, *[m.kwh_by_period.get(p, Decimal(0)) for p in periods],
-                      m.cost, m.readings, m.first_counter, m.last_counter],
-                 [None] * 5 + [KWH] * (2 + len(periods)) + [MONEY, "0", KWH, KWH])
+            f = fig.meters[m.meter]
+            figures.append([f.kwh, f.estimated_kwh, *f.kwh_by_period, f.cost, m.readings])
+            _row(ws, [m.meter, m.name, _word(CIRCUITS, lang, m.circuit), m.building,
+                      _meter_group(m, total is None, lang), *figures[-1], f.first_counter, f.last_counter], fmts)
+        if meters and total:     # the main meters are a reference, not a part of any total
+            _row(ws, [total, None, None, None, None, *_totals(figures)], fmts, bold=True)
 
     ws = _sheet(wb, sheets["groups"], GROUP_COLS[lang], [14, 24, 8, 12, 8, 8, 12, 14, 14, 14])
     money4 = [KWH, MONEY, MONEY, MONEY]
+    figures = []
     for g in result.groups:
-        _row(ws, [g.id, g.name, _word(SCOPES, lang, g.scope), _word(KEYS, lang, g.key), len(g.meters),
-                  len(g.households), g.kwh, g.metered_cost, g.difference_share, g.amount],
+        f = fig.groups[g.id]
+        figures.append([len(g.meters), len(g.households), f.kwh, f.metered_cost, f.difference_share, f.amount])
+        _row(ws, [g.id, g.name, _word(SCOPES, lang, g.scope), _word(KEYS, lang, g.key), *figures[-1]],
              [None] * 4 + ["0", "0"] + money4)
-    _row(ws, [t["total"], None, None, None, None, None, *_group_totals(result.groups)],
-         [None] * 6 + money4, bold=True)
+    _row(ws, [t["total"], None, None, None, None, None, *_totals(figures)[2:]], [None] * 6 + money4, bold=True)
 
     ws = _sheet(wb, sheets["households"], HOUSEHOLD_COLS[lang][:7], [12, 8, 8, 8, 12, 6, 12])
     for c in result.households:
         _row(ws, _household_row(c, names, lang)[:7], [None] * 4 + [AREA, None, MONEY])
+    _row(ws, [t["total"], None, None, None, sum((c.household.area_m2 for c in result.households), Decimal(0)),
+              None, result.recovered], [None] * 4 + [AREA, None, MONEY], bold=True)
 
     ws = _sheet(wb, sheets["lines"], LINE_COLS[lang], [12, 14, 24, 12])
     for c in result.households:
         for g, amount in c.lines.items():
             _row(ws, [c.household.id, g, names.get(g, g), amount], [None, None, None, MONEY])
+    _row(ws, [t["total"], None, None, result.recovered], [None, None, None, MONEY], bold=True)
 
+    # The notes' kWh are of different kinds (estimated, rejected, carried): they have no total.
     ws = _sheet(wb, sheets["quality"], QUALITY_COLS[lang], [12, 24, 14, 17, 17, 12, 60])
     meter_names = _meter_names(result)
     for n in _sorted_notes(result):
@@ -392,10 +420,9 @@ def write_xlsx(result: AllocationResult, path: str | Path, lang: str = "zh") -> 
     return path
 
 
-def _group_totals(groups: Iterable[GroupMonth]) -> list[Decimal]:
-    groups = list(groups)
-    return [sum((getattr(g, f) for g in groups), Decimal(0))
-            for f in ("kwh", "metered_cost", "difference_share", "amount")]
+def _totals(rows: Sequence[Sequence[Decimal]]) -> list[Decimal]:
+    """Column sums of rows of figures (already rounded: the sums are what the eye adds up)."""
+    return [sum(col, Decimal(0)) for col in zip(*rows)] if rows else []
 
 
 def _period_text(result: AllocationResult, lang: str) -> str:
@@ -493,13 +520,14 @@ def _svg_daily(result: AllocationResult, series: list[tuple[str, list[Decimal]]]
     return Markup("".join(out))
 
 
-def _tou_rows(result: AllocationResult, lang: str) -> list[dict]:
-    """Tariff use summed per period over the month's tariffs (a price change mid-month makes two)."""
+def _tou_rows(result: AllocationResult, tariff: list[tuple[Decimal, Decimal]], lang: str) -> list[dict]:
+    """Tariff use as shown (`tariff`: kWh and cost per row of result.tariff_use) summed per period
+    over the month's tariffs (a price change mid-month makes two)."""
     kwh: dict[str, Decimal] = {}
     cost: dict[str, Decimal] = {}
-    for u in result.tariff_use:
-        kwh[u.period] = kwh.get(u.period, Decimal(0)) + u.kwh
-        cost[u.period] = cost.get(u.period, Decimal(0)) + u.cost
+    for u, (k, c) in zip(result.tariff_use, tariff):
+        kwh[u.period] = kwh.get(u.period, Decimal(0)) + k
+        cost[u.period] = cost.get(u.period, Decimal(0)) + c
     periods = [p for p in _periods(result) if p in kwh]
     total_kwh, total_cost = sum(kwh.values(), Decimal(0)), sum(cost.values(), Decimal(0))
     others = iter(PALETTE)
@@ -560,11 +588,7 @@ def render_html(result: AllocationResult, lang: str = "zh") -> str:
     names = _group_names(result)
     periods = _periods(result)
     meter_names = _meter_names(result)
-    allocated = [m for m in result.meters if m.group is not None]
-
-    # Metered cost and difference are exact; shown to the fen they may not visibly add up to the bill.
-    rounding_shown = (result.bill is not None and result.difference is not None
-                      and _fen(result.metered_cost) + _fen(result.difference) != _fen(result.bill))
+    fig = shown(result, periods)
 
     quality = []
     notes = _sorted_notes(result)
@@ -577,30 +601,45 @@ def render_html(result: AllocationResult, lang: str = "zh") -> str:
                                   for n in notes if n.kind == kind]})
 
     def meter_row(m: MeterMonth, reference: bool) -> dict:
-        return {"m": m, "circuit": _word(CIRCUITS, lang, m.circuit), "group": _meter_group(m, reference, lang),
-                "by_period": [_kwh(m.kwh_by_period.get(p, Decimal(0))) for p in periods],
-                "estimated": m.estimated_kwh > 0, "reference": reference}
+        return {"m": m, "f": fig.meters[m.meter], "circuit": _word(CIRCUITS, lang, m.circuit),
+                "group": _meter_group(m, reference, lang), "estimated": m.estimated_kwh > 0, "reference": reference}
 
+    def meter_total(meters: list[MeterMonth], label: str) -> dict:
+        rows = [[f.kwh, f.estimated_kwh, *f.kwh_by_period, f.cost, m.readings]
+                for m, f in ((m, fig.meters[m.meter]) for m in meters)]
+        kwh, estimated, *rest = _totals(rows)
+        return {"label": label, "kwh": kwh, "estimated_kwh": estimated, "by_period": rest[:-2], "cost": rest[-2],
+                "readings": rest[-1]}
+
+    billed = [m for m in result.meters if m.group is not None]
+    unallocated = [m for m in result.meters if m.group is None]
+    meter_blocks = [([meter_row(m, False) for m in ms], meter_total(ms, t[label]) if ms else None)
+                    for ms, label in ((billed, "billed_total"), (unallocated, "unallocated_total"))]
+    meter_blocks.append(([meter_row(m, True) for m in result.reference], None))
     daily = _daily_series(result, lang)
-    tou = _tou_rows(result, lang)
+    tou = _tou_rows(result, fig.tariff, lang)
+    group_figures = [[fig.groups[g.id].kwh, fig.groups[g.id].metered_cost, fig.groups[g.id].difference_share,
+                      fig.groups[g.id].amount] for g in result.groups]
+    # without a bill the exact metered cost is shown to 0.0001, and the rounding so that they add up
+    metered4 = result.metered_cost.quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)
     context = {
-        "t": t, "lang": lang, "r": result,
+        "t": t, "lang": lang, "r": result, "fig": fig,
         "period_text": _period_text(result, lang),
         "rule": _word(RULES, lang, result.difference_rule),
-        "allocated_kwh": sum((g.kwh for g in result.groups), Decimal(0)),
-        "estimated_kwh": sum((m.estimated_kwh for m in allocated), Decimal(0)),
-        "rounding": (result.recovered - result.bill) if result.bill is not None
-        else result.recovered - result.metered_cost,
-        "rounding_shown": rounding_shown,
+        "allocated_kwh": fig.allocated_kwh,
+        "estimated_kwh": sum((fig.meters[m.meter].estimated_kwh for m in billed), Decimal(0)),
+        "metered4": metered4,
+        "rounding": (result.recovered - result.bill) if result.bill is not None else result.recovered - metered4,
         "daily_svg": _svg_daily(result, daily, lang),
         "daily_legend": list(zip((s[0] for s in daily), PALETTE)),
         "tou_svg": _svg_tou(tou, lang), "tou": tou,
         "tou_total": {k: sum((row[k] for row in tou), Decimal(0)) for k in ("kwh", "cost")},
-        "tariff_use": [(u, _word(PERIODS, lang, u.period)) for u in result.tariff_use],
-        "groups": [(g, _word(SCOPES, lang, g.scope), _word(KEYS, lang, g.key)) for g in result.groups],
-        "group_totals": _group_totals(result.groups),
+        "tariff_use": [(u, _word(PERIODS, lang, u.period), k, c) for u, (k, c) in zip(result.tariff_use, fig.tariff)],
+        "groups": [(g, _word(SCOPES, lang, g.scope), _word(KEYS, lang, g.key), f)
+                   for g, f in zip(result.groups, group_figures)],
+        "group_totals": _totals(group_figures),
         "periods": [_word(PERIODS, lang, p) for p in periods],
-        "meters": [meter_row(m, False) for m in result.meters] + [meter_row(m, True) for m in result.reference],
+        "meter_blocks": meter_blocks,
         "meter_cols": METER_COLS[lang], "meter_cols_tail": METER_COLS_TAIL[lang],
         "group_cols": GROUP_COLS[lang], "tariff_cols": TARIFF_COLS[lang],
         "quality_cols": [c for i, c in enumerate(QUALITY_COLS[lang]) if i != 2],   # kind is the heading
@@ -608,6 +647,7 @@ def render_html(result: AllocationResult, lang: str = "zh") -> str:
         "quality": quality,
         # Pre-formatted strings: 9,216 rows render fast and the template stays a plain loop.
         "households": [_html_household(c, names, lang) for c in result.households],
+        "area_total": _plain(sum((c.household.area_m2 for c in result.households), Decimal(0))),
         "notes": result.note_texts(lang),
     }
     return _environment().get_template("report.html").render(context)
