@@ -19,6 +19,7 @@ import sqlite3
 import ssl
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -175,12 +176,16 @@ def allocate_month(site_data: dict, base_dir: Path, tmp: Path, month: str) -> tu
     from gateway.billing.monthly import run_month
     from gateway.config import parse_site
     from simulators.month import generate_month
+    from gateway.billing.tariffs import plan_month
 
     data = {k: v for k, v in site_data.items() if k not in ("influxdb", "web", "users")}
     data["storage"] = {**data.get("storage", {}), "path": str(tmp / "month.db")}
     cfg = parse_site(data, base_dir=base_dir)
     generate_month(cfg, cfg.storage_path, month, seed=1, every_s=3600)
-    run = run_month(cfg, month, tmp / "allocation")
+    # The generated month is complete, so it is allocated as a day after its end would be (by the
+    # real clock it may still be inside the minutes a month waits for its closing readings).
+    end = plan_month(month, cfg.site.timezone, cfg.tariffs).end
+    run = run_month(cfg, month, tmp / "allocation", now=end + timedelta(days=1))
     return cfg.storage_path, dict(run.files)
 
 
