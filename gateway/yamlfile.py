@@ -26,7 +26,10 @@ from yaml.composer import Composer, ComposerError
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.events import AliasEvent, CollectionStartEvent, ScalarEvent
 from yaml.nodes import CollectionNode, MappingNode, Node
+from yaml.parser import Parser
+from yaml.reader import Reader
 from yaml.resolver import BaseResolver, Resolver
+from yaml.scanner import Scanner
 
 try:
     from yaml._yaml import CParser as _Parser
@@ -151,8 +154,19 @@ class _Constructor(SafeConstructor):
 _Constructor.add_constructor("tag:yaml.org,2002:int", _Constructor.construct_yaml_int)
 _Constructor.add_constructor(BaseResolver.DEFAULT_MAPPING_TAG, _Constructor.construct_unique_mapping)
 
+class _PyLoader(Reader, Scanner, Parser, _Composer, _Constructor, Resolver):
+    def __init__(self, stream: str) -> None:
+        Reader.__init__(self, stream)
+        Scanner.__init__(self)
+        Parser.__init__(self)
+        _Composer.__init__(self)
+        _Constructor.__init__(self)
+        Resolver.__init__(self)
+
+
+_Loader: type = _PyLoader
 if _Parser is not None:
-    class _Loader(_Parser, _Composer, _Constructor, Resolver):
+    class _CLoader(_Parser, _Composer, _Constructor, Resolver):
         def __init__(self, stream: str) -> None:
             _Parser.__init__(self, stream)
             _Composer.__init__(self)
@@ -162,19 +176,8 @@ if _Parser is not None:
         # libyaml's parser, this module's composer (the C one would take these first)
         get_single_node = _Composer.get_single_node
         compose_node = _Composer.compose_node
-else:
-    from yaml.parser import Parser
-    from yaml.reader import Reader
-    from yaml.scanner import Scanner
 
-    class _Loader(Reader, Scanner, Parser, _Composer, _Constructor, Resolver):  # type: ignore[no-redef]
-        def __init__(self, stream: str) -> None:
-            Reader.__init__(self, stream)
-            Scanner.__init__(self)
-            Parser.__init__(self)
-            _Composer.__init__(self)
-            _Constructor.__init__(self)
-            Resolver.__init__(self)
+    _Loader = _CLoader
 
 
 @contextmanager
@@ -190,14 +193,26 @@ def _no_gc() -> Iterator[None]:
             gc.enable()
 
 
-def load_yaml(text: str) -> Any:
-    """The one document in `text`; a yaml.YAMLError (marked where known) for anything refused."""
-    loader = _Loader(text)
+def _load_with(loader_class: type, text: str) -> Any:
+    loader = loader_class(text)
     try:
         with _no_gc():
             return loader.get_single_data()
     finally:
         loader.dispose()
+
+
+def load_yaml(text: str) -> Any:
+    """The one document in `text`; a yaml.YAMLError (marked where known) for anything refused."""
+    try:
+        return _load_with(_Loader, text)
+    except yaml.YAMLError as e:
+        # Newer libyaml builds look far ahead inside deep flow collections and stop at their own
+        # limit before this module's composer sees the 51st level: the Python parser streams, so
+        # it says where the file went too deep.
+        if _Loader is _PyLoader or "maximum nesting depth" not in str(getattr(e, "problem", "")):
+            raise
+    return _load_with(_PyLoader, text)
 
 
 def read_yaml_file(path: Path) -> Any:
