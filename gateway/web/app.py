@@ -379,7 +379,8 @@ def create_app(ctx: WebContext) -> Starlette:
             return PlainTextResponse("login required\n", status_code=401,
                                      headers={"WWW-Authenticate": 'Basic realm="estate-gateway"'})
         from .metrics import exposition
-        body, content_type = exposition(ctx)
+        from .views.health import bus_counters
+        body, content_type = await asyncio.to_thread(exposition, ctx, bus_counters(ctx.gateway))
         return Response(body, media_type=content_type)
 
     async def _basic_user(request: Request) -> User | None:

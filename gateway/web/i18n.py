@@ -59,6 +59,9 @@ STRINGS: dict[str, dict[str, str]] = {
         "points": "条", "no_influx": "未配置 InfluxDB", "source_live": "运行中网关的实时计数",
         "source_ledger": "来自台账（网关不在本进程运行，无采集计数）", "success_rate": "成功率",
         "utilisation": "总线占用率", "bus_down": "总线断开", "no_buses": "没有配置总线",
+        "clock_unrepaired": "{n} 段时钟异常记录未能修复（见 gateway status）",
+        "outbox_oldest": "最早一条待发送", "influx_last_write": "上次成功写入 InfluxDB",
+        "offline_meters": "离线电表", "offline_since": "离线起始", "offline_reason": "原因",
     },
     "en": {
         "title": "Guard-room console", "login": "Log in", "logout": "Log out", "user": "User name",
@@ -124,6 +127,9 @@ STRINGS: dict[str, dict[str, str]] = {
         "source_ledger": "from the ledger (the gateway does not run in this process: no poll counters)",
         "success_rate": "Success rate", "utilisation": "Bus utilisation", "bus_down": "bus down",
         "no_buses": "No buses configured",
+        "clock_unrepaired": "{n} clock episodes could not be repaired (see gateway status)",
+        "outbox_oldest": "Oldest waiting point", "influx_last_write": "Last successful write to InfluxDB",
+        "offline_meters": "Offline meters", "offline_since": "Offline since", "offline_reason": "Reason",
     },
 }
 

@@ -19,7 +19,7 @@ from .headers import REPORT_CSP
 from .views import charts
 from .views.access import access_view
 from .views.allocation import KINDS, MONTH, allocation_view, latest_run, run_file
-from .views.health import clock_synced, health_view
+from .views.health import bus_counters, clock_synced, health_view
 from .views.meters import meter_detail, meters_overview
 from .views.patrol import patrol_day
 
@@ -102,7 +102,8 @@ def page_routes(ctx, guarded, render) -> list:
     # ---- health ---------------------------------------------------------------------------------
     async def health_data(request: Request) -> dict:
         synced = await asyncio.to_thread(clock_synced)
-        return await query(lambda db: health_view(ctx, db, now(), synced))
+        counters = bus_counters(ctx.gateway)
+        return await query(lambda db: health_view(ctx, db, now(), synced, counters))
 
     return [
         *twins("/meters", "meters", "meters.html", meters_data),
