@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import re
-import sqlite3
 import sys
 import time
 
@@ -20,6 +19,13 @@ from gateway.store import Ledger
 from web_fixtures import PASSWORDS, SITE_INFO, USERS, login, small_site
 
 
+def one_meter_site(tmp_path):
+    return parse_site({"site": SITE_INFO, "storage": {"path": str(tmp_path / "gw.db")},
+                       "buses": [{"id": "b", "type": "modbus_tcp", "host": "127.0.0.1"}],
+                       "meters": [{"id": "M1", "bus": "b", "unit": 1, "model": "chint-ddsu666"}]},
+                      base_dir=tmp_path)
+
+
 def test_meter_state_rules():
     off = DeviceStatus(False, 20, "no answer")
     assert meter_state(None, None) == "never"
@@ -30,11 +36,7 @@ def test_meter_state_rules():
 
 
 def test_without_a_ledger_every_meter_is_never_seen(tmp_path):
-    cfg = parse_site({"site": SITE_INFO,
-                      "storage": {"path": str(tmp_path / "gw.db")},
-                      "buses": [{"id": "b", "type": "modbus_tcp", "host": "127.0.0.1"}],
-                      "meters": [{"id": "M1", "bus": "b", "unit": 1, "model": "chint-ddsu666"}]},
-                     base_dir=tmp_path)
+    cfg = one_meter_site(tmp_path)
     with read_only(cfg.storage_path) as db:
         assert db is None
         st = read_status(cfg, db)
@@ -107,11 +109,7 @@ async def test_status_health_metrics_and_summary_agree(tmp_path):
 
 def test_reading_after_an_offline_status_counts_as_online_everywhere(tmp_path):
     """`gateway status` used the newest status alone; the model also looks at the newest reading."""
-    cfg = parse_site({"site": SITE_INFO,
-                      "storage": {"path": str(tmp_path / "gw.db")},
-                      "buses": [{"id": "b", "type": "modbus_tcp", "host": "127.0.0.1"}],
-                      "meters": [{"id": "M1", "bus": "b", "unit": 1, "model": "chint-ddsu666"}]},
-                     base_dir=tmp_path)
+    cfg = one_meter_site(tmp_path)
     from datetime import datetime, timezone
 
     from gateway.events import DeviceStatus as StatusEvent, Reading
