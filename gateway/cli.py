@@ -390,12 +390,13 @@ def alarms_list(config: Path = typer.Option(..., "-c", "--config", help="site fi
                 english: bool = typer.Option(False, "--en", help="English messages")) -> None:
     """Open alarms (active and acknowledged), newest first."""
     cfg = _load(config)
+    from .ledger.queries import open_alerts
     db = _ledger_ro(cfg)
-    rows = db.execute("SELECT id, severity, state, message, message_en, raised_us, acked_by FROM alerts "
-                      "WHERE state != 'cleared' ORDER BY raised_us DESC").fetchall()
+    keys = ("id", "severity", "state", "message", "message_en", "raised_us", "acked_by")
+    rows = [tuple(a[k] for k in keys) for a in open_alerts(db)]
+    db.close()
     if as_json:
-        typer.echo(json.dumps([dict(zip(("id", "severity", "state", "message", "message_en", "raised_us",
-                                         "acked_by"), r)) for r in rows], ensure_ascii=False, indent=2))
+        typer.echo(json.dumps([dict(zip(keys, r)) for r in rows], ensure_ascii=False, indent=2))
         return
     if not rows:
         typer.echo("no open alarms" if english else "没有未关闭的告警 (no open alarms)")
@@ -411,20 +412,18 @@ def alarms_ack(alert_id: str = typer.Argument(..., help="the alarm's id (from `a
                note: str = typer.Option("", "--note", help="what was done or found"),
                config: Path = typer.Option(..., "-c", "--config", help="site file")) -> None:
     """Acknowledge an alarm; the running gateway applies it within a second."""
-    import sqlite3
     import time as _time
+
+    from .ledger.queries import alert_kind_state, request_ack
     cfg = _load(config)
     db = _ledger_ro(cfg)
-    row = db.execute("SELECT state FROM alerts WHERE id = ?", (alert_id,)).fetchone()
+    row = alert_kind_state(db, alert_id)
     db.close()
     if row is None:
         raise fail(f"no alarm with id {alert_id!r} (see `gateway alarms list -c {config}`)", 2)
-    if row[0] == "cleared":
+    if row[1] == "cleared":
         raise fail(f"alarm {alert_id} is already cleared", 2)
-    db = sqlite3.connect(cfg.storage_path)
-    with db:
-        db.execute("INSERT INTO ack_requests (alert_id, by, note, ts_us) VALUES (?,?,?,?)",
-                   (alert_id, by, note, int(_time.time() * 1e6)))
+    request_ack(cfg.storage_path, alert_id, by, note, int(_time.time() * 1e6))
     typer.echo(f"acknowledgement of {alert_id} by {by} recorded; the gateway applies it within a second")
 
 
@@ -445,13 +444,13 @@ def alarms_history(config: Path = typer.Option(..., "-c", "--config", help="site
                  if m else _dt.fromisoformat(since).replace(tzinfo=ZoneInfo(cfg.site.timezone)))
     except ValueError:
         raise fail(f"--since {since!r}: expected e.g. 24h, 7d or 2026-11-01", 2) from None
+    from .ledger.queries import alert_history
     db = _ledger_ro(cfg)
-    rows = db.execute("SELECT h.ts_us, h.what, h.state, h.message, h.alert_id, a.severity FROM alert_history h "
-                      "JOIN alerts a ON a.id = h.alert_id WHERE h.ts_us >= ? ORDER BY h.id",
-                      (to_us(start),)).fetchall()
+    keys = ("ts_us", "what", "state", "message", "id", "severity")
+    rows = [tuple(h[k] for k in keys) for h in alert_history(db, to_us(start), newest_first=False)]
+    db.close()
     if as_json:
-        typer.echo(json.dumps([dict(zip(("ts_us", "what", "state", "message", "id", "severity"), r)) for r in rows],
-                              ensure_ascii=False, indent=2))
+        typer.echo(json.dumps([dict(zip(keys, r)) for r in rows], ensure_ascii=False, indent=2))
         return
     for ts, what, state, msg, aid, sev in rows:
         typer.echo(f"{_local(ts, cfg)}  {what:<12} {sev:<8} {msg}")

@@ -201,3 +201,124 @@ def alert_counts(db: sqlite3.Connection) -> dict[tuple[str, str], int]:
     rows = db.execute("SELECT state, severity, count(*) FROM alerts WHERE state != 'cleared' "
                       "GROUP BY state, severity")
     return {(s, v): n for s, v, n in rows}
+
+
+# ---- alerts ---------------------------------------------------------------------------------
+
+ALERT_KEYS = ("id", "rule", "kind", "source", "severity", "state", "message", "message_en", "raised_us",
+              "updated_us", "acked_by", "ack_note")
+HISTORY_KEYS = ("ts_us", "what", "state", "message", "message_en", "id", "severity", "rule", "source", "acked_by")
+
+
+def open_alerts(db: sqlite3.Connection) -> list[dict]:
+    """Alerts not cleared, newest raised first."""
+    rows = db.execute(f"SELECT {', '.join(ALERT_KEYS)} FROM alerts WHERE state != 'cleared' "
+                      "ORDER BY raised_us DESC")
+    return [dict(zip(ALERT_KEYS, r)) for r in rows]
+
+
+def alert_kind_state(db: sqlite3.Connection, alert_id: str) -> tuple[str, str] | None:
+    row = db.execute("SELECT kind, state FROM alerts WHERE id = ?", (alert_id,)).fetchone()
+    return (row[0], row[1]) if row else None
+
+
+def alert_history(db: sqlite3.Connection, since_us: int, severity: str = "", rule: str = "", what: str = "",
+                  limit: int | None = None, newest_first: bool = True) -> list[dict]:
+    """Every change of an alert since `since_us`, optionally of one severity, rule or kind of change."""
+    sql = ("SELECT h.ts_us, h.what, h.state, h.message, a.message_en, h.alert_id, a.severity, a.rule, a.source, "
+           "a.acked_by FROM alert_history h JOIN alerts a ON a.id = h.alert_id WHERE h.ts_us >= ?")
+    args: list = [since_us]
+    for col, val in (("a.severity", severity), ("a.rule", rule), ("h.what", what)):
+        if val:
+            sql += f" AND {col} = ?"
+            args.append(val)
+    sql += " ORDER BY h.id DESC" if newest_first else " ORDER BY h.id"
+    if limit is not None:
+        sql += " LIMIT ?"
+        args.append(limit)
+    return [dict(zip(HISTORY_KEYS, r)) for r in db.execute(sql, args)]
+
+
+def request_ack(path: Path, alert_id: str, by: str, note: str, ts_us: int) -> None:
+    """An acknowledgement asked for outside the gateway's process (the CLI, a console on its
+    own): the running gateway applies it within a second (`Ledger.ack_requests`)."""
+    db = sqlite3.connect(path, timeout=5)
+    try:
+        with db:
+            db.execute("INSERT INTO ack_requests (alert_id, by, note, ts_us) VALUES (?,?,?,?)",
+                       (alert_id, by, note, ts_us))
+    finally:
+        db.close()
+
+
+# ---- access and patrol ----------------------------------------------------------------------
+
+SWIPE_KEYS = ("ts_us", "reader", "door", "direction", "card_tail", "category", "holder", "household", "role")
+
+
+def recent_swipes(db: sqlite3.Connection, door: str = "", category: str = "", limit: int = 200) -> list[dict]:
+    """Swipes newest first, filtered by door and category when given."""
+    sql = f"SELECT {', '.join(SWIPE_KEYS)} FROM swipes"
+    where, args = [], []
+    for col, val in (("door", door), ("category", category)):
+        if val:
+            where.append(f"{col} = ?")
+            args.append(val)
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    rows = db.execute(sql + " ORDER BY ts_us DESC, id DESC LIMIT ?", (*args, limit))
+    return [dict(zip(SWIPE_KEYS, r)) for r in rows]
+
+
+def door_events_in(db: sqlite3.Connection, start_us: int, end_us: int, states: tuple[str, ...]) -> list[tuple]:
+    """(ts_us, door, state, source) of the door events in [start, end] in these states, newest first."""
+    marks = ",".join("?" * len(states))
+    return db.execute(f"SELECT ts_us, door, state, source FROM door_events WHERE ts_us >= ? AND ts_us <= ? "
+                      f"AND state IN ({marks}) ORDER BY ts_us DESC, id DESC", (start_us, end_us, *states)).fetchall()
+
+
+def patrol_checkins(db: sqlite3.Connection, start_us: int, end_us: int) -> list[tuple]:
+    """(ts_us, reader, checkpoint, guard) of the checkins in [start, end), oldest first."""
+    return db.execute("SELECT ts_us, reader, checkpoint, guard FROM patrol_checkins WHERE ts_us >= ? AND ts_us < ? "
+                      "ORDER BY ts_us, id", (start_us, end_us)).fetchall()
+
+
+def last_download_us(db: sqlite3.Connection, since_us: int, readers: list[str]) -> int | None:
+    """When the newest checkin read since `since_us` from these readers (wands) arrived."""
+    marks = ",".join("?" * len(readers))
+    return db.execute(f"SELECT max(received_us) FROM patrol_checkins WHERE ts_us >= ? AND reader IN ({marks})",
+                      (since_us, *readers)).fetchone()[0]
+
+
+# ---- clock ----------------------------------------------------------------------------------
+
+EPISODE_TABLES = ("readings", "device_status", "swipes", "door_events", "patrol_checkins", "alert_history")
+
+
+@dataclass(frozen=True)
+class ClockRows:
+    """The ledger's clock record: episodes not repaired (with their rows per table and points
+    held back), the number of steps seen and the newest (wall_us, step_us)."""
+    episodes: list[dict]
+    steps: int
+    last_step: tuple[int, int] | None
+
+
+def clock_rows(db: sqlite3.Connection) -> ClockRows:
+    """A ledger older than clock safety gives an empty record."""
+    try:
+        episodes = db.execute(
+            "SELECT id, boot, state, reason, wall_us, last_wall_us, after_us, before_us FROM clock_episodes "
+            "WHERE state IN ('untrusted', 'unrepairable') ORDER BY id").fetchall()
+        steps, last_step = db.execute("SELECT count(*), max(id) FROM clock_steps").fetchone()
+        last = db.execute("SELECT wall_us, step_us FROM clock_steps WHERE id = ?", (last_step,)).fetchone()
+    except sqlite3.OperationalError:
+        return ClockRows([], 0, None)
+    out = []
+    for eid, boot, state, reason, wall, last_wall, after, before in episodes:
+        rows = {t: db.execute(f"SELECT count(*) FROM {t} WHERE episode = ?", (eid,)).fetchone()[0]
+                for t in EPISODE_TABLES}
+        held = db.execute("SELECT count(*) FROM outbox_held WHERE episode = ?", (eid,)).fetchone()[0]
+        out.append({"id": eid, "boot": boot, "state": state, "reason": reason, "wall_us": wall,
+                    "last_wall_us": last_wall, "after_us": after, "before_us": before, "rows": rows, "held": held})
+    return ClockRows(out, steps, tuple(last) if last else None)
