@@ -570,7 +570,6 @@ def meters_replace(meter: str = typer.Argument(..., help="meter id from the site
     readings are checked against the counters stored before and after --at."""
     from datetime import datetime as _dt, timezone
     from decimal import Decimal, InvalidOperation
-
     from zoneinfo import ZoneInfo
 
     from .billing.replacement import Proposed, already_recorded, forced_note, replacement_problems

@@ -291,8 +291,7 @@ def allocate(cfg: SiteConfig, ledger: Ledger, month: str, bill: Decimal | None =
     Refused (AllocationError, one line per reason) when the month is not over by the clock or its
     billed meters' counters cover too little of it, unless `allow_partial`, and when the bill is
     too far from the metered cost or the main meter's or a price is implausible, unless `force`;
-    what was overridden is
-    listed first in the report (`waived`)."""
+    what was overridden is listed first in the report (`waived`)."""
     plan = plan or plan_month(month, cfg.site.timezone, cfg.tariffs)
     now = now or datetime.now(timezone.utc)
     if bill is not None:
