@@ -71,9 +71,13 @@ async def _gateway_until(gw, stop: asyncio.Event, seconds: float | None) -> None
 
 @app.command("check-config")
 def check_config(file: Path = typer.Argument(..., help="site file (YAML)")) -> None:
-    """Validate a site file: exit 0 with a summary, or 2 with every problem and where it is."""
+    """Validate a site file and its households file: exit 0 with a summary, or 2 with every problem
+    and where it is. Likely mistakes that are allowed (an implausible price) are warnings."""
     from collections import Counter
+
+    from .config import site_warnings
     cfg = _load(file)
+    households = _check_households(cfg, file)
     models = sorted({m.model for m in cfg.meters})
     typer.echo(f"OK {file}: site {cfg.site.id} ({cfg.site.name}), {len(cfg.buses)} buses, "
                f"{len(cfg.meters)} meters ({len(models)} models: {', '.join(models)}), "
@@ -84,11 +88,43 @@ def check_config(file: Path = typer.Argument(..., help="site file (YAML)")) -> N
         p = cfg.patrol
         typer.echo(f"  access: {len(cfg.card_readers)} card readers, {len(cfg.doors)} doors; patrol: "
                    f"{len(p.checkpoints)} checkpoints, {len(p.routes)} routes, {len(p.readers)} readers")
+    if households is not None:
+        homes, groups = households
+        typer.echo(f"  households: {len(homes)} in {cfg.allocation.households_file} "
+                   f"({len({h.building for h in homes})} buildings, {sum(h.occupied for h in homes)} occupied); "
+                   f"{groups} allocation groups")
+    for w in site_warnings(cfg):
+        typer.echo(f"warning: {file}: {w}", err=True)
     per_bus = Counter(m.bus for m in cfg.meters)  # one pass: a count per bus would be buses x meters
     for b in cfg.buses:
         n = per_bus[b.id]
         where = f"{b.host}:{b.port}" if b.type == "modbus_tcp" else f"{b.port} {b.baudrate} {b.bytesize}{b.parity}{b.stopbits}"
         typer.echo(f"  {b.id:<12} {b.type:<11} {where:<28} {n} meters")
+
+
+def _check_households(cfg: SiteConfig, file: Path):
+    """The households file of a site that allocates, checked against the site, and the groups it
+    makes: (households, group count), None when the site allocates nothing; exit 2 with every
+    problem, as for the site file."""
+    from .billing.allocate import plan_groups
+    from .billing.households import HouseholdsError, site_households, uses_households
+    if not uses_households(cfg):
+        return None
+    try:
+        homes = site_households(cfg)
+    except HouseholdsError as e:
+        for p in e.problems:
+            typer.echo(p, err=True)
+        typer.echo(f"{e.count} problem(s) in {cfg.base_dir / cfg.allocation.households_file} "
+                   f"(allocation.households_file of {file})", err=True)
+        raise typer.Exit(2) from None
+    groups, problems = plan_groups(cfg, homes)
+    if problems:
+        for p in problems:
+            typer.echo(f"{file}: {p}", err=True)
+        typer.echo(f"{len(problems)} problem(s) in the allocation groups of {file} with its households", err=True)
+        raise typer.Exit(2)
+    return homes, len(groups)
 
 
 @app.command()
@@ -526,11 +562,16 @@ def meters_replace(meter: str = typer.Argument(..., help="meter id from the site
                    new_initial: str = typer.Option(..., "--new-initial", help="the new meter's first reading, kWh"),
                    by: str = typer.Option(..., "--by", help="who swapped or records it"),
                    note: str = typer.Option("", "--note"),
+                   force: bool = typer.Option(False, "--force", help="record it although its readings do not fit "
+                                              "the counters stored around --at (said in its note)"),
                    config: Path = typer.Option(..., "-c", "--config", help="site file")) -> None:
-    """Record a meter replacement: billing bridges the counters, alarms expect the drop."""
+    """Record a meter replacement: billing bridges the counters, alarms expect the drop. The
+    readings are checked against the counters stored before and after --at."""
     from datetime import datetime as _dt, timezone
     from decimal import Decimal, InvalidOperation
+    from zoneinfo import ZoneInfo
 
+    from .billing.replacement import Proposed, already_recorded, forced_note, replacement_problems
     from .store import Ledger, LedgerError, Replacement
     cfg = _load(config)
     if meter not in {m.id for m in cfg.meters}:
@@ -550,7 +591,19 @@ def meters_replace(meter: str = typer.Argument(..., help="meter id from the site
         raise fail(f"--at {at}: that is in the future", 2)
     ledger = Ledger(cfg.storage_path)
     try:
-        ledger.record_replacement(Replacement(meter, when.astimezone(timezone.utc), values[0], values[1], by, note, now))
+        taken = already_recorded(ledger, meter, when, ZoneInfo(cfg.site.timezone))
+        if taken:
+            raise fail(taken, 2)
+        problems = replacement_problems(cfg, ledger, Proposed(cfg.meter(meter), when, values[0], values[1]), now)
+        if problems and not force:
+            for p in problems:
+                typer.echo(f"error: {p}", err=True)
+            typer.echo("nothing recorded: correct the figures, or give --force to record them anyway", err=True)
+            raise typer.Exit(2)
+        for p in problems:
+            typer.echo(f"warning: recorded with --force: {p}", err=True)
+        ledger.record_replacement(Replacement(meter, when.astimezone(timezone.utc), values[0], values[1], by,
+                                              forced_note(note, problems) if problems else note, now))
     except LedgerError as e:
         raise fail(str(e), 2) from None
     finally:

@@ -281,7 +281,8 @@ def test_allocation_adds_up_to_the_fen_and_follows_each_key(tmp_path):
 def test_bill_difference_by_cost_and_by_area(tmp_path):
     cfg = make_site(tmp_path)
     ledger = fill(cfg)
-    metered = allocate(cfg, ledger, "2026-10").metered_cost
+    # prices below 0.10 yuan/kWh are implausible (--force) but still have to add up
+    metered = allocate(cfg, ledger, "2026-10", force=True).metered_cost
     bill = (metered * D("1.05")).quantize(FEN)
     r = allocate(cfg, ledger, "2026-10", bill=bill)
     assert r.recovered == bill and r.difference == bill - metered
@@ -370,7 +371,8 @@ def test_any_households_add_up_exactly(tmp_path_factory, areas, keys, rule, pric
     cfg = load_site(tmp / "site.yaml")
     ledger = fill(cfg, minutes=24 * 60, use={"A-stair": str(use), "B-stair": "0.20", "A-lift1": "1.00",
                                              "SL1": str(use), "GATE": "0.05", "MAIN": "3.50"})
-    metered = allocate(cfg, ledger, "2026-10").metered_cost
+    # prices below 0.10 yuan/kWh are implausible (--force) but still have to add up
+    metered = allocate(cfg, ledger, "2026-10", force=True).metered_cost
     bill = (metered * bill_factor).quantize(FEN) if bill_factor is not None else None
     assume(bill != 0)
     # the bill is up to 30 % off the metered cost (further from MAIN's): beyond the default band
@@ -400,8 +402,13 @@ def test_cli_allocate_and_replace(tmp_path):
     fill(cfg).close()
     runner = CliRunner()
     site = str(tmp_path / "site.yaml")
-    res = runner.invoke(app, ["meters", "replace", "A-stair", "--at", "2026-10-15 00:07", "--old-final", "1134.50",
-                              "--new-initial", "0", "--by", "王师傅", "-c", site])
+    # the filled counters go on at 1134.80, 1134.90 across 00:07: figures that do not fit them are
+    # refused (tests/test_households_input.py) and recorded with --force
+    args = ["meters", "replace", "A-stair", "--at", "2026-10-15 00:07", "--old-final", "1134.50",
+            "--new-initial", "0", "--by", "王师傅", "-c", site]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "nothing recorded" in res.output
+    res = runner.invoke(app, args + ["--force"])
     assert res.exit_code == 0, res.output
     again = runner.invoke(app, ["meters", "replace", "A-stair", "--at", "2026-10-15 00:07", "--old-final", "1",
                                 "--new-initial", "0", "--by", "x", "-c", site])

@@ -9,7 +9,8 @@ or created by rounding.
 A month is refused (one line per reason) while it is not over by the clock, when its billed
 meters' counters cover less of it than `allocation.min_coverage` (both: unless --allow-partial),
 and when the bill is further than `allocation.bill_tolerance` from the sub-meters' metered cost or
-the main meter's (unless --force); an override is said first in the report.
+the main meter's, or when a price in force is outside the plausible band of config.py (both:
+unless --force); an override is said first in the report.
 
 The difference between the bill and the metered cost (line losses, unmetered loads) is spread
 by `allocation.difference_rule`:
@@ -30,12 +31,12 @@ from fractions import Fraction
 from ..config import AllocationGroup, Meter, SiteConfig
 from ..rules.models import MAX_POWER_KW
 from ..store import Ledger
-from .households import load_households
+from .households import site_households
 from .intervals import MeterIntervals, MeterLimits, Replaced, meter_intervals
 from .model import (FEN, QUALITY_KINDS, AllocationResult, GroupMonth, Household, HouseholdCharge, MeterMonth, QualityNote,
                     TariffUse)
 from .shares import Column, round_table, round_to_total, to_fen
-from .tariffs import MonthPlan, plan_month, split_by_minutes
+from .tariffs import MonthPlan, implausible_prices, plan_month, split_by_minutes
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,12 @@ def plan_groups(cfg: SiteConfig, households: list[Household]) -> tuple[list[Grou
     problems: list[str] = []
     owner: dict[str, str] = {}
     plans: list[GroupPlan] = []
+    # a building's (unit's) households looked up, not searched for: one group per building
+    # would otherwise read the whole file once per building
+    index: dict[tuple[str, str | None], list[Household]] = {}
+    for h in households:
+        index.setdefault((h.building, None), []).append(h)
+        index.setdefault((h.building, h.unit), []).append(h)
     for gi, g in enumerate(cfg.allocation.groups):
         where = f"allocation.groups[{gi}] ({g.id})"
         for mid in g.meters:
@@ -168,7 +175,7 @@ def plan_groups(cfg: SiteConfig, households: list[Household]) -> tuple[list[Grou
         chosen = [m for m in meters if m.id in g.meters or (m.circuit in g.circuits and _in_scope(m, g))]
         for key, ms in _split(g, chosen).items():
             gid, name = _group_name(g, key)
-            members = _members(g, key, households)
+            members = _members(g, key, households, index)
             if g.vacant == "exclude":
                 members = [h for h in members if h.occupied]
             if g.key == "fixed":
@@ -224,13 +231,12 @@ def _scope_text(g: AllocationGroup, key: tuple[str, str]) -> str:
     return {"estate": "the whole estate", "building": f"building {b}", "unit": f"building {b} unit {u}"}[g.scope]
 
 
-def _members(g: AllocationGroup, key: tuple[str, str], households: list[Household]) -> list[Household]:
+def _members(g: AllocationGroup, key: tuple[str, str], households: list[Household],
+             index: dict[tuple[str, str | None], list[Household]]) -> list[Household]:
     b, u = key
     if g.scope == "estate":
         return list(households)
-    if g.scope == "building":
-        return [h for h in households if h.building == b]
-    return [h for h in households if h.building == b and h.unit == u]
+    return list(index.get((b, None if g.scope == "building" else u), []))
 
 
 # ---- meters ---------------------------------------------------------------------------------------
@@ -284,8 +290,8 @@ def allocate(cfg: SiteConfig, ledger: Ledger, month: str, bill: Decimal | None =
 
     Refused (AllocationError, one line per reason) when the month is not over by the clock or its
     billed meters' counters cover too little of it, unless `allow_partial`, and when the bill is
-    too far from the metered cost or the main meter's, unless `force`; what was overridden is
-    listed first in the report (`waived`)."""
+    too far from the metered cost or the main meter's or a price is implausible, unless `force`;
+    what was overridden is listed first in the report (`waived`)."""
     plan = plan or plan_month(month, cfg.site.timezone, cfg.tariffs)
     now = now or datetime.now(timezone.utc)
     if bill is not None:
@@ -297,7 +303,7 @@ def allocate(cfg: SiteConfig, ledger: Ledger, month: str, bill: Decimal | None =
     if why:
         waived.append((f"按 --allow-partial 分摊：{plan.month} 尚未结束（{plan.end:%Y-%m-%d %H:%M} 结束）",
                        f"allocated with --allow-partial: {why}"))
-    households = sorted(load_households(cfg.base_dir / cfg.allocation.households_file), key=lambda h: h.id)
+    households = sorted(site_households(cfg), key=lambda h: h.id)
     groups, problems = plan_groups(cfg, households)
     if problems:
         raise AllocationError(problems)
@@ -334,11 +340,14 @@ def allocate(cfg: SiteConfig, ledger: Ledger, month: str, bill: Decimal | None =
         refused.append(f"{low[1]}: give --allow-partial to allocate it anyway")
     elif low:
         waived.append((f"按 --allow-partial 分摊：{low[0]}", f"allocated with --allow-partial: {low[1]}"))
-    for zh, en in bill_problems(cfg, bill, metered, reference) if bill is not None else ():
+    forcible = [(zh, en, "the tariffs in the site file") for zh, en in implausible_prices(plan)]
+    forcible += [(zh, en, "the bill") for zh, en in (bill_problems(cfg, bill, metered, reference) if bill is not None
+                                                    else [])]
+    for zh, en, check in forcible:
         if force:
             waived.append((f"按 --force 分摊：{zh}", f"allocated with --force: {en}"))
         else:
-            refused.append(f"{en}: check the bill, or give --force to allocate it anyway")
+            refused.append(f"{en}: check {check}, or give --force to allocate it anyway")
     if refused:
         raise AllocationError(refused)
     rule = cfg.allocation.difference_rule
