@@ -925,11 +925,12 @@ def report_names(month: str, run: int | None) -> str:
 
 
 def write_all(result: AllocationResult, out_dir: str | Path, lang: str = "zh", run: RunInfo | None = None,
-              comparison: Comparison | None = None) -> dict[str, Path]:
+              comparison: Comparison | None = None, month_files: bool | None = None) -> dict[str, Path]:
     """The CSV, XLSX and HTML in out_dir (created if missing): `allocation-<month>-run<id>.*` for a
-    kept run, and the same files as `allocation-<month>.*` when the run is the month's answer (or
-    for a trial, `run` None). Each file is written beside its name and moved into place, so a
-    reader (the console) never sees half a file."""
+    kept run, and the same files as `allocation-<month>.*` when the run is the month's answer
+    (`month_files` None) or `month_files` says so; a trial (`run` None) writes only the month's.
+    Each file is written beside its name and moved into place, so a reader (the console) never
+    sees half a file."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = report_names(result.month, run.id if run else None)
@@ -942,7 +943,7 @@ def write_all(result: AllocationResult, out_dir: str | Path, lang: str = "zh", r
         write(part)
         os.replace(part, path)
         files[kind] = path
-    if run is not None and run.answer:
+    if run is not None and (run.answer if month_files is None else month_files):
         for kind, path in files.items():
             part = out / f".{report_names(result.month, None)}.{kind}.part"
             part.write_bytes(path.read_bytes())

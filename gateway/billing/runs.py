@@ -42,7 +42,12 @@ STATES = ("prepared", "reviewed", "approved", "superseded")
 
 
 class RunError(ValueError):
-    """A sign-off that cannot be made; the text is one line for a person."""
+    """A sign-off that cannot be made; the text is one line for a person, `code` says which
+    refusal it is (the console words it in its own language)."""
+
+    def __init__(self, text: str, code: str = "refused"):
+        super().__init__(text)
+        self.code = code
 
 
 @dataclass
@@ -130,20 +135,20 @@ def answer(month_runs: list[Run]) -> Run | None:
 def check_sign(month_runs: list[Run], run_id: int, role: str, tz: ZoneInfo) -> list[int]:
     """Why `role` cannot be signed for the run (RunError), else the runs it supersedes."""
     if role not in ROLES:
-        raise RunError(f"--role {role!r}: give one of {', '.join(ROLES)}")
+        raise RunError(f"--role {role!r}: give one of {', '.join(ROLES)}", "bad_role")
     this = next((r for r in month_runs if r.id == run_id), None)
     if this is None:
-        raise RunError(f"no allocation run {run_id}")
+        raise RunError(f"no allocation run {run_id}", "no_run")
     if this.superseded_by is not None:
         raise RunError(f"run {run_id} of {this.month} was superseded by run {this.superseded_by}: it cannot be "
-                       f"{role} any more")
+                       f"{role} any more", "superseded")
     if role in this.signoffs:
         by, at = this.signoffs[role]
         raise RunError(f"run {run_id} of {this.month} was already {role} by {by} at "
-                       f"{at.astimezone(tz):%Y-%m-%d %H:%M}")
+                       f"{at.astimezone(tz):%Y-%m-%d %H:%M}", "already")
     if role == "approved" and "reviewed" not in this.signoffs:
         raise RunError(f"run {run_id} of {this.month} has not been reviewed: review it first (--role reviewed), "
-                       f"then approve it")
+                       f"then approve it", "not_reviewed")
     if role == "approved":
         return [r.id for r in month_runs if r.id < run_id and r.superseded_by is None]
     return []
@@ -231,9 +236,10 @@ def comparison_for(cfg: SiteConfig, ledger: Ledger, result):
                    json.dumps(last.summary), ledger.allocation_charges(last.id))
 
 
-def reprint(cfg: SiteConfig, ledger: Ledger, run_id: int) -> dict[str, Path]:
-    """Write the run's reports again (its sign-off or state changed), and the month's answer
-    files if it is the answer. Empty when its result is not kept (a run of an older version)."""
+def reprint(cfg: SiteConfig, ledger: Ledger, run_id: int, month_files: bool | None = None) -> dict[str, Path]:
+    """Write the run's reports again (its sign-off or state changed), and the month's files
+    (`allocation-<month>.*`) if it is the answer or `month_files` says so. Empty when its result
+    is not kept (a run of an older version)."""
     from .report import write_all
     from .stored import loads
     text = ledger.allocation_result(run_id)
@@ -244,7 +250,8 @@ def reprint(cfg: SiteConfig, ledger: Ledger, run_id: int) -> dict[str, Path]:
     ans = answer(runs(ledger, this.month))
     is_answer = ans is not None and ans.id == run_id
     info = this.info(ZoneInfo(cfg.site.timezone), is_answer)
-    return write_all(result, this.out_dir, this.lang, run=info, comparison=comparison_for(cfg, ledger, result))
+    return write_all(result, this.out_dir, this.lang, run=info, comparison=comparison_for(cfg, ledger, result),
+                     month_files=month_files)
 
 
 @dataclass
@@ -264,12 +271,12 @@ def sign(cfg: SiteConfig, ledger: Ledger, run_id: int, role: str, by: str, now: 
     written (its directory gone or not writable) is said, the sign-off stands."""
     by = by.strip()
     if not by:
-        raise RunError("--by: say who signs (a name)")
+        raise RunError("--by: say who signs (a name)", "no_name")
     this = run(ledger, run_id)
     if this is None:
-        raise RunError(f"no allocation run {run_id}")
+        raise RunError(f"no allocation run {run_id}", "no_run")
     if month is not None and this.month != month:
-        raise RunError(f"run {run_id} is of {this.month}, not {month}")
+        raise RunError(f"run {run_id} is of {this.month}, not {month}", "wrong_month")
     tz = ZoneInfo(cfg.site.timezone)
     month_runs = runs(ledger, this.month)
     supersede = check_sign(month_runs, run_id, role, tz)
@@ -278,9 +285,14 @@ def sign(cfg: SiteConfig, ledger: Ledger, run_id: int, role: str, by: str, now: 
     published = settle(cfg, ledger, this.month, state_changed=True)
     files: dict[str, Path] = {}
     errors: list[str] = []
+    ans = answer(runs(ledger, this.month))
     for rid in [run_id, *supersede]:
+        # a superseded run's month files in a directory of its own would still look like the answer
+        old = run(ledger, rid)
+        stale = (rid != run_id and ans is not None and old is not None and old.out_dir != ans.out_dir
+                 and (old.out_dir / f"allocation-{old.month}.csv").exists())
         try:
-            got = reprint(cfg, ledger, rid)
+            got = reprint(cfg, ledger, rid, month_files=True if stale else None)
         except OSError as e:
             errors.append(f"the reports of run {rid} could not be written again: {e}")
             continue
