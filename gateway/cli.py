@@ -490,10 +490,9 @@ def allocate(ctx: typer.Context,
     """Allocate a month's public electricity to the households, exact to the fen, as a new run."""
     if ctx.invoked_subcommand is not None:
         return
-    import click
-    for name, value in (("'-c' / '--config'", config), ("'--month'", month)):
+    for name, value in (("-c/--config FILE", config), ("--month", month)):
         if value is None:
-            raise click.UsageError(f"Missing option {name}.", ctx)
+            raise fail(f"missing option {name}: gateway allocate -c FILE --month 2026-10 (see --help)", 2)
     from .billing.allocate import AllocationError, parse_bill
     from .billing.households import HouseholdsError
     from .billing.monthly import run_month
@@ -538,7 +537,7 @@ def allocate(ctx: typer.Context,
     if c is not None and c.run is not None:
         typer.echo(f"compared with {c.month} (run {c.run}, {'approved' if c.approved else 'a draft'}): "
                    f"{len(c.flagged_groups)} of {len(c.groups)} groups and {len(c.flagged_households)} of "
-                   f"{len(c.households)} households changed by more than ±{c.band * 100:g} %")
+                   f"{len(c.households)} households changed by more than ±{(c.band * 100).normalize():f} %")
     elif c is not None:
         typer.echo(f"no allocation of {c.month} in the ledger to compare with")
     for kind, path in run.files.items():

@@ -641,12 +641,13 @@ def write_xlsx(result: AllocationResult, path: str | Path, lang: str = "zh", run
         _row(ws, [line])
     if comparison is not None and comparison.run is not None:
         for c in comparison.groups:
-            _row(ws, [c.key, c.name, c.last, c.this, c.delta, _ratio(c), _flag(c, lang)],
+            _row(ws, [c.key, c.name, c.last, c.this, c.delta, _ratio(c) or None, _flag(c, lang) or None],
                  [None, None, MONEY, MONEY, MONEY], font=WARN if c.flagged else None)
         ws.append([])
         _row(ws, t["compare_household_cols"], bold=True)
         for c in sorted(comparison.households, key=lambda c: not c.flagged):
-            _row(ws, [c.key, c.last, c.this, c.delta, _ratio(c), _flag(c, lang)], [None, MONEY, MONEY, MONEY],
+            _row(ws, [c.key, c.last, c.this, c.delta, _ratio(c) or None, _flag(c, lang) or None],
+                 [None, MONEY, MONEY, MONEY],
                  font=WARN if c.flagged else None)
 
     wb.save(path)
