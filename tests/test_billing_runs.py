@@ -430,3 +430,30 @@ def test_runs_of_an_older_ledger_are_read_and_the_newest_was_published(tmp_path)
                        (3, "2026-10", "prepared", True, "")]
     finally:
         ledger.close()
+
+
+async def test_a_report_that_cannot_be_printed_again_is_said_and_the_sign_off_stands(tmp_path):
+    from gateway.billing.reprint import reprint_in_child
+    cfg = make_site(tmp_path)
+    fill(cfg).close()
+    out = tmp_path / "out"
+    run_month(cfg, "2026-10", out, by="张", now=NOW)
+    ledger = Ledger(cfg.storage_path)
+    sign(cfg, ledger, 1, "reviewed", "李", now=NOW)
+    ledger.close()
+    # the console prints them in a child process: it prints the run as the ledger has it now
+    assert await reprint_in_child(cfg, 1, []) == []
+    assert 'data-state="reviewed"' in (out / "allocation-2026-10-run1.html").read_text(encoding="utf-8")
+    for p in out.iterdir():
+        p.unlink()
+    out.rmdir()
+    out.write_text("not a directory")
+    lines = await reprint_in_child(cfg, 1, [])
+    assert len(lines) == 1 and lines[0].startswith("the reports of run 1 could not be written again: ")
+    res = CliRunner().invoke(app, ["allocate", "approve", "-c", str(tmp_path / "site.yaml"), "--month", "2026-10",
+                                   "--run", "1", "--by", "王"])
+    assert res.exit_code == 0 and "run 1 of 2026-10 approved by 王" in res.output
+    assert "warning: the reports of run 1 could not be written again" in res.output
+    ledger = Ledger(cfg.storage_path)
+    assert states(ledger) == [(1, "approved", True)]
+    ledger.close()

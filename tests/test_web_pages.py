@@ -695,6 +695,15 @@ async def test_allocation_summary_report_and_downloads(billed, tmp_path):
         assert "Metered cost" in main and "3124.80 yuan" in main and "The report files are gone" in main
 
 
+async def printed(path: Path, text: str, timeout: float = 20.0) -> None:
+    """Wait until a report printed again after a sign-off says `text` (a wait, not a timing)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while text not in path.read_text(encoding="utf-8"):
+        assert loop.time() < deadline, f"{path.name} does not say {text!r}"
+        await asyncio.sleep(0.05)
+
+
 async def post_sign(s, base: str, run: int, role: str, status: int = 303, csrf: str | None = None) -> str:
     if csrf is None:
         async with s.get(base + "/allocation") as r:
@@ -734,7 +743,8 @@ async def test_the_accountant_reviews_and_approves_runs(billed, tmp_path):
             main = main_of(await get(s, base + "/allocation"), "allocation")
             assert 'data-run-state="approved"' in main and 'data-draft="2"' in main
             assert re.search(r'data-field="bill">未录入', main)           # the approved run had no bill
-            # the month's files are now the approved run's, printed again with its sign-off
+            # the month's files are now the approved run's, printed again with its sign-off (after the answer)
+            await printed(first / "allocation-2026-10.html", "已批准")
             html = await get(s, base + "/allocation/2026-10/report")
             assert "已批准" in html and re.search(r"<td>批准</td><td>zhao</td><td>\d{4}-\d\d-\d\d \d\d:\d\d</td>", html)
             assert html == (first / "allocation-2026-10.html").read_text(encoding="utf-8")
@@ -749,6 +759,7 @@ async def test_the_accountant_reviews_and_approves_runs(billed, tmp_path):
             assert "已被本月更新的批准结果取代" in await post_sign(s, base, 1, "approved", 409)
             # run 1's own report says it is superseded; its old month files in its own directory too
             for path in (first / "allocation-2026-10-run1.html", first / "allocation-2026-10.html"):
+                await printed(path, "已作废")
                 assert "已作废:本次分摊已被第 2 次分摊取代" in path.read_text(encoding="utf-8"), path
             own = await get(s, base + "/allocation/runs/1/report")
             assert "已作废" in own

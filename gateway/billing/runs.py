@@ -264,11 +264,12 @@ class Signed:
 
 
 def sign(cfg: SiteConfig, ledger: Ledger, run_id: int, role: str, by: str, now: datetime | None = None,
-         month: str | None = None) -> Signed:
+         month: str | None = None, reprint_reports: bool = True) -> Signed:
     """Review or approve a run: recorded in the ledger with who and when; an approval supersedes
     the month's older runs and makes the run the month's answer (its points replace the others'
-    in InfluxDB). The reports of the runs concerned are printed again; a report that cannot be
-    written (its directory gone or not writable) is said, the sign-off stands."""
+    in InfluxDB). The reports of the runs concerned are printed again (unless not
+    `reprint_reports`: the console does it after answering); a report that cannot be written (its
+    directory gone or not writable) is said, the sign-off stands."""
     by = by.strip()
     if not by:
         raise RunError("--by: say who signs (a name)", "no_name")
@@ -283,10 +284,19 @@ def sign(cfg: SiteConfig, ledger: Ledger, run_id: int, role: str, by: str, now: 
     now = now or datetime.now(timezone.utc)
     ledger.sign_allocation(run_id, role, by, to_us(now), supersede)
     published = settle(cfg, ledger, this.month, state_changed=True)
+    files, errors = reprint_signed(cfg, ledger, run_id, supersede) if reprint_reports else ({}, [])
+    return Signed(run(ledger, run_id), supersede, published, files, errors)
+
+
+def reprint_signed(cfg: SiteConfig, ledger: Ledger, run_id: int, superseded: list[int]) \
+        -> tuple[dict[str, Path], list[str]]:
+    """Print the signed run's reports again, and those of the runs its approval superseded:
+    (the signed run's files, one line per report that could not be written)."""
+    this = run(ledger, run_id)
+    ans = answer(runs(ledger, this.month)) if this else None
     files: dict[str, Path] = {}
     errors: list[str] = []
-    ans = answer(runs(ledger, this.month))
-    for rid in [run_id, *supersede]:
+    for rid in [run_id, *superseded]:
         # a superseded run's month files in a directory of its own would still look like the answer
         old = run(ledger, rid)
         stale = (rid != run_id and ans is not None and old is not None and old.out_dir != ans.out_dir
@@ -298,4 +308,4 @@ def sign(cfg: SiteConfig, ledger: Ledger, run_id: int, role: str, by: str, now: 
             continue
         if rid == run_id:
             files = got
-    return Signed(run(ledger, run_id), supersede, published, files, errors)
+    return files, errors

@@ -64,6 +64,8 @@ class WebContext:
     # argon2 takes 64 MiB and most of a core per check: a few at a time, whatever the crowd
     verifying: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
     signing: asyncio.Lock = field(default_factory=asyncio.Lock)    # allocation sign-offs, one at a time
+    reprinting: asyncio.Lock = field(default_factory=asyncio.Lock)  # ... and their reports printed again
+    background: set = field(default_factory=set)                    # tasks that outlive their request
 
     def __post_init__(self):
         if self.sessions is None:

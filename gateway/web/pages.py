@@ -122,13 +122,13 @@ def page_routes(ctx, guarded, render) -> list:
         def work():
             ledger = Ledger(ctx.cfg.storage_path)
             try:
-                return sign(ctx.cfg, ledger, run_id, role, who, now=now())
+                return sign(ctx.cfg, ledger, run_id, role, who, now=now(), reprint_reports=False)
             finally:
                 ledger.close()
         if not ctx.cfg.storage_path.exists():
             raise Denied(404, "not_found")
         try:
-            async with ctx.signing:       # one sign-off at a time: each may print a month's reports
+            async with ctx.signing:       # one sign-off at a time
                 done = await asyncio.to_thread(work)
         except RunError as e:
             raise Denied(404 if e.code == "no_run" else 409, f"sign_{e.code}") from None
@@ -136,14 +136,27 @@ def page_routes(ctx, guarded, render) -> list:
             raise Denied(409, "sign_refused") from None
         log.info("web: allocation run %s %s by %s%s", run_id, role, who,
                  f"; superseded {done.superseded}" if done.superseded else "")
-        for line in done.reprint_errors:
-            log.warning("web: %s", line)
+        # Printing a month's reports again takes seconds at an estate's size: the answer does not
+        # wait for it (the files are replaced whole when they are ready).
+        task = asyncio.create_task(reprint(run_id, done.superseded))
+        ctx.background.add(task)
+        task.add_done_callback(ctx.background.discard)
         if wants_json(request):
             return JSONResponse({"id": run_id, "month": done.run.month, "state": done.run.state, "by": who,
                                  "superseded": done.superseded,
-                                 "answer": done.published.run if done.published else None,
-                                 "reprint_errors": done.reprint_errors})
+                                 "answer": done.published.run if done.published else None})
         return RedirectResponse(f"/allocation?month={done.run.month}", status_code=303)
+
+    async def reprint(run_id: int, superseded: list[int]) -> None:
+        from ..billing.reprint import reprint_in_child
+        try:
+            async with ctx.reprinting:    # one at a time: each reads the ledger as it is when it starts
+                errors = await reprint_in_child(ctx.cfg, run_id, superseded)
+        except Exception:
+            log.exception("web: the reports of allocation run %s could not be printed again", run_id)
+            return
+        for line in errors:
+            log.warning("web: %s", line)
 
     # ---- health ---------------------------------------------------------------------------------
     async def health_data(request: Request) -> dict:
