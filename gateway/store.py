@@ -904,20 +904,31 @@ class Ledger:
                         quality: int, out_dir: str, summary: str, charges: list[tuple[str, str, str]],
                         outbox: Iterable[tuple] = (), *, by: str = "", invoice: str | None = None,
                         bill_period: tuple[str, str] | None = None, result: str | None = None,
-                        points: Iterable[str] = ()) -> tuple[int, int]:
+                        points: Iterable[str] = (), queue=None) -> tuple[int, int]:
         """One allocation run with its household charges (household, group, amount), atomically.
         `outbox` rows (measurement, priority, ts_ms, line, essential) are queued at once; `points`
-        (line-protocol lines) are kept with the run instead, for `publish_allocation` to queue when
-        the run becomes the month's answer; `result` (JSON) is kept to print the run again.
-        Returns the run's id and the number of points queued."""
+        (line-protocol lines) are kept with the run, for `publish_allocation` to queue when the run
+        becomes the month's answer, and with `queue` (line -> outbox row) also queued now, as the
+        run's own (a run that is the answer the moment it is made: one pass instead of two).
+        `result` (JSON) is kept to print the run again. Returns the run's id and the number of
+        points queued."""
         counted = [0, 0]
+        queued: list[tuple] = []
 
         def count(rows):
             for r in rows:
                 counted[0] += 1
                 counted[1] += len(r[3])
                 yield r
-        with _transaction(self._db) as db:
+
+        def kept(lines):
+            # a chunk's lines are queued as the chunk is kept: the month is never all in memory
+            for i, chunk in enumerate(_chunks(lines, POINTS_CHUNK)):
+                if queue is not None:
+                    queued.extend(queue(line) for line in chunk)
+                yield run, i, zlib.compress("\n".join(chunk).encode(), 1)
+
+        with _transaction(self._db, "IMMEDIATE") as db:
             cur = db.execute("INSERT INTO allocations (month, created_us, bill, metered_cost, recovered, households, "
                              "quality, out_dir, summary, by, invoice, bill_from, bill_until) "
                              "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -927,9 +938,17 @@ class Ledger:
             run = cur.lastrowid
             db.executemany("INSERT INTO allocation_charges (allocation, household, grp, amount) VALUES (?,?,?,?)",
                            [(run, h, g, a) for h, g, a in charges])
-            db.executemany("INSERT INTO allocation_points (run, chunk, lines) VALUES (?,?,?)",
-                           ((run, i, zlib.compress("\n".join(chunk).encode(), 1))
-                            for i, chunk in enumerate(_chunks(points, POINTS_CHUNK))))
+            first = db.execute("SELECT coalesce(max(id), 0) FROM outbox").fetchone()[0] + 1
+            for row in kept(points):
+                db.execute("INSERT INTO allocation_points (run, chunk, lines) VALUES (?,?,?)", row)
+                if queued:
+                    db.executemany("INSERT INTO outbox (measurement, priority, ts_ms, line, essential) "
+                                   "VALUES (?,?,?,?,?)", count(queued))
+                    queued.clear()
+            if counted[0]:
+                last = db.execute("SELECT max(id) FROM outbox").fetchone()[0]
+                db.execute("INSERT INTO allocation_outbox (run, first_id, last_id, zeros) VALUES (?,?,?,0)",
+                           (run, first, last))
             if result is not None:
                 db.execute("INSERT INTO allocation_results (run, data) VALUES (?,?)",
                            (run, zlib.compress(result.encode(), 6)))
@@ -986,19 +1005,20 @@ class Ledger:
             raise LedgerError(f"allocation run {run} is already {role}") from None
 
     def publish_allocation(self, month: str, run: int, rows: Iterable[tuple], zeros: Iterable[tuple] = (),
-                           replace: bool = True) -> dict[str, int]:
+                           replace: bool = True, keep_own: bool = False) -> dict[str, int]:
         """Make `run` the month's answer in InfluxDB, in one transaction: the month's points still
         waiting in the outbox (of any run: the run's own are queued again in full) are taken out,
         `rows` (the run's points) and `zeros` (an earlier answer's series this run does not have,
         set to zero) are queued, and the run is marked published. Zeros queued earlier stay: they
-        clear series no run has any more. With replace=False `rows` are only added (a new state
-        of the published run). Outbox rows: (measurement, priority, ts_ms, line, essential)."""
+        clear series no run has any more. With keep_own the run's own points queued when it was
+        saved stay; with replace=False `rows` are only added (a new state of the published run).
+        Outbox rows: (measurement, priority, ts_ms, line, essential)."""
         out = {"removed": 0, "queued": 0, "zeros": 0}
         removed_bytes = added_bytes = 0
         with _transaction(self._db, "IMMEDIATE") as db:
             ranges = db.execute("SELECT o.rowid, o.first_id, o.last_id FROM allocation_outbox o JOIN allocations a "
-                                "ON a.id = o.run WHERE a.month = ? AND o.zeros = 0", (month,)).fetchall() \
-                if replace else []
+                                "ON a.id = o.run WHERE a.month = ? AND o.zeros = 0 AND o.run != ?",
+                                (month, run if keep_own else -1)).fetchall() if replace else []
             for rowid, first, last in ranges:
                 n, size = db.execute("SELECT count(*), coalesce(sum(length(line)), 0) FROM outbox "
                                      "WHERE id BETWEEN ? AND ?", (first, last)).fetchone()

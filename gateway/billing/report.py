@@ -505,7 +505,16 @@ def _cell(ws, value, fmt: str | None = None, bold: bool = False, font: Font | No
 
 def _row(ws, values: Sequence, fmts: Sequence[str | None] = (), bold: bool = False, font: Font | None = None) -> None:
     fmts = list(fmts) + [None] * (len(values) - len(fmts))
-    ws.append([_cell(ws, v, f, bold, font) for v, f in zip(values, fmts)])
+    if bold or font is not None:
+        ws.append([_cell(ws, v, f, bold, font) for v, f in zip(values, fmts)])
+    else:
+        # a plain value is written by openpyxl's own reused cell: much cheaper than a cell each
+        ws.append([_cell(ws, v, f) if f or _needs_cell(v) else v for v, f in zip(values, fmts)])
+
+
+def _needs_cell(v) -> bool:
+    return isinstance(v, str) and (v.startswith("=") or ILLEGAL_CHARACTERS_RE.search(v) is not None) or \
+        isinstance(v, datetime) and v.tzinfo is not None
 
 
 def _sheet(wb: Workbook, title: str, headers: Sequence[str], widths: Sequence[int]):

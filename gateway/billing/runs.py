@@ -168,11 +168,13 @@ class Published:
     zeros: int = 0                         # zeros queued over the previous answer's series
 
 
-def settle(cfg: SiteConfig, ledger: Ledger, month: str, state_changed: bool = False) -> Published | None:
+def settle(cfg: SiteConfig, ledger: Ledger, month: str, state_changed: bool = False,
+           queued: tuple[int, int] | None = None) -> Published | None:
     """Make InfluxDB's points of the month the answer's: publish the answer if it is not the
     published run (also after a crash between a sign-off and its publication); with
     `state_changed`, queue the answer's state point again (it was just reviewed or approved).
-    None when nothing was queued or taken out."""
+    `queued`: (run, points) a run queued when it was saved. None when nothing was queued or taken
+    out."""
     month_runs = runs(ledger, month)
     ans = answer(month_runs)
     if ans is None:
@@ -189,8 +191,13 @@ def settle(cfg: SiteConfig, ledger: Ledger, month: str, state_changed: bool = Fa
     previous = max(published, key=lambda r: r.id) if published else None
     rows: list | tuple = ()
     zeros: list | tuple = ()
+    own = queued is not None and queued[0] == ans.id
     if cfg.influxdb is not None:
         def answer_rows():
+            if own:                     # its points went into the outbox when it was saved
+                if state is not None:
+                    yield state
+                return
             for line in ledger.allocation_point_lines(ans.id):
                 yield outbox_row(line)
             if state is not None:
@@ -200,8 +207,9 @@ def settle(cfg: SiteConfig, ledger: Ledger, month: str, state_changed: bool = Fa
             keep = {series_key(line) for line in ledger.allocation_point_lines(ans.id)}
             zeros = [z for line in ledger.allocation_point_lines(previous.id)
                      if series_key(line) not in keep and (z := zero_row(line)) is not None]
-    done = ledger.publish_allocation(month, ans.id, rows, zeros)
-    return Published(ans.id, previous.id if previous else None, done["queued"], done["removed"], done["zeros"])
+    done = ledger.publish_allocation(month, ans.id, rows, zeros, keep_own=own)
+    return Published(ans.id, previous.id if previous else None, done["queued"] + (queued[1] if own else 0),
+                     done["removed"], done["zeros"])
 
 
 def parse_bill_period(text: str | None) -> tuple[date, date] | None:
