@@ -241,7 +241,8 @@ def _demo_month(cfg: SiteConfig, month: str, seed: int, every: int, bill: Option
         typer.echo(truth.line())
         for f in truth.faults:
             typer.echo(f"  planted: {f.kind} on {f.meter}: {f.detail}")
-        run = run_month(site, month, data_dir / "allocation", amount, allow_partial=allow_partial, force=force)
+        run = run_month(site, month, data_dir / "allocation", amount, allow_partial=allow_partial, force=force,
+                        by="gateway demo")
     except AllocationError as e:
         for line in e.problems:
             typer.echo(f"error: {line}", err=True)
@@ -496,7 +497,7 @@ def allocate(ctx: typer.Context,
     from .billing.allocate import AllocationError, parse_bill
     from .billing.households import HouseholdsError
     from .billing.monthly import run_month
-    from .billing.runs import RunError, parse_bill_period
+    from .billing.runs import RunError, check_bill_period, parse_bill_period
     from .billing.tariffs import TariffError
     from .store import LedgerError
 
@@ -506,6 +507,7 @@ def allocate(ctx: typer.Context,
     who = (by if by is not None else _who()).strip()
     try:
         period = parse_bill_period(bill_period)
+        check_bill_period(period, month)
         if by is not None and not who:
             raise RunError("--by: say who prepares the run (a name)")
         if invoice is not None and not invoice.strip():

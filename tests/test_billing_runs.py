@@ -132,6 +132,18 @@ def test_bill_period_is_checked(text, why):
         parse_bill_period(text)
 
 
+def test_bill_period_must_overlap_the_month(tmp_path):
+    cfg = make_site(tmp_path)
+    fill(cfg).close()
+    res = CliRunner().invoke(app, ["allocate", "-c", str(tmp_path / "site.yaml"), "--month", "2026-10",
+                                   "--bill-period", "2026-11-01..2026-11-30", "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2 and "--bill-period 2026-11-01..2026-11-30 does not overlap 2026-10" in res.output
+    runs_mod.check_bill_period((date(2026, 9, 20), date(2026, 10, 1)), "2026-10")
+    runs_mod.check_bill_period((date(2026, 12, 31), date(2027, 1, 2)), "2026-12")
+    with pytest.raises(RunError):
+        runs_mod.check_bill_period((date(2026, 9, 1), date(2026, 9, 30)), "2026-10")
+
+
 def test_bill_period_is_parsed():
     assert parse_bill_period(" 2026-10-03 .. 2026-11-02 ") == (date(2026, 10, 3), date(2026, 11, 2))
     assert parse_bill_period(None) is None

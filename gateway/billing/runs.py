@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -229,6 +229,18 @@ def parse_bill_period(text: str | None) -> tuple[date, date] | None:
     if (period[1] - period[0]).days > 92:
         raise RunError(f"--bill-period {text!r}: longer than three months; a utility bill covers about one")
     return period
+
+
+def check_bill_period(period: tuple[date, date] | None, month: str) -> None:
+    """A bill's period need not be the calendar month, but it must overlap it (else it is another
+    month's bill, or a typing error)."""
+    if period is None:
+        return
+    y, m = (int(x) for x in month.split("-"))
+    first = date(y, m, 1)
+    last = (date(y + (m == 12), m % 12 + 1, 1)) - timedelta(days=1)
+    if period[1] < first or period[0] > last:
+        raise RunError(f"--bill-period {period[0]}..{period[1]} does not overlap {month}: is it this month's bill?")
 
 
 # ---- printing a run again ---------------------------------------------------------------------------
