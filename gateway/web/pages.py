@@ -26,6 +26,10 @@ from .views.patrol import patrol_day
 
 log = logging.getLogger(__name__)
 
+def _run_id(text: str) -> int | None:
+    return int(text) if text.isascii() and text.isdigit() and len(text) < 12 else None
+
+
 def page_routes(ctx, guarded, render) -> list:
     def now() -> datetime:
         gw = ctx.gateway          # inside the gateway its clock rules (a replay runs simulated time)
@@ -80,19 +84,18 @@ def page_routes(ctx, guarded, render) -> list:
 
     async def allocation_file(request: Request, kind: str) -> FileResponse:
         """The month's answer file (`/allocation/<month>/...`) or a run's own (`/allocation/runs/<id>/...`)."""
-        run_id = request.path_params.get("run_id")
-        if run_id is None:
-            month = request.path_params["month"]
-            if not MONTH.match(month) or kind not in KINDS:
-                raise Denied(404, "not_found")
-            run = await query(latest_run, month)
+        own = "run_id" in request.path_params
+        if kind not in KINDS:
+            raise Denied(404, "not_found")
+        if own:
+            run_id = _run_id(request.path_params["run_id"])
+            run = await query(run_by_id, run_id) if run_id is not None else None
         else:
-            if kind not in KINDS:
-                raise Denied(404, "not_found")
-            run = await query(run_by_id, run_id)
+            month = request.path_params["month"]
+            run = await query(latest_run, month) if MONTH.match(month) else None
         if run is None:
             raise Denied(404, "not_found")
-        path = run_file(run, kind, ctx.allocation_dirs, own=run_id is not None)
+        path = run_file(run, kind, ctx.allocation_dirs, own=own)
         if path is None:
             raise Denied(404, "files_missing")
         if kind == "html":                        # the report, shown in the browser
@@ -115,7 +118,9 @@ def page_routes(ctx, guarded, render) -> list:
         becomes the month's answer (its points replace the others' in InfluxDB)."""
         from ..billing.runs import RunError, sign
         from ..store import Ledger, LedgerError
-        run_id = request.path_params["run_id"]
+        run_id = _run_id(request.path_params["run_id"])
+        if run_id is None:
+            raise Denied(404, "sign_no_run")
         role = str((await request.form()).get("role", ""))
         who = user.display_name or user.name
 
@@ -172,8 +177,9 @@ def page_routes(ctx, guarded, render) -> list:
         *twins("/allocation", "allocation", "allocation.html", allocation_data),
         Route("/allocation/{month}/report", allocation_report),
         Route("/allocation/{month}/download/{kind}", allocation_download),
-        Route("/allocation/runs/{run_id:int}/report", allocation_report),
-        Route("/allocation/runs/{run_id:int}/download/{kind}", allocation_download),
-        Route("/allocation/runs/{run_id:int}/sign", allocation_sign, methods=["POST"]),
+        # {run_id} is checked after the login (an int converter would answer 404 before it)
+        Route("/allocation/runs/{run_id}/report", allocation_report),
+        Route("/allocation/runs/{run_id}/download/{kind}", allocation_download),
+        Route("/allocation/runs/{run_id}/sign", allocation_sign, methods=["POST"]),
         *twins("/health", "health", "health.html", health_data),
     ]
