@@ -991,8 +991,7 @@ class Ledger:
 
     def sign_allocation(self, run: int, role: str, by: str, at_us: int, supersede: Iterable[int] = ()) -> None:
         """Record a sign-off (reviewed | approved) of a run, and mark `supersede` (older runs of its
-        month) as superseded by it, in one transaction; their kept points are dropped (a superseded
-        run never becomes the answer again)."""
+        month) as superseded by it, in one transaction."""
         try:
             with _transaction(self._db, "IMMEDIATE") as db:
                 db.execute("INSERT INTO allocation_signoffs (run, role, by, at_us) VALUES (?,?,?,?)",
@@ -1000,9 +999,15 @@ class Ledger:
                 for old in supersede:
                     db.execute("UPDATE allocations SET superseded_by = ? WHERE id = ? AND superseded_by IS NULL",
                                (run, old))
-                    db.execute("DELETE FROM allocation_points WHERE run = ?", (old,))
         except sqlite3.IntegrityError:
             raise LedgerError(f"allocation run {run} is already {role}") from None
+
+    def drop_superseded_points(self, month: str) -> None:
+        """Forget the kept points of the month's superseded runs (none of them becomes the answer
+        again); call it once the answer is published, which reads the previous answer's series."""
+        with _transaction(self._db) as db:
+            db.execute("DELETE FROM allocation_points WHERE run IN (SELECT id FROM allocations WHERE month = ? AND "
+                       "superseded_by IS NOT NULL AND published = 0)", (month,))
 
     def publish_allocation(self, month: str, run: int, rows: Iterable[tuple], zeros: Iterable[tuple] = (),
                            replace: bool = True, keep_own: bool = False) -> dict[str, int]:

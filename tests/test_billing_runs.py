@@ -346,20 +346,41 @@ async def test_allocating_a_month_again_replaces_its_points_in_influxdb(tmp_path
     assert four.points == 0 and four.published is None and outbox(cfg) == {}
 
 
-async def test_series_a_new_answer_does_not_have_are_set_to_zero(tmp_path, influx1):
+def approve(cfg, run_id: int):
+    ledger = Ledger(cfg.storage_path)
+    try:
+        sign(cfg, ledger, run_id, "reviewed", "李", now=NOW)
+        return sign(cfg, ledger, run_id, "approved", "王", now=NOW)
+    finally:
+        ledger.close()
+
+
+@pytest.mark.parametrize("via", ["draft", "approval"])
+async def test_series_a_new_answer_does_not_have_are_set_to_zero(tmp_path, influx1, via):
     """A household gone from the households file and a group renamed: the previous answer's
     points of those series are overwritten with zeros (InfluxDB replaces only a point of the same
-    series and time), so nothing stale adds to the month."""
+    series and time), so nothing stale adds to the month; whether the new run is the answer as a
+    draft or by its approval (which supersedes the previous answer)."""
     cfg = influx_site(tmp_path, influx1)
     fill(cfg).close()
     run_month(cfg, "2026-10", tmp_path / "out", bill=D("5400.00"), by="张", now=NOW)
+    if via == "approval":
+        approve(cfg, 1)
     await drain(cfg, tmp_path)
     before = counts(influx1)
     fewer = "\n".join(line for line in HOUSEHOLDS.splitlines() if not line.startswith("B-1-102")) + "\n"
     cfg2 = influx_site(tmp_path, influx1, households=fewer, estate="streets")
     again = run_month(cfg2, "2026-10", tmp_path / "out", bill=D("5400.00"), by="张", now=NOW)
+    if via == "approval":
+        assert again.published is None and outbox(cfg2) == {}          # waits for its approval
+        published = approve(cfg2, 2).published
+        ledger = Ledger(cfg2.storage_path)
+        assert not ledger.has_allocation_points(1) and ledger.has_allocation_points(2)   # 1 is superseded
+        ledger.close()
+    else:
+        published = again.published
     # SL1's slots under its old group tag, the old group point and the household that is gone
-    assert again.published.zeros == 31 * 96 + 1 + 1
+    assert published.zeros == 31 * 96 + 1 + 1
     await drain(cfg2, tmp_path)
     after = counts(influx1)
     assert after["energy_interval"] == before["energy_interval"] + 31 * 96     # SL1 under its new group too

@@ -64,7 +64,6 @@ T: dict[str, dict[str, str]] = {
         "warning": "警告", "run": "分摊批次", "run_n": "第 {n} 次分摊", "state": "状态", "dry_run": "试算(未保存,未批准)",
         "state_prepared": "已编制(草稿,未批准)", "state_reviewed": "已审核(未批准)", "state_approved": "已批准",
         "state_superseded": "已作废(被第 {n} 次分摊取代)",
-        "answer": "本月结果", "not_answer": "非本月结果(本月以第 {n} 次分摊为准)",
         "invoice": "电费发票号", "bill_period": "电费账单期间", "not_given": "未录入",
         "bill_period_differs": "电费账单期间 {a} 至 {b} 与分摊月份 {m} 不一致:账单金额按本月各表计量的电量分摊。",
         "draft_banner": "草稿:本次分摊尚未批准,不得据此收费。",
@@ -120,7 +119,6 @@ T: dict[str, dict[str, str]] = {
         "warning": "Warning", "run": "Run", "run_n": "run {n}", "state": "State", "dry_run": "trial (not kept, not approved)",
         "state_prepared": "prepared (draft, not approved)", "state_reviewed": "reviewed (not approved)",
         "state_approved": "approved", "state_superseded": "superseded by run {n}",
-        "answer": "the month's answer", "not_answer": "not the month's answer (run {n} is)",
         "invoice": "Utility invoice", "bill_period": "Bill period", "not_given": "not given",
         "bill_period_differs": "The bill's period {a} to {b} is not the month {m}: the bill is shared by this "
                                "month's metered consumption.",
@@ -830,7 +828,6 @@ def render_html(result: AllocationResult, lang: str = "zh", run: RunInfo | None 
     lang = _lang(lang)
     _check_amounts(result)
     t = T[lang]
-    names = _group_names(result)
     periods = _periods(result)
     meter_names = _meter_names(result)
     fig = shown(result, periods)

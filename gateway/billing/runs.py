@@ -304,6 +304,7 @@ def sign(cfg: SiteConfig, ledger: Ledger, run_id: int, role: str, by: str, now: 
     now = now or datetime.now(timezone.utc)
     ledger.sign_allocation(run_id, role, by, to_us(now), supersede)
     published = settle(cfg, ledger, this.month, state_changed=True)
+    ledger.drop_superseded_points(this.month)
     files, errors = reprint_signed(cfg, ledger, run_id, supersede) if reprint_reports else ({}, [])
     return Signed(run(ledger, run_id), supersede, published, files, errors)
 
