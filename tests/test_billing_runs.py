@@ -173,8 +173,9 @@ def test_reports_carry_the_run_and_are_printed_again_when_signed(tmp_path):
                  '<tr data-signed="no"><td>审核</td><td></td><td></td>', '<tr data-signed="no"><td>批准</td>'):
         assert text in html, text
     # blank lines to sign on paper while not signed
-    assert signoff_rows(made.files["xlsx"]) == [("编制", "张会计", "2026-11-03 10:00", None),
-                                               ("审核", None, None, "_" * 16), ("批准", None, None, "_" * 16)]
+    line = "_" * 16
+    assert signoff_rows(made.files["xlsx"]) == [("编制", "张会计", "2026-11-03 10:00", line),
+                                               ("审核", None, None, line), ("批准", None, None, line)]
     ledger = Ledger(cfg.storage_path)
     try:
         sign(cfg, ledger, 1, "reviewed", "李审核", now=NOW + timedelta(hours=2))
@@ -185,9 +186,9 @@ def test_reports_carry_the_run_and_are_printed_again_when_signed(tmp_path):
     html = made.files["html"].read_text(encoding="utf-8")
     assert 'data-state="approved"' in html and "草稿" not in html
     assert '<tr data-signed="yes"><td>批准</td><td>王经理</td><td>2026-11-03 13:00</td>' in html
-    assert signoff_rows(made.files["xlsx"]) == [("编制", "张会计", "2026-11-03 10:00", None),
-                                               ("审核", "李审核", "2026-11-03 12:00", None),
-                                               ("批准", "王经理", "2026-11-03 13:00", None)]
+    assert signoff_rows(made.files["xlsx"]) == [("编制", "张会计", "2026-11-03 10:00", line),
+                                               ("审核", "李审核", "2026-11-03 12:00", line),
+                                               ("批准", "王经理", "2026-11-03 13:00", line)]
     # the month's answer under the month's name is the same report
     assert (out / "allocation-2026-10.html").read_text(encoding="utf-8") == html
     # the amounts printed again are the run's, whatever the ledger's readings say now

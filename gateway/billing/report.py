@@ -575,7 +575,7 @@ def write_xlsx(result: AllocationResult, path: str | Path, lang: str = "zh", run
     _row(ws, [t["signoff"]], bold=True)
     _row(ws, t["signoff_cols"], bold=True)
     for step, who, when in signoff_rows(run, lang):
-        _row(ws, [step, who, when, "_" * 16 if not who else ""])
+        _row(ws, [step, who or None, when or None, "_" * 16])     # a line to sign on paper, signed or not
     ws.append([])
     _row(ws, TARIFF_COLS[lang], bold=True)
     for u, (kwh, cost) in zip(result.tariff_use, fig.tariff):
