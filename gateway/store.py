@@ -904,14 +904,13 @@ class Ledger:
                         quality: int, out_dir: str, summary: str, charges: list[tuple[str, str, str]],
                         outbox: Iterable[tuple] = (), *, by: str = "", invoice: str | None = None,
                         bill_period: tuple[str, str] | None = None, result: str | None = None,
-                        points: Iterable[str] = (), queue=None) -> tuple[int, int]:
+                        points: Iterable[tuple] = (), queue: bool = False) -> tuple[int, int]:
         """One allocation run with its household charges (household, group, amount), atomically.
         `outbox` rows (measurement, priority, ts_ms, line, essential) are queued at once; `points`
-        (line-protocol lines) are kept with the run, for `publish_allocation` to queue when the run
-        becomes the month's answer, and with `queue` (line -> outbox row) also queued now, as the
-        run's own (a run that is the answer the moment it is made: one pass instead of two).
-        `result` (JSON) is kept to print the run again. Returns the run's id and the number of
-        points queued."""
+        (outbox rows too) are kept with the run (their lines), for `publish_allocation` to queue
+        when the run becomes the month's answer, and with `queue` also queued now, as the run's own
+        (a run that is the answer the moment it is made: one pass instead of two). `result` (JSON)
+        is kept to print the run again. Returns the run's id and the number of points queued."""
         counted = [0, 0]
         queued: list[tuple] = []
 
@@ -921,12 +920,12 @@ class Ledger:
                 counted[1] += len(r[3])
                 yield r
 
-        def kept(lines):
-            # a chunk's lines are queued as the chunk is kept: the month is never all in memory
-            for i, chunk in enumerate(_chunks(lines, POINTS_CHUNK)):
-                if queue is not None:
-                    queued.extend(queue(line) for line in chunk)
-                yield run, i, zlib.compress("\n".join(chunk).encode(), 1)
+        def kept(rows):
+            # a chunk's rows are queued as the chunk is kept: the month is never all in memory
+            for i, chunk in enumerate(_chunks(rows, POINTS_CHUNK)):
+                if queue:
+                    queued.extend(chunk)
+                yield run, i, zlib.compress("\n".join(r[3] for r in chunk).encode(), 1)
 
         with _transaction(self._db, "IMMEDIATE") as db:
             cur = db.execute("INSERT INTO allocations (month, created_us, bill, metered_cost, recovered, households, "

@@ -16,7 +16,7 @@ from ..store import Ledger
 from .allocate import allocate
 from .compare import Comparison
 from .model import AllocationResult, RunInfo
-from .points import outbox_row, point_lines
+from .points import outbox_rows
 from .runs import Published, answer, comparison_for, runs, settle
 from .stored import dumps
 from .tariffs import plan_month
@@ -73,21 +73,21 @@ def run_month(cfg: SiteConfig, month: str, out_dir: Path, bill: Decimal | None =
             files = write_all(result, out_dir, lang=lang, comparison=comparison)
             return MonthRun(result, files, None, 0, comparison)
         where = {m.meter: (m.building, m.circuit, m.group) for m in result.meters + result.reference}
-        lines = point_lines(result, plan, {k: v for k, v in intervals.items() if k in where}, where)
+        points = outbox_rows(result, plan, {k: v for k, v in intervals.items() if k in where}, where)
         if cfg.influxdb is None:
-            lines = ()      # no server to send them to: the ledger keeps the run itself
+            points = ()     # no server to send them to: the ledger keeps the run itself
         charges = [(c.household.id, g, plain(a)) for c in result.households for g, a in c.lines.items()]
         # while no run of the month is approved the new run is its answer: its points are queued as
         # they are kept (runs.settle then only takes the previous answer's out)
         standing = [r for r in runs(ledger, month) if r.approved and r.superseded_by is None]
-        queue = outbox_row if cfg.influxdb is not None and not standing else None
+        queue = cfg.influxdb is not None and not standing
         run_id, queued = ledger.save_allocation(
             month, to_us(now), plain(result.bill) if result.bill is not None else None, plain(result.metered_cost),
             plain(result.recovered), len(result.quality), str(Path(out_dir).resolve()), summary_json(result, lang),
             charges, by=by, invoice=invoice,
             bill_period=(bill_period[0].isoformat(), bill_period[1].isoformat()) if bill_period else None,
-            result=dumps(result), points=lines, queue=queue)
-        del lines, intervals
+            result=dumps(result), points=points, queue=queue)
+        del points, intervals
         published = settle(cfg, ledger, month, queued=(run_id, queued))
         month_runs = runs(ledger, month)
         ans = answer(month_runs)

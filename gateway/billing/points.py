@@ -72,11 +72,6 @@ def _rows(result: AllocationResult, plan: MonthPlan, intervals: dict, buildings:
             {"amount": c.total, "area_m2": h.area_m2})
 
 
-def point_lines(result: AllocationResult, plan: MonthPlan, intervals: dict, buildings: dict) -> Iterator[str]:
-    """The lines of `outbox_rows`, one at a time."""
-    return (row[3] for row in outbox_rows(result, plan, intervals, buildings))
-
-
 # ---- lines read back: what a kept point says -------------------------------------------------------
 
 def _unescaped(text: str, char: str, start: int = 0, end: int | None = None) -> int:
