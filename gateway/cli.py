@@ -277,7 +277,8 @@ def _demo_month(cfg: SiteConfig, month: str, seed: int, every: int, bill: Option
         typer.echo(truth.line())
         for f in truth.faults:
             typer.echo(f"  planted: {f.kind} on {f.meter}: {f.detail}")
-        run = run_month(site, month, data_dir / "allocation", amount, allow_partial=allow_partial, force=force)
+        run = run_month(site, month, data_dir / "allocation", amount, allow_partial=allow_partial, force=force,
+                        by="gateway demo")
     except AllocationError as e:
         for line in e.problems:
             typer.echo(f"error: {line}", err=True)
@@ -492,9 +493,23 @@ def alarms_history(config: Path = typer.Option(..., "-c", "--config", help="site
         typer.echo(f"{_local(ts, cfg)}  {what:<12} {sev:<8} {msg}")
 
 
-@app.command()
-def allocate(config: Path = typer.Option(..., "-c", "--config", help="site file"),
-             month: str = typer.Option(..., "--month", help="the month, e.g. 2026-10"),
+allocate_app = typer.Typer(help="Allocate a month's public electricity to the households (exact to the fen); "
+                                "`approve` signs a run off, `runs` lists them.")
+app.add_typer(allocate_app, name="allocate")
+
+
+def _who() -> str:
+    import getpass
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):        # no login name for this uid (a container)
+        return ""
+
+
+@allocate_app.callback(invoke_without_command=True)
+def allocate(ctx: typer.Context,
+             config: Optional[Path] = typer.Option(None, "-c", "--config", help="site file"),
+             month: Optional[str] = typer.Option(None, "--month", help="the month, e.g. 2026-10"),
              bill: Optional[str] = typer.Option(None, "--bill", help="the utility bill's total for the month, yuan"),
              out: Path = typer.Option(Path("allocation"), "--out", help="directory for the CSV, XLSX and HTML"),
              english: bool = typer.Option(False, "--en", help="reports in English"),
@@ -503,28 +518,49 @@ def allocate(config: Path = typer.Option(..., "-c", "--config", help="site file"
                                                 "whose counters cover less of it than allocation.min_coverage "
                                                 "(said in the report)"),
              force: bool = typer.Option(False, "--force", help="allocate a bill further from the metered cost or the "
-                                        "main meter than allocation.bill_tolerance (said in the report)")) -> None:
-    """Allocate a month's public electricity to the households, exact to the fen."""
+                                        "main meter than allocation.bill_tolerance (said in the report)"),
+             by: Optional[str] = typer.Option(None, "--by", help="who prepares this run (default: your login name)"),
+             invoice: Optional[str] = typer.Option(None, "--invoice", help="the utility bill's number"),
+             bill_period: Optional[str] = typer.Option(None, "--bill-period", help="the utility bill's own period, "
+                                                       "first and last day: 2026-10-03..2026-11-02")) -> None:
+    """Allocate a month's public electricity to the households, exact to the fen, as a new run."""
+    if ctx.invoked_subcommand is not None:
+        return
+    for name, value in (("-c/--config FILE", config), ("--month", month)):
+        if value is None:
+            raise fail(f"missing option {name}: gateway allocate -c FILE --month 2026-10 (see --help)", 2)
     from .billing.allocate import AllocationError, parse_bill
     from .billing.households import HouseholdsError
     from .billing.monthly import run_month
+    from .billing.runs import RunError, check_bill_period, parse_bill_period
     from .billing.tariffs import TariffError
     from .store import LedgerError
 
     cfg = _load(config)
     if not cfg.storage_path.exists():
         raise fail(f"no ledger at {cfg.storage_path}: nothing has been read for this site yet", 2)
+    who = (by if by is not None else _who()).strip()
     try:
+        period = parse_bill_period(bill_period)
+        check_bill_period(period, month)
+        if by is not None and not who:
+            raise RunError("--by: say who prepares the run (a name)")
+        if invoice is not None and not invoice.strip():
+            raise RunError("--invoice: give the bill's number, or leave the option out")
         run = run_month(cfg, month, out, parse_bill(bill), lang="en" if english else "zh", keep=not dry_run,
-                        allow_partial=allow_partial, force=force)
+                        allow_partial=allow_partial, force=force, by=who,
+                        invoice=invoice.strip() if invoice else None, bill_period=period)
     except (AllocationError, HouseholdsError) as e:
         for line in e.problems:
             typer.echo(f"error: {line}", err=True)
         raise typer.Exit(2) from None
-    except (TariffError, LedgerError) as e:
+    except (TariffError, LedgerError, RunError) as e:
         raise fail(str(e), 2) from None
     r = run.result
     _waived(r)
+    if r.placeholder_tariffs:
+        typer.echo(f"warning: the tariffs {', '.join(r.placeholder_tariffs)} are placeholders (placeholder: true "
+                   f"in the site file): the reports say these amounts must not be billed", err=True)
     kinds: dict[str, int] = {}
     for q in r.quality:
         kinds[q.kind] = kinds.get(q.kind, 0) + 1
@@ -534,11 +570,121 @@ def allocate(config: Path = typer.Option(..., "-c", "--config", help="site file"
     typer.echo(f"recovered {r.recovered} yuan from {len(r.households)} households in {len(r.groups)} groups")
     if kinds:
         typer.echo("data quality: " + ", ".join(f"{k} {n}" for k, n in kinds.items()))
+    c = run.comparison
+    if c is not None and c.run is not None:
+        typer.echo(f"compared with {c.month} (run {c.run}, {'approved' if c.approved else 'a draft'}): "
+                   f"{len(c.flagged_groups)} of {len(c.groups)} groups and {len(c.flagged_households)} of "
+                   f"{len(c.households)} households changed by more than ±{(c.band * 100).normalize():f} %")
+    elif c is not None:
+        typer.echo(f"no allocation of {c.month} in the ledger to compare with")
     for kind, path in run.files.items():
         typer.echo(f"{kind:<5} {path}")
     if run.run_id is not None:
         typer.echo(f"kept in the ledger as allocation run {run.run_id}"
                    + (f"; {run.points} points queued for InfluxDB" if run.points else ""))
+        p = run.published
+        if p is not None:
+            typer.echo(f"run {run.run_id} is the month's answer, a draft until approved"
+                       + (f" (replacing run {p.previous}'s points: {p.removed} of them taken out of the outbox unsent"
+                          + (f", {p.zeros} of its series set to zero" if p.zeros else "") + ")"
+                          if p.previous is not None and p.previous != run.run_id and (p.removed or p.zeros) else ""))
+        elif run.answer is not None and run.answer != run.run_id:
+            typer.echo(f"run {run.answer} is approved and stays the month's answer until this one is approved: "
+                       f"gateway allocate approve -c {config} --month {month} --run {run.run_id} --by NAME "
+                       f"--role reviewed (then --role approved)")
+
+
+@allocate_app.command("approve")
+def allocate_approve(config: Path = typer.Option(..., "-c", "--config", help="site file"),
+                     month: str = typer.Option(..., "--month", help="the run's month, e.g. 2026-10"),
+                     run_id: int = typer.Option(..., "--run", help="the run's id (gateway allocate runs)"),
+                     by: str = typer.Option(..., "--by", help="who signs"),
+                     role: str = typer.Option("approved", "--role", help="reviewed (审核) or approved (批准); a run "
+                                              "is reviewed before it is approved")) -> None:
+    """Sign a run off as reviewed or approved (the month's answer; supersedes its older runs)."""
+    from .billing.runs import RunError, sign
+    from .store import Ledger, LedgerError
+
+    cfg = _load(config)
+    if not cfg.storage_path.exists():
+        raise fail(f"no ledger at {cfg.storage_path}: nothing has been read for this site yet", 2)
+    ledger = Ledger(cfg.storage_path)
+    try:
+        done = sign(cfg, ledger, run_id, role.strip().lower(), by, month=month)
+    except (RunError, LedgerError) as e:
+        raise fail(str(e), 2) from None
+    finally:
+        ledger.close()
+    typer.echo(f"run {run_id} of {month} {role} by {by.strip()}")
+    if done.superseded:
+        typer.echo(f"superseded: run{'s' if len(done.superseded) > 1 else ''} "
+                   f"{', '.join(str(x) for x in done.superseded)}")
+    p = done.published
+    if p is not None and p.previous != p.run:
+        typer.echo(f"run {p.run} is the month's answer"
+                   + (f": {p.queued} points queued for InfluxDB" if p.queued else "")
+                   + (f", {p.removed} of run {p.previous}'s taken out of the outbox unsent" if p.removed else "")
+                   + (f", {p.zeros} of its series set to zero" if p.zeros else ""))
+    for kind, path in done.files.items():
+        typer.echo(f"{kind:<5} {path}")
+    for line in done.reprint_errors:
+        typer.echo(f"warning: {line}", err=True)
+
+
+@allocate_app.command("runs")
+def allocate_runs(config: Path = typer.Option(..., "-c", "--config", help="site file"),
+                  month: Optional[str] = typer.Option(None, "--month", help="only this month"),
+                  as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """The allocation runs and their state (prepared, reviewed, approved, superseded); * the month's answer."""
+    from zoneinfo import ZoneInfo
+
+    from .billing.runs import answer, runs
+    from .store import Ledger, LedgerError
+
+    cfg = _load(config)
+    tz = ZoneInfo(cfg.site.timezone)
+    if not cfg.storage_path.exists():
+        raise fail(f"no ledger at {cfg.storage_path}: nothing has been read for this site yet", 2)
+    try:
+        ledger = Ledger(cfg.storage_path)       # brings an older ledger's schema up to date first
+    except LedgerError as e:
+        raise fail(str(e), 2) from None
+    try:
+        all_runs = runs(ledger, month)
+    finally:
+        ledger.close()
+    answers = {}
+    for m in {r.month for r in all_runs}:
+        a = answer([r for r in all_runs if r.month == m])
+        answers[m] = a.id if a else None
+
+    def when(d) -> str:
+        return d.astimezone(tz).strftime("%Y-%m-%d %H:%M")
+
+    if as_json:
+        typer.echo(json.dumps([{
+            "id": r.id, "month": r.month, "state": r.state, "answer": answers[r.month] == r.id,
+            "created": when(r.created), "by": r.by, "invoice": r.invoice,
+            "bill_period": [d.isoformat() for d in r.bill_period] if r.bill_period else None,
+            "bill": str(r.bill) if r.bill is not None else None, "recovered": str(r.recovered),
+            "households": r.households, "superseded_by": r.superseded_by, "out_dir": str(r.out_dir),
+            "signoffs": {role: {"by": by, "at": when(at)} for role, (by, at) in r.signoffs.items()}}
+            for r in all_runs], ensure_ascii=False, indent=2))
+        return
+    if not all_runs:
+        typer.echo("no allocation runs" + (f" of {month}" if month else "") + " in the ledger")
+        return
+    for r in sorted(all_runs, key=lambda r: (r.month, r.id)):
+        mark = "*" if answers[r.month] == r.id else " "
+        state = r.state + (f" by run {r.superseded_by}" if r.superseded_by else "")
+        signed = "; ".join(f"{role} by {by} {when(at)}" for role, (by, at) in
+                           sorted(r.signoffs.items(), key=lambda kv: kv[1][1]))
+        bill = f"bill {r.bill}" if r.bill is not None else "no bill"
+        typer.echo(f"{mark} {r.month}  run {r.id:<4} {state:<22} {when(r.created)} by {r.by or '?':<10} {bill}, "
+                   f"recovered {r.recovered}" + (f", invoice {r.invoice}" if r.invoice else "")
+                   + (f", bill period {r.bill_period[0]}..{r.bill_period[1]}" if r.bill_period else "")
+                   + (f"; {signed}" if signed else ""))
+    typer.echo("* the month's answer: its newest approved run, else its newest run (a draft)")
 
 
 meters_app = typer.Typer(help="Meters: record a replacement, list replacements.", no_args_is_help=True)

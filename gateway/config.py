@@ -443,6 +443,9 @@ class Tariff(_Strict):
     price: Decimal | None = Field(default=None, ge=0, decimal_places=6)
     prices: dict[Id, Decimal] = Field(default_factory=dict)
     periods: dict[Id, list[Annotated[str, Field(pattern=r"^\d\d:\d\d-\d\d:\d\d$")]]] = Field(default_factory=dict)
+    # Prices copied from an example, not from the estate's own bill: every report that uses this
+    # tariff says so in a banner until someone puts the real prices in and removes the mark.
+    placeholder: bool = False
 
     @model_validator(mode="after")
     def _shape(self) -> "Tariff":
@@ -557,6 +560,11 @@ class Allocation(_Strict):
     bill_tolerance: Decimal = Field(default=Decimal("0.20"), gt=0,
                                     description="how far the bill may differ from the metered cost and from the "
                                                 "main meter's cost, as a fraction of each (else --force)")
+    # The comparison with last month flags a group or household whose amount moved by more than
+    # this fraction (0.30: ±30 %): a jump that size is worth a look before the bills go out.
+    change_band: Decimal = Field(default=Decimal("0.30"), gt=0,
+                                 description="flag a group or household whose amount differs from last month's "
+                                             "by more than this fraction")
 
 
 ROLES = ("guard", "electrician", "accountant", "admin")

@@ -426,7 +426,12 @@ def test_cli_allocate_and_replace(tmp_path):
     assert "recovered 9999.99 yuan from 5 households" in res.output
     assert "warning: allocated with --force: the bill 9,999.99 yuan is 1.85×" in res.output
     assert "按 --force 分摊" in (tmp_path / "out" / "allocation-2026-10.html").read_text(encoding="utf-8")
-    assert sorted(p.suffix for p in (tmp_path / "out").iterdir()) == [".csv", ".html", ".xlsx"]
+    # the run's own files, and the same as the month's answer (its first run is its answer, a draft)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        f"allocation-2026-10{run}.{kind}" for run in ("-run1", "") for kind in ("csv", "html", "xlsx")]
+    for kind in ("csv", "html", "xlsx"):
+        assert (tmp_path / "out" / f"allocation-2026-10.{kind}").read_bytes() == \
+            (tmp_path / "out" / f"allocation-2026-10-run1.{kind}").read_bytes()
     ledger = Ledger(cfg.storage_path)
     runs = ledger.allocations()
     assert len(runs) == 1 and runs[0][1] == "2026-10" and runs[0][5] == "9999.99"
@@ -452,7 +457,7 @@ async def test_month_points_reach_influxdb(tmp_path, influx1):
     fill(cfg).close()
     run = run_month(cfg, "2026-10", tmp_path / "out", bill=D("9999.99"), force=True)   # 1.85x the metered cost
     slots = 31 * 96
-    assert run.points == 6 * slots + 1 + 5 + 5          # meters x slots; site, groups, households
+    assert run.points == 6 * slots + 1 + 5 + 5 + 1      # meters x slots; site, groups, households; the run's state
     ledger = Ledger(cfg.storage_path)
     drainer = Drainer(ledger, make_writer(cfg.influxdb, tmp_path), cfg.influxdb)
     task = asyncio.create_task(drainer.run())
@@ -474,3 +479,6 @@ async def test_month_points_reach_influxdb(tmp_path, influx1):
     assert site["recovered"] == 9999.99 and site["bill"] == 9999.99
     peak = influx1.query("SELECT count(kwh) FROM energy_interval WHERE period = 'peak' AND meter = 'SL1'")
     assert peak["results"][0]["series"][0]["values"][0][1] == 17 * 7 * 4
+    state = influx1.points("allocation_run")
+    assert [(p["month"], p["run"], p["approved"], p["state"]) for p in state] == [("2026-10", run.run_id, False,
+                                                                                   "prepared")]

@@ -63,6 +63,9 @@ class GroupPlan:
     meters: list[str]
     households: list[Household]
     weights: list[Decimal]
+    item: str = ""              # the configured group (fee item) it was expanded from
+    item_name: str = ""
+    vacant: str = "include"
 
 
 def parse_bill(text: str | None) -> Decimal | None:
@@ -196,7 +199,8 @@ def plan_groups(cfg: SiteConfig, households: list[Household]) -> tuple[list[Grou
                 if m.id in owner:
                     problems.append(f"{where}: meter {m.id} is already in group {owner[m.id]}")
                 owner[m.id] = gid
-            plans.append(GroupPlan(gid, name, g.scope, g.key, [m.id for m in ms], members, weights))
+            plans.append(GroupPlan(gid, name, g.scope, g.key, [m.id for m in ms], members, weights, g.id,
+                                   g.name or g.id, g.vacant))
     return plans, problems
 
 
@@ -367,7 +371,8 @@ def allocate(cfg: SiteConfig, ledger: Ledger, month: str, bill: Decimal | None =
         exact.append(Fraction(difference) * 100)
         diff_share = [ZERO] * len(groups) + [difference]
         area = [h.area_m2 for h in households]
-        groups = groups + [GroupPlan(DIFFERENCE_GROUP, "线损及未计量用电", "estate", "area", [], households, area)]
+        groups = groups + [GroupPlan(DIFFERENCE_GROUP, "线损及未计量用电", "estate", "area", [], households, area,
+                                     DIFFERENCE_GROUP, "线损及未计量用电", "include")]
         costs = costs + [ZERO]
     else:
         if bill is not None:                    # by_cost: every group scaled by bill / metered cost
@@ -389,7 +394,7 @@ def allocate(cfg: SiteConfig, ledger: Ledger, month: str, bill: Decimal | None =
         daily = [sum(x, ZERO) for x in zip(*(by_id[mid].daily_kwh for mid in g.meters))] or [ZERO] * len(plan.days)
         group_months.append(GroupMonth(g.id, g.name, g.scope, g.key, g.meters, [h.id for h in g.households],
                                        sum((by_id[mid].kwh for mid in g.meters), ZERO), cost, share,
-                                       Decimal(sum(fens)) * FEN, daily))
+                                       Decimal(sum(fens)) * FEN, daily, g.item, g.item_name, g.vacant))
     hh = [HouseholdCharge(h, charges[h.id], sum(charges[h.id].values(), ZERO)) for h in households]
     recovered = sum((c.total for c in hh), ZERO)
     assert recovered == Decimal(target_fen) * FEN, "allocation does not add up"  # by construction
@@ -403,6 +408,8 @@ def allocate(cfg: SiteConfig, ledger: Ledger, month: str, bill: Decimal | None =
                           f"（{gap / ref.kwh:.1%}，线损及未计量）",
                           f"main meter {ref.meter} {ref.kwh:.2f} kWh, sub-meters {sub_kwh:.2f} kWh, {gap:.2f} kWh "
                           f"apart ({gap / ref.kwh:.1%}: losses, unmetered loads)"))
+    used = {u.tariff for u in plan.uses}
+    placeholders = [t.name for t in cfg.tariffs if t.placeholder and t.name in used]
     if bill is None:
         notes.append(("未提供电费账单：按计量电费回收（四舍五入到分）",
                       "no bill given: the metered cost is recovered, rounded to the fen"))
@@ -411,7 +418,7 @@ def allocate(cfg: SiteConfig, ledger: Ledger, month: str, bill: Decimal | None =
         start=plan.start, end=plan.end, days=plan.days, meters=meters, reference=reference,
         groups=group_months, households=hh, quality=sorted(quality, key=_quality_order), tariff_use=tariff_use,
         metered_cost=metered, bill=bill, difference=difference, difference_rule=rule, recovered=recovered,
-        generated_at=now.astimezone(plan.tz), notes=notes, waived=waived)
+        generated_at=now.astimezone(plan.tz), notes=notes, waived=waived, placeholder_tariffs=placeholders)
 
 
 def clock_notes(unrepaired: list[dict], m: Meter, plan: MonthPlan) -> list[QualityNote]:

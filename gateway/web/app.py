@@ -63,6 +63,9 @@ class WebContext:
     sessions: SessionStore | None = None      # default: in memory
     # argon2 takes 64 MiB and most of a core per check: a few at a time, whatever the crowd
     verifying: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
+    signing: asyncio.Lock = field(default_factory=asyncio.Lock)    # allocation sign-offs, one at a time
+    reprinting: asyncio.Lock = field(default_factory=asyncio.Lock)  # ... and their reports printed again
+    background: set = field(default_factory=set)                    # tasks that outlive their request
 
     def __post_init__(self):
         if self.sessions is None:
@@ -140,6 +143,7 @@ def clock_warning(ctx: WebContext) -> str | None:
 def create_app(ctx: WebContext) -> Starlette:
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals["severity_order"] = SEVERITY_ORDER
+    templates.env.globals["may"] = may
 
     def render(request: Request, name: str, status: int = 200, **extra) -> Response:
         return templates.TemplateResponse(request, name, page_context(request, ctx, **extra), status_code=status)
