@@ -88,6 +88,9 @@ def check_config(file: Path = typer.Argument(..., help="site file (YAML)")) -> N
         p = cfg.patrol
         typer.echo(f"  access: {len(cfg.card_readers)} card readers, {len(cfg.doors)} doors; patrol: "
                    f"{len(p.checkpoints)} checkpoints, {len(p.routes)} routes, {len(p.readers)} readers")
+    if cfg.outputs or cfg.lighting.circuits:
+        typer.echo(f"  lighting: {len(cfg.outputs)} outputs, {len(cfg.lighting.circuits)} circuits, "
+                   f"{len(cfg.lighting.schedules)} schedules")
     if households is not None:
         homes, groups = households
         typer.echo(f"  households: {len(homes)} in {cfg.allocation.households_file} "
