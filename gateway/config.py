@@ -688,8 +688,8 @@ def parse_moment(text: str) -> tuple[str, int]:
 
 def _evening(text: str) -> str:
     kind, v = parse_moment(text)
-    if kind == "sunrise" or (kind == "fixed" and v < 12 * 60):
-        raise ValueError(f"{_show(text)}: the lights go on in the evening: sunset±minutes or a time from 12:00 "
+    if kind == "sunrise" or (kind == "fixed" and v < 13 * 60):
+        raise ValueError(f"{_show(text)}: the lights go on in the evening: sunset±minutes or a time from 13:00 "
                          "to 23:59")
     return text
 
