@@ -95,6 +95,10 @@ class Planner:
         self._raw = lru_cache(maxsize=4096)(self._raw_intervals)
         self._shaped = lru_cache(maxsize=8192)(self._shaped_night)
 
+    def minimum_times(self, circuit_id: str) -> tuple[timedelta, timedelta]:
+        """(minimum on, minimum off) of a circuit's contactor."""
+        return self._min[circuit_id]
+
     # ---- the calendar ----
 
     def _holiday(self, name: str, evening: date) -> bool:
