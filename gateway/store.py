@@ -924,7 +924,7 @@ class Ledger:
                                 "lighting_overrides WHERE cancelled_us IS NULL AND until_us > ? ORDER BY id",
                                 (now_us,)).fetchall()
         keys = ("id", "circuit", "on", "until_us", "by", "role", "reason", "created_us")
-        return list({r[1]: dict(zip(keys, r)) for r in rows}.values())
+        return list({r[1]: {**dict(zip(keys, r)), "on": bool(r[2])} for r in rows}.values())
 
     def lighting_commands(self, circuit: str | None = None, since_us: int = 0, limit: int = 1000) -> list[dict]:
         sql = ("SELECT ts_us, circuit, state, source, by, reason, result, detail, latency_s FROM lighting_commands "
