@@ -841,6 +841,41 @@ def lighting_plan(day: str = typer.Option(None, "--date", help="local date, e.g.
         typer.echo(f"  {r['circuit']:<12} {r['schedule']:<16} 00:00 {start}  {times}")
 
 
+@lighting_app.command("savings")
+def lighting_savings(month: str = typer.Option(..., "--month", help="e.g. 2026-11"),
+                     config: Path = typer.Option(..., "-c", "--config", help="site file"),
+                     as_json: bool = typer.Option(False, "--json"),
+                     english: bool = typer.Option(False, "--en", help="English text")) -> None:
+    """What each lighting circuit saved in a month against its baseline (kWh per hour of darkness)."""
+    import re
+
+    from .lighting.savings import month_savings, totals
+    if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", month):
+        raise fail(f"--month {month!r}: a month like 2026-11", 2)
+    cfg = _load(config)
+    db = _ledger_ro(cfg)
+    try:
+        rows = month_savings(cfg, db, month)
+    finally:
+        db.close()
+    tot = totals(rows)
+    if as_json:
+        typer.echo(json.dumps({"month": month, "circuits": [{k: (str(v) if v is not None and not isinstance(v, (str, float))
+                                                                 else v) for k, v in vars(r).items()} for r in rows],
+                               "saved_kwh": str(tot["saved_kwh"]), "saved_yuan": str(tot["saved_yuan"])},
+                              ensure_ascii=False, indent=2))
+        return
+    if not rows:
+        typer.echo("no lighting circuit has a baseline" if english else "没有设定基准期的照明回路 (no baseline)")
+        return
+    for r in rows:
+        saved = f"{r.saved_kwh} kWh, {r.saved_yuan} yuan" if r.saved_kwh is not None else r.note
+        typer.echo(f"  {r.circuit:<12} {r.month_kwh or '—':>10} kWh ({'expected' if english else '基准折算'} "
+                   f"{r.expected_kwh or '—'}): {saved}")
+    typer.echo(f"{'saved' if english else '合计节约'} {tot['saved_kwh']} kWh, {tot['saved_yuan']} "
+               f"{'yuan' if english else '元'} ({tot['judged']}/{tot['circuits']})")
+
+
 users_app = typer.Typer(help="Console users: add (or change a password), remove, list.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
 
