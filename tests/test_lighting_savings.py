@@ -98,3 +98,15 @@ def test_cli_prints_the_months_savings(tmp_path):
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)
     assert abs(Decimal(got["saved_kwh"]) - Decimal("100")) <= Decimal("0.05")
+
+
+def test_the_console_view_shows_the_months_savings(tmp_path):
+    from gateway.web.views.lighting import lighting_view
+    c = cfg(tmp_path)
+    put(c.storage_path, [("SL01", at(date(2026, 10, 1)), "1000"), ("SL01", at(date(2026, 11, 1)), "2200"),
+                         ("SL01", at(date(2026, 12, 1)), "3000")])
+    with sqlite3.connect(c.storage_path) as db:
+        view = lighting_view(c, db, datetime(2026, 11, 15, 12, tzinfo=TZ))
+        (row,) = month_savings(c, db, "2026-11")
+    assert view["savings"]["month"] == "2026-11" and view["savings"]["saved_kwh"] == str(row.saved_kwh)
+    assert Decimal(view["savings"]["saved_kwh"]) > 0

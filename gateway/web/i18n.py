@@ -4,6 +4,7 @@ from __future__ import annotations
 
 STRINGS: dict[str, dict[str, str]] = {
     "zh": {
+        "lighting_savings": "本月照明节能", "lighting_saved_total": "比基准少用 {kwh} kWh，少付 {yuan} 元（{n}/{of} 个回路有完整读数；按黑夜时长折算）",
         "lighting": "照明", "sunrise": "日出", "sunset": "日落", "plan_today": "今日计划", "plan_now": "按计划应为",
         "commanded": "已下令", "measured": "实测功率", "override": "临时开关", "on": "开", "off": "关",
         "until": "至", "reason": "原因", "switch": "执行", "back_to_plan": "恢复计划", "unknown": "未知",
@@ -86,6 +87,9 @@ STRINGS: dict[str, dict[str, str]] = {
         "sign_no_name": "签字人不能为空", "sign_wrong_month": "分摊批次与月份不符",
     },
     "en": {
+        "lighting_savings": "Lighting savings this month",
+        "lighting_saved_total": "{kwh} kWh less than the baseline, {yuan} yuan not paid ({n} of {of} circuits with "
+                                "whole readings; scaled by the hours of darkness)",
         "lighting": "Lighting", "sunrise": "sunrise", "sunset": "sunset", "plan_today": "Today's plan",
         "plan_now": "Plan now", "commanded": "Commanded", "measured": "Measured", "override": "Override",
         "on": "on", "off": "off", "until": "until", "reason": "reason", "switch": "Switch", "back_to_plan": "Back to plan",

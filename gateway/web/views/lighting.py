@@ -64,7 +64,20 @@ def lighting_view(cfg, db, now: datetime, controller=None, planner: Planner | No
             "override": o, "last": last.get(c.id),
             "alerts": [a.message for a in l["alerts"]] if l is not None else [],
         })
-    return {"date": today.isoformat(), "sunrise": rise.strftime("%H:%M:%S") if rise else "",
+    savings = []
+    if db is not None and any(c.baseline for c in cfg.lighting.circuits):
+        from ...lighting.savings import month_savings, totals
+        try:
+            found = month_savings(cfg, db, today.strftime("%Y-%m"), planner)
+        except Exception:  # noqa: BLE001 - an older ledger without counters: no section
+            found = []
+        t = totals(found)
+        savings = {"month": today.strftime("%Y-%m"), "saved_kwh": str(t["saved_kwh"]), "saved_yuan": str(t["saved_yuan"]),
+                   "judged": t["judged"], "circuits": t["circuits"],
+                   "rows": [{"circuit": r.circuit, "saved_kwh": None if r.saved_kwh is None else str(r.saved_kwh),
+                             "saved_yuan": None if r.saved_yuan is None else str(r.saved_yuan), "note": r.note}
+                            for r in found]}
+    return {"date": today.isoformat(), "savings": savings or None, "sunrise": rise.strftime("%H:%M:%S") if rise else "",
             "sunset": set_.strftime("%H:%M:%S") if set_ else "", "live": controller is not None,
             "now": now.astimezone(tz).strftime("%H:%M:%S"),
             "default_until": (now.astimezone(tz) + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M"),
