@@ -1385,9 +1385,13 @@ class Ledger:
         with _transaction(self._db, "IMMEDIATE") as db:
             for ep, off, lo, hi in fixes:
                 n: dict[str, int] = {}
-                for t in ("readings", "device_status", "swipes", "door_events", "alert_history", "lighting_commands"):
+                for t in ("readings", "device_status", "swipes", "door_events", "alert_history"):
                     n[t] = db.execute(f"UPDATE {t} SET ts_us = ts_us + ?, episode = NULL WHERE episode = ?",
                                       (off, ep)).rowcount
+                moved = db.execute("UPDATE lighting_commands SET ts_us = ts_us + ?, episode = NULL WHERE episode = ?",
+                                   (off, ep)).rowcount
+                if moved:   # said only where there is lighting
+                    n["lighting_commands"] = moved
                 args = {"off": off, "lo": lo, "hi": hi, "ep": ep}
                 n["patrol_checkins"] = db.execute(
                     "UPDATE OR REPLACE patrol_checkins SET received_us = received_us + :off, ts_us = CASE WHEN "
