@@ -58,7 +58,7 @@ def site_data(**lighting):
     }
 
 
-class TestClock(Clock):
+class SetClock(Clock):
     """Wall time set by the test; monotonic time real (the transports' timeouts are real)."""
 
     def __init__(self, t: datetime):
@@ -89,7 +89,7 @@ class Rig:
 
     def __init__(self, tmp_path: Path, start: datetime, trusted=lambda: True, **lighting):
         self.tmp = tmp_path
-        self.clock = TestClock(start)
+        self.clock = SetClock(start)
         self.cfg0 = parse_site(site_data(**lighting), base_dir=tmp_path)
         self.sim = SiteSimulation(self.cfg0, clock=self.clock.stamp)
         self.trusted = trusted
@@ -202,7 +202,7 @@ async def test_winter_night_with_curfew_switches_at_the_astral_times(tmp_path):
                               (round((rise_next - timedelta(minutes=10)).timestamp()), False)]
         assert not rig.alerts(), [(a.message_en, a.raised_at) for a in rig.alerts()]
         await asyncio.sleep(0.2)
-    with Ledger(tmp_path / "gateway.db") if False else _ro(tmp_path) as db:
+    with _ro(tmp_path) as db:
         rows = db.execute("SELECT circuit, state, source, by, result FROM lighting_commands WHERE result = "
                           "'confirmed' AND circuit = 'SL02' ORDER BY id").fetchall()
     assert rows == [("SL02", 1, "plan", "schedule", "confirmed"), ("SL02", 0, "plan", "schedule", "confirmed"),
