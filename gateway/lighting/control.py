@@ -338,6 +338,8 @@ class LightingControl:
         trusted = self.trusted()
         mono = self.clock.monotonic()
         due: dict[str, list] = {}
+        if trusted:
+            self.book.due_renotify(now)     # critical lighting alarms are announced again, as the rules' are
         for c in self.circuits.values():
             self._raise_if_due(c, now)
             on, source, by, reason = self.wanted(c, now)
