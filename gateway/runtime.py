@@ -42,13 +42,16 @@ def alert_messages(change: AlertChange, prefix: str) -> list[tuple[str, str | by
 
 
 def build_buses(cfg: SiteConfig, publish, clock: Clock = REAL_CLOCK) -> list[ModbusBus | Dlt645Bus]:
-    """One scheduler per bus with enabled meters; the driver class by the bus's type."""
+    """One scheduler per bus with enabled meters or lighting outputs (their commands share the
+    line with the polls); the driver class by the bus's type."""
     by_bus = defaultdict(list)
     for m in cfg.meters:
         if m.enabled:
             by_bus[m.bus].append((m, cfg.models[m.model]))
+    switched = {o for c in cfg.lighting.circuits for o in c.outputs}
+    with_outputs = {o.bus for o in cfg.outputs if o.type == "modbus" and o.id in switched}
     return [(Dlt645Bus if b.type == "dlt645" else ModbusBus)(b, by_bus[b.id], publish, clock)
-            for b in cfg.buses if by_bus[b.id]]
+            for b in cfg.buses if by_bus[b.id] or b.id in with_outputs]
 
 
 class Gateway:
@@ -70,6 +73,7 @@ class Gateway:
         self.record_path = record
         self.recorder = None
         self.field_drivers: list = []
+        self.lighting = None                 # the lighting controller (gateway/lighting/control.py)
         self._stop = asyncio.Event()
         self.started_at = None               # when run() began: what the ledger holds is from before
         self.restored = None                 # what the rules got back from the ledger (rules.restore.Restored)
@@ -344,7 +348,9 @@ class Gateway:
 
     def ack_alert(self, alert_id: str, by: str, note: str):
         """A person acknowledges an open alert (CLI or console); recorded with the traffic."""
-        alert = self.rules.ack(alert_id, by, note, self.clock.now())
+        alert = self.rules.ack(alert_id, by, note, self.clock.now()) if self.rules is not None else None
+        if alert is None and self.lighting is not None:
+            alert = self.lighting.book.ack(alert_id, by, note, self.clock.now())
         if alert is not None and self.recorder is not None:
             self.recorder.ack(self.clock.now(), alert.rule, alert.source, by, note)
         return alert
@@ -398,9 +404,11 @@ class Gateway:
                      for b in self.buses]
         status_task = (asyncio.create_task(self._report(status_every_s), name="status")
                        if status_every_s else None)
-        if self.cfg.mqtt and (self.cfg.rules or self.cfg.card_readers or self.cfg.doors or self.cfg.patrol.readers):
+        mqtt_outputs = any(o.type == "mqtt" for o in self.cfg.outputs)
+        if self.cfg.mqtt and (self.cfg.rules or self.cfg.card_readers or self.cfg.doors or self.cfg.patrol.readers
+                              or mqtt_outputs):
             self.mqtt = self._mqtt_link()
-        runs = clock_runs + self._field_devices() + self._alerting() + self._storage_care()
+        runs = clock_runs + self._field_devices() + self._alerting() + self._lighting() + self._storage_care()
         if self.record_path:
             runs.append(("recorder", self._flush_recording))
         if self.mqtt is not None:
@@ -442,6 +450,27 @@ class Gateway:
                 await asyncio.gather(*side_tasks, return_exceptions=True)
             self.ledger.close()
             log.info("gateway stopped: %s", self._summary_line())
+
+    def _lighting(self) -> list:
+        """The lighting controller, when the site file has lighting circuits."""
+        if not self.cfg.lighting.circuits:
+            return []
+        from .lighting.control import LightingControl
+        from .lighting.outputs import make_ports
+        ports = make_ports(self.cfg, {b.bus.id: b for b in self.buses if isinstance(b, ModbusBus)}, self.mqtt)
+        by_meter = {st.meter.id: b for b in self.buses for st in b.meters}
+
+        def poll_soon(meter_id: str) -> None:
+            bus = by_meter.get(meter_id)
+            if bus is not None:
+                bus.poll_soon(meter_id)
+
+        def trusted() -> bool:
+            return self.timesync is None or self.timesync.trusted
+        self.lighting = LightingControl(self.cfg, ports, self.hub.publish, self.clock, self.ledger, trusted,
+                                        poll_soon, readings=self.hub.subscribe(Reading, maxlen=100_000,
+                                                                               name="lighting"))
+        return [("lighting", self.lighting.run)]
 
     def _storage_care(self) -> list:
         """Retention once after start and then hourly, and the disk guard the ledger asks before

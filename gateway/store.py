@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from .clock import from_us, to_us
-from .events import AlertChange, CardSwipe, DeviceStatus, DoorEvent, GatewayStats, PatrolCheckin, Reading
+from .events import (AlertChange, CardSwipe, DeviceStatus, DoorEvent, GatewayStats, LightingCommand, PatrolCheckin,
+                     Reading)
 from .hub import Hub
 from .private import create_private, make_private_dir, replace_file, tighten
 
@@ -306,6 +307,37 @@ MIGRATIONS: list[str] = [
         data BLOB    NOT NULL
     );
     """,
+    """
+    -- Public lighting (gateway/lighting/): every command with who and why, and the overrides
+    -- people set from the console (back to the plan at until_us, or when cancelled).
+    CREATE TABLE lighting_commands (
+        id        INTEGER PRIMARY KEY,
+        ts_us     INTEGER NOT NULL,
+        circuit   TEXT    NOT NULL,
+        state     INTEGER NOT NULL,         -- 1 on, 0 off
+        source    TEXT    NOT NULL,         -- plan | override | emergency | reassert | restart
+        by        TEXT    NOT NULL,
+        reason    TEXT    NOT NULL,
+        result    TEXT    NOT NULL,         -- confirmed | unchanged | mismatch | no_answer | held
+        detail    TEXT    NOT NULL DEFAULT '',
+        latency_s REAL,
+        episode   INTEGER
+    );
+    CREATE INDEX lighting_commands_circuit ON lighting_commands (circuit, ts_us);
+    CREATE TABLE lighting_overrides (
+        id           INTEGER PRIMARY KEY,
+        circuit      TEXT    NOT NULL,
+        state        INTEGER NOT NULL,
+        until_us     INTEGER NOT NULL,
+        by           TEXT    NOT NULL,
+        role         TEXT    NOT NULL,
+        reason       TEXT    NOT NULL,
+        created_us   INTEGER NOT NULL,
+        cancelled_us INTEGER,
+        cancelled_by TEXT
+    );
+    CREATE INDEX lighting_overrides_until ON lighting_overrides (until_us);
+    """,
 ]
 ENERGY_FIELD = "energy_kwh"   # the counter billing uses, kept in the `energy` table
 # Two readings of one meter at one instant: the higher counter stands, whichever came first.
@@ -388,6 +420,10 @@ def _insert_field_events(db: sqlite3.Connection, events: list, ep: int | None = 
     db.executemany("INSERT INTO door_events (ts_us, door, state, source, episode) VALUES (?,?,?,?,?)", doors)
     db.executemany("INSERT OR IGNORE INTO patrol_checkins (ts_us, received_us, reader, checkpoint, tag, guard, "
                    "guard_hash, source, episode) VALUES (?,?,?,?,?,?,?,?,?)", checkins)
+    db.executemany("INSERT INTO lighting_commands (ts_us, circuit, state, source, by, reason, result, detail, "
+                   "latency_s, episode) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                   [(to_us(e.ts), e.circuit, int(e.on), e.source, e.by, e.reason, e.result, e.detail, e.latency_s, ep)
+                    for e in events if isinstance(e, LightingCommand)])
     for change in (e for e in events if isinstance(e, AlertChange)):
         a = change.alert
         us = lambda t: to_us(t) if t else None  # noqa: E731
@@ -553,7 +589,7 @@ class Ledger:
                 self._energy.append((event.meter, ts_us, str(kwh)))
         elif isinstance(event, DeviceStatus):
             self._statuses.append((event.device, event.kind, to_us(event.ts), int(event.online), event.reason))
-        elif isinstance(event, (CardSwipe, DoorEvent, PatrolCheckin, AlertChange)):
+        elif isinstance(event, (CardSwipe, DoorEvent, PatrolCheckin, AlertChange, LightingCommand)):
             self._field_events.append(event)
 
     def _field_set(self, names: tuple[str, ...]) -> int:
@@ -617,7 +653,7 @@ class Ledger:
         more than storing it.
         """
         sub = hub.subscribe(Reading, DeviceStatus, GatewayStats, CardSwipe, DoorEvent, PatrolCheckin, AlertChange,
-                            name="ledger")
+                            LightingCommand, name="ledger")
         try:
             while True:
                 await asyncio.sleep(self.commit_interval_s)
@@ -864,6 +900,48 @@ class Ledger:
 
     def ack_done(self, request_id: int, result: str) -> None:
         self._db.execute("UPDATE ack_requests SET done = 1, result = ? WHERE id = ?", (result, request_id))
+
+    # ---- public lighting (gateway/lighting/) ----
+
+    def add_lighting_override(self, circuit: str, on: bool, until_us: int, by: str, role: str, reason: str,
+                              created_us: int) -> int:
+        """A person's override; it replaces any still active for the circuit."""
+        with _transaction(self._db) as db:
+            db.execute("UPDATE lighting_overrides SET cancelled_us = ?, cancelled_by = ? WHERE circuit = ? AND "
+                       "cancelled_us IS NULL AND until_us > ?", (created_us, by, circuit, created_us))
+            cur = db.execute("INSERT INTO lighting_overrides (circuit, state, until_us, by, role, reason, created_us) "
+                             "VALUES (?,?,?,?,?,?,?)", (circuit, int(on), until_us, by, role, reason, created_us))
+        return cur.lastrowid
+
+    def cancel_lighting_override(self, circuit: str, by: str, at_us: int) -> int:
+        cur = self._db.execute("UPDATE lighting_overrides SET cancelled_us = ?, cancelled_by = ? WHERE circuit = ? "
+                               "AND cancelled_us IS NULL AND until_us > ?", (at_us, by, circuit, at_us))
+        return cur.rowcount
+
+    def active_lighting_overrides(self, now_us: int) -> list[dict]:
+        """The newest active override of each circuit."""
+        rows = self._db.execute("SELECT id, circuit, state, until_us, by, role, reason, created_us FROM "
+                                "lighting_overrides WHERE cancelled_us IS NULL AND until_us > ? ORDER BY id",
+                                (now_us,)).fetchall()
+        keys = ("id", "circuit", "on", "until_us", "by", "role", "reason", "created_us")
+        return list({r[1]: {**dict(zip(keys, r)), "on": bool(r[2])} for r in rows}.values())
+
+    def lighting_commands(self, circuit: str | None = None, since_us: int = 0, limit: int = 1000) -> list[dict]:
+        sql = ("SELECT ts_us, circuit, state, source, by, reason, result, detail, latency_s FROM lighting_commands "
+               "WHERE ts_us >= ?")
+        args: tuple = (since_us,)
+        if circuit is not None:
+            sql += " AND circuit = ?"
+            args += (circuit,)
+        keys = ("ts_us", "circuit", "on", "source", "by", "reason", "result", "detail", "latency_s")
+        return [dict(zip(keys, r)) for r in self._db.execute(sql + " ORDER BY id DESC LIMIT ?", args + (limit,))]
+
+    def last_lighting_switch(self) -> dict[str, tuple[int, bool]]:
+        """circuit -> (time, state) of its last confirmed switching: the contactor's minimum
+        times hold across a restart."""
+        rows = self._db.execute("SELECT circuit, max(ts_us), state FROM lighting_commands WHERE result = 'confirmed' "
+                                "GROUP BY circuit").fetchall()
+        return {c: (ts, bool(s)) for c, ts, s in rows}
 
     # ---- meter replacements and allocations ----
 
@@ -1197,7 +1275,7 @@ class Ledger:
                     out["energy"].append((e.meter, ts_us, str(kwh), ep))
             elif isinstance(e, DeviceStatus):
                 out["statuses"].append((e.device, e.kind, to_us(e.ts), int(e.online), e.reason, ep))
-            elif isinstance(e, (CardSwipe, DoorEvent, PatrolCheckin, AlertChange)):
+            elif isinstance(e, (CardSwipe, DoorEvent, PatrolCheckin, AlertChange, LightingCommand)):
                 out["fields"].setdefault(ep, []).append(e)
         return out
 
@@ -1250,7 +1328,7 @@ class Ledger:
     _EPISODE_COLS = ("id", "boot", "state", "reason", "wall_us", "mono_us", "last_wall_us", "after_us", "before_us",
                      "offset_us", "rows", "repaired_us")
     CLOCK_TABLES = ("readings", "device_status", "swipes", "door_events", "patrol_checkins", "alerts",
-                    "alert_history")
+                    "alert_history", "lighting_commands")
 
     def clock_episodes(self, states: tuple[str, ...] | None = None) -> list[dict]:
         sql = f"SELECT {', '.join(self._EPISODE_COLS)} FROM clock_episodes"
@@ -1310,6 +1388,10 @@ class Ledger:
                 for t in ("readings", "device_status", "swipes", "door_events", "alert_history"):
                     n[t] = db.execute(f"UPDATE {t} SET ts_us = ts_us + ?, episode = NULL WHERE episode = ?",
                                       (off, ep)).rowcount
+                moved = db.execute("UPDATE lighting_commands SET ts_us = ts_us + ?, episode = NULL WHERE episode = ?",
+                                   (off, ep)).rowcount
+                if moved:   # said only where there is lighting
+                    n["lighting_commands"] = moved
                 args = {"off": off, "lo": lo, "hi": hi, "ep": ep}
                 n["patrol_checkins"] = db.execute(
                     "UPDATE OR REPLACE patrol_checkins SET received_us = received_us + :off, ts_us = CASE WHEN "

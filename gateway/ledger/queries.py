@@ -322,3 +322,16 @@ def clock_rows(db: sqlite3.Connection) -> ClockRows:
         out.append({"id": eid, "boot": boot, "state": state, "reason": reason, "wall_us": wall,
                     "last_wall_us": last_wall, "after_us": after, "before_us": before, "rows": rows, "held": held})
     return ClockRows(out, steps, tuple(last) if last else None)
+
+
+def counter_near(db: sqlite3.Connection, meter: str, ts_us: int, within_us: int) -> tuple[int, str] | None:
+    """The energy counter of `meter` nearest to `ts_us` within `within_us` either side (the last
+    at or before it if there is one, else the first after): what a savings figure reads at the
+    edge of a period (gateway/lighting/savings.py)."""
+    before = db.execute("SELECT ts_us, kwh FROM energy WHERE meter = ? AND ts_us <= ? AND ts_us >= ? "
+                        "ORDER BY ts_us DESC LIMIT 1", (meter, ts_us, ts_us - within_us)).fetchone()
+    after = db.execute("SELECT ts_us, kwh FROM energy WHERE meter = ? AND ts_us > ? AND ts_us <= ? "
+                       "ORDER BY ts_us LIMIT 1", (meter, ts_us, ts_us + within_us)).fetchone()
+    if before is None or after is None:
+        return before or after
+    return before if ts_us - before[0] <= after[0] - ts_us else after
