@@ -64,7 +64,8 @@ from .config import SiteConfig, parse_site
 from .events import AlertChange
 from .mqtt import MqttLink, MqttSettings, topic_matches
 from .recording import read
-from .runtime import Gateway, alert_messages
+from .runtime import Gateway
+from .sinks.alert_message import alert_messages
 
 log = logging.getLogger(__name__)
 

@@ -20,25 +20,10 @@ from .drivers.modbus import ModbusBus
 from .events import AlertChange, CardSwipe, DeviceStatus, DoorEvent, GatewayStats, PatrolCheckin, Reading
 from .hub import Hub
 from .ledger.queries import bus_statuses, read_only
+from .sinks.alert_message import alert_messages
 from .store import Ledger
 
 log = logging.getLogger(__name__)
-
-
-def alert_messages(change: AlertChange, prefix: str) -> list[tuple[str, str | bytes, bool]]:
-    """The MQTT messages of one alert change: (topic, payload, retain). An open alert's message
-    is retained, so a console that connects later sees it; a cleared one is said once and its
-    retained message deleted (an empty retained payload)."""
-    import json
-    a = change.alert
-    topic = f"{prefix}/{a.rule}/{a.source.replace('/', '_').replace('+', '_').replace('#', '_')}"
-    body = json.dumps({"id": a.id, "rule": a.rule, "kind": a.kind, "source": a.source, "severity": a.severity,
-                       "state": a.state, "event": change.what, "message": a.message, "message_en": a.message_en,
-                       "raised_at": a.raised_at.isoformat(), "updated_at": a.updated_at.isoformat(),
-                       "acked_by": a.acked_by, "ack_note": a.ack_note, "value": a.value}, ensure_ascii=False)
-    if a.state == "cleared":
-        return [(topic, body, False), (topic, b"", True)]
-    return [(topic, body, True)]
 
 
 def build_buses(cfg: SiteConfig, publish, clock: Clock = REAL_CLOCK) -> list[ModbusBus | Dlt645Bus]:
@@ -249,7 +234,8 @@ class Gateway:
 
             from .sinks.webhook import Webhook
             self.webhooks = [Webhook(w.name, os.environ.get(w.url_env, ""), w.format, set(w.severities),
-                                     self.cfg.site.name, ZoneInfo(self.cfg.site.timezone), w.timeout_s)
+                                     self.cfg.site.name, ZoneInfo(self.cfg.site.timezone), w.timeout_s,
+                                     site_id=self.cfg.site.id)
                              for w in self.cfg.alerts.webhooks]
             runs += [(f"webhook {w.name}", w.run) for w in self.webhooks]
             runs.append(("webhook feeder", self._feed_webhooks))
@@ -351,12 +337,12 @@ class Gateway:
 
     async def _publish_alerts(self) -> None:
         """`<prefix>/<rule>/<source>`: JSON, retained while the alert is open; deleted when cleared."""
-        prefix = self.cfg.alert_prefix
+        prefix, site = self.cfg.alert_prefix, self.cfg.site
         sub = self.hub.subscribe(AlertChange, name="alert publisher")
         try:
             while True:
                 for change in await sub.get_batch():
-                    for topic, body, retain in alert_messages(change, prefix):
+                    for topic, body, retain in alert_messages(change, prefix, site.id, site.name):
                         await self.mqtt.publish(topic, body, retain=retain)
         finally:
             sub.close()
