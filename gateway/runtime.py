@@ -241,6 +241,45 @@ class Gateway:
             runs.append(("webhook feeder", self._feed_webhooks))
         return runs
 
+    def _identity(self) -> list:
+        """`<site>/gateway/info`: announce this box, and raise an alarm when another uses our site id."""
+        if self.mqtt is None:
+            return []
+        from .identity import SITE_IDENTITY_RULE, Identity, IdentityWatch, box_id, info_topic
+        site = self.cfg.site
+        me = Identity(site.id, site.name, box_id(self.cfg.storage_path), self.started_at or self.clock.now())
+
+        def conflict(other, at) -> None:
+            if self.rules is not None:
+                self.rules.book.raise_(
+                    SITE_IDENTITY_RULE, other.box, kind="identity", severity="critical", at=at,
+                    message=f"站点编号 {site.id} 同时被另一台网关使用（主机 {other.host}，编号 {other.box}）："
+                            f"总部会把两个小区的数据混在一起，请给每个小区设置各自的 site.id",
+                    message_en=f"site id {site.id} is also used by another gateway (host {other.host}, box "
+                               f"{other.box}): head office would merge two estates' data; give each estate its "
+                               f"own site.id", details={"box": other.box, "host": other.host})
+
+        def gone(other, at) -> None:
+            if self.rules is not None:
+                self.rules.book.clear(SITE_IDENTITY_RULE, other.box, at, "the other gateway fell silent")
+
+        every = self.cfg.mqtt.announce_s
+        watch = IdentityWatch(me, conflict, gone, every)
+        topic = info_topic(site.id)
+        self.mqtt.subscribe(topic, watch.handle)
+
+        async def announce() -> None:
+            said, trusted = None, None
+            while True:
+                now = self.clock.now()
+                now_trusted = self.timesync is None or self.timesync.settled
+                if said is None or now_trusted != trusted or self.clock.monotonic() - said >= every:
+                    said, trusted = self.clock.monotonic(), now_trusted
+                    await self.mqtt.publish(topic, me.message(now, now_trusted), retain=True)
+                watch.tick(now)
+                await asyncio.sleep(min(5.0, every))
+        return [("gateway identity", announce)]
+
     async def _feed_webhooks(self) -> None:
         sub = self.hub.subscribe(AlertChange, name="webhooks")
         try:
@@ -384,9 +423,9 @@ class Gateway:
                      for b in self.buses]
         status_task = (asyncio.create_task(self._report(status_every_s), name="status")
                        if status_every_s else None)
-        if self.cfg.mqtt and (self.cfg.rules or self.cfg.card_readers or self.cfg.doors or self.cfg.patrol.readers):
+        if self.cfg.mqtt:
             self.mqtt = self._mqtt_link()
-        runs = clock_runs + self._field_devices() + self._alerting() + self._storage_care()
+        runs = clock_runs + self._field_devices() + self._alerting() + self._identity() + self._storage_care()
         if self.record_path:
             runs.append(("recorder", self._flush_recording))
         if self.mqtt is not None:
