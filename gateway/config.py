@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError,
                       field_validator, model_validator)
 
-from .identity import EXAMPLE_SITE_ID, info_topic
+from .identity import EXAMPLE_SITE_ID
 from .meter_models import SHIPPED_MODELS_DIR, MeterModel, load_models
 from .mqtt_topics import alert_topics, filter_problem, filters_overlap, prefix_problem
 from .rules.models import RULE_KINDS, Rule, check_rules
@@ -928,16 +928,9 @@ def _check_topics(data: dict) -> list[str]:
     subscribed += [(f"doors[{i}]", d) for i, d in _entries(data, "doors")]
     subscribed += [(f"patrol.readers[{i}]", r) for i, r in _entries(data.get("patrol"), "readers")
                    if r.get("type") == "mqtt"]
-    out = [f"{where}.topic: {_show(topic)} would also receive the gateway's own alerts ({prefix}/<rule>/<source>)"
-           for where, x in subscribed
-           if isinstance(topic := x.get("topic"), str) and not filter_problem(topic) and filters_overlap(topic, own)]
-    if isinstance(site, dict) and isinstance(site.get("id"), str) and not prefix_problem(site["id"]):
-        info = info_topic(site["id"])
-        out += [f"{where}.topic: {_show(topic)} would also receive the gateways' announcements ({info})"
-                for where, x in subscribed
-                if isinstance(topic := x.get("topic"), str) and not filter_problem(topic)
-                and filters_overlap(topic, info)]
-    return out
+    return [f"{where}.topic: {_show(topic)} would also receive the gateway's own alerts ({prefix}/<rule>/<source>)"
+            for where, x in subscribed
+            if isinstance(topic := x.get("topic"), str) and not filter_problem(topic) and filters_overlap(topic, own)]
 
 
 def load_site(path: str | Path) -> SiteConfig:

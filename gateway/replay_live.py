@@ -247,7 +247,7 @@ class _ReplayLink(MqttLink):
 class _ReplayGateway(Gateway):
     def __init__(self, cfg: SiteConfig, clock: LoopClock, loop: VirtualTimeLoop, on_dispatch: Callable,
                  on_serial: Callable[[str, int], None], first_polls: dict[str, datetime], exchanging: set[str]):
-        super().__init__(cfg, clock=clock)
+        super().__init__(cfg, clock=clock, announce=False)   # a recording is not a box on a site
         self._vloop = loop
         self._exchanging = exchanging      # buses with an exchange in progress (their answers are awaited)
         self._on_dispatch = on_dispatch

@@ -38,8 +38,9 @@ def build_buses(cfg: SiteConfig, publish, clock: Clock = REAL_CLOCK) -> list[Mod
 
 class Gateway:
     def __init__(self, cfg: SiteConfig, clock: Clock = REAL_CLOCK, record: Path | None = None,
-                 web_users: list | None = None):
+                 web_users: list | None = None, announce: bool = True):
         self.cfg = cfg
+        self.announce = announce              # say who this box is on <site>/gateway/info (not in a replay)
         self.web_users = web_users or []      # users beyond the site file's (the demo's)
         self.web = None                       # the console's WebContext once it runs
         self.web_address = None
@@ -243,7 +244,7 @@ class Gateway:
 
     def _identity(self) -> list:
         """`<site>/gateway/info`: announce this box, and raise an alarm when another uses our site id."""
-        if self.mqtt is None:
+        if self.mqtt is None or not self.announce:
             return []
         from .identity import SITE_IDENTITY_RULE, Identity, IdentityWatch, box_id, info_topic
         site = self.cfg.site
@@ -266,7 +267,8 @@ class Gateway:
         every = self.cfg.mqtt.announce_s
         watch = IdentityWatch(me, conflict, gone, every)
         topic = info_topic(site.id)
-        self.mqtt.subscribe(topic, watch.handle)
+        self.mqtt.own(topic)            # a reader on `<site>/#` must not take announcements as input
+        self.mqtt.subscribe(topic, watch.handle, own=True)
 
         async def announce() -> None:
             said, trusted = None, None

@@ -8,9 +8,8 @@ import logging
 from datetime import datetime, timedelta, timezone
 
 import aiomqtt
-import pytest
 
-from gateway.config import ConfigError, parse_site, site_warnings
+from gateway.config import parse_site, site_warnings
 from gateway.events import AlertChange
 from gateway.identity import SITE_IDENTITY_RULE, Identity, IdentityWatch, box_id
 from gateway.runtime import Gateway
@@ -73,16 +72,6 @@ def test_the_example_site_id_is_a_warning(tmp_path):
                for w in site_warnings(parse_site(base, base_dir=tmp_path)))
     base["site"]["id"] = "lvyuan"
     assert not any(w.startswith("site.id:") for w in site_warnings(parse_site(base, base_dir=tmp_path)))
-
-
-def test_a_reader_on_the_announcements_topic_is_a_site_file_problem(tmp_path):
-    data = {"site": {"id": "lvyuan", "name": "绿园", "latitude": 44.15, "longitude": 125.83},
-            "mqtt": {"host": "127.0.0.1"},
-            "card_readers": [{"id": "acs", "type": "mqtt", "topic": "lvyuan/+/info"}]}
-    with pytest.raises(ConfigError) as e:
-        parse_site(data, base_dir=tmp_path)
-    assert "card_readers[0].topic: 'lvyuan/+/info' would also receive the gateways' announcements " \
-           "(lvyuan/gateway/info)" in str(e.value)
 
 
 async def test_two_boxes_with_one_site_id_raise_the_alarm_and_announce_themselves(tmp_path, mqtt_broker):  # noqa: F811
