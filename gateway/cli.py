@@ -135,9 +135,11 @@ def run(config: Path = typer.Option(..., "-c", "--config", help="site file"),
         record: Optional[Path] = typer.Option(None, "--record", help="also write the raw device traffic here (JSON lines)"),
         verbose: bool = typer.Option(False, "-v", "--verbose")) -> None:
     """Poll every meter of the site into the ledger until SIGINT/SIGTERM; SIGHUP reloads the site file."""
-    from .config import missing_env
+    from .config import missing_env, site_warnings
     from .runtime import Gateway
     cfg = _load(config)
+    for w in site_warnings(cfg):
+        typer.echo(f"warning: {config}: {w}", err=True)
     for problem in missing_env(cfg):
         typer.echo(f"{config}: {problem}", err=True)
     if missing_env(cfg):
@@ -178,6 +180,10 @@ def demo(seconds: Optional[float] = typer.Option(None, "--seconds", help="stop a
         _demo_month(cfg, month, seed, every, bill, data_dir, allow_partial, force)
         return
     setup_logging()
+    from .identity import EXAMPLE_SITE_ID
+    if cfg.site.id == EXAMPLE_SITE_ID:
+        typer.echo(f"note: '{EXAMPLE_SITE_ID}' is the example site's id; a real estate's site file needs its own "
+                   f"site.id (head office tells estates apart by it)", err=True)
     tmp = None
     if data_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="gateway-demo-")

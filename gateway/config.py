@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, PrivateAttr, Tag,
                       ValidationError, field_validator, model_validator)
 
+from .identity import EXAMPLE_SITE_ID
 from .meter_models import SHIPPED_MODELS_DIR, MeterModel, load_models
 from .mqtt_topics import alert_topics, filter_problem, filters_overlap, prefix_problem
 from .rules.models import RULE_KINDS, Rule, check_rules
@@ -240,6 +241,9 @@ class MqttConfig(_Strict):
     tls: bool = False
     ca_file: PathText | None = None
     keepalive_s: int = Field(default=30, ge=5, le=600)
+    # how often the box says who it is on `<site>/gateway/info` (gateway/identity.py); another box
+    # on the same site id counts as present for 3 × this after its last announcement
+    announce_s: float = Field(default=60, ge=0.5, le=3600)
 
 
 class _SerialLine(_Strict):
@@ -1315,6 +1319,9 @@ def _check_buildings(cfg: SiteConfig) -> list[str]:
 def site_warnings(cfg: SiteConfig) -> list[str]:
     """What is allowed but most likely a mistake: `gateway check-config` shows it and exits 0."""
     out = []
+    if cfg.site.id == EXAMPLE_SITE_ID:
+        out.append(f"site.id: '{EXAMPLE_SITE_ID}' is the example site's id: give each estate its own (head office "
+                   f"tells estates apart by it; two estates with one id merge their data)")
     for i, t in enumerate(cfg.tariffs):
         for period, price in t.named_prices():
             if implausible_price(price):

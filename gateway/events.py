@@ -127,6 +127,7 @@ class Alert:
     acked_at: datetime | None = None
     value: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    revision: int = 0           # changes announced so far: the first (raised) is 1
 
     @property
     def open(self) -> bool:

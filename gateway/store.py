@@ -1138,10 +1138,14 @@ class Ledger:
     def alert_rows(self, states: tuple[str, ...] = ("active", "acknowledged"),
                    raised_since_us: int | None = None) -> list[dict]:
         """Alerts in these states (open ones by default), oldest first, as dicts keyed by the
-        `alerts` columns (details is the JSON text as stored)."""
+        `alerts` columns (details is the JSON text as stored), and `revision`: the changes of
+        the alert in its history (retention keeps an open alert's history whole)."""
         cols = ("id", "rule", "kind", "source", "severity", "state", "message", "message_en", "raised_us",
                 "updated_us", "cleared_us", "acked_by", "ack_note", "acked_us", "value", "details")
-        sql = (f"SELECT {', '.join(cols)} FROM alerts WHERE state IN ({','.join('?' * len(states))})"
+        revision = "(SELECT count(*) FROM alert_history h WHERE h.alert_id = alerts.id)"
+        cols_sql = ", ".join(cols + (revision,))
+        cols += ("revision",)
+        sql = (f"SELECT {cols_sql} FROM alerts WHERE state IN ({','.join('?' * len(states))})"
                + (" AND raised_us >= ?" if raised_since_us is not None else "") + " ORDER BY raised_us, id")
         args = tuple(states) + ((raised_since_us,) if raised_since_us is not None else ())
         return [dict(zip(cols, row)) for row in self._db.execute(sql, args)]

@@ -107,7 +107,8 @@ def alert_from_row(row: dict) -> Alert:
                  row["state"], str(row["message"]), str(row["message_en"]), t(row["raised_us"]),
                  t(row["updated_us"]) or t(row["raised_us"]), t(row["cleared_us"]), str(row["acked_by"] or ""),
                  str(row["ack_note"] or ""), t(row["acked_us"]),
-                 float(row["value"]) if row["value"] is not None else None, details)
+                 float(row["value"]) if row["value"] is not None else None, details,
+                 int(row.get("revision") or 0))
 
 
 class _Run:
