@@ -69,18 +69,23 @@ DAY_SWIPES, DAY_DOORS, DAY_CHECKINS, DAY_ALERT_CHANGES = 26_000, 10_000, 300, 20
 CARD_GB, CARD_PE_CYCLES, CARD_WAF = 32, 500, 4
 
 
+# Part 1's variants. `autocheckpoint` set: SQLite's own checkpoint inside the commit every that
+# many pages (the ledger's checkpoint thread stopped), as before the write path was reworked;
+# unset: the ledger's checkpoint thread at `wal_mb`. `page_size` None: what a new ledger gets.
 VARIANTS = {
     "defaults": dict(outbox=False),
     "outbox": dict(outbox=True),
-    "outbox+autocheckpoint10000": dict(outbox=True, autocheckpoint=10000),
-    "outbox+commit5s": dict(outbox=True, commit_s=5.0),
-    "outbox+page1024": dict(outbox=True, page_size=1024),
-    "outbox+page1024+autocheckpoint10000": dict(outbox=True, page_size=1024, autocheckpoint=10000),
-    "outbox+page2048+autocheckpoint5000": dict(outbox=True, page_size=2048, autocheckpoint=5000),
-    "outbox+autocheckpoint40000": dict(outbox=True, autocheckpoint=40000),
-    "outbox+page1024+autocheckpoint40000": dict(outbox=True, page_size=1024, autocheckpoint=40000),
+    "page4096+autocheckpoint1000": dict(outbox=False, page_size=4096, autocheckpoint=1000),
+    "outbox+page4096+autocheckpoint1000": dict(outbox=True, page_size=4096, autocheckpoint=1000),
+    "page4096": dict(outbox=False, page_size=4096),
+    "page2048": dict(outbox=False, page_size=2048),
+    "wal4mb": dict(outbox=False, wal_mb=4),
+    "wal8mb": dict(outbox=False, wal_mb=8),
+    "wal32mb": dict(outbox=False, wal_mb=32),
+    "wal64mb": dict(outbox=False, wal_mb=64),
+    "commit5s": dict(outbox=False, commit_s=5.0),
 }
-DEFAULT_VARIANTS = list(VARIANTS)[:7]
+DEFAULT_VARIANTS = list(VARIANTS)
 
 
 def out(line: str = "") -> None:
@@ -232,22 +237,29 @@ def row_bytes(ledger) -> int:
 
 
 def simulate_writes(fs: LoopFs | None, base: Path, name: str, minutes: float, warm: float, outbox: bool,
-                    commit_s: float = 1.0, autocheckpoint: int = 1000, page_size: int = 4096,
-                    history_h: float = 6) -> dict:
+                    commit_s: float = 1.0, autocheckpoint: int | None = None, page_size: int | None = None,
+                    wal_mb: float | None = None, history_h: float = 6) -> dict:
     from gateway.sinks.schema import Encoder, SiteIndex
     from gateway.store import Ledger
     where = (fs.mnt if fs else base) / name
     where.mkdir(parents=True, exist_ok=True)
     db_path = where / "gw.db"
     cfg = site(db_path, outbox)
-    if page_size != 4096:
+    if page_size is not None:
         con = sqlite3.connect(db_path)
         con.execute(f"PRAGMA page_size = {page_size}")
         con.execute("CREATE TABLE _x (a)")
         con.execute("DROP TABLE _x")
         con.close()
-    ledger = Ledger(db_path, commit_s, Encoder(SiteIndex.from_config(cfg)) if outbox else None)
-    ledger._db.execute(f"PRAGMA wal_autocheckpoint = {autocheckpoint}")
+    from gateway.ledger.checkpoint import WAL_BYTES
+    wal_bytes = int(wal_mb * MB) if wal_mb is not None else WAL_BYTES
+    ledger = Ledger(db_path, commit_s, Encoder(SiteIndex.from_config(cfg)) if outbox else None, wal_bytes=wal_bytes)
+    # The checkpoint thread's work is done here, after each commit, with its own connection: the
+    # simulation runs hours in seconds, with no idle second between commits for the thread.
+    ledger.checkpointer.stop()
+    ckpt_db = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+    if autocheckpoint is not None:
+        ledger._db.execute(f"PRAGMA wal_autocheckpoint = {autocheckpoint}")
     page = ledger._db.execute("PRAGMA page_size").fetchone()[0]
     try:
         values = Values(cfg)
@@ -278,7 +290,8 @@ def simulate_writes(fs: LoopFs | None, base: Path, name: str, minutes: float, wa
             if began is None and now > measure_from:
                 ledger._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 os.sync()
-                began = (proc_write_bytes(), fs.sectors_written() if fs else 0, ledger.commits)
+                began = (proc_write_bytes(), fs.sectors_written() if fs else 0, ledger.commits,
+                         ledger.checkpointer.checkpoints)
                 last_frames = wal_frames(db_path)
                 counted = {k2: 0 for k2 in counted}
             arrived = 0
@@ -300,6 +313,8 @@ def simulate_writes(fs: LoopFs | None, base: Path, name: str, minutes: float, wa
             ledger._flush_logged()
             if began is not None and had:
                 flush_s.append(time.perf_counter() - c0)
+            if autocheckpoint is None:
+                ledger.checkpointer.step(ckpt_db)
             if outbox:   # the drainer: a batch once its oldest point is 5 s old, deleted when "confirmed"
                 while ledger.outbox_depth:
                     rows = ledger.outbox_batch(5000)
@@ -318,11 +333,15 @@ def simulate_writes(fs: LoopFs | None, base: Path, name: str, minutes: float, wa
         wrote = proc_write_bytes() - began[0]
         device = (fs.sectors_written() - began[1]) * 512 if fs else None
         commits = ledger.commits - began[2] + counted["deletes"]
+        checkpoints = ledger.checkpointer.checkpoints - began[3]
     finally:
+        ckpt_db.close()
         ledger.close()
     day = 1440 / minutes
     res = {
         "variant": name, "outbox": outbox, "commit_interval_s": commit_s, "wal_autocheckpoint": autocheckpoint,
+        "checkpoint_wal_mb": None if autocheckpoint is not None else round(wal_bytes / MB, 1),
+        "checkpoints_per_day": round(checkpoints * 1440 / minutes) if autocheckpoint is None else None,
         "page_size": page, "simulated_min": minutes, "readings_per_day": round(counted["readings"] * day),
         "commits_per_day": round(commits * day),
         "rows_mb_per_day": round(counted["rows_bytes"] * day / MB, 1),
@@ -460,7 +479,7 @@ def size_and_retention(base: Path, res: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--minutes", type=float, default=60, help="simulated minutes measured per variant")
+    ap.add_argument("--minutes", type=float, default=360, help="simulated minutes measured per variant")
     ap.add_argument("--warm", type=float, default=10, help="simulated minutes before measuring")
     ap.add_argument("--quick", action="store_true", help="defaults and outbox only, 20 minutes")
     ap.add_argument("--only", default="", help="comma-separated variants of part 1: " + ", ".join(VARIANTS))
@@ -468,7 +487,7 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=None, help="work directory (default: a temporary one)")
     args = ap.parse_args()
     if args.quick:
-        args.minutes, args.warm = 20, 5
+        args.minutes, args.warm = 120, 5
     base = Path(tempfile.mkdtemp(prefix="bench-storage-", dir=args.dir))
     res: dict = {"site": "edge_config/site.example.yaml", "meters": 145}
     try:

@@ -24,6 +24,7 @@ from typing import Iterable, Iterator
 from .clock import from_us, to_us
 from .events import AlertChange, CardSwipe, DeviceStatus, DoorEvent, GatewayStats, PatrolCheckin, Reading
 from .hub import Hub
+from .ledger.checkpoint import WAL_BYTES, Checkpointer
 from .private import create_private, make_private_dir, replace_file, tighten
 
 log = logging.getLogger(__name__)
@@ -275,6 +276,8 @@ INSERT_ENERGY = ("INSERT INTO energy (meter, ts_us, kwh) VALUES (?,?,?) ON CONFL
                  "kwh = excluded.kwh WHERE CAST(excluded.kwh AS REAL) > CAST(energy.kwh AS REAL)")
 SCHEMA_VERSION = len(MIGRATIONS)
 NEVER_SHED = 100  # outbox priority of what the disk budget may never drop (energy counters)
+PAGE_SIZE = 1024  # of a new ledger (docs/storage.md: measured)
+JOURNAL_SIZE_LIMIT = 4 * WAL_BYTES
 
 
 class LedgerError(Exception):
@@ -313,9 +316,20 @@ def _connect(path: Path) -> sqlite3.Connection:
             for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
                 tighten(p)
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        if os.path.getsize(path) == 0:
+            # Only a new file takes a page size (an existing one keeps its own until rewritten:
+            # `python3 -m gateway.retention vacuum`). Each commit writes whole pages; small ones
+            # make the rewritten tail of a table a quarter of the bytes (docs/storage.md).
+            db.execute(f"PRAGMA page_size={PAGE_SIZE}")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA busy_timeout=5000")
+        # Checkpoints run in the ledger's worker thread (gateway/ledger/checkpoint.py), not
+        # inside a commit on the event loop; a log that grew once (a migration, a long outage
+        # of the checkpoint thread) is cut back to this when it restarts, and otherwise kept at
+        # its size: overwriting a file in place needs no filesystem journal commit per sync.
+        db.execute("PRAGMA wal_autocheckpoint=0")
+        db.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
         return db
     except (OSError, sqlite3.Error) as e:
         raise LedgerError(f"ledger {path}: cannot open: {e}") from None
@@ -403,12 +417,15 @@ class Ledger:
     """Readings, statuses and the outbox. `encoder` (an event -> OutboxRow) turns the outbox on:
     every row is then committed in the same transaction as the reading it comes from."""
 
-    def __init__(self, path: Path, commit_interval_s: float = 1.0, encoder=None):
+    def __init__(self, path: Path, commit_interval_s: float = 1.0, encoder=None, wal_bytes: int = WAL_BYTES):
         self.path = Path(path)
         self.commit_interval_s = commit_interval_s
         self.encoder = encoder
         self._db = _connect(self.path)
         migrate(self._db, self.path)
+        self.page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
+        self.checkpointer = Checkpointer(self.path, self.page_size, wal_bytes)
+        self.checkpointer.start()
         self._readings: list[tuple] = []
         self._energy: list[tuple] = []
         self._statuses: list[tuple] = []
@@ -522,6 +539,7 @@ class Ledger:
             self.readings_written += len(marked["readings"])
         self.readings_written += len(readings)
         self.commits += 1
+        self.checkpointer.note_commit()
         if outbox:
             self.outbox_depth += len(outbox)
             self.outbox_bytes += sum(len(r[3]) for r in outbox)
@@ -629,6 +647,7 @@ class Ledger:
         self._flush_logged(force=True)  # the last chance, even with the write gate closed
         if self.pending:
             log.error("ledger %s: %d rows could not be written before closing and are lost", self.path, self.pending)
+        self.checkpointer.stop()
         self._db.close()
 
     # ---- the outbox (drained by a sink) ----
