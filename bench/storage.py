@@ -75,6 +75,9 @@ CARD_GB, CARD_PE_CYCLES, CARD_WAF = 32, 500, 4
 VARIANTS = {
     "defaults": dict(outbox=False),
     "outbox": dict(outbox=True),
+    "index30min": dict(outbox=False, index_min=30),
+    "index120min": dict(outbox=False, index_min=120),
+    "index240min": dict(outbox=False, index_min=240),
     "page4096+autocheckpoint1000": dict(outbox=False, page_size=4096, autocheckpoint=1000),
     "outbox+page4096+autocheckpoint1000": dict(outbox=True, page_size=4096, autocheckpoint=1000),
     "page4096": dict(outbox=False, page_size=4096),
@@ -228,17 +231,27 @@ def wal_frames(db_path: Path) -> int:
         return 0
 
 
-def row_bytes(ledger) -> int:
-    """The column values about to be committed: what a reading, its counter and its point are."""
-    n = sum(len(r[0]) + 8 + 1 + len(r[3]) + len(r[4]) for r in ledger._readings)
-    n += sum(len(e[0]) + 8 + len(e[2]) for e in ledger._energy)
+def row_bytes(event) -> int:
+    """What a reading is, as schema 7 stored it (the baseline of every variant, whatever its
+    layout): meter name, time, field set, float64 values, counters as JSON, and its energy
+    counter again (meter, time, text)."""
+    n = len(event.meter) + 8 + 1 + 8 * len(event.values) + len(json.dumps(
+        {k: str(v) for k, v in event.counters.items()}, separators=(",", ":")))
+    kwh = event.counters.get("energy_kwh")
+    return n + (len(event.meter) + 8 + len(str(kwh)) if kwh is not None else 0)
+
+
+def stored_bytes(ledger) -> int:
+    """The column values about to be committed, as the ledger stores them: its readings
+    (meter id, time, field set, values, energy counter, other counters) and outbox points."""
+    n = sum(1 + 8 + 1 + len(r[3]) + len(r[4] or "") + 1 + len(r[6]) for r in ledger._readings)
     n += sum(len(o[0]) + 1 + 8 + len(o[3]) + len(o[4] or "") for o in ledger._outbox)
     return n
 
 
 def simulate_writes(fs: LoopFs | None, base: Path, name: str, minutes: float, warm: float, outbox: bool,
                     commit_s: float = 1.0, autocheckpoint: int | None = None, page_size: int | None = None,
-                    wal_mb: float | None = None, history_h: float = 6) -> dict:
+                    wal_mb: float | None = None, history_h: float = 6, index_min: float = 60) -> dict:
     from gateway.sinks.schema import Encoder, SiteIndex
     from gateway.store import Ledger
     where = (fs.mnt if fs else base) / name
@@ -255,8 +268,10 @@ def simulate_writes(fs: LoopFs | None, base: Path, name: str, minutes: float, wa
     wal_bytes = int(wal_mb * MB) if wal_mb is not None else WAL_BYTES
     ledger = Ledger(db_path, commit_s, Encoder(SiteIndex.from_config(cfg)) if outbox else None, wal_bytes=wal_bytes)
     # The checkpoint thread's work is done here, after each commit, with its own connection: the
-    # simulation runs hours in seconds, with no idle second between commits for the thread.
+    # simulation runs hours in seconds, with no idle second between commits for the thread. The
+    # indexer's batches likewise, every `index_min` simulated minutes.
     ledger.checkpointer.stop()
+    ledger.indexer.stop()
     ckpt_db = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
     if autocheckpoint is not None:
         ledger._db.execute(f"PRAGMA wal_autocheckpoint = {autocheckpoint}")
@@ -273,13 +288,20 @@ def simulate_writes(fs: LoopFs | None, base: Path, name: str, minutes: float, wa
                 ledger.flush()
                 while ledger.outbox_depth:
                     ledger.outbox_confirmed(ledger.outbox_batch(50_000), int(t * 1e6))
-        ledger._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        ledger.catch_up()
+        # The log at the size it keeps in a ledger that has run for a while: a log that grows
+        # costs a filesystem journal commit at every sync, one overwritten in place none.
+        ledger._db.executescript(f"BEGIN; CREATE TABLE _pad (b); INSERT INTO _pad VALUES (zeroblob({wal_bytes * 3 // 2}));"
+                                 " DROP TABLE _pad; COMMIT;")
+        ledger._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         polls = poll_schedule(cfg, t0, t0 + (warm + minutes) * 60)
         measure_from = t0 + warm * 60
         k = 0
         stats_at = t0 + 60
         buses = [b.id for b in cfg.buses]
-        counted = {"commits": 0, "deletes": 0, "rows_bytes": 0, "frames": 0, "readings": 0, "points": 0}
+        counted = {"commits": 0, "deletes": 0, "rows_bytes": 0, "stored_bytes": 0, "frames": 0, "readings": 0,
+                   "points": 0, "batches": 0}
+        index_at = t0 + index_min * 60
         began = None
         flush_s: list[float] = []        # each commit, autocheckpoints included: the event loop waits that long
         last_frames = wal_frames(db_path)
@@ -296,7 +318,10 @@ def simulate_writes(fs: LoopFs | None, base: Path, name: str, minutes: float, wa
                 counted = {k2: 0 for k2 in counted}
             arrived = 0
             while k < len(polls) and polls[k][0] < now:
-                ledger.add(values.reading(polls[k][1], polls[k][0]))
+                reading = values.reading(polls[k][1], polls[k][0])
+                ledger.add(reading)
+                if began is not None:
+                    counted["rows_bytes"] += row_bytes(reading)
                 k += 1
                 arrived += 1
             if outbox and now >= stats_at:
@@ -306,13 +331,17 @@ def simulate_writes(fs: LoopFs | None, base: Path, name: str, minutes: float, wa
                                                                       "timeouts": 0, "overruns": 0, "busy_s": 1.0}, bus=b))
                 ledger.add(GatewayStats(from_us(int(now * 1e6)), {"readings_stored": step, "outbox_depth": 1}))
             if began is not None:
-                counted["rows_bytes"] += row_bytes(ledger)
+                counted["stored_bytes"] += stored_bytes(ledger)
                 counted["readings"] += arrived
                 counted["points"] += len(ledger._outbox)
             c0, had = time.perf_counter(), ledger.pending
             ledger._flush_logged()
             if began is not None and had:
                 flush_s.append(time.perf_counter() - c0)
+            if now >= index_at:
+                index_at += index_min * 60
+                ledger.catch_up()
+                counted["batches"] += 1
             if autocheckpoint is None:
                 ledger.checkpointer.step(ckpt_db)
             if outbox:   # the drainer: a batch once its oldest point is 5 s old, deleted when "confirmed"
@@ -345,6 +374,8 @@ def simulate_writes(fs: LoopFs | None, base: Path, name: str, minutes: float, wa
         "page_size": page, "simulated_min": minutes, "readings_per_day": round(counted["readings"] * day),
         "commits_per_day": round(commits * day),
         "rows_mb_per_day": round(counted["rows_bytes"] * day / MB, 1),
+        "stored_rows_mb_per_day": round(counted["stored_bytes"] * day / MB, 1),
+        "index_batches_per_day": round(counted["batches"] * day),
         "wal_mb_per_day": round(counted["frames"] * (page + 24) * day / MB, 1),
         "process_write_mb_per_day": round(wrote * day / MB, 1),
         "device_write_mb_per_day": round(device * day / MB, 1) if device is not None else None,
@@ -380,6 +411,7 @@ def write_day(base: Path) -> tuple[object, object, dict]:
             ledger.add(values.reading(polls[k][1], polls[k][0]))
             k += 1
         ledger.flush()
+    ledger.catch_up()
     rng = random.Random(3)
     day_us = to_us(START)
     at = lambda: from_us(day_us + rng.randrange(86_400_000_000))  # noqa: E731
@@ -417,7 +449,7 @@ def size_and_retention(base: Path, res: dict) -> None:
     sizes = table_sizes(ledger._db)
     n = info["readings"]
     out(f"2. a day of the site in one ledger: {n:,} readings ({info['write_s']} s to write)")
-    groups = {"readings": ["readings", "readings_meter_ts"], "energy": ["energy"],
+    groups = {"readings": ["reading_log", "readings_by_meter", "meters"], "energy": ["energy"],
               "events": ["swipes", "swipes_ts", "door_events", "door_events_ts", "patrol_checkins",
                          "patrol_checkins_ts", "sqlite_autoindex_patrol_checkins_1", "alerts", "alerts_state",
                          "sqlite_autoindex_alerts_1", "alert_history", "alert_history_ts"]}
@@ -452,7 +484,7 @@ def size_and_retention(base: Path, res: dict) -> None:
         f"longest {run.longest_s * 1000:.1f} ms (the longest the event loop waited); {took:.1f} s in all "
         f"(the thinning check runs in a worker thread)")
     out(f"  energy of the day: {per['energy']['bytes'] / MB:.2f} MB -> {energy_thin / MB:.2f} MB thinned "
-        f"(payload {after.get('energy', {}).get('payload', 0) / MB:.2f} MB); {free_pages * 4096 / MB:.0f} MB of "
+        f"(payload {after.get('energy', {}).get('payload', 0) / MB:.2f} MB); {free_pages * ledger.page_size / MB:.0f} MB of "
         f"freed pages for the next rows")
     st = cfg.storage
     raw_day = per["readings"]["bytes"] + per["energy"]["bytes"]

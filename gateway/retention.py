@@ -250,7 +250,7 @@ class Retention:
         self.pauses: list[float] = []   # every batch's duration, of the last run
         db = ledger._db
         self._episode = {t: "episode" in {r[1] for r in db.execute(f"PRAGMA table_info({t})")}
-                         for t in ("readings", "device_status", "swipes", "door_events", "patrol_checkins",
+                         for t in ("device_status", "swipes", "door_events", "patrol_checkins",
                                    "alerts", "alert_history")}
 
     def _trusted_only(self, table: str) -> str:
@@ -258,8 +258,12 @@ class Retention:
 
     # -- one batch ---------------------------------------------------------------------------------
     async def _batch(self, run: RetentionRun, what: str, sql: str, args: tuple) -> int:
+        return await self._call(run, what, lambda *a: self.ledger._db.execute(sql, a).rowcount, args)
+
+    async def _call(self, run: RetentionRun, what: str, fn, args: tuple) -> int:
+        """One batch: `fn(*args)` returns the rows it removed."""
         began = time.perf_counter()
-        n = self.ledger._db.execute(sql, args).rowcount
+        n = fn(*args)
         took = time.perf_counter() - began
         if n:
             run.batches += 1
@@ -300,21 +304,21 @@ class Retention:
         events_cut = now_us - self.st.events_days * DAY_US
         energy_cut = now_us - round(self.st.energy_years * 365.25) * DAY_US
         ep = self._trusted_only
-        # Readings in the order they were written (rowid): a batch then empties whole pages of the
-        # table instead of picking one meter's rows out of thousands of pages. It stops at the
+        # Readings in the order they were written (their id): a batch then empties whole pages of
+        # the log instead of picking one meter's rows out of thousands of pages. It stops at the
         # first batch with nothing old; a reading that arrived late is found through its meter.
-        db = self.ledger._db
-        lo = db.execute("SELECT min(id) FROM readings").fetchone()[0]
-        while lo is not None:
-            hi = db.execute("SELECT max(id) FROM (SELECT id FROM readings WHERE id >= ? ORDER BY id LIMIT ?)",
-                            (lo, self.batch_rows)).fetchone()[0]
-            if hi is None or not await self._batch(run, "readings", "DELETE FROM readings WHERE id BETWEEN ? AND ? "
-                                                   f"AND ts_us < ?{ep('readings')}", (lo, hi, raw_cut)):
+        # What the ledger has not moved into its per-meter form yet is moved first: a reading's
+        # energy counter outlives it (gateway/ledger/indexer.py).
+        await self.ledger.catch_up_async()
+        span = self.ledger.reading_id_after(None, self.batch_rows)
+        while span is not None:
+            if not await self._call(run, "readings", self.ledger.delete_readings, (*span, raw_cut)):
                 break
-            lo = hi + 1
-        for meter in self._keys("readings", "meter"):
-            await self._drain(run, "readings", "DELETE FROM readings WHERE id IN (SELECT id FROM readings "
-                              f"WHERE meter = ? AND ts_us < ?{ep('readings')} LIMIT ?)", (meter, raw_cut))
+            span = self.ledger.reading_id_after(span[1] + 1, self.batch_rows)
+        for meter in self.ledger.reading_meters():
+            while await self._call(run, "readings", self.ledger.delete_meter_readings,
+                                   (meter, raw_cut, self.batch_rows)) == self.batch_rows:
+                pass
         meters = self._keys("energy", "meter")
         for meter in meters:
             await self._drain(run, "energy counters older than the limit",

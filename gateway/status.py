@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 
 from .clock import from_us, to_us
 from .config import SiteConfig
+from .ledger import queries
 
 
 class NoLedger(Exception):
@@ -32,7 +33,8 @@ def collect(cfg: SiteConfig, now: datetime | None = None) -> dict:
         last_status = {d: (bool(o), ts, reason) for d, o, ts, reason in db.execute(
             "SELECT device, online, ts_us, reason FROM device_status WHERE id IN "
             "(SELECT max(id) FROM device_status GROUP BY device)")}
-        last_reading = dict(db.execute("SELECT meter, max(ts_us) FROM readings GROUP BY meter"))
+        last_reading = queries.last_reading_times(db) if queries.has_log(db) else \
+            dict(db.execute("SELECT meter, max(ts_us) FROM readings GROUP BY meter"))   # not upgraded yet
         outbox = {"depth": 0, "bytes": 0, "oldest_age_s": None, "last_write_age_s": None, "rejected": 0}
         if version >= 2:
             depth, size, oldest_ms = db.execute(

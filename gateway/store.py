@@ -15,6 +15,7 @@ from contextlib import contextmanager
 import logging
 import sqlite3
 import struct
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -24,7 +25,10 @@ from typing import Iterable, Iterator
 from .clock import from_us, to_us
 from .events import AlertChange, CardSwipe, DeviceStatus, DoorEvent, GatewayStats, PatrolCheckin, Reading
 from .hub import Hub
+from .ledger import queries
 from .ledger.checkpoint import WAL_BYTES, Checkpointer
+from .ledger.codec import encodable_counter, encode_counter_values, encode_vals, varint
+from .ledger.indexer import Indexer
 from .private import create_private, make_private_dir, replace_file, tighten
 
 log = logging.getLogger(__name__)
@@ -269,15 +273,52 @@ MIGRATIONS: list[str] = [
         seen_us    INTEGER NOT NULL
     );
     """,
+    """
+    -- The write path of an SD card (docs/storage.md): readings are appended in the order they
+    -- arrive, a commit touches the log's tail and no per-meter page; a worker moves them into
+    -- readings_by_meter and their counters into `energy` in large batches
+    -- (gateway/ledger/indexer.py), and `meta` 'indexed' says how far (gateway/ledger/queries.py
+    -- reads both). A schema-7 reading keeps its id and its row as written (counters TEXT); the
+    -- ledger copies them over in batches at its first start (store.py, _finish_upgrade).
+    CREATE TABLE meters (
+        id   INTEGER PRIMARY KEY,
+        name TEXT    NOT NULL UNIQUE
+    );
+    CREATE TABLE reading_log (
+        id        INTEGER PRIMARY KEY,      -- arrival order
+        meter     INTEGER NOT NULL,         -- meters.id
+        ts_us     INTEGER NOT NULL,         -- UTC microseconds since the epoch
+        field_set INTEGER NOT NULL,         -- field_sets.id: the names of vals
+        vals      BLOB    NOT NULL,         -- gateway/ledger/codec.py (float64 LE when counters is TEXT)
+        kwh       TEXT,                     -- the energy_kwh counter, exact decimal text: what `energy` gets
+        counters  BLOB,                     -- codec.py: counter set id, then the other counters; TEXT: JSON (schema 7)
+        episode   INTEGER                   -- clock_episodes.id while its time is not trusted
+    );
+    CREATE INDEX reading_log_episode ON reading_log (episode) WHERE episode IS NOT NULL;
+    CREATE TABLE readings_by_meter (
+        meter INTEGER NOT NULL,
+        ts_us INTEGER NOT NULL,
+        id    INTEGER NOT NULL,             -- reading_log.id
+        PRIMARY KEY (meter, ts_us, id)
+    ) WITHOUT ROWID;
+    DROP INDEX readings_meter_ts;
+    ALTER TABLE readings RENAME TO readings_v7;
+    INSERT OR REPLACE INTO meta (key, value) SELECT 'indexed', coalesce(max(id), 0) FROM readings_v7;
+    -- for people and tools with SQL: the readings as schema 7 named them
+    CREATE VIEW readings AS SELECT l.id AS id, m.name AS meter, l.ts_us AS ts_us, l.field_set AS field_set,
+        l.vals AS vals, l.kwh AS kwh, l.counters AS counters, l.episode AS episode
+        FROM reading_log l JOIN meters m ON m.id = l.meter;
+    """,
 ]
-ENERGY_FIELD = "energy_kwh"   # the counter billing uses, kept in the `energy` table
+ENERGY_FIELD = queries.ENERGY_FIELD   # the counter billing uses, kept in the `energy` table
+UPGRADE_ROWS = 20_000   # schema-7 readings copied per transaction at the first start
 # Two readings of one meter at one instant: the higher counter stands, whichever came first.
 INSERT_ENERGY = ("INSERT INTO energy (meter, ts_us, kwh) VALUES (?,?,?) ON CONFLICT (meter, ts_us) DO UPDATE SET "
                  "kwh = excluded.kwh WHERE CAST(excluded.kwh AS REAL) > CAST(energy.kwh AS REAL)")
 SCHEMA_VERSION = len(MIGRATIONS)
 NEVER_SHED = 100  # outbox priority of what the disk budget may never drop (energy counters)
 PAGE_SIZE = 1024  # of a new ledger (docs/storage.md: measured)
-JOURNAL_SIZE_LIMIT = 4 * WAL_BYTES
+JOURNAL_SIZE_LIMIT = 4 * WAL_BYTES    # a ledger with a longer log (wal_bytes) keeps four times that
 
 
 class LedgerError(Exception):
@@ -413,19 +454,45 @@ def _statements(script: str):
         raise sqlite3.OperationalError(f"incomplete statement at the end of a migration: {buf.strip()[:80]}")
 
 
+def _counter(v) -> Decimal:
+    return v if isinstance(v, Decimal) else Decimal(str(v))
+
+
+def _log_row(event: Reading, *episode) -> tuple:
+    """A reading as it waits for the commit: (meter, ts_us, field names, vals, kwh text, counter
+    names, counters, [episode]). Compact (gateway/ledger/codec.py) unless a counter is not a
+    finite decimal: then as schema 7 wrote it (float64 values, JSON counters; counter names None)."""
+    values, counters = event.values, event.counters
+    kwh = counters.get(ENERGY_FIELD)
+    kwh = None if kwh is None else str(kwh)
+    others = [_counter(v) for k, v in counters.items() if k != ENERGY_FIELD]
+    if all(encodable_counter(v) for v in others):
+        return (event.meter, to_us(event.ts), tuple(values), encode_vals(values.values()), kwh, tuple(counters),
+                encode_counter_values(others), *episode)
+    return (event.meter, to_us(event.ts), tuple(values), struct.pack(f"<{len(values)}d", *values.values()), kwh,
+            None, json.dumps({k: str(v) for k, v in counters.items()}, separators=(",", ":")), *episode)
+
+
 class Ledger:
     """Readings, statuses and the outbox. `encoder` (an event -> OutboxRow) turns the outbox on:
     every row is then committed in the same transaction as the reading it comes from."""
 
-    def __init__(self, path: Path, commit_interval_s: float = 1.0, encoder=None, wal_bytes: int = WAL_BYTES):
+    def __init__(self, path: Path, commit_interval_s: float = 1.0, encoder=None, wal_bytes: int = WAL_BYTES,
+                 index: dict | None = None):
         self.path = Path(path)
         self.commit_interval_s = commit_interval_s
         self.encoder = encoder
         self._db = _connect(self.path)
         migrate(self._db, self.path)
         self.page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
+        if wal_bytes > WAL_BYTES:
+            self._db.execute(f"PRAGMA journal_size_limit={4 * wal_bytes}")
         self.checkpointer = Checkpointer(self.path, self.page_size, wal_bytes)
         self.checkpointer.start()
+        self._finish_upgrade()
+        self.indexer = Indexer(self.path, **(index or {}))
+        self.indexer.start()
+        self._meters: dict[str, int] = {}
         self._readings: list[tuple] = []
         self._energy: list[tuple] = []
         self._statuses: list[tuple] = []
@@ -435,8 +502,6 @@ class Ledger:
         self.commits = 0
         self.committed = asyncio.Event()  # set after each commit that added outbox rows
         self._field_sets: dict[tuple[str, ...], int] = {}
-        self._field_names: dict[int, tuple[str, ...]] = {}
-        self._unresolved = False      # a pending reading names a field set not yet in the ledger
         self.outbox_depth, self.outbox_bytes = self._db.execute(
             "SELECT count(*), coalesce(sum(length(line)), 0) FROM outbox").fetchone()
         # Storage care (gateway/retention.py): `write_gate()` False holds the batches in memory
@@ -456,6 +521,42 @@ class Ledger:
         self.outbox_held = self._db.execute("SELECT count(*) FROM outbox_held").fetchone()[0]
         self._move_keys_out()
 
+    def _finish_upgrade(self) -> None:
+        """Copy the readings of a schema-7 ledger into reading_log, in transactions of
+        UPGRADE_ROWS in id order, each deleting what it copied: the pages freed take the next
+        copies, so the file grows by a batch, not by the readings. A start cut short goes on
+        where it stopped. Rows keep their id and their bytes; their counters are in `energy`
+        already (schema 6), so they count as moved (`indexed` was set by the migration)."""
+        db = self._db
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'readings_v7'").fetchone():
+            return
+        began, copied = time.monotonic(), 0
+        total = db.execute("SELECT count(*) FROM readings_v7").fetchone()[0]
+        if total:
+            log.warning("ledger %s: upgrading %d readings to the new layout (a few minutes per ten million; "
+                        "readings and InfluxDB wait meanwhile)", self.path, total)
+        while True:
+            with _transaction(db, "IMMEDIATE"):
+                lo = db.execute("SELECT min(id) FROM readings_v7").fetchone()[0]
+                if lo is None:
+                    db.execute("DROP TABLE readings_v7")
+                    break
+                hi = db.execute("SELECT max(id) FROM (SELECT id FROM readings_v7 WHERE id >= ? ORDER BY id LIMIT ?)",
+                                (lo, UPGRADE_ROWS)).fetchone()[0]
+                db.execute("INSERT INTO meters (name) SELECT DISTINCT meter FROM readings_v7 WHERE id BETWEEN ? AND ? "
+                           "ON CONFLICT (name) DO NOTHING", (lo, hi))
+                copied += db.execute(
+                    "INSERT INTO reading_log (id, meter, ts_us, field_set, vals, kwh, counters, episode) "
+                    "SELECT r.id, m.id, r.ts_us, r.field_set, r.vals, NULL, r.counters, r.episode "
+                    "FROM readings_v7 r JOIN meters m ON m.name = r.meter WHERE r.id BETWEEN ? AND ? ORDER BY r.id",
+                    (lo, hi)).rowcount
+                db.execute("INSERT INTO readings_by_meter (meter, ts_us, id) SELECT meter, ts_us, id FROM reading_log "
+                           "WHERE id BETWEEN ? AND ? ORDER BY meter, ts_us, id", (lo, hi))
+                db.execute("DELETE FROM readings_v7 WHERE id BETWEEN ? AND ?", (lo, hi))
+            self.checkpointer.note_commit()
+        if total:
+            log.warning("ledger %s: %d readings upgraded in %.0f s", self.path, copied, time.monotonic() - began)
+
     # ---- writing ----
 
     def add(self, event: object) -> None:
@@ -469,24 +570,9 @@ class Ledger:
             if row is not None:
                 self._outbox.append((row.measurement, row.priority, row.ts_ms, row.line, row.essential))
         if isinstance(event, Reading):
-            # Values as packed doubles: formatting floats as text is most of a reading's cost.
-            values = event.values
-            ts_us = to_us(event.ts)
-            names = tuple(values)
-            fset = self._field_sets.get(names)
-            if fset is None:
-                # A new field set is inserted when the batch is committed: an insert here would
-                # raise out of the ledger's task when the disk is full.
-                fset = names
-                self._unresolved = True
-            self._readings.append((
-                event.meter, ts_us, fset,
-                struct.pack(f"<{len(values)}d", *values.values()),
-                json.dumps({k: str(v) for k, v in event.counters.items()}, separators=(",", ":")),
-            ))
-            kwh = event.counters.get(ENERGY_FIELD)
-            if kwh is not None:
-                self._energy.append((event.meter, ts_us, str(kwh)))
+            # Meter, field sets and counter set are resolved when the batch is committed: an
+            # insert here would raise out of the ledger's task when the disk is full.
+            self._readings.append(_log_row(event))
         elif isinstance(event, DeviceStatus):
             self._statuses.append((event.device, event.kind, to_us(event.ts), int(event.online), event.reason))
         elif isinstance(event, (CardSwipe, DoorEvent, PatrolCheckin, AlertChange)):
@@ -500,31 +586,44 @@ class Ledger:
             db.execute("INSERT INTO field_sets (names) VALUES (?) ON CONFLICT (names) DO NOTHING", (text,))
             found = db.execute("SELECT id FROM field_sets WHERE names = ?", (text,)).fetchone()[0]
             self._field_sets[names] = found
-            self._field_names[found] = names
         return found
+
+    def _meter_id(self, name: str) -> int:
+        found = self._meters.get(name)
+        if found is None:
+            db = self._db
+            db.execute("INSERT INTO meters (name) VALUES (?) ON CONFLICT (name) DO NOTHING", (name,))
+            found = self._meters[name] = db.execute("SELECT id FROM meters WHERE name = ?", (name,)).fetchone()[0]
+        return found
+
+    def _resolved(self, row: tuple) -> tuple:
+        """A pending reading (see _log_row) as the reading_log row it is written as."""
+        meter, ts_us, names, vals, kwh, cnames, counters, *ep = row
+        if cnames is not None:          # compact counters: the counter set's id goes first
+            counters = varint(self._field_set(cnames) if cnames else 0) + counters
+        return (self._meter_id(meter), ts_us, self._field_set(names), vals, kwh, counters, *ep)
 
     @property
     def pending(self) -> int:
+        """Rows waiting for the commit; a reading's energy counter counts as a row of its own (it
+        becomes one in `energy`)."""
         return len(self._readings) + len(self._statuses) + len(self._outbox) + len(self._field_events) \
-            + len(self._energy) + len(self._marked)
+            + len(self._energy) + len(self._marked) + sum(1 for r in self._readings if r[4] is not None)
 
     def flush(self) -> int:
         """Commit everything added so far in one transaction; returns the rows written."""
         if not self.pending:
             return 0
-        if self._unresolved:
-            self._readings = [r if isinstance(r[2], int) else (r[0], r[1], self._field_set(r[2]), r[3], r[4])
-                              for r in self._readings]
-            self._unresolved = False
-        readings, statuses, outbox = self._readings, self._statuses, self._outbox
+        readings = [self._resolved(r) for r in self._readings]
+        statuses, outbox = self._statuses, self._outbox
         energy = self._energy
         field_events = self._field_events
         marked = self._marked_rows() if self._marked else None
-        with _transaction(self._db) as db:
+        with _transaction(self._db, "IMMEDIATE") as db:
             _insert_field_events(db, field_events)
-            db.executemany("INSERT INTO readings (meter, ts_us, field_set, vals, counters) VALUES (?,?,?,?,?)",
-                           readings)
-            db.executemany(INSERT_ENERGY, energy)
+            db.executemany("INSERT INTO reading_log (meter, ts_us, field_set, vals, kwh, counters) "
+                           "VALUES (?,?,?,?,?,?)", readings)
+            db.executemany(INSERT_ENERGY, energy)     # counters of readings dropped from memory
             db.executemany("INSERT INTO device_status (device, kind, ts_us, online, reason) VALUES (?,?,?,?,?)",
                            statuses)
             db.executemany("INSERT INTO outbox (measurement, priority, ts_ms, line, essential) VALUES (?,?,?,?,?)",
@@ -540,6 +639,7 @@ class Ledger:
         self.readings_written += len(readings)
         self.commits += 1
         self.checkpointer.note_commit()
+        self.indexer.note_rows(len(readings) + (len(marked["readings"]) if marked is not None else 0))
         if outbox:
             self.outbox_depth += len(outbox)
             self.outbox_bytes += sum(len(r[3]) for r in outbox)
@@ -603,7 +703,8 @@ class Ledger:
     _HELD_READING, _HELD_ENERGY, _HELD_POINT = 480, 130, 250
 
     def held_bytes(self) -> int:
-        return (len(self._readings) * self._HELD_READING + len(self._energy) * self._HELD_ENERGY
+        counters = len(self._energy) + sum(1 for r in self._readings if r[4] is not None)
+        return (len(self._readings) * self._HELD_READING + counters * self._HELD_ENERGY
                 + sum(len(r[3]) + len(r[4] or "") for r in self._outbox) + len(self._outbox) * self._HELD_POINT
                 + (len(self._statuses) + len(self._field_events)) * self._HELD_READING)
 
@@ -626,6 +727,8 @@ class Ledger:
             dropped["points"] = n
         if over > 0 and self._readings:
             n = min(len(self._readings), -(-over // self._HELD_READING))
+            # their energy counters stay, written straight into `energy` when the ledger can write
+            self._energy.extend((r[0], r[1], r[4]) for r in self._readings[:n] if r[4] is not None)
             del self._readings[:n]
             over -= n * self._HELD_READING
             dropped["readings"] = n
@@ -647,6 +750,7 @@ class Ledger:
         self._flush_logged(force=True)  # the last chance, even with the write gate closed
         if self.pending:
             log.error("ledger %s: %d rows could not be written before closing and are lost", self.path, self.pending)
+        self.indexer.stop()
         self.checkpointer.stop()
         self._db.close()
 
@@ -826,17 +930,14 @@ class Ledger:
 
     def energy_series(self, meter: str, start_us: int, end_us: int) -> list[tuple[int, str]]:
         """(ts_us, exact counter text) of one meter in [start_us, end_us], in time order."""
-        return self._db.execute("SELECT ts_us, kwh FROM energy WHERE meter = ? AND ts_us BETWEEN ? AND ? "
-                                "ORDER BY ts_us", (meter, start_us, end_us)).fetchall()
+        return queries.energy_series(self._db, meter, start_us, end_us)
 
     def energy_before(self, meter: str, ts_us: int, limit_us: int) -> tuple[int, str] | None:
         """The last counter before `ts_us` but not before `limit_us`."""
-        return self._db.execute("SELECT ts_us, kwh FROM energy WHERE meter = ? AND ts_us < ? AND ts_us >= ? "
-                                "ORDER BY ts_us DESC LIMIT 1", (meter, ts_us, limit_us)).fetchone()
+        return queries.energy_before(self._db, meter, ts_us, limit_us)
 
     def energy_after(self, meter: str, ts_us: int, limit_us: int) -> tuple[int, str] | None:
-        return self._db.execute("SELECT ts_us, kwh FROM energy WHERE meter = ? AND ts_us > ? AND ts_us <= ? "
-                                "ORDER BY ts_us LIMIT 1", (meter, ts_us, limit_us)).fetchone()
+        return queries.energy_after(self._db, meter, ts_us, limit_us)
 
     def save_allocation(self, month: str, created_us: int, bill: str | None, metered_cost: str, recovered: str,
                         quality: int, out_dir: str, summary: str, charges: list[tuple[str, str, str]],
@@ -888,47 +989,12 @@ class Ledger:
         """Per meter, its last reading before `before_us` that has the counter `field`:
         (meter, ts_us, counter as stored, corrupt) where corrupt is 1 when newer readings were
         passed over because their counters were not valid JSON. One index probe per meter."""
-        path = f"$.{field}"
-        return self._db.execute(
-            "SELECT m.value, r.ts_us, json_extract(r.counters, :path), "
-            "  (SELECT NOT json_valid(x.counters) FROM readings x WHERE x.meter = m.value AND x.ts_us < :before "
-            "   ORDER BY x.ts_us DESC LIMIT 1) "
-            "FROM json_each(:meters) m JOIN readings r ON r.id = "
-            "  (SELECT y.id FROM readings y WHERE y.meter = m.value AND y.ts_us < :before AND y.episode IS NULL "
-            "   AND CASE WHEN json_valid(y.counters) THEN json_extract(y.counters, :path) END IS NOT NULL "
-            "   ORDER BY y.ts_us DESC LIMIT 1)",
-            {"path": path, "before": before_us, "meters": json.dumps(list(meters))}).fetchall()
+        return queries.last_counters(self._db, meters, field, before_us)
 
     def counters_around(self, meters: list[str], field: str, times_us: list[int], max_gap_us: int,
                         before_us: int) -> list[tuple]:
-        """The counter `field` either side of each instant, per meter: the last reading before t
-        (not more than max_gap_us before) and the first at or after t (not more than max_gap_us
-        after, and before `before_us`). Rows (meter, t_us, before_ts_us, before_counter,
-        after_ts_us, after_counter, corrupt), None where there is no such reading; corrupt counts
-        the nearest readings passed over because their counters were not valid JSON. Index
-        probes only: what a window edge needs, not the readings in between."""
-        path = f"$.{field}"
-        # (episode IS NULL: not a reading of an unrepaired clock episode, whose time is wrong)
-        ok = ("r.episode IS NULL AND "
-              "CASE WHEN json_valid(r.counters) THEN json_extract(r.counters, :path) END IS NOT NULL")
-        return self._db.execute(
-            f"""WITH probes (meter, t, b, a, bad) AS (
-                SELECT m.value, e.value,
-                  (SELECT r.id FROM readings r WHERE r.meter = m.value AND r.ts_us < e.value
-                     AND r.ts_us >= e.value - :gap AND {ok} ORDER BY r.ts_us DESC LIMIT 1),
-                  (SELECT r.id FROM readings r WHERE r.meter = m.value AND r.ts_us >= e.value
-                     AND r.ts_us <= e.value + :gap AND r.ts_us < :before AND {ok} ORDER BY r.ts_us LIMIT 1),
-                  coalesce((SELECT NOT json_valid(r.counters) FROM readings r WHERE r.meter = m.value
-                     AND r.ts_us < e.value AND r.ts_us >= e.value - :gap ORDER BY r.ts_us DESC LIMIT 1), 0)
-                  + coalesce((SELECT NOT json_valid(r.counters) FROM readings r WHERE r.meter = m.value
-                     AND r.ts_us >= e.value AND r.ts_us <= e.value + :gap AND r.ts_us < :before
-                     ORDER BY r.ts_us LIMIT 1), 0)
-                FROM json_each(:meters) m, json_each(:times) e)
-            SELECT p.meter, p.t, rb.ts_us, json_extract(rb.counters, :path), ra.ts_us,
-                   json_extract(ra.counters, :path), p.bad
-            FROM probes p LEFT JOIN readings rb ON rb.id = p.b LEFT JOIN readings ra ON ra.id = p.a""",
-            {"path": path, "gap": max_gap_us, "before": before_us, "meters": json.dumps(list(meters)),
-             "times": json.dumps(list(times_us))}).fetchall()
+        """The counter `field` either side of each instant, per meter (gateway/ledger/queries.py)."""
+        return queries.counters_around(self._db, meters, field, times_us, max_gap_us, before_us)
 
     def patrol_checkins_between(self, start_us: int, end_us: int) -> list[tuple]:
         """Checkins recorded (ts) in [start_us, end_us), in the order they arrived: (ts_us,
@@ -945,36 +1011,99 @@ class Ledger:
         buses, readers), a swipe, a door event, a patrol checkin (by arrival), an alert change.
         Sorted. Index ranges only."""
         args = {"s": start_us, "e": end_us, "b": bucket_us, "devices": json.dumps(list(devices))}
+        found = queries.activity(self._db, devices, start_us, end_us, bucket_us)
         rows = self._db.execute(
-            "SELECT DISTINCT ts_us / :b FROM readings WHERE meter IN (SELECT value FROM json_each(:devices)) "
-            "AND ts_us >= :s AND ts_us < :e "
-            "UNION SELECT ts_us / :b FROM device_status WHERE device IN (SELECT value FROM json_each(:devices)) "
+            "SELECT ts_us / :b FROM device_status WHERE device IN (SELECT value FROM json_each(:devices)) "
             "AND ts_us >= :s AND ts_us < :e "
             "UNION SELECT ts_us / :b FROM swipes WHERE ts_us >= :s AND ts_us < :e "
             "UNION SELECT ts_us / :b FROM door_events WHERE ts_us >= :s AND ts_us < :e "
             "UNION SELECT received_us / :b FROM patrol_checkins WHERE ts_us >= :s - 86400000000 "
             "AND received_us >= :s AND received_us < :e "
             "UNION SELECT ts_us / :b FROM alert_history WHERE ts_us >= :s AND ts_us < :e ORDER BY 1", args)
-        return [b for (b,) in rows]
+        found.update(b for (b,) in rows)
+        return sorted(found)
 
     # ---- reading ----
 
     def count_readings(self, meter: str | None = None) -> int:
-        if meter is None:
-            return self._db.execute("SELECT count(*) FROM readings").fetchone()[0]
-        return self._db.execute("SELECT count(*) FROM readings WHERE meter = ?", (meter,)).fetchone()[0]
+        return queries.count_readings(self._db, meter)
 
     def readings(self, meter: str | None = None) -> Iterator[StoredReading]:
-        sql = "SELECT id, meter, ts_us, field_set, vals, counters FROM readings"
-        args: tuple = ()
-        if meter is not None:
-            sql += " WHERE meter = ?"
-            args = (meter,)
-        sets = {i: tuple(n.split(",")) for i, n in self._db.execute("SELECT id, names FROM field_sets")}
-        for rid, m, ts, fset, vals, counters in self._db.execute(sql + " ORDER BY id", args):
-            names = sets[fset]
-            yield StoredReading(rid, m, from_us(ts), dict(zip(names, struct.unpack(f"<{len(names)}d", vals))),
-                                {k: Decimal(v) for k, v in json.loads(counters).items()})
+        for rid, m, ts, values, counters in queries.all_rows(self._db, meter):
+            yield StoredReading(rid, m, from_us(ts), values, counters)
+
+    def has_readings(self, meter: str, start_us: int, end_us: int) -> bool:
+        """Any reading of `meter` in [start_us, end_us]."""
+        return queries.has_readings(self._db, meter, start_us, end_us)
+
+    def write_meter(self, meter: str, names: tuple[str, ...], rows: Iterable[tuple[int, tuple, str | None]],
+                    replacement: "Replacement | None" = None) -> int:
+        """One meter's readings (ts_us, values in `names` order, energy counter text or None) in
+        one transaction, with a meter replacement if given: a generated month
+        (simulators/month.py), in the rows a commit writes. Returns the readings written."""
+        mid, fset = self._meter_id(meter), self._field_set(names)
+        with_kwh, without = varint(self._field_set((ENERGY_FIELD,))), varint(0)
+        data = [(mid, ts, fset, encode_vals(vals), kwh, without if kwh is None else with_kwh)
+                for ts, vals, kwh in rows]
+        with _transaction(self._db, "IMMEDIATE") as db:
+            db.executemany("INSERT INTO reading_log (meter, ts_us, field_set, vals, kwh, counters) "
+                           "VALUES (?,?,?,?,?,?)", data)
+            if replacement is not None:
+                self.record_replacement(replacement)
+        self.readings_written += len(data)
+        self.indexer.note_rows(len(data))
+        self.checkpointer.note_commit()
+        return len(data)
+
+    # ---- retention of readings (gateway/retention.py) ----
+
+    def reading_id_after(self, lo: int | None, n: int) -> tuple[int, int] | None:
+        """(first, last) id of the next `n` readings from `lo` (None: the oldest) in id order."""
+        if lo is None:
+            lo = self._db.execute("SELECT min(id) FROM reading_log").fetchone()[0]
+            if lo is None:
+                return None
+        hi = self._db.execute("SELECT max(id) FROM (SELECT id FROM reading_log WHERE id >= ? ORDER BY id LIMIT ?)",
+                              (lo, n)).fetchone()[0]
+        return None if hi is None else (lo, hi)
+
+    def delete_readings(self, lo: int, hi: int, before_us: int) -> int:
+        """Delete the readings with lo <= id <= hi older than `before_us`, of trusted time and
+        already in their per-meter form (their counters are in `energy`), with their per-meter
+        entries; one transaction."""
+        with _transaction(self._db, "IMMEDIATE") as db:
+            hi = min(hi, queries.indexed(db))
+            args = (lo, hi, before_us)
+            db.execute("DELETE FROM readings_by_meter WHERE (meter, ts_us, id) IN (SELECT meter, ts_us, id FROM "
+                       "reading_log WHERE id BETWEEN ? AND ? AND ts_us < ? AND episode IS NULL)", args)
+            return db.execute("DELETE FROM reading_log WHERE id BETWEEN ? AND ? AND ts_us < ? AND episode IS NULL",
+                              args).rowcount
+
+    def reading_meters(self) -> list[int]:
+        return [i for (i,) in self._db.execute("SELECT id FROM meters ORDER BY id")]
+
+    def delete_meter_readings(self, meter_id: int, before_us: int, limit: int) -> int:
+        """Delete up to `limit` of one meter's readings older than `before_us` (of trusted time,
+        already in their per-meter form) by time: those that arrived late."""
+        with _transaction(self._db, "IMMEDIATE") as db:
+            rows = db.execute("SELECT b.ts_us, b.id FROM readings_by_meter b JOIN reading_log r ON r.id = b.id "
+                              "WHERE b.meter = ? AND b.ts_us < ? AND b.id <= ? AND r.episode IS NULL LIMIT ?",
+                              (meter_id, before_us, queries.indexed(db), limit)).fetchall()
+            db.executemany("DELETE FROM readings_by_meter WHERE meter = ? AND ts_us = ? AND id = ?",
+                           [(meter_id, t, i) for t, i in rows])
+            db.executemany("DELETE FROM reading_log WHERE id = ?", [(i,) for _, i in rows])
+        return len(rows)
+
+    # ---- the per-meter form (gateway/ledger/indexer.py) ----
+
+    def catch_up(self) -> int:
+        """Move every reading appended so far into readings_by_meter and `energy` now (the
+        indexer's worker does it by itself every hour); returns the readings moved."""
+        return self.indexer.catch_up()
+
+    async def catch_up_async(self) -> int:
+        """catch_up in a worker thread: the event loop goes on meanwhile."""
+        return await asyncio.to_thread(self.indexer.catch_up)
 
     def latest_status(self) -> dict[str, bool]:
         rows = self._db.execute(
@@ -1003,14 +1132,10 @@ class Ledger:
                 out["outbox"].append((ep, row.measurement, row.priority, ts_us, row.line, row.essential, shift_ts,
                                       int(isinstance(e, PatrolCheckin) and not shift_ts)))
             if isinstance(e, Reading):
-                ts_us, values = to_us(e.ts), e.values
-                out["readings"].append((e.meter, ts_us, self._field_set(tuple(values)),
-                                        struct.pack(f"<{len(values)}d", *values.values()),
-                                        json.dumps({k: str(v) for k, v in e.counters.items()}, separators=(",", ":")),
-                                        ep))
-                kwh = e.counters.get(ENERGY_FIELD)
-                if kwh is not None:
-                    out["energy"].append((e.meter, ts_us, str(kwh), ep))
+                row = self._resolved(_log_row(e, ep))
+                out["readings"].append(row)
+                if row[4] is not None:
+                    out["energy"].append((e.meter, row[1], row[4], ep))
             elif isinstance(e, DeviceStatus):
                 out["statuses"].append((e.device, e.kind, to_us(e.ts), int(e.online), e.reason, ep))
             elif isinstance(e, (CardSwipe, DoorEvent, PatrolCheckin, AlertChange)):
@@ -1019,8 +1144,8 @@ class Ledger:
 
     @staticmethod
     def _insert_marked(db: sqlite3.Connection, m: dict) -> None:
-        db.executemany("INSERT INTO readings (meter, ts_us, field_set, vals, counters, episode) VALUES (?,?,?,?,?,?)",
-                       m["readings"])
+        db.executemany("INSERT INTO reading_log (meter, ts_us, field_set, vals, kwh, counters, episode) "
+                       "VALUES (?,?,?,?,?,?,?)", m["readings"])
         db.executemany("INSERT INTO energy_held (meter, ts_us, kwh, episode) VALUES (?,?,?,?)", m["energy"])
         db.executemany("INSERT INTO device_status (device, kind, ts_us, online, reason, episode) VALUES (?,?,?,?,?,?)",
                        m["statuses"])
@@ -1045,7 +1170,7 @@ class Ledger:
         A wall clock before it after a reboot is wrong (fake-hwclock restores an older time)."""
         return self._db.execute(
             "SELECT max(t) FROM ("
-            " SELECT (SELECT max(ts_us) FROM (SELECT ts_us FROM readings WHERE episode IS NULL "
+            " SELECT (SELECT max(ts_us) FROM (SELECT ts_us FROM reading_log WHERE episode IS NULL "
             "         ORDER BY id DESC LIMIT 100)) AS t"
             " UNION ALL SELECT (SELECT max(ts_us) FROM (SELECT ts_us FROM device_status WHERE episode IS NULL "
             "         ORDER BY id DESC LIMIT 100))"
@@ -1079,7 +1204,8 @@ class Ledger:
     def clock_episode_rows(self, episode: int) -> dict[str, int]:
         """Rows still marked with the episode, per table (energy: held counters, outbox: held points)."""
         db = self._db
-        out = {t: db.execute(f"SELECT count(*) FROM {t} WHERE episode = ?", (episode,)).fetchone()[0]
+        out = {t: db.execute(f"SELECT count(*) FROM {'reading_log' if t == 'readings' else t} WHERE episode = ?",
+                             (episode,)).fetchone()[0]
                for t in self.CLOCK_TABLES}
         out["energy"] = db.execute("SELECT count(*) FROM energy_held WHERE episode = ?", (episode,)).fetchone()[0]
         out["outbox"] = db.execute("SELECT count(*) FROM outbox_held WHERE episode = ?", (episode,)).fetchone()[0]
@@ -1123,7 +1249,12 @@ class Ledger:
         with _transaction(self._db, "IMMEDIATE") as db:
             for ep, off, lo, hi in fixes:
                 n: dict[str, int] = {}
-                for t in ("readings", "device_status", "swipes", "door_events", "alert_history"):
+                # the per-meter entries of those already moved there go with them
+                db.execute("UPDATE readings_by_meter SET ts_us = ts_us + ? WHERE (meter, ts_us, id) IN "
+                           "(SELECT meter, ts_us, id FROM reading_log WHERE episode = ?)", (off, ep))
+                n["readings"] = db.execute("UPDATE reading_log SET ts_us = ts_us + ?, episode = NULL WHERE episode = ?",
+                                           (off, ep)).rowcount
+                for t in ("device_status", "swipes", "door_events", "alert_history"):
                     n[t] = db.execute(f"UPDATE {t} SET ts_us = ts_us + ?, episode = NULL WHERE episode = ?",
                                       (off, ep)).rowcount
                 args = {"off": off, "lo": lo, "hi": hi, "ep": ep}

@@ -49,7 +49,7 @@ def write_site(path, **kw):
 def rows(db) -> list[tuple]:
     con = sqlite3.connect(db)
     try:
-        return con.execute("SELECT meter, ts_us, field_set, vals, counters FROM readings ORDER BY id").fetchall()
+        return con.execute("SELECT meter, ts_us, field_set, vals, kwh, counters FROM readings ORDER BY id").fetchall()
     finally:
         con.close()
 

@@ -93,8 +93,9 @@ def test_retention_removes_exactly_what_is_older_than_its_limit_and_nothing_else
     db.executemany(INSERT_ENERGY, [("m1", to_us(energy_cut - s), "1.00"), ("m1", to_us(energy_cut + s), "2.00")])
     has_episode = "episode" in {r[1] for r in db.execute("PRAGMA table_info(readings)")}
     if has_episode:   # recorded while the clock was untrusted: its time is not known, so it stays
-        db.execute("INSERT INTO readings (meter, ts_us, field_set, vals, counters, episode) "
-                   "SELECT meter, ?, field_set, vals, counters, 7 FROM readings LIMIT 1", (to_us(NOW - 300 * DAY),))
+        db.execute("INSERT INTO reading_log (meter, ts_us, field_set, vals, kwh, counters, episode) "
+                   "SELECT meter, ?, field_set, vals, kwh, counters, 7 FROM reading_log LIMIT 1",
+                   (to_us(NOW - 300 * DAY),))
     outbox = ledger.outbox_depth
     readings_before = column(db, "SELECT ts_us FROM readings ORDER BY ts_us")
 
@@ -420,6 +421,7 @@ def test_below_the_floor_readings_wait_in_memory_within_a_bound(tmp_path, caplog
     ledger._flush_logged()
     assert not guard.held and not ledger.holding
     db = ledger._db
+    ledger.catch_up()           # the readings' counters into `energy` now, not within the hour
     assert column(db, "SELECT count(*) FROM readings") == [2]
     assert column(db, "SELECT kwh FROM energy ORDER BY ts_us") == [f"{100 + i}.00" for i in range(10)]
     assert column(db, "SELECT count(*) FROM device_status WHERE device = 'm1'") == [1]
@@ -451,6 +453,7 @@ def test_sqlite_full_on_commit_keeps_the_batch_and_retries(tmp_path, caplog):
     db.execute("PRAGMA max_page_count = 1073741823")
     ledger._flush_logged()
     assert ledger.commit_failures == 0 and ledger.pending == 0 and not ledger.holding
+    ledger.catch_up()           # the readings' counters into `energy` now, not within the hour
     assert ledger.count_readings() == 400 and db.execute("SELECT count(*) FROM energy").fetchone()[0] == 400
     assert [r.values.get("new_field") for r in ledger.readings("m1")][1:] == [float(i) for i in range(1, 400)]
     assert any("committing again after 3 failed attempts" in r.getMessage() for r in caplog.records)

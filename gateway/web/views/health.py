@@ -14,7 +14,8 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from ...clock import to_us
-from .meters import last_reading, last_status, state_of
+from ...ledger import queries
+from .meters import last_status, state_of
 
 TIMESYNC_FLAG = Path("/run/systemd/timesync/synchronized")
 
@@ -60,12 +61,12 @@ def live_buses(cfg, gw, uptime_s: float) -> list[dict]:
 
 def ledger_buses(cfg, db) -> list[dict]:
     """What the ledger says: each meter's state as on the meters page, each bus's last status."""
-    sets = {i: tuple(n.split(",")) for i, n in db.execute("SELECT id, names FROM field_sets")} if db is not None else {}
+    lasts = queries.last_readings(db, [m.id for m in cfg.meters]) if db is not None else {}
     out = []
     for b in cfg.buses:
         states = []
         for m in (m for m in cfg.meters if m.bus == b.id):
-            last = last_reading(db, m.id, sets) if db is not None else None
+            last = lasts.get(m.id)
             states.append(state_of(last, last_status(db, m.id) if db is not None else None))
         bus_status = last_status(db, b.id) if db is not None else None
         out.append({"id": b.id, "meters": len(states), "online": states.count("online"),

@@ -1,0 +1,476 @@
+"""Reading the readings: the appended log, its per-meter form, and the energy counters.
+
+Readings are appended to `reading_log` in the order they arrive; a worker
+(gateway/ledger/indexer.py) moves them in batches into `readings_by_meter` (meter, time, id)
+and their energy counters into `energy`, and notes in `meta` how far it got (`indexed`: every
+reading up to that id is in both). The rows after that mark are the tail: at most about a
+batch interval of readings (an hour: 17,520 for the reference site). Every query here reads the
+per-meter form and the tail together, so what it answers does not depend on when the worker
+last ran; a reading the worker moved while the query looked is seen once (by id, and `energy`
+keeps one counter per meter and instant whichever way it came).
+
+The functions take any connection to the ledger (the ledger's own, a worker's, a read-only one
+of `gateway status` or the console) and write nothing.
+
+Row formats (`reading_log.counters` tells them apart): a BLOB is the compact form
+(gateway/ledger/codec.py; the energy counter in `kwh`); TEXT is a reading of schema 7 or older,
+kept as it was written (values float64 little-endian, counters JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import struct
+from decimal import Decimal
+from typing import Iterable, Iterator
+
+from .codec import decode_counters, decode_vals
+
+ENERGY_FIELD = "energy_kwh"
+LOG_COLS = "id, meter, ts_us, field_set, vals, kwh, counters, episode"
+
+
+# ---- one row --------------------------------------------------------------------------------------
+
+class Names:
+    """Field-set names and meter names of one connection, looked up again when one is new."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+        self.sets: dict[int, tuple[str, ...]] = {}
+        self.meters: dict[str, int] = {}
+        self.meter_names: dict[int, str] = {}
+        self.frozen = False            # inside an SQL function: no queries on the connection
+
+    def fields(self, set_id: int) -> tuple[str, ...]:
+        names = self.sets.get(set_id)
+        if names is None and not self.frozen:
+            self.sets = {i: tuple(n.split(",")) if n else () for i, n in
+                         self.db.execute("SELECT id, names FROM field_sets")}
+            self.sets[0] = ()
+            names = self.sets.get(set_id)
+        return names or ()
+
+    def meter_id(self, name: str) -> int | None:
+        found = self.meters.get(name)
+        if found is None:
+            self._load_meters()
+            found = self.meters.get(name)
+        return found
+
+    def meter_name(self, mid: int) -> str:
+        found = self.meter_names.get(mid)
+        if found is None:
+            self._load_meters()
+            found = self.meter_names.get(mid, f"?{mid}")
+        return found
+
+    def _load_meters(self) -> None:
+        self.meters = dict(self.db.execute("SELECT name, id FROM meters"))
+        self.meter_names = {i: n for n, i in self.meters.items()}
+
+
+def values_of(names: Names, fset: int, vals: bytes, counters) -> dict[str, float]:
+    fields = names.fields(fset)
+    if isinstance(counters, str):
+        return dict(zip(fields, struct.unpack(f"<{len(fields)}d", vals)))
+    return dict(zip(fields, decode_vals(vals)))
+
+
+def counters_of(names: Names, kwh: str | None, counters) -> dict[str, Decimal]:
+    """A row's counters as exact decimals; raises ValueError when a schema-7 row's JSON is damaged."""
+    if isinstance(counters, str):
+        return {k: Decimal(v) for k, v in json.loads(counters).items()}
+    set_id, vals = decode_counters(counters)
+    out: dict[str, Decimal] = {}
+    it = iter(vals)
+    for name in names.fields(set_id):
+        if name == ENERGY_FIELD:
+            if kwh is not None:
+                out[name] = Decimal(kwh)
+        else:
+            out[name] = next(it)
+    return out
+
+
+def counter_texts(names: Names, kwh: str | None, counters) -> dict[str, object]:
+    """The counters as stored (exact text), {} for a damaged schema-7 row."""
+    if isinstance(counters, str):
+        try:
+            found = json.loads(counters)
+        except ValueError:
+            return {}
+        return found if isinstance(found, dict) else {}
+    return {k: str(v) for k, v in counters_of(names, kwh, counters).items()}
+
+
+def counter_value(names: Names, kwh: str | None, counters, field: str):
+    """(counter `field` as stored or None, damaged): what json_extract gave on schema 7."""
+    if isinstance(counters, str):
+        try:
+            found = json.loads(counters)
+        except ValueError:
+            return None, True
+        v = found.get(field) if isinstance(found, dict) else None
+        return (json.dumps(v) if isinstance(v, (dict, list)) else v), False
+    if field == ENERGY_FIELD:
+        return kwh, False
+    set_id, vals = decode_counters(counters)
+    it = iter(vals)
+    for name in names.fields(set_id):
+        if name == ENERGY_FIELD:
+            continue
+        v = next(it)
+        if name == field:
+            return str(v), False
+    return None, False
+
+
+# ---- the tail ---------------------------------------------------------------------------------------
+
+def has_log(db: sqlite3.Connection) -> bool:
+    """The ledger has the appended log (a ledger of schema 7 not opened by this gateway yet has not)."""
+    return db.execute("SELECT 1 FROM sqlite_master WHERE name = 'reading_log'").fetchone() is not None
+
+
+def indexed(db: sqlite3.Connection) -> int:
+    """Every reading with an id up to this is in readings_by_meter and (its counter) in energy."""
+    row = db.execute("SELECT value FROM meta WHERE key = 'indexed'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def tail(db: sqlite3.Connection, mark: int, meter_ids: Iterable[int] | None = None) -> list[tuple]:
+    """Rows after `mark` (LOG_COLS), in id order; of these meters only, if given."""
+    if meter_ids is None:
+        return db.execute(f"SELECT {LOG_COLS} FROM reading_log WHERE id > ? ORDER BY id", (mark,)).fetchall()
+    ids = list(meter_ids)
+    if not ids:
+        return []
+    return db.execute(f"SELECT {LOG_COLS} FROM reading_log WHERE id > ? AND meter IN "
+                      f"(SELECT value FROM json_each(?)) ORDER BY id", (mark, json.dumps(ids))).fetchall()
+
+
+def _by_meter(rows: list[tuple]) -> dict[int, list[tuple]]:
+    out: dict[int, list[tuple]] = {}
+    for r in rows:
+        out.setdefault(r[1], []).append(r)
+    return out
+
+
+# ---- all readings -----------------------------------------------------------------------------------
+
+def count_readings(db: sqlite3.Connection, meter: str | None = None) -> int:
+    if meter is None:
+        return db.execute("SELECT count(*) FROM reading_log").fetchone()[0]
+    mid = Names(db).meter_id(meter)
+    if mid is None:
+        return 0
+    mark = indexed(db)
+    n = db.execute("SELECT count(*) FROM readings_by_meter WHERE meter = ? AND id <= ?", (mid, mark)).fetchone()[0]
+    return n + db.execute("SELECT count(*) FROM reading_log WHERE id > ? AND meter = ?", (mark, mid)).fetchone()[0]
+
+
+def all_rows(db: sqlite3.Connection, meter: str | None = None) -> Iterator[tuple]:
+    """(id, meter name, ts_us, values, counters) of every reading (of one meter) in id order."""
+    names = Names(db)
+    sql, args = f"SELECT {LOG_COLS} FROM reading_log", ()
+    if meter is not None:
+        mid = names.meter_id(meter)
+        if mid is None:
+            return
+        sql, args = sql + " WHERE meter = ?", (mid,)
+    for rid, mid, ts, fset, vals, kwh, counters, _ in db.execute(sql + " ORDER BY id", args):
+        yield (rid, names.meter_name(mid), ts, values_of(names, fset, vals, counters),
+               counters_of(names, kwh, counters))
+
+
+def has_readings(db: sqlite3.Connection, meter: str, start_us: int, end_us: int) -> bool:
+    """Any reading of `meter` in [start_us, end_us]."""
+    mid = Names(db).meter_id(meter)
+    if mid is None:
+        return False
+    if db.execute("SELECT 1 FROM readings_by_meter WHERE meter = ? AND ts_us BETWEEN ? AND ? LIMIT 1",
+                  (mid, start_us, end_us)).fetchone():
+        return True
+    return db.execute("SELECT 1 FROM reading_log WHERE id > ? AND meter = ? AND ts_us BETWEEN ? AND ? LIMIT 1",
+                      (indexed(db), mid, start_us, end_us)).fetchone() is not None
+
+
+# ---- one meter's readings (the console) ------------------------------------------------------------------
+
+def last_reading(db: sqlite3.Connection, meter: str, names: Names | None = None,
+                 tail_rows: dict[int, list[tuple]] | None = None) -> dict | None:
+    """The meter's newest reading by time: {"ts_us", "values", "counters" (exact text)}.
+    `tail_rows` (rows after the mark by meter id) may be given when asking for many meters."""
+    names = names or Names(db)
+    mid = names.meter_id(meter)
+    if mid is None:
+        return None
+    if tail_rows is None:
+        tail_rows = _by_meter(tail(db, indexed(db), [mid]))
+    best = None
+    for r in tail_rows.get(mid, ()):
+        if best is None or r[2] >= best[2]:
+            best = r
+    hit = db.execute("SELECT ts_us, id FROM readings_by_meter WHERE meter = ? ORDER BY ts_us DESC, id DESC LIMIT 1",
+                     (mid,)).fetchone()
+    if hit is not None and (best is None or (hit[0], hit[1]) > (best[2], best[0])):
+        best = db.execute(f"SELECT {LOG_COLS} FROM reading_log WHERE id = ?", (hit[1],)).fetchone() or best
+    if best is None:
+        return None
+    rid, _, ts, fset, vals, kwh, counters, _ = best
+    return {"ts_us": ts, "values": values_of(names, fset, vals, counters),
+            "counters": counter_texts(names, kwh, counters)}
+
+
+def last_readings(db: sqlite3.Connection, meters: list[str]) -> dict[str, dict | None]:
+    names = Names(db)
+    ids = [i for i in (names.meter_id(m) for m in meters) if i is not None]
+    rows = _by_meter(tail(db, indexed(db), ids))
+    return {m: last_reading(db, m, names, rows) for m in meters}
+
+
+def meter_rows(db: sqlite3.Connection, meter: str, start_us: int, end_us: int) -> list[tuple[int, dict]]:
+    """(ts_us, values) of the meter's readings in [start_us, end_us), in time order."""
+    names = Names(db)
+    mid = names.meter_id(meter)
+    if mid is None:
+        return []
+    mark = indexed(db)
+    rows = {r[0]: r for r in db.execute(
+        f"SELECT {', '.join('l.' + c for c in LOG_COLS.split(', '))} FROM readings_by_meter b "
+        "JOIN reading_log l ON l.id = b.id WHERE b.meter = ? AND b.ts_us >= ? AND b.ts_us < ?",
+        (mid, start_us, end_us))}
+    for r in tail(db, mark, [mid]):
+        if start_us <= r[2] < end_us:
+            rows[r[0]] = r
+    out = sorted(rows.values(), key=lambda r: (r[2], r[0]))
+    return [(r[2], values_of(names, r[3], r[4], r[6])) for r in out]
+
+
+def last_reading_times(db: sqlite3.Connection) -> dict[str, int]:
+    """meter -> the time of its newest reading."""
+    names = Names(db)
+    names._load_meters()
+    out: dict[int, int] = {}
+    for mid in names.meter_names:
+        t = db.execute("SELECT max(ts_us) FROM readings_by_meter WHERE meter = ?", (mid,)).fetchone()[0]
+        if t is not None:
+            out[mid] = t
+    for mid, t in db.execute("SELECT meter, max(ts_us) FROM reading_log WHERE id > ? GROUP BY meter",
+                             (indexed(db),)):
+        out[mid] = max(out.get(mid, t), t)
+    return {names.meter_name(m): t for m, t in out.items()}
+
+
+# ---- energy counters (billing, compaction, the console's daily kWh) ---------------------------------------
+
+def _tail_energy(db: sqlite3.Connection, meter: str, lo: int, hi: int) -> list[tuple[int, str]]:
+    """(ts_us, kwh) of the tail's trusted readings of `meter` with lo <= ts <= hi, in id order."""
+    mid = Names(db).meter_id(meter)
+    if mid is None:
+        return []
+    return db.execute("SELECT ts_us, kwh FROM reading_log WHERE id > ? AND meter = ? AND kwh IS NOT NULL "
+                      "AND episode IS NULL AND ts_us BETWEEN ? AND ? ORDER BY id",
+                      (indexed(db), mid, lo, hi)).fetchall()
+
+
+def _higher(old: str, new: str) -> bool:
+    """What `energy` does with two counters of one meter at one instant: the higher stands
+    (compared as SQLite's CAST AS REAL does), the first of two equal ones."""
+    try:
+        return float(new) > float(old)
+    except ValueError:
+        return False
+
+
+def _merged(rows: list[tuple[int, str]], extra: list[tuple[int, str]]) -> dict[int, str]:
+    out = dict(rows)
+    for ts, kwh in extra:
+        old = out.get(ts)
+        if old is None or _higher(old, kwh):
+            out[ts] = kwh
+    return out
+
+
+def energy_series(db: sqlite3.Connection, meter: str, start_us: int, end_us: int) -> list[tuple[int, str]]:
+    """(ts_us, exact counter text) of one meter in [start_us, end_us], in time order."""
+    rows = db.execute("SELECT ts_us, kwh FROM energy WHERE meter = ? AND ts_us BETWEEN ? AND ? ORDER BY ts_us",
+                      (meter, start_us, end_us)).fetchall()
+    extra = _tail_energy(db, meter, start_us, end_us)
+    if not extra:
+        return rows
+    return sorted(_merged(rows, extra).items())
+
+
+def energy_before(db: sqlite3.Connection, meter: str, ts_us: int, limit_us: int) -> tuple[int, str] | None:
+    """The last counter before `ts_us` but not before `limit_us`."""
+    row = db.execute("SELECT ts_us, kwh FROM energy WHERE meter = ? AND ts_us < ? AND ts_us >= ? "
+                     "ORDER BY ts_us DESC LIMIT 1", (meter, ts_us, limit_us)).fetchone()
+    extra = _tail_energy(db, meter, limit_us, ts_us - 1)
+    if not extra:
+        return row
+    merged = _merged([row] if row else [], extra)
+    t = max(merged)
+    return t, merged[t]
+
+
+def energy_after(db: sqlite3.Connection, meter: str, ts_us: int, limit_us: int) -> tuple[int, str] | None:
+    """The first counter after `ts_us` but not after `limit_us`."""
+    row = db.execute("SELECT ts_us, kwh FROM energy WHERE meter = ? AND ts_us > ? AND ts_us <= ? "
+                     "ORDER BY ts_us LIMIT 1", (meter, ts_us, limit_us)).fetchone()
+    extra = _tail_energy(db, meter, ts_us + 1, limit_us)
+    if not extra:
+        return row
+    merged = _merged([row] if row else [], extra)
+    t = min(merged)
+    return t, merged[t]
+
+
+# ---- counters around instants (rules restore) ------------------------------------------------------------
+
+def _register(db: sqlite3.Connection, names: Names) -> None:
+    names.fields(-1)               # all of them, now: the functions below run inside a query
+    names.frozen = True
+
+    def counter(kwh, counters, field):
+        if counters is None:
+            return None
+        v, _ = counter_value(names, kwh, counters, field)
+        return v if v is None or isinstance(v, (str, int, float)) else str(v)
+
+    def damaged(counters):
+        if not isinstance(counters, str):
+            return 0
+        try:
+            json.loads(counters)
+        except ValueError:
+            return 1
+        return 0
+    db.create_function("ledger_counter", 3, counter, deterministic=True)
+    db.create_function("ledger_damaged", 1, damaged, deterministic=True)
+
+
+def _nearest(rows: list[tuple], t: int, before: bool, lo: int, hi: int, field: str | None,
+             names: Names) -> tuple | None:
+    """Among tail rows (LOG_COLS) of one meter in [lo, hi], the last before t (or the first at or
+    after t), of trusted time with the counter `field` if given; by (time, id) as an index is."""
+    best = None
+    for r in rows:
+        ts = r[2]
+        if not lo <= ts <= hi or (ts >= t if before else ts < t):
+            continue
+        if field is not None and (r[7] is not None or counter_value(names, r[5], r[6], field)[0] is None):
+            continue
+        key = (ts, r[0])
+        if best is None or (key > best[0] if before else key < best[0]):
+            best = (key, r)
+    return best[1] if best else None
+
+
+def last_counters(db: sqlite3.Connection, meters: list[str], field: str,
+                  before_us: int) -> list[tuple[str, int, object, int]]:
+    """Per meter, its last reading before `before_us` (of trusted time) that has the counter
+    `field`: (meter, ts_us, counter as stored, damaged) where damaged is 1 when newer readings
+    were passed over because their counters were not valid JSON."""
+    names = Names(db)
+    _register(db, names)
+    mark = indexed(db)
+    ids = {m: names.meter_id(m) for m in meters}
+    rows = _by_meter(tail(db, mark, [i for i in ids.values() if i is not None]))
+    out = []
+    for meter in meters:
+        mid = ids[meter]
+        if mid is None:
+            continue
+        own = rows.get(mid, [])
+        hit = db.execute(
+            f"SELECT {', '.join('r.' + c for c in LOG_COLS.split(', '))} FROM readings_by_meter b "
+            "JOIN reading_log r ON r.id = b.id WHERE b.meter = ? AND b.ts_us < ? AND r.episode IS NULL "
+            "AND ledger_counter(r.kwh, r.counters, ?) IS NOT NULL ORDER BY b.ts_us DESC, b.id DESC LIMIT 1",
+            (mid, before_us, field)).fetchone()
+        t = _nearest(own, before_us, True, -2**63, before_us, field, names)
+        if t is not None and (hit is None or (t[2], t[0]) > (hit[2], hit[0])):
+            hit = t
+        if hit is None:
+            continue
+        newest = db.execute(
+            f"SELECT {', '.join('r.' + c for c in LOG_COLS.split(', '))} FROM readings_by_meter b "
+            "JOIN reading_log r ON r.id = b.id WHERE b.meter = ? AND b.ts_us < ? "
+            "ORDER BY b.ts_us DESC, b.id DESC LIMIT 1", (mid, before_us)).fetchone()
+        t = _nearest(own, before_us, True, -2**63, before_us, None, names)
+        if t is not None and (newest is None or (t[2], t[0]) > (newest[2], newest[0])):
+            newest = t
+        bad = int(newest is not None and counter_value(names, newest[5], newest[6], field)[1])
+        out.append((meter, hit[2], counter_value(names, hit[5], hit[6], field)[0], bad))
+    return out
+
+
+def counters_around(db: sqlite3.Connection, meters: list[str], field: str, times_us: list[int], max_gap_us: int,
+                    before_us: int) -> list[tuple]:
+    """The counter `field` either side of each instant, per meter: the last reading before t
+    (not more than max_gap_us before) and the first at or after t (not more than max_gap_us
+    after, and before `before_us`), of trusted time. Rows (meter, t_us, before_ts_us,
+    before_counter, after_ts_us, after_counter, damaged), None where there is no such reading;
+    damaged counts the nearest readings passed over because their counters were not valid JSON.
+    Index probes only, and the tail."""
+    names = Names(db)
+    _register(db, names)
+    mark = indexed(db)
+    cols = ", ".join("r." + c for c in LOG_COLS.split(", "))
+    ok = "r.episode IS NULL AND ledger_counter(r.kwh, r.counters, :field) IS NOT NULL"
+    probes = {
+        "b": f"SELECT {cols} FROM readings_by_meter b JOIN reading_log r ON r.id = b.id WHERE b.meter = :m "
+             f"AND b.ts_us < :t AND b.ts_us >= :t - :gap AND {ok} ORDER BY b.ts_us DESC, b.id DESC LIMIT 1",
+        "a": f"SELECT {cols} FROM readings_by_meter b JOIN reading_log r ON r.id = b.id WHERE b.meter = :m "
+             f"AND b.ts_us >= :t AND b.ts_us <= :t + :gap AND b.ts_us < :before AND {ok} "
+             "ORDER BY b.ts_us, b.id LIMIT 1",
+        "nb": f"SELECT {cols} FROM readings_by_meter b JOIN reading_log r ON r.id = b.id WHERE b.meter = :m "
+              "AND b.ts_us < :t AND b.ts_us >= :t - :gap ORDER BY b.ts_us DESC, b.id DESC LIMIT 1",
+        "na": f"SELECT {cols} FROM readings_by_meter b JOIN reading_log r ON r.id = b.id WHERE b.meter = :m "
+              "AND b.ts_us >= :t AND b.ts_us <= :t + :gap AND b.ts_us < :before ORDER BY b.ts_us, b.id LIMIT 1",
+    }
+    ids = {m: names.meter_id(m) for m in meters}
+    rows = _by_meter(tail(db, mark, [i for i in ids.values() if i is not None]))
+    out = []
+    for meter in meters:
+        mid = ids[meter]
+        own = rows.get(mid, []) if mid is not None else []
+        for t in times_us:
+            found = {}
+            for key, sql in probes.items():
+                before = key in ("b", "nb")
+                hit = None
+                if mid is not None:
+                    hit = db.execute(sql, {"m": mid, "t": t, "gap": max_gap_us, "before": before_us,
+                                           "field": field}).fetchone()
+                lo, hi = (t - max_gap_us, t - 1) if before else (t, min(t + max_gap_us, before_us - 1))
+                tr = _nearest(own, t, before, lo, hi, field if key in ("b", "a") else None, names)
+                if tr is not None and (hit is None or ((tr[2], tr[0]) > (hit[2], hit[0]) if before
+                                                       else (tr[2], tr[0]) < (hit[2], hit[0]))):
+                    hit = tr
+                found[key] = hit
+            b, a = found["b"], found["a"]
+            bad = sum(int(r is not None and counter_value(names, r[5], r[6], field)[1])
+                      for r in (found["nb"], found["na"]))
+            out.append((meter, t,
+                        b[2] if b else None, counter_value(names, b[5], b[6], field)[0] if b else None,
+                        a[2] if a else None, counter_value(names, a[5], a[6], field)[0] if a else None, bad))
+    return out
+
+
+def activity(db: sqlite3.Connection, devices: list[str], start_us: int, end_us: int, bucket_us: int) -> set[int]:
+    """The time buckets in [start_us, end_us) with a reading of one of `devices`."""
+    names = Names(db)
+    ids = [i for i in (names.meter_id(d) for d in devices) if i is not None]
+    if not ids:
+        return set()
+    arg = json.dumps(ids)
+    out = {b for (b,) in db.execute(
+        "SELECT DISTINCT ts_us / ? FROM readings_by_meter WHERE meter IN (SELECT value FROM json_each(?)) "
+        "AND ts_us >= ? AND ts_us < ?", (bucket_us, arg, start_us, end_us))}
+    out.update(b for (b,) in db.execute(
+        "SELECT DISTINCT ts_us / ? FROM reading_log WHERE id > ? AND meter IN (SELECT value FROM json_each(?)) "
+        "AND ts_us >= ? AND ts_us < ?", (bucket_us, indexed(db), arg, start_us, end_us)))
+    return out
