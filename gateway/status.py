@@ -37,8 +37,7 @@ def collect(cfg: SiteConfig, now: datetime | None = None) -> dict:
             dict(db.execute("SELECT meter, max(ts_us) FROM readings GROUP BY meter"))   # not upgraded yet
         outbox = {"depth": 0, "bytes": 0, "oldest_age_s": None, "last_write_age_s": None, "rejected": 0}
         if version >= 2:
-            depth, size, oldest_ms = db.execute(
-                "SELECT count(*), coalesce(sum(length(line)), 0), min(ts_ms) FROM outbox").fetchone()
+            depth, size, oldest_ms = queries.outbox_summary(db)
             last_ok = db.execute("SELECT value FROM meta WHERE key = 'influx_last_ok_us'").fetchone()
             outbox.update(depth=depth, bytes=size,
                           oldest_age_s=_ago(oldest_ms * 1000 if oldest_ms is not None else None, now_us),

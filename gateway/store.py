@@ -304,6 +304,13 @@ MIGRATIONS: list[str] = [
     DROP INDEX readings_meter_ts;
     ALTER TABLE readings RENAME TO readings_v7;
     INSERT OR REPLACE INTO meta (key, value) SELECT 'indexed', coalesce(max(id), 0) FROM readings_v7;
+    -- InfluxDB points of readings are read from reading_log by a cursor (store.py, "the outbox"),
+    -- no longer copied into `outbox`; those of schema-7 readings are in `outbox` already.
+    INSERT OR REPLACE INTO meta (key, value) SELECT 'outbox_cursor', json_object('c', coalesce(max(id), 0),
+        'done', json('[]')) FROM readings_v7;
+    ALTER TABLE outbox_held ADD COLUMN reading INTEGER;   -- the held point's reading_log.id
+    -- the last reading committed before the point: readings' points and these go out in that order
+    ALTER TABLE outbox ADD COLUMN after_reading INTEGER NOT NULL DEFAULT 0;
     -- for people and tools with SQL: the readings as schema 7 named them
     CREATE VIEW readings AS SELECT l.id AS id, m.name AS meter, l.ts_us AS ts_us, l.field_set AS field_set,
         l.vals AS vals, l.kwh AS kwh, l.counters AS counters, l.episode AS episode
@@ -454,6 +461,14 @@ def _statements(script: str):
         raise sqlite3.OperationalError(f"incomplete statement at the end of a migration: {buf.strip()[:80]}")
 
 
+INSERT_OUTBOX = ("INSERT INTO outbox (measurement, priority, ts_ms, line, essential, after_reading) "
+                 "VALUES (?,?,?,?,?,?)")
+
+
+def _last_reading(db: sqlite3.Connection) -> int:
+    return db.execute("SELECT coalesce(max(id), 0) FROM reading_log").fetchone()[0]
+
+
 def _counter(v) -> Decimal:
     return v if isinstance(v, Decimal) else Decimal(str(v))
 
@@ -502,8 +517,9 @@ class Ledger:
         self.commits = 0
         self.committed = asyncio.Event()  # set after each commit that added outbox rows
         self._field_sets: dict[tuple[str, ...], int] = {}
-        self.outbox_depth, self.outbox_bytes = self._db.execute(
+        self._o_depth, self._o_bytes = self._db.execute(
             "SELECT count(*), coalesce(sum(length(line)), 0) FROM outbox").fetchone()
+        self._outbox_start()
         # Storage care (gateway/retention.py): `write_gate()` False holds the batches in memory
         # (the disk is nearly full); held or failing, at most `hold_max_bytes` are kept, then the
         # InfluxDB points, the readings' other fields and the oldest energy counters go, in that order.
@@ -565,7 +581,7 @@ class Ledger:
             if episode is not None:
                 self._marked.append((episode, event, self.encoder(event) if self.encoder is not None else None))
                 return
-        if self.encoder is not None:
+        if self.encoder is not None and not isinstance(event, Reading):   # a reading's point: the cursor
             row = self.encoder(event)
             if row is not None:
                 self._outbox.append((row.measurement, row.priority, row.ts_ms, row.line, row.essential))
@@ -620,14 +636,14 @@ class Ledger:
         field_events = self._field_events
         marked = self._marked_rows() if self._marked else None
         with _transaction(self._db, "IMMEDIATE") as db:
+            last = _last_reading(db) if outbox else 0
             _insert_field_events(db, field_events)
             db.executemany("INSERT INTO reading_log (meter, ts_us, field_set, vals, kwh, counters) "
                            "VALUES (?,?,?,?,?,?)", readings)
             db.executemany(INSERT_ENERGY, energy)     # counters of readings dropped from memory
             db.executemany("INSERT INTO device_status (device, kind, ts_us, online, reason) VALUES (?,?,?,?,?)",
                            statuses)
-            db.executemany("INSERT INTO outbox (measurement, priority, ts_ms, line, essential) VALUES (?,?,?,?,?)",
-                           outbox)
+            db.executemany(INSERT_OUTBOX, [(*r, last) for r in outbox])
             if marked is not None:
                 self._insert_marked(db, marked)
         self._readings, self._statuses, self._outbox, self._field_events = [], [], [], []
@@ -640,9 +656,12 @@ class Ledger:
         self.commits += 1
         self.checkpointer.note_commit()
         self.indexer.note_rows(len(readings) + (len(marked["readings"]) if marked is not None else 0))
+        if self._points is not None:
+            self._r_depth += len(readings)
         if outbox:
-            self.outbox_depth += len(outbox)
-            self.outbox_bytes += sum(len(r[3]) for r in outbox)
+            self._o_depth += len(outbox)
+            self._o_bytes += sum(len(r[3]) for r in outbox)
+        if outbox or (readings and self._points is not None):
             self.committed.set()
         return len(readings) + len(statuses) + len(outbox) + len(field_events)
 
@@ -653,6 +672,7 @@ class Ledger:
         Events wait in the subscription between commits: waking up for each one would cost
         more than storing it.
         """
+        self.influx_off()
         sub = hub.subscribe(Reading, DeviceStatus, GatewayStats, CardSwipe, DoorEvent, PatrolCheckin, AlertChange,
                             name="ledger")
         try:
@@ -755,41 +775,221 @@ class Ledger:
         self._db.close()
 
     # ---- the outbox (drained by a sink) ----
+    #
+    # Two sources, sent in this order: the `outbox` table (statuses, access, alerts, self metrics,
+    # allocations: a copy of each point in line protocol, deleted when confirmed), and the
+    # readings' points, encoded from reading_log when sent: a cursor over the log instead of a
+    # second copy of every reading. meta 'outbox_cursor' = {"c": every reading up to this id is
+    # sent (or has no point), "done": [first, last] id spans beyond it that are sent too (batches
+    # confirmed out of order)}; saved in the transaction that notes the confirmation, so a point
+    # is sent once. Readings of an untrusted clock episode are passed over: their points wait in
+    # outbox_held (see repair_clock). meta 'influx_index' keeps the tags the points need (the
+    # site and each meter's building and circuit), so any ledger of the site can send them.
+    # A row's key is (0, outbox id) or (1, reading id).
 
-    def outbox_batch(self, limit: int, after_id: int = 0) -> list[tuple[int, str]]:
-        """The oldest rows after `after_id`, in send order; a batch is an id range."""
-        return self._db.execute("SELECT id, line FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
-                                (after_id, limit)).fetchall()
+    _OUTBOX, _READING = 0, 1
 
-    def outbox_ts_ms(self, row_id: int) -> int | None:
-        row = self._db.execute("SELECT ts_ms FROM outbox WHERE id = ?", (row_id,)).fetchone()
-        return row[0] if row else None
+    def _outbox_start(self) -> None:
+        from .sinks.schema import Encoder, SiteIndex
+        db = self._db
+        self._spans: list[list] = []      # [first, last, ids handed and not confirmed] beyond the cursor
+        self._o_after = 0                 # the last outbox id handed
+        self._r_depth = 0
+        cur = self.meta("outbox_cursor")
+        state = json.loads(cur) if cur else {"c": 0, "done": []}
+        index = self.meta("influx_index")
+        if self.encoder is not None:
+            mine = json.dumps({"site": self.encoder.index.site, "meters": self.encoder.index.meter_tags},
+                              sort_keys=True, ensure_ascii=False)
+            if index is None:
+                # InfluxDB from now on (or again): the readings so far are not sent
+                top = db.execute("SELECT coalesce(max(id), 0) FROM reading_log").fetchone()[0]
+                state = {"c": max(state["c"], top), "done": []}
+            if index != mine:
+                with _transaction(db, "IMMEDIATE"):
+                    self._set_meta(db, "influx_index", mine)
+                    self._set_meta(db, "outbox_cursor", json.dumps(state))
+                index = mine
+        self._points = None               # encodes a reading's point; None: InfluxDB is not used
+        if index is not None:
+            ix = json.loads(index)
+            self._points = self.encoder if self.encoder is not None else \
+                Encoder(SiteIndex(ix["site"], ix["meters"]))
+        self._cursor = state["c"]
+        self._spans = [[a, b, set()] for a, b in state["done"]]
+        self._scanned = self._seen = self._cursor   # scanned up to (this pass / ever)
+        if self._points is not None:
+            n = db.execute("SELECT count(*) FROM reading_log WHERE id > ? AND episode IS NULL",
+                           (self._cursor,)).fetchone()[0]
+            for a, b, _ in self._spans:
+                n -= db.execute("SELECT count(*) FROM reading_log WHERE id BETWEEN ? AND ? AND episode IS NULL",
+                                (a, b)).fetchone()[0]
+            self._r_depth = n
+
+    @staticmethod
+    def _set_meta(db: sqlite3.Connection, key: str, value: str) -> None:
+        db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                   (key, value))
+
+    def influx_off(self) -> None:
+        """The gateway runs without InfluxDB: forget the cursor, so that InfluxDB configured
+        again later starts with the readings of then, as a new one would."""
+        if self.encoder is None and self.meta("influx_index") is not None:
+            with _transaction(self._db, "IMMEDIATE") as db:
+                db.execute("DELETE FROM meta WHERE key IN ('influx_index', 'outbox_cursor')")
+            self._points, self._r_depth, self._spans = None, 0, []
+
+    @property
+    def outbox_depth(self) -> int:
+        """Points waiting for InfluxDB: rows of `outbox` and readings after the cursor."""
+        return self._o_depth + self._r_depth
+
+    @property
+    def outbox_bytes(self) -> int:
+        """What the waiting points take on disk beyond the ledger's own rows: the `outbox`
+        table's lines (a reading's point is the reading itself)."""
+        return self._o_bytes
+
+    def _in_done(self, rid: int) -> list | None:
+        for span in self._spans:
+            if span[0] <= rid <= span[1] and not span[2]:
+                return span
+        return None
+
+    def outbox_batch(self, limit: int, after=0) -> list[tuple[tuple[int, int], str]]:
+        """The oldest points not sent yet, in send order, as (key, line). `after`: the last key of
+        the previous batch (its successors follow), or 0 to start again from the oldest point
+        not confirmed (after a failure)."""
+        if not after:
+            self._o_after = 0
+            self._spans = [sp for sp in self._spans if not sp[2]]
+            self._scanned = self._cursor
+        others = self._db.execute("SELECT id, line, after_reading FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+                                  (self._o_after, limit)).fetchall()
+        if self._points is None:
+            out = [((self._OUTBOX, i), line) for i, line, _ in others]
+        else:
+            # in commit order: a point of `outbox` goes right after the reading committed before it
+            out = self._reading_points(limit, others)
+        if any(k[0] == self._OUTBOX for k, _ in out):
+            self._o_after = max(k[1] for k, _ in out if k[0] == self._OUTBOX)
+        return out
+
+    def _reading_points(self, room: int, others: list[tuple]) -> list[tuple[tuple[int, int], str]]:
+        """Up to `room` points: readings' after the cursor, with `others` (rows of `outbox`:
+        id, line, after_reading) each put right after the reading it follows."""
+        names = queries.Names(self._db)
+        out: list = []
+        k = 0
+
+        def before(rid: int) -> None:
+            nonlocal k
+            while k < len(others) and others[k][2] < rid and len(out) < room:
+                out.append(((self._OUTBOX, others[k][0]), others[k][1]))
+                k += 1
+        first = self._scanned + 1
+        handed: set[int] = set()
+        while len(out) < room:
+            rows = self._db.execute(f"SELECT {queries.LOG_COLS} FROM reading_log WHERE id > ? ORDER BY id LIMIT ?",
+                                    (self._scanned, max(256, room - len(out)))).fetchall()
+            if not rows:
+                break
+            for rid, mid, ts, fset, vals, kwh, counters, episode in rows:
+                before(rid)
+                if len(out) >= room:
+                    break
+                if rid <= self._scanned:
+                    continue                  # inside a sent span passed over just now
+                done = self._in_done(rid)
+                if done is not None:
+                    self._scanned = done[1]
+                    continue
+                self._scanned = rid
+                if episode is not None:
+                    continue                  # its point waits in outbox_held
+                try:
+                    point = self._points(Reading(names.meter_name(mid), from_us(ts),
+                                                 queries.values_of(names, fset, vals, counters),
+                                                 queries.counters_of(names, kwh, counters)))
+                except (ValueError, ArithmeticError, struct.error):
+                    point = None              # a damaged row of schema 7: nothing to send
+                if point is None:
+                    if rid > self._seen:
+                        self._r_depth -= 1
+                    continue
+                out.append(((self._READING, rid), point.line))
+                handed.add(rid)
+        if len(out) < room:
+            before(2**62)                     # no more readings: the rest of `outbox`
+        self._seen = max(self._seen, self._scanned)
+        if self._scanned >= first:
+            self._spans.append([first, self._scanned, handed])
+            self._spans.sort(key=lambda sp: sp[0])
+        return out
+
+    def _split(self, rows) -> tuple[list[int], list[int]]:
+        o = [k[1] for k, _ in rows if k[0] == self._OUTBOX]
+        r = [k[1] for k, _ in rows if k[0] == self._READING]
+        return o, r
+
+    def _ack(self, db: sqlite3.Connection, ids: list[int]) -> None:
+        """Readings whose points are done (confirmed or set aside): move the cursor, save it."""
+        gone = set(ids)
+        for span in self._spans:
+            span[2] -= gone
+        while self._spans and not self._spans[0][2] and self._spans[0][0] <= self._cursor + 1:
+            self._cursor = max(self._cursor, self._spans.pop(0)[1])
+        done = [[a, b] for a, b, left in self._spans if not left]
+        self._set_meta(db, "outbox_cursor", json.dumps({"c": self._cursor, "done": done}))
+        self._r_depth -= len(ids)
+
+    def outbox_ts_ms(self, key) -> int | None:
+        kind, rid = key
+        if kind == self._OUTBOX:
+            row = self._db.execute("SELECT ts_ms FROM outbox WHERE id = ?", (rid,)).fetchone()
+            return row[0] if row else None
+        row = self._db.execute("SELECT ts_us FROM reading_log WHERE id = ?", (rid,)).fetchone()
+        return row[0] // 1000 if row else None
 
     def outbox_oldest_ms(self) -> int | None:
         row = self._db.execute("SELECT min(ts_ms) FROM outbox WHERE id = (SELECT min(id) FROM outbox)").fetchone()
-        return row[0]
+        oldest = row[0]
+        if self._points is not None and self._r_depth > 0:
+            r = self._db.execute("SELECT ts_us FROM reading_log WHERE id > ? AND episode IS NULL ORDER BY id LIMIT 1",
+                                 (self._cursor,)).fetchone()
+            if r is not None:
+                oldest = r[0] // 1000 if oldest is None else min(oldest, r[0] // 1000)
+        return oldest
 
-    def _outbox_delete(self, db: sqlite3.Connection, rows: list[tuple[int, str]]) -> None:
-        db.execute("DELETE FROM outbox WHERE id BETWEEN ? AND ?", (rows[0][0], rows[-1][0]))
+    def _outbox_delete(self, db: sqlite3.Connection, ids: list[int]) -> None:
+        if ids:
+            db.execute("DELETE FROM outbox WHERE id BETWEEN ? AND ?", (min(ids), max(ids)))
 
-    def _outbox_forget(self, rows: list[tuple[int, str]]) -> None:
-        self.outbox_depth -= len(rows)
-        self.outbox_bytes -= sum(len(line) for _, line in rows)
+    def _outbox_forget(self, rows) -> None:
+        o = [line for k, line in rows if k[0] == self._OUTBOX]
+        self._o_depth -= len(o)
+        self._o_bytes -= sum(len(line) for line in o)
 
-    def outbox_confirmed(self, rows: list[tuple[int, str]], now_us: int) -> None:
-        """Delete rows the server confirmed (an id range) and note when, in one transaction."""
+    def outbox_confirmed(self, rows: list[tuple[tuple[int, int], str]], now_us: int) -> None:
+        """Points the server confirmed: outbox rows deleted (an id range), the readings' cursor
+        moved, and when noted, in one transaction."""
+        o, r = self._split(rows)
         with _transaction(self._db) as db:
-            db.execute("INSERT INTO meta (key, value) VALUES ('influx_last_ok_us', ?) "
-                       "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(now_us),))
-            self._outbox_delete(db, rows)
+            self._set_meta(db, "influx_last_ok_us", str(now_us))
+            self._outbox_delete(db, o)
+            if r:
+                self._ack(db, r)
         self._outbox_forget(rows)
 
-    def outbox_reject(self, rows: list[tuple[int, str]], status: int, reason: str, now_us: int) -> None:
-        """Move rows the server refused as bad data aside, with its reason, in one transaction."""
+    def outbox_reject(self, rows: list[tuple[tuple[int, int], str]], status: int, reason: str, now_us: int) -> None:
+        """Move points the server refused as bad data aside, with its reason, in one transaction."""
+        o, r = self._split(rows)
         with _transaction(self._db) as db:
             db.executemany("INSERT INTO outbox_rejected (line, status, reason, rejected_us) VALUES (?,?,?,?)",
                            [(line, status, reason, now_us) for _, line in rows])
-            self._outbox_delete(db, rows)
+            self._outbox_delete(db, o)
+            if r:
+                self._ack(db, r)
         self._outbox_forget(rows)
 
     def shed(self, target_bytes: int) -> dict[str, int]:
@@ -800,7 +1000,7 @@ class Ledger:
         """
         shed: dict[str, int] = {}
         db = self._db
-        while self.outbox_bytes > target_bytes:
+        while self._o_bytes > target_bytes:
             rows = db.execute(
                 "SELECT id, measurement, length(line), essential FROM outbox WHERE priority < ? "
                 "ORDER BY priority, id LIMIT 1000", (NEVER_SHED,)).fetchall()
@@ -818,10 +1018,10 @@ class Ledger:
                                    "WHERE id = ?", (NEVER_SHED, rid))
                         freed += size - len(essential)
                     shed[measurement] = shed.get(measurement, 0) + 1
-                    if self.outbox_bytes - freed <= target_bytes:
+                    if self._o_bytes - freed <= target_bytes:
                         break
-            self.outbox_depth -= deleted
-            self.outbox_bytes -= freed
+            self._o_depth -= deleted
+            self._o_bytes -= freed
         return shed
 
     # ---- keys: beside the ledger, not in it ----
@@ -960,10 +1160,10 @@ class Ledger:
             run = cur.lastrowid
             db.executemany("INSERT INTO allocation_charges (allocation, household, grp, amount) VALUES (?,?,?,?)",
                            [(run, h, g, a) for h, g, a in charges])
-            db.executemany("INSERT INTO outbox (measurement, priority, ts_ms, line, essential) "
-                           "VALUES (?,?,?,?,?)", count(outbox))
-        self.outbox_depth += counted[0]
-        self.outbox_bytes += counted[1]
+            last = _last_reading(db)
+            db.executemany(INSERT_OUTBOX, ((*r, last) for r in count(outbox)))
+        self._o_depth += counted[0]
+        self._o_bytes += counted[1]
         if counted[0]:
             self.committed.set()
         return run, counted[0]
@@ -1074,10 +1274,36 @@ class Ledger:
         with _transaction(self._db, "IMMEDIATE") as db:
             hi = min(hi, queries.indexed(db))
             args = (lo, hi, before_us)
+            self._park(db, f"SELECT {queries.LOG_COLS} FROM reading_log WHERE id BETWEEN ? AND ? AND ts_us < ? "
+                           "AND episode IS NULL AND id > ?", (*args, self._cursor))
             db.execute("DELETE FROM readings_by_meter WHERE (meter, ts_us, id) IN (SELECT meter, ts_us, id FROM "
                        "reading_log WHERE id BETWEEN ? AND ? AND ts_us < ? AND episode IS NULL)", args)
             return db.execute("DELETE FROM reading_log WHERE id BETWEEN ? AND ? AND ts_us < ? AND episode IS NULL",
                               args).rowcount
+
+    def _park(self, db: sqlite3.Connection, sql: str, args: tuple) -> None:
+        """Readings about to be deleted whose points InfluxDB has not taken yet (it has been
+        unreachable for longer than storage.raw_days): their points go into `outbox` as lines,
+        where the outbox's own budget (influxdb.outbox_max_mb, shedding) looks after them."""
+        if self._points is None:
+            return
+        names = queries.Names(db)
+        last = _last_reading(db)
+        rows = []
+        for rid, mid, ts, fset, vals, kwh, counters, _ in db.execute(sql, args).fetchall():
+            if self._in_done(rid) is not None:
+                continue
+            try:
+                p = self._points(Reading(names.meter_name(mid), from_us(ts), queries.values_of(names, fset, vals, counters),
+                                         queries.counters_of(names, kwh, counters)))
+            except (ValueError, ArithmeticError, struct.error):
+                p = None
+            self._r_depth -= 1
+            if p is not None:
+                rows.append((p.measurement, p.priority, p.ts_ms, p.line, p.essential, last))
+        db.executemany(INSERT_OUTBOX, rows)
+        self._o_depth += len(rows)
+        self._o_bytes += sum(len(r[3]) for r in rows)
 
     def reading_meters(self) -> list[int]:
         return [i for (i,) in self._db.execute("SELECT id FROM meters ORDER BY id")]
@@ -1089,6 +1315,10 @@ class Ledger:
             rows = db.execute("SELECT b.ts_us, b.id FROM readings_by_meter b JOIN reading_log r ON r.id = b.id "
                               "WHERE b.meter = ? AND b.ts_us < ? AND b.id <= ? AND r.episode IS NULL LIMIT ?",
                               (meter_id, before_us, queries.indexed(db), limit)).fetchall()
+            ids = [i for _, i in rows if i > self._cursor]
+            if ids:
+                self._park(db, f"SELECT {queries.LOG_COLS} FROM reading_log WHERE id IN "
+                               "(SELECT value FROM json_each(?))", (json.dumps(ids),))
             db.executemany("DELETE FROM readings_by_meter WHERE meter = ? AND ts_us = ? AND id = ?",
                            [(meter_id, t, i) for t, i in rows])
             db.executemany("DELETE FROM reading_log WHERE id = ?", [(i,) for _, i in rows])
@@ -1130,7 +1360,8 @@ class Ledger:
                     span = tl.get(ep) if tl is not None else None
                     shift_ts = int(e.source != "wand" and span is not None and tl.contains(span, ts_us))
                 out["outbox"].append((ep, row.measurement, row.priority, ts_us, row.line, row.essential, shift_ts,
-                                      int(isinstance(e, PatrolCheckin) and not shift_ts)))
+                                      int(isinstance(e, PatrolCheckin) and not shift_ts),
+                                      len(out["readings"]) if isinstance(e, Reading) else None))
             if isinstance(e, Reading):
                 row = self._resolved(_log_row(e, ep))
                 out["readings"].append(row)
@@ -1144,15 +1375,16 @@ class Ledger:
 
     @staticmethod
     def _insert_marked(db: sqlite3.Connection, m: dict) -> None:
-        db.executemany("INSERT INTO reading_log (meter, ts_us, field_set, vals, kwh, counters, episode) "
-                       "VALUES (?,?,?,?,?,?,?)", m["readings"])
+        ids = [db.execute("INSERT INTO reading_log (meter, ts_us, field_set, vals, kwh, counters, episode) "
+                          "VALUES (?,?,?,?,?,?,?)", r).lastrowid for r in m["readings"]]
         db.executemany("INSERT INTO energy_held (meter, ts_us, kwh, episode) VALUES (?,?,?,?)", m["energy"])
         db.executemany("INSERT INTO device_status (device, kind, ts_us, online, reason, episode) VALUES (?,?,?,?,?,?)",
                        m["statuses"])
         for ep, events in m["fields"].items():
             _insert_field_events(db, events, ep)
         db.executemany("INSERT INTO outbox_held (episode, measurement, priority, ts_us, line, essential, shift_ts, "
-                       "shift_delay) VALUES (?,?,?,?,?,?,?,?)", m["outbox"])
+                       "shift_delay, reading) VALUES (?,?,?,?,?,?,?,?,?)",
+                       [(*o[:8], None if o[8] is None else ids[o[8]]) for o in m["outbox"]])
         db.executemany("UPDATE clock_episodes SET last_wall_us = max(last_wall_us, ?) WHERE id = ?",
                        [(us, ep) for ep, us in m["last"].items()])
 
@@ -1245,7 +1477,7 @@ class Ledger:
         Returns rows moved per episode and table."""
         out: dict[int, dict[str, int]] = {}
         points: list[tuple] = []
-        held = 0
+        held = cursor_sends = 0
         with _transaction(self._db, "IMMEDIATE") as db:
             for ep, off, lo, hi in fixes:
                 n: dict[str, int] = {}
@@ -1273,11 +1505,14 @@ class Ledger:
                            "WHERE CAST(excluded.kwh AS REAL) > CAST(energy.kwh AS REAL)",
                            args)
                 n["energy"] = db.execute("DELETE FROM energy_held WHERE episode = ?", (ep,)).rowcount
-                rows = db.execute("SELECT measurement, priority, ts_us, line, essential, shift_ts, shift_delay "
-                                  "FROM outbox_held WHERE episode = ? ORDER BY id", (ep,)).fetchall()
-                moved = [_retimed_point(r, off) for r in rows]
-                db.executemany("INSERT INTO outbox (measurement, priority, ts_ms, line, essential) VALUES (?,?,?,?,?)",
-                               moved)
+                rows = db.execute("SELECT measurement, priority, ts_us, line, essential, shift_ts, shift_delay, "
+                                  "reading FROM outbox_held WHERE episode = ? ORDER BY id", (ep,)).fetchall()
+                # a reading the cursor has not passed yet sends its own point (now of trusted time)
+                later = {i for i, r in enumerate(rows) if r[7] is not None and self._points is not None
+                         and r[7] > self._scanned and self._in_done(r[7]) is None}
+                cursor_sends += len(later)
+                moved = [_retimed_point(r[:7], off) for i, r in enumerate(rows) if i not in later]
+                db.executemany(INSERT_OUTBOX, [(*r, _last_reading(db)) for r in moved])
                 db.execute("DELETE FROM outbox_held WHERE episode = ?", (ep,))
                 n["outbox"] = len(rows)
                 held += len(rows)
@@ -1289,9 +1524,12 @@ class Ledger:
                 db.execute("UPDATE clock_episodes SET before_us = ? WHERE state = 'unrepairable' AND before_us IS NULL",
                            (boot_start_us,))
         self.outbox_held -= held
+        self._r_depth += cursor_sends
+        if cursor_sends:
+            self.committed.set()
         if points:
-            self.outbox_depth += len(points)
-            self.outbox_bytes += sum(len(p[3]) for p in points)
+            self._o_depth += len(points)
+            self._o_bytes += sum(len(p[3]) for p in points)
             self.committed.set()
         return out
 

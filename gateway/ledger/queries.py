@@ -474,3 +474,28 @@ def activity(db: sqlite3.Connection, devices: list[str], start_us: int, end_us: 
         "SELECT DISTINCT ts_us / ? FROM reading_log WHERE id > ? AND meter IN (SELECT value FROM json_each(?)) "
         "AND ts_us >= ? AND ts_us < ?", (bucket_us, indexed(db), arg, start_us, end_us)))
     return out
+
+
+# ---- the outbox (gateway status, the console without a running gateway) ----------------------------------
+
+def outbox_summary(db: sqlite3.Connection) -> tuple[int, int, int | None]:
+    """(points waiting for InfluxDB, bytes of the outbox table, the oldest waiting point's time
+    in ms or None): the rows of `outbox` and the readings after the cursor (store.py)."""
+    depth, size, oldest = db.execute("SELECT count(*), coalesce(sum(length(line)), 0), min(ts_ms) FROM outbox "
+                                     ).fetchone()
+    index = db.execute("SELECT value FROM meta WHERE key = 'influx_index'").fetchone()
+    cur = db.execute("SELECT value FROM meta WHERE key = 'outbox_cursor'").fetchone()
+    if index is None or cur is None or not has_log(db):
+        return depth, size, oldest
+    state = json.loads(cur[0])
+    c = state["c"]
+    n = db.execute("SELECT count(*) FROM reading_log WHERE id > ? AND episode IS NULL", (c,)).fetchone()[0]
+    for a, b in state.get("done", []):
+        n -= db.execute("SELECT count(*) FROM reading_log WHERE id BETWEEN ? AND ? AND episode IS NULL",
+                        (a, b)).fetchone()[0]
+    if n > 0:
+        first = db.execute("SELECT ts_us FROM reading_log WHERE id > ? AND episode IS NULL ORDER BY id LIMIT 1",
+                           (c,)).fetchone()
+        if first is not None:
+            oldest = first[0] // 1000 if oldest is None else min(oldest, first[0] // 1000)
+    return depth + max(0, n), size, oldest

@@ -92,7 +92,7 @@ def health_view(ctx, db, now: datetime, synced: bool | None) -> dict:
     if ledger is not None:
         depth, size = ledger.outbox_depth, ledger.outbox_bytes
     elif db is not None:
-        depth, size = db.execute("SELECT count(*), coalesce(sum(length(line)), 0) FROM outbox").fetchone()
+        depth, size, _ = queries.outbox_summary(db)
     else:
         depth, size = None, None
     path = cfg.storage_path
