@@ -232,7 +232,7 @@ def wal_frames(db_path: Path) -> int:
 
 
 def row_bytes(event) -> int:
-    """What a reading is, as schema 7 stored it (the baseline of every variant, whatever its
+    """What a reading is, as schema 8 stored it (the baseline of every variant, whatever its
     layout): meter name, time, field set, float64 values, counters as JSON, and its energy
     counter again (meter, time, text)."""
     n = len(event.meter) + 8 + 1 + 8 * len(event.values) + len(json.dumps(

@@ -278,7 +278,7 @@ MIGRATIONS: list[str] = [
     -- arrive, a commit touches the log's tail and no per-meter page; a worker moves them into
     -- readings_by_meter and their counters into `energy` in large batches
     -- (gateway/ledger/indexer.py), and `meta` 'indexed' says how far (gateway/ledger/queries.py
-    -- reads both). A schema-7 reading keeps its id and its row as written (counters TEXT); the
+    -- reads both). A schema-8 reading keeps its id and its row as written (counters TEXT); the
     -- ledger copies them over in batches at its first start (store.py, _finish_upgrade).
     CREATE TABLE meters (
         id   INTEGER PRIMARY KEY,
@@ -291,7 +291,7 @@ MIGRATIONS: list[str] = [
         field_set INTEGER NOT NULL,         -- field_sets.id: the names of vals
         vals      BLOB    NOT NULL,         -- gateway/ledger/codec.py (float64 LE when counters is TEXT)
         kwh       TEXT,                     -- the energy_kwh counter, exact decimal text: what `energy` gets
-        counters  BLOB,                     -- codec.py: counter set id, then the other counters; TEXT: JSON (schema 7)
+        counters  BLOB,                     -- codec.py: counter set id, then the other counters; TEXT: JSON (schema 8)
         episode   INTEGER                   -- clock_episodes.id while its time is not trusted
     );
     CREATE INDEX reading_log_episode ON reading_log (episode) WHERE episode IS NOT NULL;
@@ -302,23 +302,23 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (meter, ts_us, id)
     ) WITHOUT ROWID;
     DROP INDEX readings_meter_ts;
-    ALTER TABLE readings RENAME TO readings_v7;
-    INSERT OR REPLACE INTO meta (key, value) SELECT 'indexed', coalesce(max(id), 0) FROM readings_v7;
+    ALTER TABLE readings RENAME TO readings_old;
+    INSERT OR REPLACE INTO meta (key, value) SELECT 'indexed', coalesce(max(id), 0) FROM readings_old;
     -- InfluxDB points of readings are read from reading_log by a cursor (store.py, "the outbox"),
-    -- no longer copied into `outbox`; those of schema-7 readings are in `outbox` already.
+    -- no longer copied into `outbox`; those of schema-8 readings are in `outbox` already.
     INSERT OR REPLACE INTO meta (key, value) SELECT 'outbox_cursor', json_object('c', coalesce(max(id), 0),
-        'done', json('[]')) FROM readings_v7;
+        'done', json('[]')) FROM readings_old;
     ALTER TABLE outbox_held ADD COLUMN reading INTEGER;   -- the held point's reading_log.id
     -- the last reading committed before the point: readings' points and these go out in that order
     ALTER TABLE outbox ADD COLUMN after_reading INTEGER NOT NULL DEFAULT 0;
-    -- for people and tools with SQL: the readings as schema 7 named them
+    -- for people and tools with SQL: the readings as schema 8 named them
     CREATE VIEW readings AS SELECT l.id AS id, m.name AS meter, l.ts_us AS ts_us, l.field_set AS field_set,
         l.vals AS vals, l.kwh AS kwh, l.counters AS counters, l.episode AS episode
         FROM reading_log l JOIN meters m ON m.id = l.meter;
     """,
 ]
 ENERGY_FIELD = queries.ENERGY_FIELD   # the counter billing uses, kept in the `energy` table
-UPGRADE_ROWS = 20_000   # schema-7 readings copied per transaction at the first start
+UPGRADE_ROWS = 20_000   # schema-8 readings copied per transaction at the first start
 # Two readings of one meter at one instant: the higher counter stands, whichever came first.
 INSERT_ENERGY = ("INSERT INTO energy (meter, ts_us, kwh) VALUES (?,?,?) ON CONFLICT (meter, ts_us) DO UPDATE SET "
                  "kwh = excluded.kwh WHERE CAST(excluded.kwh AS REAL) > CAST(energy.kwh AS REAL)")
@@ -476,7 +476,7 @@ def _counter(v) -> Decimal:
 def _log_row(event: Reading, *episode) -> tuple:
     """A reading as it waits for the commit: (meter, ts_us, field names, vals, kwh text, counter
     names, counters, [episode]). Compact (gateway/ledger/codec.py) unless a counter is not a
-    finite decimal: then as schema 7 wrote it (float64 values, JSON counters; counter names None)."""
+    finite decimal: then as schema 8 wrote it (float64 values, JSON counters; counter names None)."""
     values, counters = event.values, event.counters
     kwh = counters.get(ENERGY_FIELD)
     kwh = None if kwh is None else str(kwh)
@@ -538,37 +538,37 @@ class Ledger:
         self._move_keys_out()
 
     def _finish_upgrade(self) -> None:
-        """Copy the readings of a schema-7 ledger into reading_log, in transactions of
+        """Copy the readings of a schema-8 ledger into reading_log, in transactions of
         UPGRADE_ROWS in id order, each deleting what it copied: the pages freed take the next
         copies, so the file grows by a batch, not by the readings. A start cut short goes on
         where it stopped. Rows keep their id and their bytes; their counters are in `energy`
         already (schema 6), so they count as moved (`indexed` was set by the migration)."""
         db = self._db
-        if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'readings_v7'").fetchone():
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'readings_old'").fetchone():
             return
         began, copied = time.monotonic(), 0
-        total = db.execute("SELECT count(*) FROM readings_v7").fetchone()[0]
+        total = db.execute("SELECT count(*) FROM readings_old").fetchone()[0]
         if total:
             log.warning("ledger %s: upgrading %d readings to the new layout (a few minutes per ten million; "
                         "readings and InfluxDB wait meanwhile)", self.path, total)
         while True:
             with _transaction(db, "IMMEDIATE"):
-                lo = db.execute("SELECT min(id) FROM readings_v7").fetchone()[0]
+                lo = db.execute("SELECT min(id) FROM readings_old").fetchone()[0]
                 if lo is None:
-                    db.execute("DROP TABLE readings_v7")
+                    db.execute("DROP TABLE readings_old")
                     break
-                hi = db.execute("SELECT max(id) FROM (SELECT id FROM readings_v7 WHERE id >= ? ORDER BY id LIMIT ?)",
+                hi = db.execute("SELECT max(id) FROM (SELECT id FROM readings_old WHERE id >= ? ORDER BY id LIMIT ?)",
                                 (lo, UPGRADE_ROWS)).fetchone()[0]
-                db.execute("INSERT INTO meters (name) SELECT DISTINCT meter FROM readings_v7 WHERE id BETWEEN ? AND ? "
+                db.execute("INSERT INTO meters (name) SELECT DISTINCT meter FROM readings_old WHERE id BETWEEN ? AND ? "
                            "ON CONFLICT (name) DO NOTHING", (lo, hi))
                 copied += db.execute(
                     "INSERT INTO reading_log (id, meter, ts_us, field_set, vals, kwh, counters, episode) "
                     "SELECT r.id, m.id, r.ts_us, r.field_set, r.vals, NULL, r.counters, r.episode "
-                    "FROM readings_v7 r JOIN meters m ON m.name = r.meter WHERE r.id BETWEEN ? AND ? ORDER BY r.id",
+                    "FROM readings_old r JOIN meters m ON m.name = r.meter WHERE r.id BETWEEN ? AND ? ORDER BY r.id",
                     (lo, hi)).rowcount
                 db.execute("INSERT INTO readings_by_meter (meter, ts_us, id) SELECT meter, ts_us, id FROM reading_log "
                            "WHERE id BETWEEN ? AND ? ORDER BY meter, ts_us, id", (lo, hi))
-                db.execute("DELETE FROM readings_v7 WHERE id BETWEEN ? AND ?", (lo, hi))
+                db.execute("DELETE FROM readings_old WHERE id BETWEEN ? AND ?", (lo, hi))
             self.checkpointer.note_commit()
         if total:
             log.warning("ledger %s: %d readings upgraded in %.0f s", self.path, copied, time.monotonic() - began)
@@ -912,7 +912,7 @@ class Ledger:
                                                  queries.values_of(names, fset, vals, counters),
                                                  queries.counters_of(names, kwh, counters)))
                 except (ValueError, ArithmeticError, struct.error):
-                    point = None              # a damaged row of schema 7: nothing to send
+                    point = None              # a damaged row of schema 8: nothing to send
                 if point is None:
                     if rid > self._seen:
                         self._r_depth -= 1

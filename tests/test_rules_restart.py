@@ -399,7 +399,7 @@ def test_consumption_warm_up_skips_unreadable_rows_with_a_warning(ledger, caplog
         ledger.add(e)
     ledger.flush()
     edge = to_us(L(23, 0, day=10))
-    # rows as schema 7 wrote them (counters as JSON text): a damaged one and one with a bad value
+    # rows as schema 8 wrote them (counters as JSON text): a damaged one and one with a bad value
     ledger._db.execute("INSERT INTO field_sets (names) VALUES ('') ON CONFLICT DO NOTHING")
     legacy = ("INSERT INTO reading_log (meter, ts_us, field_set, vals, counters) SELECT "
               "(SELECT id FROM meters WHERE name = ?), ?, (SELECT id FROM field_sets WHERE names = ''), x'', ?")

@@ -14,7 +14,7 @@ waits long for the write lock. `meta` says how far it got in the same transactio
 meter": the batch's end and the last meter moved). A batch cut short (SIGKILL, power cut)
 goes on from there at the next start; moving a reading twice would change nothing anyway
 (`readings_by_meter` is keyed by its id, and `energy` keeps the higher of two counters at one
-instant, as the commit did on schema 7). Readers do not wait for it: they read the tail after
+instant, as the commit did on schema 8). Readers do not wait for it: they read the tail after
 `indexed` with the per-meter form (gateway/ledger/queries.py).
 
 Its connection does not sync its commits (`synchronous=NORMAL`): what it writes can be made
@@ -88,7 +88,7 @@ def plan_groups(db: sqlite3.Connection, lo: int, hi: int, after_meter: int, grou
 def move(db: sqlite3.Connection, batch_rows: int = BATCH_ROWS, group_rows: int = GROUP_ROWS,
          pause=None) -> int:
     """Move everything appended so far, in transactions of about `group_rows` readings.
-    Returns the readings moved. `pause` (if given) is called between two transactions."""
+    Returns the readings moved. `pause` (if given) is called between two transactions of a batch."""
     moved = 0
     while True:
         lo, hi, after = state(db)
@@ -97,7 +97,9 @@ def move(db: sqlite3.Connection, batch_rows: int = BATCH_ROWS, group_rows: int =
             if top <= lo:
                 return moved
             hi, after = min(top, lo + batch_rows), 0
-        for end in plan_groups(db, lo, hi, after, group_rows) + [None]:   # None: the batch is done
+        for k, end in enumerate(plan_groups(db, lo, hi, after, group_rows) + [None]):   # None: the batch is done
+            if k and pause is not None:
+                pause()
             db.execute("BEGIN IMMEDIATE")
             try:
                 now = state(db)
@@ -118,8 +120,6 @@ def move(db: sqlite3.Connection, batch_rows: int = BATCH_ROWS, group_rows: int =
                 raise
             if end is not None:
                 after = end
-            if pause is not None:
-                pause()
 
 
 class Indexer:

@@ -13,7 +13,7 @@ The functions take any connection to the ledger (the ledger's own, a worker's, a
 of `gateway status` or the console) and write nothing.
 
 Row formats (`reading_log.counters` tells them apart): a BLOB is the compact form
-(gateway/ledger/codec.py; the energy counter in `kwh`); TEXT is a reading of schema 7 or older,
+(gateway/ledger/codec.py; the energy counter in `kwh`); TEXT is a reading of schema 8 or older,
 kept as it was written (values float64 little-endian, counters JSON).
 """
 
@@ -79,7 +79,7 @@ def values_of(names: Names, fset: int, vals: bytes, counters) -> dict[str, float
 
 
 def counters_of(names: Names, kwh: str | None, counters) -> dict[str, Decimal]:
-    """A row's counters as exact decimals; raises ValueError when a schema-7 row's JSON is damaged."""
+    """A row's counters as exact decimals; raises ValueError when a schema-8 row's JSON is damaged."""
     if isinstance(counters, str):
         return {k: Decimal(v) for k, v in json.loads(counters).items()}
     set_id, vals = decode_counters(counters)
@@ -95,7 +95,7 @@ def counters_of(names: Names, kwh: str | None, counters) -> dict[str, Decimal]:
 
 
 def counter_texts(names: Names, kwh: str | None, counters) -> dict[str, object]:
-    """The counters as stored (exact text), {} for a damaged schema-7 row."""
+    """The counters as stored (exact text), {} for a damaged schema-8 row."""
     if isinstance(counters, str):
         try:
             found = json.loads(counters)
@@ -106,7 +106,7 @@ def counter_texts(names: Names, kwh: str | None, counters) -> dict[str, object]:
 
 
 def counter_value(names: Names, kwh: str | None, counters, field: str):
-    """(counter `field` as stored or None, damaged): what json_extract gave on schema 7."""
+    """(counter `field` as stored or None, damaged): what json_extract gave on schema 8."""
     if isinstance(counters, str):
         try:
             found = json.loads(counters)
@@ -130,7 +130,7 @@ def counter_value(names: Names, kwh: str | None, counters, field: str):
 # ---- the tail ---------------------------------------------------------------------------------------
 
 def has_log(db: sqlite3.Connection) -> bool:
-    """The ledger has the appended log (a ledger of schema 7 not opened by this gateway yet has not)."""
+    """The ledger has the appended log (a ledger of schema 8 not opened by this gateway yet has not)."""
     return db.execute("SELECT 1 FROM sqlite_master WHERE name = 'reading_log'").fetchone() is not None
 
 
