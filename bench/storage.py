@@ -78,6 +78,7 @@ VARIANTS = {
     "index30min": dict(outbox=False, index_min=30),
     "index120min": dict(outbox=False, index_min=120),
     "index240min": dict(outbox=False, index_min=240),
+    "index360min": dict(outbox=False, index_min=360),
     "page4096+autocheckpoint1000": dict(outbox=False, page_size=4096, autocheckpoint=1000),
     "outbox+page4096+autocheckpoint1000": dict(outbox=True, page_size=4096, autocheckpoint=1000),
     "page4096": dict(outbox=False, page_size=4096),
@@ -266,7 +267,9 @@ def simulate_writes(fs: LoopFs | None, base: Path, name: str, minutes: float, wa
         con.close()
     from gateway.ledger.checkpoint import WAL_BYTES
     wal_bytes = int(wal_mb * MB) if wal_mb is not None else WAL_BYTES
-    ledger = Ledger(db_path, commit_s, Encoder(SiteIndex.from_config(cfg)) if outbox else None, wal_bytes=wal_bytes)
+    sim = {"now": 0.0}
+    ledger = Ledger(db_path, commit_s, Encoder(SiteIndex.from_config(cfg)) if outbox else None, wal_bytes=wal_bytes,
+                    monotonic=lambda: sim["now"])
     # The checkpoint thread's work is done here, after each commit, with its own connection: the
     # simulation runs hours in seconds, with no idle second between commits for the thread. The
     # indexer's batches likewise, every `index_min` simulated minutes.
@@ -309,6 +312,7 @@ def simulate_writes(fs: LoopFs | None, base: Path, name: str, minutes: float, wa
         wall = time.perf_counter()
         for step in range(1, steps + 1):
             now = t0 + step * commit_s
+            sim["now"] = now
             if began is None and now > measure_from:
                 ledger._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 os.sync()
@@ -335,12 +339,12 @@ def simulate_writes(fs: LoopFs | None, base: Path, name: str, minutes: float, wa
                 counted["readings"] += arrived
                 counted["points"] += len(ledger._outbox)
             c0, had = time.perf_counter(), ledger.pending
-            ledger._flush_logged()
+            ledger._flush_logged(lazy=True)          # as Ledger.run does
             if began is not None and had:
                 flush_s.append(time.perf_counter() - c0)
             if now >= index_at:
                 index_at += index_min * 60
-                ledger.catch_up()
+                ledger.indexer.catch_up(whole_hours=True)     # what the worker does
                 counted["batches"] += 1
             if autocheckpoint is None:
                 ledger.checkpointer.step(ckpt_db)
@@ -361,7 +365,7 @@ def simulate_writes(fs: LoopFs | None, base: Path, name: str, minutes: float, wa
         os.sync()
         wrote = proc_write_bytes() - began[0]
         device = (fs.sectors_written() - began[1]) * 512 if fs else None
-        commits = ledger.commits - began[2] + counted["deletes"]
+        commits = ledger.commits - began[2]
         checkpoints = ledger.checkpointer.checkpoints - began[3]
     finally:
         ckpt_db.close()

@@ -315,10 +315,9 @@ class Retention:
             if not await self._call(run, "readings", self.ledger.delete_readings, (*span, raw_cut)):
                 break
             span = self.ledger.reading_id_after(span[1] + 1, self.batch_rows)
-        for meter in self.ledger.reading_meters():
-            while await self._call(run, "readings", self.ledger.delete_meter_readings,
-                                   (meter, raw_cut, self.batch_rows)) == self.batch_rows:
-                pass
+        while await self._call(run, "readings", self.ledger.delete_old_readings,
+                               (raw_cut, self.batch_rows)) == self.batch_rows:
+            pass
         meters = self._keys("energy", "meter")
         for meter in meters:
             await self._drain(run, "energy counters older than the limit",

@@ -295,11 +295,14 @@ MIGRATIONS: list[str] = [
         episode   INTEGER                   -- clock_episodes.id while its time is not trusted
     );
     CREATE INDEX reading_log_episode ON reading_log (episode) WHERE episode IS NOT NULL;
+    -- Hour by hour, then meter: a batch of whole hours goes at the end of the table (pages
+    -- written once, full), not into 145 places; a meter's readings of an hour are one range.
     CREATE TABLE readings_by_meter (
+        slot  INTEGER NOT NULL,             -- ts_us / 3600000000: the hour
         meter INTEGER NOT NULL,
         ts_us INTEGER NOT NULL,
         id    INTEGER NOT NULL,             -- reading_log.id
-        PRIMARY KEY (meter, ts_us, id)
+        PRIMARY KEY (slot, meter, ts_us, id)
     ) WITHOUT ROWID;
     DROP INDEX readings_meter_ts;
     ALTER TABLE readings RENAME TO readings_old;
@@ -319,6 +322,9 @@ MIGRATIONS: list[str] = [
 ]
 ENERGY_FIELD = queries.ENERGY_FIELD   # the counter billing uses, kept in the `energy` table
 UPGRADE_ROWS = 20_000   # schema-8 readings copied per transaction at the first start
+CONFIRM_DELAY_S = 60.0  # InfluxDB's confirmations are written this often (with a commit of rows)
+LAZY_S = 30.0           # self metrics wait this long at most for a commit of rows to go with
+SELF_METRICS = "gateway"  # their measurement
 # Two readings of one meter at one instant: the higher counter stands, whichever came first.
 INSERT_ENERGY = ("INSERT INTO energy (meter, ts_us, kwh) VALUES (?,?,?) ON CONFLICT (meter, ts_us) DO UPDATE SET "
                  "kwh = excluded.kwh WHERE CAST(excluded.kwh AS REAL) > CAST(energy.kwh AS REAL)")
@@ -493,8 +499,9 @@ class Ledger:
     every row is then committed in the same transaction as the reading it comes from."""
 
     def __init__(self, path: Path, commit_interval_s: float = 1.0, encoder=None, wal_bytes: int = WAL_BYTES,
-                 index: dict | None = None):
+                 index: dict | None = None, monotonic=time.monotonic):
         self.path = Path(path)
+        self.monotonic = monotonic        # seconds, for how long confirmations wait (a bench simulates it)
         self.commit_interval_s = commit_interval_s
         self.encoder = encoder
         self._db = _connect(self.path)
@@ -566,8 +573,8 @@ class Ledger:
                     "SELECT r.id, m.id, r.ts_us, r.field_set, r.vals, NULL, r.counters, r.episode "
                     "FROM readings_old r JOIN meters m ON m.name = r.meter WHERE r.id BETWEEN ? AND ? ORDER BY r.id",
                     (lo, hi)).rowcount
-                db.execute("INSERT INTO readings_by_meter (meter, ts_us, id) SELECT meter, ts_us, id FROM reading_log "
-                           "WHERE id BETWEEN ? AND ? ORDER BY meter, ts_us, id", (lo, hi))
+                db.execute(f"INSERT INTO readings_by_meter (slot, meter, ts_us, id) SELECT {queries.SLOT_SQL}, meter, "
+                           "ts_us, id FROM reading_log WHERE id BETWEEN ? AND ? ORDER BY 1, 2, 3, 4", (lo, hi))
                 db.execute("DELETE FROM readings_old WHERE id BETWEEN ? AND ?", (lo, hi))
             self.checkpointer.note_commit()
         if total:
@@ -584,6 +591,8 @@ class Ledger:
         if self.encoder is not None and not isinstance(event, Reading):   # a reading's point: the cursor
             row = self.encoder(event)
             if row is not None:
+                if not self._outbox:
+                    self._outbox_since = self.monotonic()
                 self._outbox.append((row.measurement, row.priority, row.ts_ms, row.line, row.essential))
         if isinstance(event, Reading):
             # Meter, field sets and counter set are resolved when the batch is committed: an
@@ -624,7 +633,20 @@ class Ledger:
         """Rows waiting for the commit; a reading's energy counter counts as a row of its own (it
         becomes one in `energy`)."""
         return len(self._readings) + len(self._statuses) + len(self._outbox) + len(self._field_events) \
-            + len(self._energy) + len(self._marked) + sum(1 for r in self._readings if r[4] is not None)
+            + len(self._energy) + len(self._marked) + sum(1 for r in self._readings if r[4] is not None) \
+            + self._confirmations_due()
+
+    def _due(self) -> bool:
+        """Whether the commit interval's commit should happen (Ledger.run). Everything the
+        gateway stored waits at most commit_interval_s, except what only InfluxDB needs: self
+        metrics wait up to LAZY_S and confirmations up to 2 × CONFIRM_DELAY_S for a commit of
+        rows to go with (each commit costs the card a sync)."""
+        if self._readings or self._statuses or self._field_events or self._energy or self._marked \
+                or any(r[0] != SELF_METRICS for r in self._outbox):
+            return True
+        now = self.monotonic()
+        return bool(self._outbox) and now - self._outbox_since >= LAZY_S \
+            or self._ok_us is not None and now - self._ok_since >= 2 * CONFIRM_DELAY_S
 
     def flush(self) -> int:
         """Commit everything added so far in one transaction; returns the rows written."""
@@ -646,6 +668,11 @@ class Ledger:
             db.executemany(INSERT_OUTBOX, [(*r, last) for r in outbox])
             if marked is not None:
                 self._insert_marked(db, marked)
+            confirmed = self._confirmations_due()
+            if confirmed:
+                self._write_confirmations(db)
+        if confirmed:
+            self._confirmations_written()
         self._readings, self._statuses, self._outbox, self._field_events = [], [], [], []
         self._energy = []
         if marked is not None:
@@ -680,7 +707,7 @@ class Ledger:
                 await asyncio.sleep(self.commit_interval_s)
                 for event in sub.take_all():
                     self.add(event)
-                self._flush_logged()
+                self._flush_logged(lazy=True)
         finally:
             for event in sub.take_all():
                 self.add(event)
@@ -693,10 +720,12 @@ class Ledger:
         last commit failed; they are committed as soon as that is over."""
         return bool(self.pending) and (self.commit_failures > 0 or self.gate_closed)
 
-    def _flush_logged(self, force: bool = False) -> None:
+    def _flush_logged(self, force: bool = False, lazy: bool = False) -> None:
         self.gate_closed = self.write_gate is not None and not self.write_gate()
         if self.gate_closed and not force:
             self._bound_pending()
+            return
+        if lazy and not self._due():
             return
         try:
             written = self.flush()
@@ -767,6 +796,7 @@ class Ledger:
                       dropped["readings"], dropped["energy"])
 
     def close(self) -> None:
+        self._closing = True
         self._flush_logged(force=True)  # the last chance, even with the write gate closed
         if self.pending:
             log.error("ledger %s: %d rows could not be written before closing and are lost", self.path, self.pending)
@@ -794,6 +824,11 @@ class Ledger:
         db = self._db
         self._spans: list[list] = []      # [first, last, ids handed and not confirmed] beyond the cursor
         self._o_after = 0                 # the last outbox id handed
+        self._outbox_since = 0.0          # when the oldest pending outbox row was added
+        self._confirmed_o: list[int] = []  # outbox rows confirmed, deleted with the next commit
+        self._ok_us: int | None = None    # the last confirmation, not written yet
+        self._ok_since = 0.0              # ... since (monotonic)
+        self._closing = False
         self._r_depth = 0
         cur = self.meta("outbox_cursor")
         state = json.loads(cur) if cur else {"c": 0, "done": []}
@@ -865,7 +900,10 @@ class Ledger:
             self._spans = [sp for sp in self._spans if not sp[2]]
             self._scanned = self._cursor
         others = self._db.execute("SELECT id, line, after_reading FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
-                                  (self._o_after, limit)).fetchall()
+                                  (self._o_after, limit + len(self._confirmed_o))).fetchall()
+        if self._confirmed_o:             # confirmed, deleted with the next commit
+            done = set(self._confirmed_o)
+            others = [r for r in others if r[0] not in done][:limit]
         if self._points is None:
             out = [((self._OUTBOX, i), line) for i, line, _ in others]
         else:
@@ -932,16 +970,19 @@ class Ledger:
         r = [k[1] for k, _ in rows if k[0] == self._READING]
         return o, r
 
-    def _ack(self, db: sqlite3.Connection, ids: list[int]) -> None:
-        """Readings whose points are done (confirmed or set aside): move the cursor, save it."""
+    def _ack(self, ids: list[int]) -> None:
+        """Readings whose points are done (confirmed or set aside): move the cursor."""
         gone = set(ids)
         for span in self._spans:
             span[2] -= gone
         while self._spans and not self._spans[0][2] and self._spans[0][0] <= self._cursor + 1:
             self._cursor = max(self._cursor, self._spans.pop(0)[1])
-        done = [[a, b] for a, b, left in self._spans if not left]
-        self._set_meta(db, "outbox_cursor", json.dumps({"c": self._cursor, "done": done}))
         self._r_depth -= len(ids)
+
+    def _save_cursor(self, db: sqlite3.Connection) -> None:
+        if self._points is not None:
+            done = [[a, b] for a, b, left in self._spans if not left]
+            self._set_meta(db, "outbox_cursor", json.dumps({"c": self._cursor, "done": done}))
 
     def outbox_ts_ms(self, key) -> int | None:
         kind, rid = key
@@ -971,25 +1012,49 @@ class Ledger:
         self._o_bytes -= sum(len(line) for line in o)
 
     def outbox_confirmed(self, rows: list[tuple[tuple[int, int], str]], now_us: int) -> None:
-        """Points the server confirmed: outbox rows deleted (an id range), the readings' cursor
-        moved, and when noted, in one transaction."""
+        """Points the server confirmed. Written once a minute (CONFIRM_DELAY_S), with a commit of
+        rows: the outbox rows deleted, the readings' cursor moved, and when, in one transaction;
+        a transaction per batch would cost the card a synced commit every few seconds. Killed
+        before that, the ledger sends those points again, and the server keeps them once (a
+        point is its series and its own time: the same point overwrites itself)."""
         o, r = self._split(rows)
-        with _transaction(self._db) as db:
-            self._set_meta(db, "influx_last_ok_us", str(now_us))
-            self._outbox_delete(db, o)
-            if r:
-                self._ack(db, r)
+        self._confirmed_o.extend(o)
+        if r:
+            self._ack(r)
+        if self._ok_us is None:
+            self._ok_since = self.monotonic()
+        self._ok_us = now_us
         self._outbox_forget(rows)
+
+    def _write_confirmations(self, db: sqlite3.Connection) -> None:
+        """In the caller's transaction: what outbox_confirmed noted."""
+        if self._ok_us is None:
+            return
+        self._set_meta(db, "influx_last_ok_us", str(self._ok_us))
+        db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in self._confirmed_o])
+        self._save_cursor(db)
+
+    def _confirmations_written(self) -> None:
+        self._ok_us = None
+        self._confirmed_o = []
+
+    def _confirmations_due(self) -> bool:
+        """Confirmations are written once they waited CONFIRM_DELAY_S, with a commit of rows if
+        one comes (readings come in bursts), else alone."""
+        return self._ok_us is not None and (self._closing or self.monotonic() - self._ok_since >= CONFIRM_DELAY_S)
 
     def outbox_reject(self, rows: list[tuple[tuple[int, int], str]], status: int, reason: str, now_us: int) -> None:
         """Move points the server refused as bad data aside, with its reason, in one transaction."""
         o, r = self._split(rows)
+        if r:
+            self._ack(r)
         with _transaction(self._db) as db:
             db.executemany("INSERT INTO outbox_rejected (line, status, reason, rejected_us) VALUES (?,?,?,?)",
                            [(line, status, reason, now_us) for _, line in rows])
             self._outbox_delete(db, o)
-            if r:
-                self._ack(db, r)
+            self._save_cursor(db)
+            self._write_confirmations(db)
+        self._confirmations_written()
         self._outbox_forget(rows)
 
     def shed(self, target_bytes: int) -> dict[str, int]:
@@ -1276,8 +1341,9 @@ class Ledger:
             args = (lo, hi, before_us)
             self._park(db, f"SELECT {queries.LOG_COLS} FROM reading_log WHERE id BETWEEN ? AND ? AND ts_us < ? "
                            "AND episode IS NULL AND id > ?", (*args, self._cursor))
-            db.execute("DELETE FROM readings_by_meter WHERE (meter, ts_us, id) IN (SELECT meter, ts_us, id FROM "
-                       "reading_log WHERE id BETWEEN ? AND ? AND ts_us < ? AND episode IS NULL)", args)
+            db.execute(f"DELETE FROM readings_by_meter WHERE (slot, meter, ts_us, id) IN (SELECT {queries.SLOT_SQL}, "
+                       "meter, ts_us, id FROM reading_log WHERE id BETWEEN ? AND ? AND ts_us < ? AND episode IS NULL)",
+                       args)
             return db.execute("DELETE FROM reading_log WHERE id BETWEEN ? AND ? AND ts_us < ? AND episode IS NULL",
                               args).rowcount
 
@@ -1305,23 +1371,21 @@ class Ledger:
         self._o_depth += len(rows)
         self._o_bytes += sum(len(r[3]) for r in rows)
 
-    def reading_meters(self) -> list[int]:
-        return [i for (i,) in self._db.execute("SELECT id FROM meters ORDER BY id")]
-
-    def delete_meter_readings(self, meter_id: int, before_us: int, limit: int) -> int:
-        """Delete up to `limit` of one meter's readings older than `before_us` (of trusted time,
-        already in their per-meter form) by time: those that arrived late."""
+    def delete_old_readings(self, before_us: int, limit: int) -> int:
+        """Delete up to `limit` readings older than `before_us` (of trusted time, already in
+        their per-meter form) by time, oldest first: those the pass in id order did not reach
+        (they arrived late). The per-meter form is ordered by hour: they are its first rows."""
         with _transaction(self._db, "IMMEDIATE") as db:
-            rows = db.execute("SELECT b.ts_us, b.id FROM readings_by_meter b JOIN reading_log r ON r.id = b.id "
-                              "WHERE b.meter = ? AND b.ts_us < ? AND b.id <= ? AND r.episode IS NULL LIMIT ?",
-                              (meter_id, before_us, queries.indexed(db), limit)).fetchall()
-            ids = [i for _, i in rows if i > self._cursor]
+            rows = db.execute("SELECT b.slot, b.meter, b.ts_us, b.id FROM readings_by_meter b JOIN reading_log r "
+                              "ON r.id = b.id WHERE b.slot <= ? AND b.ts_us < ? AND b.id <= ? AND r.episode IS NULL "
+                              "ORDER BY b.slot LIMIT ?",
+                              (queries.slot(before_us), before_us, queries.indexed(db), limit)).fetchall()
+            ids = [r[3] for r in rows if r[3] > self._cursor]
             if ids:
                 self._park(db, f"SELECT {queries.LOG_COLS} FROM reading_log WHERE id IN "
                                "(SELECT value FROM json_each(?))", (json.dumps(ids),))
-            db.executemany("DELETE FROM readings_by_meter WHERE meter = ? AND ts_us = ? AND id = ?",
-                           [(meter_id, t, i) for t, i in rows])
-            db.executemany("DELETE FROM reading_log WHERE id = ?", [(i,) for _, i in rows])
+            db.executemany("DELETE FROM readings_by_meter WHERE slot = ? AND meter = ? AND ts_us = ? AND id = ?", rows)
+            db.executemany("DELETE FROM reading_log WHERE id = ?", [(r[3],) for r in rows])
         return len(rows)
 
     # ---- the per-meter form (gateway/ledger/indexer.py) ----
@@ -1482,8 +1546,9 @@ class Ledger:
             for ep, off, lo, hi in fixes:
                 n: dict[str, int] = {}
                 # the per-meter entries of those already moved there go with them
-                db.execute("UPDATE readings_by_meter SET ts_us = ts_us + ? WHERE (meter, ts_us, id) IN "
-                           "(SELECT meter, ts_us, id FROM reading_log WHERE episode = ?)", (off, ep))
+                db.execute(f"UPDATE readings_by_meter SET ts_us = ts_us + :off, slot = (ts_us + :off) / {queries.SLOT_US} "
+                           f"WHERE (slot, meter, ts_us, id) IN (SELECT {queries.SLOT_SQL}, meter, ts_us, id FROM "
+                           "reading_log WHERE episode = :ep)", {"off": off, "ep": ep})
                 n["readings"] = db.execute("UPDATE reading_log SET ts_us = ts_us + ?, episode = NULL WHERE episode = ?",
                                            (off, ep)).rowcount
                 for t in ("device_status", "swipes", "door_events", "alert_history"):

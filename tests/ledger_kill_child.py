@@ -9,6 +9,7 @@ committed so far); MODE "batch" prints "group" between two transactions of a per
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -22,6 +23,14 @@ from gateway.ledger.checkpoint import Checkpointer  # noqa: E402
 from gateway.store import Ledger  # noqa: E402
 
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
+_said = threading.Lock()
+
+
+def say(text: str) -> None:
+    """One whole line (the worker threads speak too)."""
+    with _said:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
 
 
 def main() -> None:
@@ -29,22 +38,22 @@ def main() -> None:
     if mode == "batch":
         move = indexer.move
 
-        def noisy(db, batch_rows=indexer.BATCH_ROWS, group_rows=indexer.GROUP_ROWS, pause=None):
+        def noisy(db, batch_rows=indexer.BATCH_ROWS, group_rows=indexer.GROUP_ROWS, pause=None, **kw):
             def between():
-                print("group", flush=True)
+                say("group")
                 time.sleep(0.02)
-            return move(db, batch_rows, group_rows, between)
+            return move(db, batch_rows, group_rows, between, **kw)
         indexer.move = noisy
         ledger = Ledger(path, index={"tail_rows": 3000, "group_rows": 300})
     else:
         run_once = Checkpointer.run_once
 
         def noisy_ckpt(self, db):
-            print("checkpoint", flush=True)
+            say("checkpoint")
             try:
                 return run_once(self, db)
             finally:
-                print("checkpointed", flush=True)
+                say("checkpointed")
         Checkpointer.run_once = noisy_ckpt
         ledger = Ledger(path, wal_bytes=4 * 1024 * 1024)
     start = ledger.count_readings()
@@ -58,7 +67,7 @@ def main() -> None:
                                {"energy_kwh": Decimal(k) / 100}))
             n += 1
         ledger.flush()
-        print(f"committed {start + n}", flush=True)
+        say(f"committed {start + n}")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ import threading
 import time
 from pathlib import Path
 
+from .queries import SLOT_SQL, SLOT_US
+
 log = logging.getLogger(__name__)
 
 EVERY_S = 3600.0          # a batch at least this often (docs/storage.md: measured)
@@ -43,8 +45,8 @@ INSERT_ENERGY_FROM_LOG = (
     "ON CONFLICT (meter, ts_us) DO UPDATE SET kwh = excluded.kwh "
     "WHERE CAST(excluded.kwh AS REAL) > CAST(energy.kwh AS REAL)")
 INSERT_BY_METER = (
-    "INSERT OR IGNORE INTO readings_by_meter (meter, ts_us, id) SELECT meter, ts_us, id FROM reading_log "
-    "WHERE id > ? AND id <= ? AND meter > ? AND meter <= ? ORDER BY meter, ts_us, id")
+    f"INSERT OR IGNORE INTO readings_by_meter (slot, meter, ts_us, id) SELECT {SLOT_SQL}, meter, ts_us, id "
+    "FROM reading_log WHERE id > ? AND id <= ? AND meter > ? AND meter <= ? ORDER BY 1, 2, 3, 4")
 
 
 def _meta(db: sqlite3.Connection, key: str) -> str | None:
@@ -86,14 +88,21 @@ def plan_groups(db: sqlite3.Connection, lo: int, hi: int, after_meter: int, grou
 
 
 def move(db: sqlite3.Connection, batch_rows: int = BATCH_ROWS, group_rows: int = GROUP_ROWS,
-         pause=None) -> int:
+         pause=None, whole_hours: bool = False) -> int:
     """Move everything appended so far, in transactions of about `group_rows` readings.
-    Returns the readings moved. `pause` (if given) is called between two transactions of a batch."""
+    Returns the readings moved. `pause` (if given) is called between two transactions of a batch.
+    `whole_hours`: only up to the last reading before the newest reading's hour (the worker's
+    batches: the hour still being written stays in the tail, and each batch adds whole hours at
+    the end of readings_by_meter)."""
     moved = 0
     while True:
         lo, hi, after = state(db)
         if hi is None:
             top = db.execute("SELECT max(id) FROM reading_log").fetchone()[0] or 0
+            if whole_hours and top > lo:
+                newest = db.execute("SELECT ts_us FROM reading_log WHERE id = ?", (top,)).fetchone()[0]
+                top = db.execute("SELECT max(id) FROM reading_log WHERE id > ? AND ts_us < ?",
+                                 (lo, newest // SLOT_US * SLOT_US)).fetchone()[0] or lo
             if top <= lo:
                 return moved
             hi, after = min(top, lo + batch_rows), 0
@@ -160,16 +169,17 @@ class Indexer:
         if self._pending >= self.tail_rows:
             self._wake.set()
 
-    def catch_up(self) -> int:
+    def catch_up(self, whole_hours: bool = False) -> int:
         """Move everything appended so far, now, in the caller's thread (tests, tools, the
-        retention before it deletes, a bulk writer). Returns the readings moved."""
+        retention before it deletes, a bulk writer). Returns the readings moved. `whole_hours`:
+        as the worker's own batches (a bench simulating them)."""
         with self._lock:
-            return self._batch()
+            return self._batch(whole_hours)
 
-    def _batch(self) -> int:
+    def _batch(self, whole_hours: bool = True) -> int:
         db = self._connection()
         self._pending = 0
-        n = move(db, group_rows=self.group_rows)
+        n = move(db, group_rows=self.group_rows, whole_hours=whole_hours)
         self.batches += 1
         self.moved += n
         return n
@@ -186,7 +196,7 @@ class Indexer:
             try:
                 with self._lock:
                     self._batch()
-            except sqlite3.Error as e:
+            except Exception as e:      # noqa: BLE001 (the worker must outlive any one batch)
                 # the tail is read with the per-meter form, so nothing is missing meanwhile
                 self.failures += 1
                 if self.failures == 1 or self.failures % 10 == 0:

@@ -1,8 +1,8 @@
 """Reading the readings: the appended log, its per-meter form, and the energy counters.
 
 Readings are appended to `reading_log` in the order they arrive; a worker
-(gateway/ledger/indexer.py) moves them in batches into `readings_by_meter` (meter, time, id)
-and their energy counters into `energy`, and notes in `meta` how far it got (`indexed`: every
+(gateway/ledger/indexer.py) moves them in batches into `readings_by_meter` (hour, meter, time,
+id: one meter's readings of an hour are one range of it) and their energy counters into `energy`, and notes in `meta` how far it got (`indexed`: every
 reading up to that id is in both). The rows after that mark are the tail: at most about a
 batch interval of readings (an hour: 17,520 for the reference site). Every query here reads the
 per-meter form and the tail together, so what it answers does not depend on when the worker
@@ -29,6 +29,37 @@ from .codec import decode_counters, decode_vals
 
 ENERGY_FIELD = "energy_kwh"
 LOG_COLS = "id, meter, ts_us, field_set, vals, kwh, counters, episode"
+SLOT_US = 3_600_000_000                 # readings_by_meter.slot: the hour of a reading
+SLOT_SQL = f"ts_us / {SLOT_US}"
+
+
+def slot(ts_us: int) -> int:
+    """The hour of a time, as SQLite's integer division gives it (towards zero)."""
+    return ts_us // SLOT_US if ts_us >= 0 else -((-ts_us) // SLOT_US)
+
+
+def slots(lo_us: int, hi_us: int) -> str:
+    """The hours of [lo_us, hi_us] as a JSON list (for `slot IN (SELECT value FROM json_each(?))`)."""
+    return json.dumps(list(range(slot(lo_us), slot(hi_us) + 1)))
+
+
+def _slot_range(db: sqlite3.Connection) -> tuple[int, int] | None:
+    lo = db.execute("SELECT min(slot) FROM readings_by_meter").fetchone()[0]
+    return None if lo is None else (lo, db.execute("SELECT max(slot) FROM readings_by_meter").fetchone()[0])
+
+
+def _back(db: sqlite3.Connection, sql: str, args: dict, before_us: int | None, bounds=None):
+    """The first row `sql` finds (it takes :slot) in the hours before `before_us` (None: all),
+    newest hour first."""
+    bounds = bounds or _slot_range(db)
+    if bounds is None:
+        return None
+    top = bounds[1] if before_us is None else min(bounds[1], slot(before_us))
+    for s in range(top, bounds[0] - 1, -1):
+        row = db.execute(sql, {**args, "slot": s}).fetchone()
+        if row is not None:
+            return row
+    return None
 
 
 # ---- one row --------------------------------------------------------------------------------------
@@ -167,7 +198,12 @@ def count_readings(db: sqlite3.Connection, meter: str | None = None) -> int:
     if mid is None:
         return 0
     mark = indexed(db)
-    n = db.execute("SELECT count(*) FROM readings_by_meter WHERE meter = ? AND id <= ?", (mid, mark)).fetchone()[0]
+    n = 0
+    bounds = _slot_range(db)
+    if bounds is not None:
+        n = db.execute("SELECT count(*) FROM readings_by_meter WHERE slot IN (SELECT value FROM json_each(?)) "
+                       "AND meter = ? AND id <= ?", (json.dumps(list(range(bounds[0], bounds[1] + 1))), mid, mark)
+                       ).fetchone()[0]
     return n + db.execute("SELECT count(*) FROM reading_log WHERE id > ? AND meter = ?", (mark, mid)).fetchone()[0]
 
 
@@ -190,8 +226,8 @@ def has_readings(db: sqlite3.Connection, meter: str, start_us: int, end_us: int)
     mid = Names(db).meter_id(meter)
     if mid is None:
         return False
-    if db.execute("SELECT 1 FROM readings_by_meter WHERE meter = ? AND ts_us BETWEEN ? AND ? LIMIT 1",
-                  (mid, start_us, end_us)).fetchone():
+    if db.execute("SELECT 1 FROM readings_by_meter WHERE slot IN (SELECT value FROM json_each(?)) AND meter = ? "
+                  "AND ts_us BETWEEN ? AND ? LIMIT 1", (slots(start_us, end_us), mid, start_us, end_us)).fetchone():
         return True
     return db.execute("SELECT 1 FROM reading_log WHERE id > ? AND meter = ? AND ts_us BETWEEN ? AND ? LIMIT 1",
                       (indexed(db), mid, start_us, end_us)).fetchone() is not None
@@ -213,8 +249,8 @@ def last_reading(db: sqlite3.Connection, meter: str, names: Names | None = None,
     for r in tail_rows.get(mid, ()):
         if best is None or r[2] >= best[2]:
             best = r
-    hit = db.execute("SELECT ts_us, id FROM readings_by_meter WHERE meter = ? ORDER BY ts_us DESC, id DESC LIMIT 1",
-                     (mid,)).fetchone()
+    hit = _back(db, "SELECT ts_us, id FROM readings_by_meter WHERE slot = :slot AND meter = :m "
+                    "ORDER BY ts_us DESC, id DESC LIMIT 1", {"m": mid}, None)
     if hit is not None and (best is None or (hit[0], hit[1]) > (best[2], best[0])):
         best = db.execute(f"SELECT {LOG_COLS} FROM reading_log WHERE id = ?", (hit[1],)).fetchone() or best
     if best is None:
@@ -240,8 +276,8 @@ def meter_rows(db: sqlite3.Connection, meter: str, start_us: int, end_us: int) -
     mark = indexed(db)
     rows = {r[0]: r for r in db.execute(
         f"SELECT {', '.join('l.' + c for c in LOG_COLS.split(', '))} FROM readings_by_meter b "
-        "JOIN reading_log l ON l.id = b.id WHERE b.meter = ? AND b.ts_us >= ? AND b.ts_us < ?",
-        (mid, start_us, end_us))}
+        "JOIN reading_log l ON l.id = b.id WHERE b.slot IN (SELECT value FROM json_each(?)) AND b.meter = ? "
+        "AND b.ts_us >= ? AND b.ts_us < ?", (slots(start_us, end_us), mid, start_us, end_us))}
     for r in tail(db, mark, [mid]):
         if start_us <= r[2] < end_us:
             rows[r[0]] = r
@@ -254,10 +290,12 @@ def last_reading_times(db: sqlite3.Connection) -> dict[str, int]:
     names = Names(db)
     names._load_meters()
     out: dict[int, int] = {}
+    bounds = _slot_range(db)
     for mid in names.meter_names:
-        t = db.execute("SELECT max(ts_us) FROM readings_by_meter WHERE meter = ?", (mid,)).fetchone()[0]
+        t = _back(db, "SELECT max(ts_us) FROM readings_by_meter WHERE slot = :slot AND meter = :m HAVING count(*)",
+                  {"m": mid}, None, bounds) if bounds else None
         if t is not None:
-            out[mid] = t
+            out[mid] = t[0]
     for mid, t in db.execute("SELECT meter, max(ts_us) FROM reading_log WHERE id > ? GROUP BY meter",
                              (indexed(db),)):
         out[mid] = max(out.get(mid, t), t)
@@ -266,14 +304,27 @@ def last_reading_times(db: sqlite3.Connection) -> dict[str, int]:
 
 # ---- energy counters (billing, compaction, the console's daily kWh) ---------------------------------------
 
+_tails: dict[int, tuple[tuple, dict[str, list[tuple[int, str]]]]] = {}
+
+
 def _tail_energy(db: sqlite3.Connection, meter: str, lo: int, hi: int) -> list[tuple[int, str]]:
-    """(ts_us, kwh) of the tail's trusted readings of `meter` with lo <= ts <= hi, in id order."""
-    mid = Names(db).meter_id(meter)
-    if mid is None:
-        return []
-    return db.execute("SELECT ts_us, kwh FROM reading_log WHERE id > ? AND meter = ? AND kwh IS NOT NULL "
-                      "AND episode IS NULL AND ts_us BETWEEN ? AND ? ORDER BY id",
-                      (indexed(db), mid, lo, hi)).fetchall()
+    """(ts_us, kwh) of the tail's trusted readings of `meter` with lo <= ts <= hi, in id order.
+    The tail is read once for all meters and kept while nothing changed (billing asks for each
+    meter in turn)."""
+    key = (db.execute("PRAGMA database_list").fetchone()[2], indexed(db),
+           db.execute("SELECT max(id) FROM reading_log").fetchone()[0], db.total_changes,
+           db.execute("PRAGMA data_version").fetchone()[0])
+    cached = _tails.get(id(db))
+    if cached is None or cached[0] != key:
+        names = Names(db)
+        by: dict[str, list[tuple[int, str]]] = {}
+        for mid, ts, kwh in db.execute("SELECT meter, ts_us, kwh FROM reading_log WHERE id > ? AND kwh IS NOT NULL "
+                                       "AND episode IS NULL ORDER BY id", (key[1],)):
+            by.setdefault(names.meter_name(mid), []).append((ts, kwh))
+        if len(_tails) > 64:
+            _tails.clear()
+        cached = _tails[id(db)] = (key, by)
+    return [(ts, kwh) for ts, kwh in cached[1].get(meter, ()) if lo <= ts <= hi]
 
 
 def _higher(old: str, new: str) -> bool:
@@ -379,26 +430,27 @@ def last_counters(db: sqlite3.Connection, meters: list[str], field: str,
     mark = indexed(db)
     ids = {m: names.meter_id(m) for m in meters}
     rows = _by_meter(tail(db, mark, [i for i in ids.values() if i is not None]))
+    cols = ", ".join("r." + c for c in LOG_COLS.split(", "))
+    bounds = _slot_range(db)
     out = []
     for meter in meters:
         mid = ids[meter]
         if mid is None:
             continue
         own = rows.get(mid, [])
-        hit = db.execute(
-            f"SELECT {', '.join('r.' + c for c in LOG_COLS.split(', '))} FROM readings_by_meter b "
-            "JOIN reading_log r ON r.id = b.id WHERE b.meter = ? AND b.ts_us < ? AND r.episode IS NULL "
-            "AND ledger_counter(r.kwh, r.counters, ?) IS NOT NULL ORDER BY b.ts_us DESC, b.id DESC LIMIT 1",
-            (mid, before_us, field)).fetchone()
+        hit = _back(db, f"SELECT {cols} FROM readings_by_meter b JOIN reading_log r ON r.id = b.id "
+                        "WHERE b.slot = :slot AND b.meter = :m AND b.ts_us < :before AND r.episode IS NULL "
+                        "AND ledger_counter(r.kwh, r.counters, :field) IS NOT NULL ORDER BY b.ts_us DESC, b.id DESC "
+                        "LIMIT 1", {"m": mid, "before": before_us, "field": field}, before_us, bounds)
         t = _nearest(own, before_us, True, -2**63, before_us, field, names)
         if t is not None and (hit is None or (t[2], t[0]) > (hit[2], hit[0])):
             hit = t
         if hit is None:
             continue
-        newest = db.execute(
-            f"SELECT {', '.join('r.' + c for c in LOG_COLS.split(', '))} FROM readings_by_meter b "
-            "JOIN reading_log r ON r.id = b.id WHERE b.meter = ? AND b.ts_us < ? "
-            "ORDER BY b.ts_us DESC, b.id DESC LIMIT 1", (mid, before_us)).fetchone()
+        newest = _back(db, f"SELECT {cols} FROM readings_by_meter b JOIN reading_log r ON r.id = b.id "
+                           "WHERE b.slot = :slot AND b.meter = :m AND b.ts_us < :before "
+                           "ORDER BY b.ts_us DESC, b.id DESC LIMIT 1", {"m": mid, "before": before_us}, before_us,
+                           bounds)
         t = _nearest(own, before_us, True, -2**63, before_us, None, names)
         if t is not None and (newest is None or (t[2], t[0]) > (newest[2], newest[0])):
             newest = t
@@ -420,16 +472,16 @@ def counters_around(db: sqlite3.Connection, meters: list[str], field: str, times
     mark = indexed(db)
     cols = ", ".join("r." + c for c in LOG_COLS.split(", "))
     ok = "r.episode IS NULL AND ledger_counter(r.kwh, r.counters, :field) IS NOT NULL"
+    at = ("FROM readings_by_meter b JOIN reading_log r ON r.id = b.id WHERE b.slot IN "
+          "(SELECT value FROM json_each(:slots)) AND b.meter = :m")
     probes = {
-        "b": f"SELECT {cols} FROM readings_by_meter b JOIN reading_log r ON r.id = b.id WHERE b.meter = :m "
-             f"AND b.ts_us < :t AND b.ts_us >= :t - :gap AND {ok} ORDER BY b.ts_us DESC, b.id DESC LIMIT 1",
-        "a": f"SELECT {cols} FROM readings_by_meter b JOIN reading_log r ON r.id = b.id WHERE b.meter = :m "
-             f"AND b.ts_us >= :t AND b.ts_us <= :t + :gap AND b.ts_us < :before AND {ok} "
+        "b": f"SELECT {cols} {at} AND b.ts_us < :t AND b.ts_us >= :t - :gap AND {ok} "
+             "ORDER BY b.ts_us DESC, b.id DESC LIMIT 1",
+        "a": f"SELECT {cols} {at} AND b.ts_us >= :t AND b.ts_us <= :t + :gap AND b.ts_us < :before AND {ok} "
              "ORDER BY b.ts_us, b.id LIMIT 1",
-        "nb": f"SELECT {cols} FROM readings_by_meter b JOIN reading_log r ON r.id = b.id WHERE b.meter = :m "
-              "AND b.ts_us < :t AND b.ts_us >= :t - :gap ORDER BY b.ts_us DESC, b.id DESC LIMIT 1",
-        "na": f"SELECT {cols} FROM readings_by_meter b JOIN reading_log r ON r.id = b.id WHERE b.meter = :m "
-              "AND b.ts_us >= :t AND b.ts_us <= :t + :gap AND b.ts_us < :before ORDER BY b.ts_us, b.id LIMIT 1",
+        "nb": f"SELECT {cols} {at} AND b.ts_us < :t AND b.ts_us >= :t - :gap ORDER BY b.ts_us DESC, b.id DESC LIMIT 1",
+        "na": f"SELECT {cols} {at} AND b.ts_us >= :t AND b.ts_us <= :t + :gap AND b.ts_us < :before "
+              "ORDER BY b.ts_us, b.id LIMIT 1",
     }
     ids = {m: names.meter_id(m) for m in meters}
     rows = _by_meter(tail(db, mark, [i for i in ids.values() if i is not None]))
@@ -442,10 +494,10 @@ def counters_around(db: sqlite3.Connection, meters: list[str], field: str, times
             for key, sql in probes.items():
                 before = key in ("b", "nb")
                 hit = None
-                if mid is not None:
-                    hit = db.execute(sql, {"m": mid, "t": t, "gap": max_gap_us, "before": before_us,
-                                           "field": field}).fetchone()
                 lo, hi = (t - max_gap_us, t - 1) if before else (t, min(t + max_gap_us, before_us - 1))
+                if mid is not None and lo <= hi:
+                    hit = db.execute(sql, {"m": mid, "t": t, "gap": max_gap_us, "before": before_us, "field": field,
+                                           "slots": slots(lo, hi)}).fetchone()
                 tr = _nearest(own, t, before, lo, hi, field if key in ("b", "a") else None, names)
                 if tr is not None and (hit is None or ((tr[2], tr[0]) > (hit[2], hit[0]) if before
                                                        else (tr[2], tr[0]) < (hit[2], hit[0]))):
@@ -467,9 +519,15 @@ def activity(db: sqlite3.Connection, devices: list[str], start_us: int, end_us: 
     if not ids:
         return set()
     arg = json.dumps(ids)
-    out = {b for (b,) in db.execute(
-        "SELECT DISTINCT ts_us / ? FROM readings_by_meter WHERE meter IN (SELECT value FROM json_each(?)) "
-        "AND ts_us >= ? AND ts_us < ?", (bucket_us, arg, start_us, end_us))}
+    bounds = _slot_range(db)
+    if bounds is None:
+        out: set[int] = set()
+    else:
+        lo, hi = max(start_us, bounds[0] * SLOT_US), min(end_us - 1, (bounds[1] + 1) * SLOT_US - 1)
+        out = {b for (b,) in db.execute(
+            "SELECT DISTINCT ts_us / ? FROM readings_by_meter WHERE slot IN (SELECT value FROM json_each(?)) "
+            "AND meter IN (SELECT value FROM json_each(?)) AND ts_us >= ? AND ts_us < ?",
+            (bucket_us, slots(lo, hi) if lo <= hi else "[]", arg, start_us, end_us))}
     out.update(b for (b,) in db.execute(
         "SELECT DISTINCT ts_us / ? FROM reading_log WHERE id > ? AND meter IN (SELECT value FROM json_each(?)) "
         "AND ts_us >= ? AND ts_us < ?", (bucket_us, indexed(db), arg, start_us, end_us)))
