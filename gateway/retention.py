@@ -532,14 +532,23 @@ class StorageCare:
 # ---- by hand --------------------------------------------------------------------------------------
 
 def vacuum(path: Path) -> tuple[int, int]:
-    """Rewrite the ledger once (gateway stopped): give freed pages back to the filesystem.
+    """Rewrite the ledger once (gateway stopped): give freed pages back to the filesystem, and
+    take the page size of a new ledger (store.PAGE_SIZE: a ledger made by an older gateway keeps
+    its 4 KiB pages until rewritten, and writes about twice as much; docs/storage.md).
     Returns the size before and after, bytes."""
+    from .store import PAGE_SIZE
     path = Path(path)
     before = ledger_files_bytes(path)
     db = sqlite3.connect(path, isolation_level=None)
     try:
         db.execute("PRAGMA busy_timeout=5000")
-        db.execute("VACUUM")
+        if db.execute("PRAGMA page_size").fetchone()[0] != PAGE_SIZE:
+            db.execute("PRAGMA journal_mode=DELETE")     # a WAL ledger cannot change its page size
+            db.execute(f"PRAGMA page_size={PAGE_SIZE}")
+            db.execute("VACUUM")
+            db.execute("PRAGMA journal_mode=WAL")
+        else:
+            db.execute("VACUUM")
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         db.close()
@@ -551,7 +560,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="apply the site file's retention to its ledger now")
     r.add_argument("-c", "--config", required=True, type=Path)
-    v = sub.add_parser("vacuum", help="rewrite the ledger to give freed pages back (gateway stopped)")
+    v = sub.add_parser("vacuum", help="rewrite the ledger to give freed pages back and take small pages "
+                                      "(gateway stopped)")
     v.add_argument("--db", required=True, type=Path)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

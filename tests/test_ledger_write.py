@@ -200,3 +200,27 @@ async def test_sigkill_during_a_checkpoint_loses_nothing_committed(tmp_path):
         cut_short += said[-1] == "checkpoint"          # it never said "checkpointed": killed inside
         _whole(path, committed)
     assert cut_short >= 1
+
+
+def test_vacuum_gives_an_old_ledger_the_small_pages_of_a_new_one(tmp_path):
+    from gateway.retention import vacuum
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA page_size = 4096")
+    db.execute("CREATE TABLE x (a)")
+    db.close()
+    ledger = Ledger(path)
+    for i in range(500):
+        ledger.add(Reading("m1", T0 + timedelta(seconds=i), {"voltage_v": 230.0}, {"energy_kwh": Decimal(i)}))
+    ledger.flush()
+    want = [(r.id, r.ts, r.values, r.counters) for r in ledger.readings()]
+    ledger.close()
+    vacuum(path)
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.close()
+    ledger = Ledger(path)
+    assert [(r.id, r.ts, r.values, r.counters) for r in ledger.readings()] == want
+    assert ledger.energy_series("m1", 0, 2**62)[-1] == (to_us(T0 + timedelta(seconds=499)), "499")
+    ledger.close()
