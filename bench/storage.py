@@ -6,18 +6,23 @@ MAIN every 15 s), with the real `Ledger` (WAL, synchronous=FULL, commits at most
 
 1. **Writes per day.** The polls are laid out as the bus schedulers make them (every meter due
    on its grid, one exchange at a time per bus, each taking the line time of its model's request
-   plan at 9600 8N1 plus 10 ms), for `--warm` simulated minutes (not counted) and then
-   `--minutes` more. Every simulated second the ledger takes what arrived and commits it, as
-   `Ledger.run` does; with the outbox, a drainer stand-in deletes what a server would have
-   confirmed (the real `outbox_confirmed` transaction, batch_age_s 5), and self metrics are
-   queued every 60 s. Measured: the bytes the filesystem sent to its block device
-   (`/sys/block/loopN/stat`, journal and metadata included) on a small ext4 mounted with
-   `noatime` on a loop device, as Raspberry Pi OS mounts its root; also the process's
-   `write_bytes` (`/proc/self/io`) and the WAL frames SQLite wrote (from the -shm header).
-   Extrapolated linearly to 24 h (the schedule repeats every 30 s). The baseline is the bytes
-   of the rows themselves (column values), and the line-protocol text for the outbox.
-   Variants: the defaults; with the outbox; `wal_autocheckpoint` 10,000 pages; commit every 5 s;
-   page size 1 KiB. Without root (no loop mount) only `write_bytes` is measured.
+   plan at 9600 8N1 plus 10 ms), after six hours of history, for `--warm` simulated minutes (not
+   counted) and then `--minutes` more. Every simulated second the ledger takes what arrived and
+   commits it as `Ledger.run` does (self metrics and InfluxDB confirmations wait for a commit of
+   rows); the ledger's two worker threads are run in step with the simulation instead of by
+   their own timers: the checkpoint after each commit when due, the per-meter batch every
+   `index_min` simulated minutes (whole hours). With the outbox, a drainer stand-in confirms what
+   a server would have (batch_age_s 5), and self metrics are queued every 60 s. The log is at its
+   kept size before measuring (a log that grows costs a filesystem journal commit per sync).
+   Measured: the bytes the filesystem sent to its block device (`/sys/block/loopN/stat`, journal
+   and metadata included) on a small ext4 mounted with `noatime` on a loop device, as Raspberry
+   Pi OS mounts its root; also the process's `write_bytes` (`/proc/self/io`) and the WAL frames
+   SQLite wrote (from the -shm header). Extrapolated linearly to 24 h. Baselines: the readings
+   as schema 8 stored them (`rows_mb_per_day`: meter name, time, float64 values, JSON counters
+   and the energy counter again) and as this ledger stores them (`stored_rows_mb_per_day`).
+   Time is simulated, so the filesystem's own 5-second journal commits of inode times happen far
+   less often than on a running box (see docs/storage.md). Variants: see VARIANTS. Without root
+   (no loop mount) only `write_bytes` is measured.
 2. **Size per day.** A whole day of the site written in bulk into a fresh ledger (readings with
    every field of their model, energy counters, and the access/patrol/alert traffic of a day as
    assumed below), then `dbstat` per table and index.
@@ -75,18 +80,18 @@ CARD_GB, CARD_PE_CYCLES, CARD_WAF = 32, 500, 4
 VARIANTS = {
     "defaults": dict(outbox=False),
     "outbox": dict(outbox=True),
-    "index30min": dict(outbox=False, index_min=30),
-    "index120min": dict(outbox=False, index_min=120),
-    "index240min": dict(outbox=False, index_min=240),
-    "index360min": dict(outbox=False, index_min=360),
-    "page4096+autocheckpoint1000": dict(outbox=False, page_size=4096, autocheckpoint=1000),
-    "outbox+page4096+autocheckpoint1000": dict(outbox=True, page_size=4096, autocheckpoint=1000),
     "page4096": dict(outbox=False, page_size=4096),
+    "outbox+page4096": dict(outbox=True, page_size=4096),
     "page2048": dict(outbox=False, page_size=2048),
+    "page512": dict(outbox=False, page_size=512),
+    "autocheckpoint1000": dict(outbox=False, autocheckpoint=1000),
     "wal4mb": dict(outbox=False, wal_mb=4),
     "wal8mb": dict(outbox=False, wal_mb=8),
     "wal32mb": dict(outbox=False, wal_mb=32),
     "wal64mb": dict(outbox=False, wal_mb=64),
+    "index30min": dict(outbox=False, index_min=30),
+    "index120min": dict(outbox=False, index_min=120),
+    "index240min": dict(outbox=False, index_min=240),
     "commit5s": dict(outbox=False, commit_s=5.0),
 }
 DEFAULT_VARIANTS = list(VARIANTS)
