@@ -522,7 +522,7 @@ class Ledger:
         self._field_events: list = []
         self.readings_written = 0
         self.commits = 0
-        self.committed = asyncio.Event()  # set after each commit that added outbox rows
+        self.committed = asyncio.Event()  # set after each commit that added points for InfluxDB
         self._field_sets: dict[tuple[str, ...], int] = {}
         self._o_depth, self._o_bytes = self._db.execute(
             "SELECT count(*), coalesce(sum(length(line)), 0) FROM outbox").fetchone()
