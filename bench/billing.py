@@ -11,7 +11,15 @@ parent through vfork would otherwise report the parent's peak as its ru_maxrss):
   else: the least any allocation must spend;
 - allocate: interval consumption, tariffs, groups and households (gateway.billing.allocate);
 - full: what `gateway allocate` does: allocate, write CSV/XLSX/HTML, keep the run in the ledger
-  and queue its InfluxDB points (energy_interval and allocation) in the outbox.
+  and queue its InfluxDB points (energy_interval and allocation) in the outbox;
+- again: the month allocated a second time while the first run's points still wait in the
+  outbox: the new run is the month's answer (a draft), its points replace the first's;
+- approve: the first run reviewed and approved (`gateway allocate approve`): it becomes the
+  answer again, its kept points are queued in place of the second's, and its reports are
+  printed again with the sign-off.
+
+`--quick` reads every 5 minutes instead of every minute (1.3 million readings, same meters and
+households): the same stages in a fraction of the time.
 
 Targets (issue 6): the full month under 30 s and 300 MB on this machine. The last line printed
 is one JSON object with the figures.
@@ -86,22 +94,40 @@ def stage(name: str, db: Path, month: str, out_dir: Path, every: int) -> dict:
         ledger.close()
         figures.update(households=len(r.households), groups=len(r.groups), quality_notes=len(r.quality),
                        recovered=str(r.recovered))
+    elif name == "approve":
+        from gateway.billing.runs import sign
+        ledger = Ledger(db)
+        sign(cfg, ledger, 1, "reviewed", "bench")
+        done = sign(cfg, ledger, 1, "approved", "bench")
+        ledger.close()
+        p = done.published
+        figures.update(queued=p.queued, removed=p.removed, zeros=p.zeros,
+                       files={k: f.stat().st_size for k, f in done.files.items()})
     else:
         run = run_month(cfg, month, out_dir, keep=True)
-        figures.update(points=run.points, files={k: p.stat().st_size for k, p in run.files.items()},
+        p = run.published
+        figures.update(points=run.points, removed=p.removed if p else 0,
+                       files={k: p.stat().st_size for k, p in run.files.items()},
                        recovered=str(run.result.recovered))
+        import sqlite3
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)        # what a run keeps beside itself
+        figures["kept_points_bytes"], figures["kept_result_bytes"] = con.execute(
+            "SELECT (SELECT sum(length(lines)) FROM allocation_points WHERE run = ?), "
+            "(SELECT length(data) FROM allocation_results WHERE run = ?)", (run.run_id, run.run_id)).fetchone()
+        figures["outbox_rows"] = con.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        con.close()
     figures["seconds"] = round(time.perf_counter() - t0, 2)
     figures["peak_rss_mb"] = peak_mb()
     return figures
 
 
-def run_stage(name: str, db: Path, month: str, out_dir: Path, every: int) -> dict:
+def run_stage(name: str, db: Path, month: str, out_dir: Path, every: int, label: str | None = None) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--stage", name, "--db", str(db), "--month", month,
                            "--out", str(out_dir), "--every", str(every)], capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"stage {name} failed:\n{proc.stderr[-2000:]}")
     f = json.loads(proc.stdout.strip().splitlines()[-1])
-    print(f"{name:<9} {f['seconds']:6.2f} s  peak RSS {f['peak_rss_mb']:6.1f} MB", flush=True)
+    print(f"{label or name:<9} {f['seconds']:6.2f} s  peak RSS {f['peak_rss_mb']:6.1f} MB", flush=True)
     return f
 
 
@@ -111,10 +137,13 @@ def main() -> None:
     p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "estate-gateway-bench",
                    help="where the generated month is kept between runs")
     p.add_argument("--every", type=int, default=60, help="seconds between readings (default 60)")
+    p.add_argument("--quick", action="store_true", help="readings every 300 s (same as --every 300)")
     p.add_argument("--stage", help=argparse.SUPPRESS)
     p.add_argument("--db", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.quick:
+        args.every = 300
     if args.stage:
         print(json.dumps(stage(args.stage, args.db, args.month, args.out, args.every)))
         return
@@ -133,8 +162,9 @@ def main() -> None:
     try:
         db = work / "gateway.db"
         shutil.copy(source, db)   # `full` writes into the ledger: every run starts from the same one
-        for name in ("baseline", "allocate", "full"):
-            result[name] = run_stage(name, db, args.month, work / "out", args.every)
+        for name in ("baseline", "allocate", "full", "again", "approve"):
+            result[name] = run_stage("full" if name == "again" else name, db, args.month, work / "out", args.every,
+                                     label=name)
         full, base = result["full"], result["baseline"]
         result["readings"] = base["readings"]
         result["households"] = result["allocate"]["households"]
@@ -145,6 +175,12 @@ def main() -> None:
               f"with reports, ledger and {full['points']:,} InfluxDB points {full['seconds']:.1f} s, "
               f"peak {full['peak_rss_mb']:.0f} MB (targets {TARGET_S:g} s, {TARGET_MB:g} MB: "
               f"{'met' if all(result['targets_met'].values()) else 'MISSED'})", flush=True)
+        again, approve = result["again"], result["approve"]
+        print(f"again: {again['seconds']:.1f} s, peak {again['peak_rss_mb']:.0f} MB, {again['removed']:,} queued points "
+              f"of the first run taken out, outbox {again['outbox_rows']:,} rows (one run's); approving the first: "
+              f"{approve['seconds']:.1f} s, peak {approve['peak_rss_mb']:.0f} MB, {approve['queued']:,} points queued; "
+              f"a run keeps {full['kept_points_bytes'] / 2**20:.1f} MB of points and "
+              f"{full['kept_result_bytes'] / 2**20:.2f} MB of result", flush=True)
         print(json.dumps(result, ensure_ascii=False))
     finally:
         shutil.rmtree(work, ignore_errors=True)

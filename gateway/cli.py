@@ -71,9 +71,13 @@ async def _gateway_until(gw, stop: asyncio.Event, seconds: float | None) -> None
 
 @app.command("check-config")
 def check_config(file: Path = typer.Argument(..., help="site file (YAML)")) -> None:
-    """Validate a site file: exit 0 with a summary, or 2 with every problem and where it is."""
+    """Validate a site file and its households file: exit 0 with a summary, or 2 with every problem
+    and where it is. Likely mistakes that are allowed (an implausible price) are warnings."""
     from collections import Counter
+
+    from .config import site_warnings
     cfg = _load(file)
+    households = _check_households(cfg, file)
     models = sorted({m.model for m in cfg.meters})
     typer.echo(f"OK {file}: site {cfg.site.id} ({cfg.site.name}), {len(cfg.buses)} buses, "
                f"{len(cfg.meters)} meters ({len(models)} models: {', '.join(models)}), "
@@ -84,11 +88,43 @@ def check_config(file: Path = typer.Argument(..., help="site file (YAML)")) -> N
         p = cfg.patrol
         typer.echo(f"  access: {len(cfg.card_readers)} card readers, {len(cfg.doors)} doors; patrol: "
                    f"{len(p.checkpoints)} checkpoints, {len(p.routes)} routes, {len(p.readers)} readers")
+    if households is not None:
+        homes, groups = households
+        typer.echo(f"  households: {len(homes)} in {cfg.allocation.households_file} "
+                   f"({len({h.building for h in homes})} buildings, {sum(h.occupied for h in homes)} occupied); "
+                   f"{groups} allocation groups")
+    for w in site_warnings(cfg):
+        typer.echo(f"warning: {file}: {w}", err=True)
     per_bus = Counter(m.bus for m in cfg.meters)  # one pass: a count per bus would be buses x meters
     for b in cfg.buses:
         n = per_bus[b.id]
         where = f"{b.host}:{b.port}" if b.type == "modbus_tcp" else f"{b.port} {b.baudrate} {b.bytesize}{b.parity}{b.stopbits}"
         typer.echo(f"  {b.id:<12} {b.type:<11} {where:<28} {n} meters")
+
+
+def _check_households(cfg: SiteConfig, file: Path):
+    """The households file of a site that allocates, checked against the site, and the groups it
+    makes: (households, group count), None when the site allocates nothing; exit 2 with every
+    problem, as for the site file."""
+    from .billing.allocate import plan_groups
+    from .billing.households import HouseholdsError, site_households, uses_households
+    if not uses_households(cfg):
+        return None
+    try:
+        homes = site_households(cfg)
+    except HouseholdsError as e:
+        for p in e.problems:
+            typer.echo(p, err=True)
+        typer.echo(f"{e.count} problem(s) in {cfg.base_dir / cfg.allocation.households_file} "
+                   f"(allocation.households_file of {file})", err=True)
+        raise typer.Exit(2) from None
+    groups, problems = plan_groups(cfg, homes)
+    if problems:
+        for p in problems:
+            typer.echo(f"{file}: {p}", err=True)
+        typer.echo(f"{len(problems)} problem(s) in the allocation groups of {file} with its households", err=True)
+        raise typer.Exit(2)
+    return homes, len(groups)
 
 
 @app.command()
@@ -241,7 +277,8 @@ def _demo_month(cfg: SiteConfig, month: str, seed: int, every: int, bill: Option
         typer.echo(truth.line())
         for f in truth.faults:
             typer.echo(f"  planted: {f.kind} on {f.meter}: {f.detail}")
-        run = run_month(site, month, data_dir / "allocation", amount, allow_partial=allow_partial, force=force)
+        run = run_month(site, month, data_dir / "allocation", amount, allow_partial=allow_partial, force=force,
+                        by="gateway demo")
     except AllocationError as e:
         for line in e.problems:
             typer.echo(f"error: {line}", err=True)
@@ -390,12 +427,13 @@ def alarms_list(config: Path = typer.Option(..., "-c", "--config", help="site fi
                 english: bool = typer.Option(False, "--en", help="English messages")) -> None:
     """Open alarms (active and acknowledged), newest first."""
     cfg = _load(config)
+    from .ledger.queries import open_alerts
     db = _ledger_ro(cfg)
-    rows = db.execute("SELECT id, severity, state, message, message_en, raised_us, acked_by FROM alerts "
-                      "WHERE state != 'cleared' ORDER BY raised_us DESC").fetchall()
+    keys = ("id", "severity", "state", "message", "message_en", "raised_us", "acked_by")
+    rows = [tuple(a[k] for k in keys) for a in open_alerts(db)]
+    db.close()
     if as_json:
-        typer.echo(json.dumps([dict(zip(("id", "severity", "state", "message", "message_en", "raised_us",
-                                         "acked_by"), r)) for r in rows], ensure_ascii=False, indent=2))
+        typer.echo(json.dumps([dict(zip(keys, r)) for r in rows], ensure_ascii=False, indent=2))
         return
     if not rows:
         typer.echo("no open alarms" if english else "没有未关闭的告警 (no open alarms)")
@@ -411,20 +449,18 @@ def alarms_ack(alert_id: str = typer.Argument(..., help="the alarm's id (from `a
                note: str = typer.Option("", "--note", help="what was done or found"),
                config: Path = typer.Option(..., "-c", "--config", help="site file")) -> None:
     """Acknowledge an alarm; the running gateway applies it within a second."""
-    import sqlite3
     import time as _time
+
+    from .ledger.queries import alert_kind_state, request_ack
     cfg = _load(config)
     db = _ledger_ro(cfg)
-    row = db.execute("SELECT state FROM alerts WHERE id = ?", (alert_id,)).fetchone()
+    row = alert_kind_state(db, alert_id)
     db.close()
     if row is None:
         raise fail(f"no alarm with id {alert_id!r} (see `gateway alarms list -c {config}`)", 2)
-    if row[0] == "cleared":
+    if row[1] == "cleared":
         raise fail(f"alarm {alert_id} is already cleared", 2)
-    db = sqlite3.connect(cfg.storage_path)
-    with db:
-        db.execute("INSERT INTO ack_requests (alert_id, by, note, ts_us) VALUES (?,?,?,?)",
-                   (alert_id, by, note, int(_time.time() * 1e6)))
+    request_ack(cfg.storage_path, alert_id, by, note, int(_time.time() * 1e6))
     typer.echo(f"acknowledgement of {alert_id} by {by} recorded; the gateway applies it within a second")
 
 
@@ -445,21 +481,35 @@ def alarms_history(config: Path = typer.Option(..., "-c", "--config", help="site
                  if m else _dt.fromisoformat(since).replace(tzinfo=ZoneInfo(cfg.site.timezone)))
     except ValueError:
         raise fail(f"--since {since!r}: expected e.g. 24h, 7d or 2026-11-01", 2) from None
+    from .ledger.queries import alert_history
     db = _ledger_ro(cfg)
-    rows = db.execute("SELECT h.ts_us, h.what, h.state, h.message, h.alert_id, a.severity FROM alert_history h "
-                      "JOIN alerts a ON a.id = h.alert_id WHERE h.ts_us >= ? ORDER BY h.id",
-                      (to_us(start),)).fetchall()
+    keys = ("ts_us", "what", "state", "message", "id", "severity")
+    rows = [tuple(h[k] for k in keys) for h in alert_history(db, to_us(start), newest_first=False)]
+    db.close()
     if as_json:
-        typer.echo(json.dumps([dict(zip(("ts_us", "what", "state", "message", "id", "severity"), r)) for r in rows],
-                              ensure_ascii=False, indent=2))
+        typer.echo(json.dumps([dict(zip(keys, r)) for r in rows], ensure_ascii=False, indent=2))
         return
     for ts, what, state, msg, aid, sev in rows:
         typer.echo(f"{_local(ts, cfg)}  {what:<12} {sev:<8} {msg}")
 
 
-@app.command()
-def allocate(config: Path = typer.Option(..., "-c", "--config", help="site file"),
-             month: str = typer.Option(..., "--month", help="the month, e.g. 2026-10"),
+allocate_app = typer.Typer(help="Allocate a month's public electricity to the households (exact to the fen); "
+                                "`approve` signs a run off, `runs` lists them.")
+app.add_typer(allocate_app, name="allocate")
+
+
+def _who() -> str:
+    import getpass
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):        # no login name for this uid (a container)
+        return ""
+
+
+@allocate_app.callback(invoke_without_command=True)
+def allocate(ctx: typer.Context,
+             config: Optional[Path] = typer.Option(None, "-c", "--config", help="site file"),
+             month: Optional[str] = typer.Option(None, "--month", help="the month, e.g. 2026-10"),
              bill: Optional[str] = typer.Option(None, "--bill", help="the utility bill's total for the month, yuan"),
              out: Path = typer.Option(Path("allocation"), "--out", help="directory for the CSV, XLSX and HTML"),
              english: bool = typer.Option(False, "--en", help="reports in English"),
@@ -468,28 +518,49 @@ def allocate(config: Path = typer.Option(..., "-c", "--config", help="site file"
                                                 "whose counters cover less of it than allocation.min_coverage "
                                                 "(said in the report)"),
              force: bool = typer.Option(False, "--force", help="allocate a bill further from the metered cost or the "
-                                        "main meter than allocation.bill_tolerance (said in the report)")) -> None:
-    """Allocate a month's public electricity to the households, exact to the fen."""
+                                        "main meter than allocation.bill_tolerance (said in the report)"),
+             by: Optional[str] = typer.Option(None, "--by", help="who prepares this run (default: your login name)"),
+             invoice: Optional[str] = typer.Option(None, "--invoice", help="the utility bill's number"),
+             bill_period: Optional[str] = typer.Option(None, "--bill-period", help="the utility bill's own period, "
+                                                       "first and last day: 2026-10-03..2026-11-02")) -> None:
+    """Allocate a month's public electricity to the households, exact to the fen, as a new run."""
+    if ctx.invoked_subcommand is not None:
+        return
+    for name, value in (("-c/--config FILE", config), ("--month", month)):
+        if value is None:
+            raise fail(f"missing option {name}: gateway allocate -c FILE --month 2026-10 (see --help)", 2)
     from .billing.allocate import AllocationError, parse_bill
     from .billing.households import HouseholdsError
     from .billing.monthly import run_month
+    from .billing.runs import RunError, check_bill_period, parse_bill_period
     from .billing.tariffs import TariffError
     from .store import LedgerError
 
     cfg = _load(config)
     if not cfg.storage_path.exists():
         raise fail(f"no ledger at {cfg.storage_path}: nothing has been read for this site yet", 2)
+    who = (by if by is not None else _who()).strip()
     try:
+        period = parse_bill_period(bill_period)
+        check_bill_period(period, month)
+        if by is not None and not who:
+            raise RunError("--by: say who prepares the run (a name)")
+        if invoice is not None and not invoice.strip():
+            raise RunError("--invoice: give the bill's number, or leave the option out")
         run = run_month(cfg, month, out, parse_bill(bill), lang="en" if english else "zh", keep=not dry_run,
-                        allow_partial=allow_partial, force=force)
+                        allow_partial=allow_partial, force=force, by=who,
+                        invoice=invoice.strip() if invoice else None, bill_period=period)
     except (AllocationError, HouseholdsError) as e:
         for line in e.problems:
             typer.echo(f"error: {line}", err=True)
         raise typer.Exit(2) from None
-    except (TariffError, LedgerError) as e:
+    except (TariffError, LedgerError, RunError) as e:
         raise fail(str(e), 2) from None
     r = run.result
     _waived(r)
+    if r.placeholder_tariffs:
+        typer.echo(f"warning: the tariffs {', '.join(r.placeholder_tariffs)} are placeholders (placeholder: true "
+                   f"in the site file): the reports say these amounts must not be billed", err=True)
     kinds: dict[str, int] = {}
     for q in r.quality:
         kinds[q.kind] = kinds.get(q.kind, 0) + 1
@@ -499,11 +570,121 @@ def allocate(config: Path = typer.Option(..., "-c", "--config", help="site file"
     typer.echo(f"recovered {r.recovered} yuan from {len(r.households)} households in {len(r.groups)} groups")
     if kinds:
         typer.echo("data quality: " + ", ".join(f"{k} {n}" for k, n in kinds.items()))
+    c = run.comparison
+    if c is not None and c.run is not None:
+        typer.echo(f"compared with {c.month} (run {c.run}, {'approved' if c.approved else 'a draft'}): "
+                   f"{len(c.flagged_groups)} of {len(c.groups)} groups and {len(c.flagged_households)} of "
+                   f"{len(c.households)} households changed by more than ±{(c.band * 100).normalize():f} %")
+    elif c is not None:
+        typer.echo(f"no allocation of {c.month} in the ledger to compare with")
     for kind, path in run.files.items():
         typer.echo(f"{kind:<5} {path}")
     if run.run_id is not None:
         typer.echo(f"kept in the ledger as allocation run {run.run_id}"
                    + (f"; {run.points} points queued for InfluxDB" if run.points else ""))
+        p = run.published
+        if p is not None:
+            typer.echo(f"run {run.run_id} is the month's answer, a draft until approved"
+                       + (f" (replacing run {p.previous}'s points: {p.removed} of them taken out of the outbox unsent"
+                          + (f", {p.zeros} of its series set to zero" if p.zeros else "") + ")"
+                          if p.previous is not None and p.previous != run.run_id and (p.removed or p.zeros) else ""))
+        elif run.answer is not None and run.answer != run.run_id:
+            typer.echo(f"run {run.answer} is approved and stays the month's answer until this one is approved: "
+                       f"gateway allocate approve -c {config} --month {month} --run {run.run_id} --by NAME "
+                       f"--role reviewed (then --role approved)")
+
+
+@allocate_app.command("approve")
+def allocate_approve(config: Path = typer.Option(..., "-c", "--config", help="site file"),
+                     month: str = typer.Option(..., "--month", help="the run's month, e.g. 2026-10"),
+                     run_id: int = typer.Option(..., "--run", help="the run's id (gateway allocate runs)"),
+                     by: str = typer.Option(..., "--by", help="who signs"),
+                     role: str = typer.Option("approved", "--role", help="reviewed (审核) or approved (批准); a run "
+                                              "is reviewed before it is approved")) -> None:
+    """Sign a run off as reviewed or approved (the month's answer; supersedes its older runs)."""
+    from .billing.runs import RunError, sign
+    from .store import Ledger, LedgerError
+
+    cfg = _load(config)
+    if not cfg.storage_path.exists():
+        raise fail(f"no ledger at {cfg.storage_path}: nothing has been read for this site yet", 2)
+    ledger = Ledger(cfg.storage_path)
+    try:
+        done = sign(cfg, ledger, run_id, role.strip().lower(), by, month=month)
+    except (RunError, LedgerError) as e:
+        raise fail(str(e), 2) from None
+    finally:
+        ledger.close()
+    typer.echo(f"run {run_id} of {month} {role} by {by.strip()}")
+    if done.superseded:
+        typer.echo(f"superseded: run{'s' if len(done.superseded) > 1 else ''} "
+                   f"{', '.join(str(x) for x in done.superseded)}")
+    p = done.published
+    if p is not None and p.previous != p.run:
+        typer.echo(f"run {p.run} is the month's answer"
+                   + (f": {p.queued} points queued for InfluxDB" if p.queued else "")
+                   + (f", {p.removed} of run {p.previous}'s taken out of the outbox unsent" if p.removed else "")
+                   + (f", {p.zeros} of its series set to zero" if p.zeros else ""))
+    for kind, path in done.files.items():
+        typer.echo(f"{kind:<5} {path}")
+    for line in done.reprint_errors:
+        typer.echo(f"warning: {line}", err=True)
+
+
+@allocate_app.command("runs")
+def allocate_runs(config: Path = typer.Option(..., "-c", "--config", help="site file"),
+                  month: Optional[str] = typer.Option(None, "--month", help="only this month"),
+                  as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """The allocation runs and their state (prepared, reviewed, approved, superseded); * the month's answer."""
+    from zoneinfo import ZoneInfo
+
+    from .billing.runs import answer, runs
+    from .store import Ledger, LedgerError
+
+    cfg = _load(config)
+    tz = ZoneInfo(cfg.site.timezone)
+    if not cfg.storage_path.exists():
+        raise fail(f"no ledger at {cfg.storage_path}: nothing has been read for this site yet", 2)
+    try:
+        ledger = Ledger(cfg.storage_path)       # brings an older ledger's schema up to date first
+    except LedgerError as e:
+        raise fail(str(e), 2) from None
+    try:
+        all_runs = runs(ledger, month)
+    finally:
+        ledger.close()
+    answers = {}
+    for m in {r.month for r in all_runs}:
+        a = answer([r for r in all_runs if r.month == m])
+        answers[m] = a.id if a else None
+
+    def when(d) -> str:
+        return d.astimezone(tz).strftime("%Y-%m-%d %H:%M")
+
+    if as_json:
+        typer.echo(json.dumps([{
+            "id": r.id, "month": r.month, "state": r.state, "answer": answers[r.month] == r.id,
+            "created": when(r.created), "by": r.by, "invoice": r.invoice,
+            "bill_period": [d.isoformat() for d in r.bill_period] if r.bill_period else None,
+            "bill": str(r.bill) if r.bill is not None else None, "recovered": str(r.recovered),
+            "households": r.households, "superseded_by": r.superseded_by, "out_dir": str(r.out_dir),
+            "signoffs": {role: {"by": by, "at": when(at)} for role, (by, at) in r.signoffs.items()}}
+            for r in all_runs], ensure_ascii=False, indent=2))
+        return
+    if not all_runs:
+        typer.echo("no allocation runs" + (f" of {month}" if month else "") + " in the ledger")
+        return
+    for r in sorted(all_runs, key=lambda r: (r.month, r.id)):
+        mark = "*" if answers[r.month] == r.id else " "
+        state = r.state + (f" by run {r.superseded_by}" if r.superseded_by else "")
+        signed = "; ".join(f"{role} by {by} {when(at)}" for role, (by, at) in
+                           sorted(r.signoffs.items(), key=lambda kv: kv[1][1]))
+        bill = f"bill {r.bill}" if r.bill is not None else "no bill"
+        typer.echo(f"{mark} {r.month}  run {r.id:<4} {state:<22} {when(r.created)} by {r.by or '?':<10} {bill}, "
+                   f"recovered {r.recovered}" + (f", invoice {r.invoice}" if r.invoice else "")
+                   + (f", bill period {r.bill_period[0]}..{r.bill_period[1]}" if r.bill_period else "")
+                   + (f"; {signed}" if signed else ""))
+    typer.echo("* the month's answer: its newest approved run, else its newest run (a draft)")
 
 
 meters_app = typer.Typer(help="Meters: record a replacement, list replacements.", no_args_is_help=True)
@@ -527,11 +708,16 @@ def meters_replace(meter: str = typer.Argument(..., help="meter id from the site
                    new_initial: str = typer.Option(..., "--new-initial", help="the new meter's first reading, kWh"),
                    by: str = typer.Option(..., "--by", help="who swapped or records it"),
                    note: str = typer.Option("", "--note"),
+                   force: bool = typer.Option(False, "--force", help="record it although its readings do not fit "
+                                              "the counters stored around --at (said in its note)"),
                    config: Path = typer.Option(..., "-c", "--config", help="site file")) -> None:
-    """Record a meter replacement: billing bridges the counters, alarms expect the drop."""
+    """Record a meter replacement: billing bridges the counters, alarms expect the drop. The
+    readings are checked against the counters stored before and after --at."""
     from datetime import datetime as _dt, timezone
     from decimal import Decimal, InvalidOperation
+    from zoneinfo import ZoneInfo
 
+    from .billing.replacement import Proposed, already_recorded, forced_note, replacement_problems
     from .store import Ledger, LedgerError, Replacement
     cfg = _load(config)
     if meter not in {m.id for m in cfg.meters}:
@@ -551,7 +737,19 @@ def meters_replace(meter: str = typer.Argument(..., help="meter id from the site
         raise fail(f"--at {at}: that is in the future", 2)
     ledger = Ledger(cfg.storage_path)
     try:
-        ledger.record_replacement(Replacement(meter, when.astimezone(timezone.utc), values[0], values[1], by, note, now))
+        taken = already_recorded(ledger, meter, when, ZoneInfo(cfg.site.timezone))
+        if taken:
+            raise fail(taken, 2)
+        problems = replacement_problems(cfg, ledger, Proposed(cfg.meter(meter), when, values[0], values[1]), now)
+        if problems and not force:
+            for p in problems:
+                typer.echo(f"error: {p}", err=True)
+            typer.echo("nothing recorded: correct the figures, or give --force to record them anyway", err=True)
+            raise typer.Exit(2)
+        for p in problems:
+            typer.echo(f"warning: recorded with --force: {p}", err=True)
+        ledger.record_replacement(Replacement(meter, when.astimezone(timezone.utc), values[0], values[1], by,
+                                              forced_note(note, problems) if problems else note, now))
     except LedgerError as e:
         raise fail(str(e), 2) from None
     finally:

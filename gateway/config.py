@@ -10,12 +10,12 @@ from __future__ import annotations
 import re
 import reprlib
 import zoneinfo
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError,
                       field_validator, model_validator)
 
 from .meter_models import SHIPPED_MODELS_DIR, MeterModel, load_models
@@ -418,6 +418,21 @@ def _minutes(hhmm: str) -> int:
     return int(h) * 60 + int(m)
 
 
+# A price per kWh outside this band is almost certainly a typo (8400 for 0.84, 0.05 for 0.50).
+# Chinese residential prices lie near 0.5 yuan/kWh (Beijing 0.4883, Zhejiang 0.538 for the first
+# tier when tiered pricing began on 1 July 2012; the higher tiers add 0.05 and 0.30: Xinhua /
+# China Daily, 2 July 2012), and commercial time-of-use peaks stay below about 1.5; the
+# prices of the site itself are not public (shared/domain/tariffs_allocation.md). The band is a
+# factor of about five either way of those, so a real tariff never trips it and a slipped decimal
+# point always does; `gateway check-config` warns, `gateway allocate` refuses without --force.
+PLAUSIBLE_PRICE_MIN = Decimal("0.10")     # yuan per kWh
+PLAUSIBLE_PRICE_MAX = Decimal("3.00")
+
+
+def implausible_price(price: Decimal) -> bool:
+    return not PLAUSIBLE_PRICE_MIN <= price <= PLAUSIBLE_PRICE_MAX
+
+
 class Tariff(_Strict):
     """One price list with its validity (local dates; `valid_until` is the first day it no longer
     applies). Flat: `price`. Time of use: `prices` per period and the `periods` of the day."""
@@ -428,6 +443,9 @@ class Tariff(_Strict):
     price: Decimal | None = Field(default=None, ge=0, decimal_places=6)
     prices: dict[Id, Decimal] = Field(default_factory=dict)
     periods: dict[Id, list[Annotated[str, Field(pattern=r"^\d\d:\d\d-\d\d:\d\d$")]]] = Field(default_factory=dict)
+    # Prices copied from an example, not from the estate's own bill: every report that uses this
+    # tariff says so in a banner until someone puts the real prices in and removes the mark.
+    placeholder: bool = False
 
     @model_validator(mode="after")
     def _shape(self) -> "Tariff":
@@ -471,6 +489,10 @@ class Tariff(_Strict):
     def price_of(self, period: str) -> Decimal:
         return self.price if self.price is not None else self.prices[period]
 
+    def named_prices(self) -> list[tuple[str, Decimal]]:
+        """(period, price) of every price of the tariff; 'flat' for a one-price tariff."""
+        return [("flat", self.price)] if self.price is not None else sorted(self.prices.items())
+
 
 class AllocationGroup(_Strict):
     """Meters whose cost a set of households shares. `scope: building` (or `unit`) with
@@ -506,8 +528,24 @@ class AllocationGroup(_Strict):
         return self
 
 
+def _buildings(value: Any) -> Any:
+    """`buildings: [B01, B02]` or `buildings: {B01: [1, 2], B02: []}`: building -> its units as
+    text (YAML reads an unquoted 1 as a number; a unit is written 1 as often as '1')."""
+    def text(x: Any) -> Any:
+        return str(x) if isinstance(x, int) and not isinstance(x, bool) else x
+    if isinstance(value, list):
+        return {text(b): [] for b in value}
+    if isinstance(value, dict):
+        return {text(b): [text(u) for u in us] if isinstance(us, list) else [] if us is None else us
+                for b, us in value.items()}
+    return value
+
+
 class Allocation(_Strict):
     households_file: PathText = "households.csv"
+    buildings: Annotated[dict[str, list[str]], BeforeValidator(_buildings)] = Field(
+        default_factory=dict, description="the estate's buildings, each with its units when they are to be "
+                                          "checked; by default the buildings the meters and groups name")
     groups: list[AllocationGroup] = Field(default_factory=list)
     difference_rule: Literal["by_cost", "by_area"] = Field(
         default="by_cost", description="how bill - metered cost is spread: pro rata to each group's metered "
@@ -522,6 +560,11 @@ class Allocation(_Strict):
     bill_tolerance: Decimal = Field(default=Decimal("0.20"), gt=0,
                                     description="how far the bill may differ from the metered cost and from the "
                                                 "main meter's cost, as a fraction of each (else --force)")
+    # The comparison with last month flags a group or household whose amount moved by more than
+    # this fraction (0.30: ±30 %): a jump that size is worth a look before the bills go out.
+    change_band: Decimal = Field(default=Decimal("0.30"), gt=0,
+                                 description="flag a group or household whose amount differs from last month's "
+                                             "by more than this fraction")
 
 
 ROLES = ("guard", "electrician", "accountant", "admin")
@@ -576,14 +619,29 @@ class SiteConfig(_Strict):
     web: Web = Web()
     users: list[User] = Field(default_factory=list)
 
-    @model_validator(mode="after")
-    def _tariff_validity(self) -> "SiteConfig":
-        spans = sorted(self.tariffs, key=lambda t: t.valid_from)
-        for a, b in zip(spans, spans[1:]):
+    @field_validator("tariffs")
+    @classmethod
+    def _tariff_validity(cls, tariffs: list[Tariff]) -> list[Tariff]:
+        """One tariff for every day from the first tariff's start: an overlap would price a day
+        twice, and a day between two tariffs cannot be priced (a month touching it could not be
+        allocated, and nothing would say so before then)."""
+        order = sorted(range(len(tariffs)), key=lambda i: tariffs[i].valid_from)
+        problems = []
+        for i, j in zip(order, order[1:]):
+            a, b = tariffs[i], tariffs[j]
             if a.valid_until is None or a.valid_until > b.valid_from:
-                raise ValueError(f"tariffs: '{a.name}' (from {a.valid_from}) overlaps '{b.name}' "
-                                 f"(from {b.valid_from}); give '{a.name}' a valid_until")
-        return self
+                problems.append(f"'{a.name}' (from {a.valid_from}) overlaps '{b.name}' (from {b.valid_from}); give "
+                                f"'{a.name}' a valid_until")
+            elif a.valid_until < b.valid_from:
+                last = b.valid_from - timedelta(days=1)
+                days = a.valid_until.isoformat() + ("" if last == a.valid_until else f" to {last.isoformat()}")
+                problems.append(f"no tariff for {days}: '{a.name}' (tariffs[{i}]) has valid_until {a.valid_until} "
+                                f"(its last day is {a.valid_until - timedelta(days=1)}) and '{b.name}' "
+                                f"(tariffs[{j}]) valid_from {b.valid_from}; give '{a.name}' valid_until "
+                                f"{b.valid_from} or '{b.name}' valid_from {a.valid_until}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return tariffs
 
     # Set by parse_site, not by the file.
     _base_dir: Path = PrivateAttr(default=Path("."))
@@ -899,11 +957,50 @@ def parse_site(data: Any, base_dir: Path, source: str = "site file") -> SiteConf
         "rename one of them" for name in sorted(set(models) & set(dlt_models))]
     models.update(dlt_models)
     problems += model_problems + _cross_check(data, models)
+    if cfg is not None:
+        problems += _check_buildings(cfg)
     if problems or cfg is None:
         raise ConfigError([_one_line(p) for p in problems], source)
     cfg._base_dir = base_dir
     cfg._models = models
     return cfg
+
+
+def _check_buildings(cfg: SiteConfig) -> list[str]:
+    """Once the site states its buildings (allocation.buildings), a meter or group naming another
+    one, or a unit the building does not list, is a typo that would move its cost elsewhere."""
+    stated = cfg.allocation.buildings
+    if not stated:
+        return []
+    known = _known(stated)
+    problems = []
+
+    def check(where: str, building: str | None, unit: str | None, unit_key: str) -> None:
+        if building is None:
+            return
+        if building not in stated:
+            problems.append(f"{where}.building: '{building}' is not in allocation.buildings ({known})")
+        elif unit is not None and stated[building] and unit not in stated[building]:
+            problems.append(f"{where}.{unit_key}: building '{building}' has no unit '{unit}' in "
+                            f"allocation.buildings (its units: {', '.join(stated[building])})")
+    for i, m in enumerate(cfg.meters):
+        check(f"meters[{i}]", m.building, m.unit_no, "unit_no")
+    for i, g in enumerate(cfg.allocation.groups):
+        check(f"allocation.groups[{i}]", g.building, g.unit, "unit")
+    return problems
+
+
+def site_warnings(cfg: SiteConfig) -> list[str]:
+    """What is allowed but most likely a mistake: `gateway check-config` shows it and exits 0."""
+    out = []
+    for i, t in enumerate(cfg.tariffs):
+        for period, price in t.named_prices():
+            if implausible_price(price):
+                key = "price" if t.price is not None else f"prices.{period}"
+                out.append(f"tariffs[{i}].{key}: {price} yuan/kWh for '{t.name}' is outside "
+                           f"{PLAUSIBLE_PRICE_MIN}-{PLAUSIBLE_PRICE_MAX} yuan/kWh, where electricity prices in "
+                           f"China lie: a slipped decimal point? (gateway allocate refuses it without --force)")
+    return out
 
 
 def missing_env(cfg: SiteConfig) -> list[str]:

@@ -19,6 +19,7 @@ from .drivers.dlt645 import Dlt645Bus
 from .drivers.modbus import ModbusBus
 from .events import AlertChange, CardSwipe, DeviceStatus, DoorEvent, GatewayStats, PatrolCheckin, Reading
 from .hub import Hub
+from .ledger.queries import bus_statuses, read_only
 from .store import Ledger
 
 log = logging.getLogger(__name__)
@@ -84,12 +85,18 @@ class Gateway:
         self._stop.set()
 
     def summary(self) -> dict:
+        """The demo's and the periodic log line's figures: meter states from the ledger's status
+        read model (as `gateway status`, the health page and /metrics show them), poll counters
+        from the buses."""
         stats = [b.stats() for b in self.buses]
+        with read_only(self.cfg.storage_path) as db:
+            buses = bus_statuses(self.cfg, db)
         return {
             "buses": len(self.buses),
-            "meters": sum(s["meters"] for s in stats),
-            "online": sum(s["online"] for s in stats),
-            "offline": sum(s["offline"] for s in stats),
+            "meters": sum(len(b.meters) for b in buses),
+            "online": sum(b.count("online") for b in buses),
+            "offline": sum(b.count("offline") for b in buses),
+            "never": sum(b.count("never") for b in buses),
             "polled": sum(1 for b in self.buses for m in b.meters if m.stats.ok),
             "polls": sum(s["polls"] for s in stats),
             "failures": sum(s["failures"] for s in stats),

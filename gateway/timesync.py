@@ -687,24 +687,13 @@ def clock_report(db) -> dict:
     untrusted episode now, the episodes not repaired (an earlier boot's are never repaired: their
     rows stay marked and unsent), and the steps seen. `db`: a sqlite3 connection (mode=ro is fine);
     a ledger older than clock safety gives an empty report."""
-    import sqlite3
-    try:
-        episodes = db.execute(
-            "SELECT id, boot, state, reason, wall_us, last_wall_us, after_us, before_us FROM clock_episodes "
-            "WHERE state IN ('untrusted', 'unrepairable') ORDER BY id").fetchall()
-        steps, last_step = db.execute("SELECT count(*), max(id) FROM clock_steps").fetchone()
-        last = db.execute("SELECT wall_us, step_us FROM clock_steps WHERE id = ?", (last_step,)).fetchone()
-    except sqlite3.OperationalError:
-        return {"untrusted_now": False, "unrepaired": [], "steps": 0, "last_step": None}
-    out = []
-    for eid, boot, state, reason, wall, last_wall, after, before in episodes:
-        n = {t: db.execute(f"SELECT count(*) FROM {t} WHERE episode = ?", (eid,)).fetchone()[0]
-             for t in ("readings", "device_status", "swipes", "door_events", "patrol_checkins", "alert_history")}
-        held = db.execute("SELECT count(*) FROM outbox_held WHERE episode = ?", (eid,)).fetchone()[0]
-        out.append({"id": eid, "state": state, "boot": boot, "reason": reason,
-                    "clock_said": [_when(wall), _when(last_wall)],
-                    "true_time_between": [_when(after) if after is not None else None,
-                                          _when(before) if before is not None else None],
-                    "rows": n, "points_held": held})
+    from .ledger.queries import clock_rows
+    rec = clock_rows(db)
+    out = [{"id": e["id"], "state": e["state"], "boot": e["boot"], "reason": e["reason"],
+            "clock_said": [_when(e["wall_us"]), _when(e["last_wall_us"])],
+            "true_time_between": [_when(e["after_us"]) if e["after_us"] is not None else None,
+                                  _when(e["before_us"]) if e["before_us"] is not None else None],
+            "rows": e["rows"], "points_held": e["held"]} for e in rec.episodes]
+    steps, last = rec.steps, rec.last_step
     return {"untrusted_now": any(e["state"] == "untrusted" for e in out), "unrepaired": out, "steps": steps,
             "last_step": {"at": _when(last[0]), "step": human(last[1])} if last else None}

@@ -281,7 +281,8 @@ def test_allocation_adds_up_to_the_fen_and_follows_each_key(tmp_path):
 def test_bill_difference_by_cost_and_by_area(tmp_path):
     cfg = make_site(tmp_path)
     ledger = fill(cfg)
-    metered = allocate(cfg, ledger, "2026-10").metered_cost
+    # prices below 0.10 yuan/kWh are implausible (--force) but still have to add up
+    metered = allocate(cfg, ledger, "2026-10", force=True).metered_cost
     bill = (metered * D("1.05")).quantize(FEN)
     r = allocate(cfg, ledger, "2026-10", bill=bill)
     assert r.recovered == bill and r.difference == bill - metered
@@ -370,7 +371,8 @@ def test_any_households_add_up_exactly(tmp_path_factory, areas, keys, rule, pric
     cfg = load_site(tmp / "site.yaml")
     ledger = fill(cfg, minutes=24 * 60, use={"A-stair": str(use), "B-stair": "0.20", "A-lift1": "1.00",
                                              "SL1": str(use), "GATE": "0.05", "MAIN": "3.50"})
-    metered = allocate(cfg, ledger, "2026-10").metered_cost
+    # prices below 0.10 yuan/kWh are implausible (--force) but still have to add up
+    metered = allocate(cfg, ledger, "2026-10", force=True).metered_cost
     bill = (metered * bill_factor).quantize(FEN) if bill_factor is not None else None
     assume(bill != 0)
     # the bill is up to 30 % off the metered cost (further from MAIN's): beyond the default band
@@ -400,8 +402,13 @@ def test_cli_allocate_and_replace(tmp_path):
     fill(cfg).close()
     runner = CliRunner()
     site = str(tmp_path / "site.yaml")
-    res = runner.invoke(app, ["meters", "replace", "A-stair", "--at", "2026-10-15 00:07", "--old-final", "1134.50",
-                              "--new-initial", "0", "--by", "王师傅", "-c", site])
+    # the filled counters go on at 1134.80, 1134.90 across 00:07: figures that do not fit them are
+    # refused (tests/test_households_input.py) and recorded with --force
+    args = ["meters", "replace", "A-stair", "--at", "2026-10-15 00:07", "--old-final", "1134.50",
+            "--new-initial", "0", "--by", "王师傅", "-c", site]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "nothing recorded" in res.output
+    res = runner.invoke(app, args + ["--force"])
     assert res.exit_code == 0, res.output
     again = runner.invoke(app, ["meters", "replace", "A-stair", "--at", "2026-10-15 00:07", "--old-final", "1",
                                 "--new-initial", "0", "--by", "x", "-c", site])
@@ -419,7 +426,12 @@ def test_cli_allocate_and_replace(tmp_path):
     assert "recovered 9999.99 yuan from 5 households" in res.output
     assert "warning: allocated with --force: the bill 9,999.99 yuan is 1.85×" in res.output
     assert "按 --force 分摊" in (tmp_path / "out" / "allocation-2026-10.html").read_text(encoding="utf-8")
-    assert sorted(p.suffix for p in (tmp_path / "out").iterdir()) == [".csv", ".html", ".xlsx"]
+    # the run's own files, and the same as the month's answer (its first run is its answer, a draft)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        f"allocation-2026-10{run}.{kind}" for run in ("-run1", "") for kind in ("csv", "html", "xlsx")]
+    for kind in ("csv", "html", "xlsx"):
+        assert (tmp_path / "out" / f"allocation-2026-10.{kind}").read_bytes() == \
+            (tmp_path / "out" / f"allocation-2026-10-run1.{kind}").read_bytes()
     ledger = Ledger(cfg.storage_path)
     runs = ledger.allocations()
     assert len(runs) == 1 and runs[0][1] == "2026-10" and runs[0][5] == "9999.99"
@@ -445,7 +457,7 @@ async def test_month_points_reach_influxdb(tmp_path, influx1):
     fill(cfg).close()
     run = run_month(cfg, "2026-10", tmp_path / "out", bill=D("9999.99"), force=True)   # 1.85x the metered cost
     slots = 31 * 96
-    assert run.points == 6 * slots + 1 + 5 + 5          # meters x slots; site, groups, households
+    assert run.points == 6 * slots + 1 + 5 + 5 + 1      # meters x slots; site, groups, households; the run's state
     ledger = Ledger(cfg.storage_path)
     drainer = Drainer(ledger, make_writer(cfg.influxdb, tmp_path), cfg.influxdb)
     task = asyncio.create_task(drainer.run())
@@ -467,3 +479,6 @@ async def test_month_points_reach_influxdb(tmp_path, influx1):
     assert site["recovered"] == 9999.99 and site["bill"] == 9999.99
     peak = influx1.query("SELECT count(kwh) FROM energy_interval WHERE period = 'peak' AND meter = 'SL1'")
     assert peak["results"][0]["series"][0]["values"][0][1] == 17 * 7 * 4
+    state = influx1.points("allocation_run")
+    assert [(p["month"], p["run"], p["approved"], p["state"]) for p in state] == [("2026-10", run.run_id, False,
+                                                                                   "prepared")]

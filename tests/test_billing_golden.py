@@ -54,3 +54,23 @@ def test_every_household_is_within_a_fen_of_its_exact_share(month):
     assert off == []
     assert all(abs(Fraction(a) * 100 - lines[c.household.id, g]) < 1 for c in result.households
                for g, a in c.lines.items())
+
+
+def test_each_fee_item_column_adds_up_to_its_groups(month):
+    """The household file has one column per fee item: each adds up to the golden summary's
+    amounts of the groups billed as that item, and each row to the household's amount."""
+    import csv
+    from decimal import Decimal
+
+    result, csv_text, _, _ = month
+    golden = json.loads((GOLDEN / f"allocation-{MONTH}.json").read_text(encoding="utf-8"))
+    header, *rows = list(csv.reader(csv_text.splitlines()))
+    items = {}
+    for g in result.groups:
+        items.setdefault(g.fee_item_name, []).append(g.id)
+    assert header[8:] == [f"{name}(元)" for name in items]
+    assert len(items) == 4 and len(result.groups) > 4            # per-building groups share one column
+    for i, (name, groups) in enumerate(items.items()):
+        column = sum(Decimal(r[8 + i]) for r in rows)
+        assert column == sum(Decimal(golden["groups"][g]["amount"]) for g in groups), name
+    assert all(sum(Decimal(v) for v in r[8:]) == Decimal(r[7]) for r in rows)

@@ -74,7 +74,8 @@ def build(with_bill: bool = True, buildings: int = 2, per_building: int = 3) -> 
         meters.append(m)
         groups.append(GroupMonth(id=f"stair-{b}", name=f"{b}号楼楼道照明", scope="building", key="household",
                                  meters=[m.meter], households=[h.id for h in homes if h.building == f"{b}号楼"],
-                                 kwh=D(0), metered_cost=D(0), difference_share=D(0), amount=D(0), daily_kwh=[]))
+                                 kwh=D(0), metered_cost=D(0), difference_share=D(0), amount=D(0), daily_kwh=[],
+                                 item="stair", item_name="楼道照明"))
     by_id = {m.meter: m for m in meters}
     for g in groups:
         g.kwh = sum(by_id[m].kwh for m in g.meters)
@@ -130,22 +131,32 @@ def test_csv_has_bom_chinese_header_and_exact_amounts(tmp_path):
     raw = path.read_bytes()
     assert raw.startswith(b"\xef\xbb\xbf")
     rows = list(csv.reader(raw.decode("utf-8-sig").splitlines()))
-    assert rows[0] == ["户号", "楼号", "单元", "房号", "建筑面积(m²)", "入住", "金额(元)", "明细"]
+    # one column per fee item: every building's stairwell group is the one item 楼道照明
+    assert rows[0] == ["月份", "户号", "楼号", "单元", "房号", "建筑面积(m²)", "入住", "金额(元)", "公共路灯(元)",
+                       "楼道照明(元)"]
     body = rows[1:]
-    assert [row[0] for row in body] == [c.household.id for c in r.households]
-    assert all(re.fullmatch(r"\d+\.\d\d", row[6]) for row in body)
-    assert sum(D(row[6]) for row in body) == r.recovered
+    assert [row[1] for row in body] == [c.household.id for c in r.households]
+    assert {row[0] for row in body} == {"2026-10"}
+    assert all(re.fullmatch(r"\d+\.\d\d", v) for row in body for v in row[7:])
+    assert sum(D(row[7]) for row in body) == r.recovered
     first = r.households[0]
-    assert body[0][1:6] == ["1号楼", "1单元", "101", "89.50", "是"]
-    assert D(body[0][6]) == first.total
-    assert body[0][7] == f"公共路灯: {first.lines['street']}; 1号楼楼道照明: {first.lines['stair-1']}"
+    assert body[0][2:7] == ["1号楼", "1单元", "101", "89.50", "是"]
+    assert D(body[0][7]) == first.total
+    assert body[0][8:] == [str(first.lines["street"]), str(first.lines["stair-1"])]
+    second = next(i for i, c in enumerate(r.households) if c.household.building == "2号楼")
+    assert D(body[second][9]) == r.households[second].lines["stair-2"]           # building 2 in the same column
+    # each row adds up to its amount, each item column to its groups' amounts
+    assert all(D(row[8]) + D(row[9]) == D(row[7]) for row in body)
+    assert sum(D(row[8]) for row in body) == r.groups[0].amount
+    assert sum(D(row[9]) for row in body) == sum(g.amount for g in r.groups[1:])
 
 
 def test_csv_english_headers(tmp_path):
     rows = list(csv.reader(report.write_csv(build(), tmp_path / "a.csv", lang="en")
                            .read_text(encoding="utf-8-sig").splitlines()))
-    assert rows[0] == ["household", "building", "unit", "room", "area_m2", "occupied", "amount_yuan", "detail"]
-    assert rows[1][5] == "yes"
+    assert rows[0] == ["month", "household", "building", "unit", "room", "area_m2", "occupied", "amount_yuan",
+                       "street_yuan", "stair_yuan"]
+    assert rows[1][6] == "yes"
 
 
 def test_refuses_charges_that_do_not_add_up(tmp_path):
@@ -171,7 +182,7 @@ def test_xlsx_reads_back_exact_to_the_fen(tmp_path):
     r = build()
     path = report.write_xlsx(r, tmp_path / "a.xlsx")
     wb = openpyxl.load_workbook(path)
-    assert wb.sheetnames == ["汇总", "电表", "分摊组", "住户", "分摊明细", "数据质量"]
+    assert wb.sheetnames == ["汇总", "电表", "分摊组", "住户", "分摊明细", "数据质量", "楼栋单元小计", "与上月比较"]
 
     summary = wb["汇总"]
     assert isinstance(summary_value(summary, "住户应缴合计"), float)
@@ -184,11 +195,12 @@ def test_xlsx_reads_back_exact_to_the_fen(tmp_path):
     assert [as_decimal(row[2] * 10000) for row in tariff_rows] == [p * 10000 for p in PRICES.values()]
 
     homes = list(wb["住户"].iter_rows(values_only=True))
-    assert homes[0] == ("户号", "楼号", "单元", "房号", "建筑面积(m²)", "入住", "金额(元)")
-    assert homes[-1][0] == "合计" and as_decimal(homes[-1][6]) == r.recovered          # the totals row
+    assert homes[0] == ("月份", "户号", "楼号", "单元", "房号", "建筑面积(m²)", "入住", "金额(元)", "公共路灯(元)",
+                        "楼道照明(元)")
+    assert homes[-1][0] == "合计" and as_decimal(homes[-1][7]) == r.recovered          # the totals row
     homes = homes[:-1]
-    assert [as_decimal(row[6]) for row in homes[1:]] == [c.total for c in r.households]
-    assert sum(as_decimal(row[6]) for row in homes[1:]) == r.recovered
+    assert [as_decimal(row[7]) for row in homes[1:]] == [c.total for c in r.households]
+    assert sum(as_decimal(row[7]) for row in homes[1:]) == r.recovered
 
     lines = list(wb["分摊明细"].iter_rows(values_only=True))[1:]
     assert lines[-1][0] == "合计" and as_decimal(lines[-1][3]) == r.recovered
@@ -224,10 +236,11 @@ def test_xlsx_text_is_never_a_formula(tmp_path):
 def test_xlsx_english_and_without_bill(tmp_path):
     r = build(with_bill=False)
     wb = openpyxl.load_workbook(report.write_xlsx(r, tmp_path / "a.xlsx", lang="en"))
-    assert wb.sheetnames == ["Summary", "Meters", "Groups", "Households", "Lines", "Data quality"]
+    assert wb.sheetnames == ["Summary", "Meters", "Groups", "Households", "Lines", "Data quality", "Subtotals",
+                             "Comparison"]
     assert summary_value(wb["Summary"], "Utility bill") == "not given"
     assert as_decimal(summary_value(wb["Summary"], "Recovered from households")) == r.recovered
-    assert next(wb["Households"].iter_rows(values_only=True))[0] == "household"
+    assert next(wb["Households"].iter_rows(values_only=True))[:2] == ("month", "household")
 
 
 # --- HTML --------------------------------------------------------------------------------------
@@ -259,7 +272,8 @@ def test_html_report(tmp_path):
     assert "离线7小时15分钟,按线性插值补 3.25 kWh" in html
     assert html.index("离线估算(") < html.index("换表(") < html.index("未分配(")
     assert 'class="n est">12.50<' in html                           # estimated kWh highlighted
-    assert html.count("<tr><td>1-") == 3 and "<td>公共路灯: " in html  # household rows with details
+    assert html.count("<tr><td>1-") == 3                              # household rows, one column per fee item
+    assert "<th>公共路灯(元)</th><th>楼道照明(元)</th>" in html
 
 
 def test_html_without_bill_shows_the_rounding():
@@ -326,11 +340,11 @@ def test_write_all_at_estate_size(tmp_path):
     assert {k: p.name for k, p in files.items()} == {"csv": "allocation-2026-10.csv", "xlsx": "allocation-2026-10.xlsx",
                                                      "html": "allocation-2026-10.html"}
     rows = list(csv.reader(files["csv"].read_text(encoding="utf-8-sig").splitlines()))[1:]
-    assert len(rows) == 9216 and sum(D(row[6]) for row in rows) == r.recovered
+    assert len(rows) == 9216 and sum(D(row[7]) for row in rows) == r.recovered
 
     wb = openpyxl.load_workbook(files["xlsx"], read_only=True)
     homes = list(wb["住户"].iter_rows(min_row=2, values_only=True))[:-1]     # without the totals row
-    assert len(homes) == 9216 and sum(as_decimal(row[6]) for row in homes) == r.recovered
+    assert len(homes) == 9216 and sum(as_decimal(row[7]) for row in homes) == r.recovered
     assert as_decimal(summary_value(wb["汇总"], "住户应缴合计")) == r.recovered
     wb.close()
 
@@ -385,9 +399,39 @@ def check_adds_up(path, r) -> None:
     assert shown_value(total[6]) == allocated and shown_value(total[7]) == metered
     assert shown_value(total[9]) == recovered
 
-    *homes, total = list(wb.worksheets[3].iter_rows(values_only=True))[1:]
-    amounts = {h[0]: shown_value(h[6]) for h in homes}
-    assert sum(amounts.values()) == shown_value(total[6]) == recovered
+    header, *homes, total = list(wb.worksheets[3].iter_rows(values_only=True))
+    items = len(header) - 8                                               # one column per fee item
+    assert items >= 1
+    amounts = {h[1]: shown_value(h[7]) for h in homes}
+    assert sum(amounts.values()) == shown_value(total[7]) == recovered
+    for h in homes:                                                       # a household's items add up to it
+        assert sum(shown_value(v) for v in h[8:]) == shown_value(h[7]), h[1]
+    columns = [[shown_value(v) for v in col] for col in zip(*(h[8:] for h in homes))]
+    assert [sum(col) for col in columns] == [shown_value(v) for v in total[8:]]
+    assert sum(shown_value(v) for v in total[8:]) == recovered
+
+    # subtotals: a building's units add up to its subtotal, the buildings to the total, in every column
+    sheet = wb[report.SHEETS["zh"]["subtotals"]]
+    _, *subs, grand = list(sheet.iter_rows(values_only=True))
+    assert grand[0] == labels["total"] and grand[2] == len(homes)
+    units, buildings = [], []
+    for row in subs:
+        figures = [D(row[2]), shown_value(row[3]), shown_value(row[4]), *(shown_value(v) for v in row[5:])]
+        assert sum(figures[3:]) == figures[2], row                        # items add up to the amount
+        if row[1] is None:                                                # a building's subtotal
+            assert [sum(col) for col in zip(*units)] == figures, row[0]
+            buildings.append(figures)
+            units = []
+        else:
+            units.append(figures)
+    assert units == [] and buildings
+    grand_figures = [D(grand[2]), shown_value(grand[3]), shown_value(grand[4]), *(shown_value(v) for v in grand[5:])]
+    assert [sum(col) for col in zip(*buildings)] == grand_figures
+    assert grand_figures[2] == recovered and grand_figures[3:] == [shown_value(v) for v in total[8:]]
+    by_building: dict = {}
+    for h in homes:
+        by_building[h[2]] = by_building.get(h[2], D(0)) + shown_value(h[7])
+    assert [b[2] for b in buildings] == list(by_building.values())
     *lines, total = list(wb.worksheets[4].iter_rows(values_only=True))[1:]
     per_home: dict[str, Decimal] = {}
     for h, _, _, a in lines:

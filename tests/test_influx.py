@@ -345,6 +345,26 @@ async def test_without_influxdb_the_ledger_alone_runs(tmp_path):
     assert db.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0
 
 
+def _readings(path) -> int:
+    if not path.exists():
+        return 0
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        return db.execute("SELECT count(*) FROM readings").fetchone()[0]
+    except sqlite3.OperationalError:       # the gateway is still creating its tables
+        return 0
+    finally:
+        db.close()
+
+
+async def _until_readings(path, n: int, timeout: float = 60) -> None:
+    """Wait until the ledger holds `n` committed readings (a loaded machine starts a gateway
+    process slower than an idle one, so no fixed sleep)."""
+    async with asyncio.timeout(timeout):
+        while _readings(path) < n:
+            await asyncio.sleep(0.1)
+
+
 async def test_sigkill_during_run_loses_and_doubles_nothing(tmp_path, influx1):
     cfg = small_site(tmp_path, influx_cfg("v1", influx1, batch_size=5, backoff_max_s=1))
     async with SiteSimulation(cfg) as sim:
@@ -356,15 +376,17 @@ async def test_sigkill_during_run_loses_and_doubles_nothing(tmp_path, influx1):
                 influx1.stop()      # one run with the database down
             if round_ == 2:
                 influx1.start()
+            before = _readings(cfg.storage_path)
             proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", "run", "-c", str(site_file),
                                                         stderr=asyncio.subprocess.DEVNULL)
-            await asyncio.sleep(2.5)
+            await _until_readings(cfg.storage_path, before + 4)   # two polls of both meters committed
             proc.send_signal(signal.SIGKILL)
             await proc.wait()
         # a last, clean run drains what the kills left behind
+        before = _readings(cfg.storage_path)
         proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", "run", "-c", str(site_file),
                                                     stderr=asyncio.subprocess.DEVNULL)
-        await asyncio.sleep(2.5)
+        await _until_readings(cfg.storage_path, before + 4)
         proc.send_signal(signal.SIGTERM)
         assert await proc.wait() == 0
     ledger = Ledger(cfg.storage_path)

@@ -140,7 +140,9 @@ def test_upgrade_keeps_every_row_that_anything_reads(v8, tmp_path):
     old.close()
     want_console = console(sqlite3.connect(new_path))
     before = sqlite3.connect(new_path)
-    tables = {t: table(before, t) for t in UNCHANGED}
+    # the release's columns (later schemas may add columns, as allocation runs did)
+    columns = {t: ", ".join(c[1] for c in before.execute(f"PRAGMA table_info({t})")) for t in UNCHANGED}
+    tables = {t: table(before, t, columns[t]) for t in UNCHANGED}
     outbox = table(before, "outbox")
     held = table(before, "outbox_held")
     before.close()
@@ -150,7 +152,7 @@ def test_upgrade_keeps_every_row_that_anything_reads(v8, tmp_path):
     assert db.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION
     assert db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'readings_old'").fetchone()[0] == 0
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    assert {t: table(db, t) for t in UNCHANGED} == tables
+    assert {t: table(db, t, columns[t]) for t in UNCHANGED} == tables
     assert table(db, "outbox", "id, measurement, priority, ts_ms, line, essential") == outbox
     assert table(db, "outbox_held", "id, episode, measurement, priority, ts_us, line, essential, shift_ts, "
                                     "shift_delay") == held

@@ -255,6 +255,33 @@ async def test_the_accountant_downloads_the_allocation(site, open_as, tmp_path):
         assert saved.read_bytes() == site.allocation[kind].read_bytes(), kind
 
 
+async def test_the_accountant_reviews_and_approves_the_month(site, open_as):
+    """The month is a draft until approved: review, then approve, each a button; the page then
+    says who approved it and when, and the report is printed again with the sign-off."""
+    page = await open_as("accountant")
+    await page.goto("/allocation")
+    state = page.locator("p[data-run-state]")
+    await expect(state).to_have_attribute("data-run-state", "draft")
+    await expect(page.locator('[data-warning="placeholder"]')).to_have_count(1)      # the example's prices
+    await expect(page.locator('.cards [data-sign="approved"]')).to_have_count(0)     # not before a review
+    await page.locator('.cards [data-sign="reviewed"]').click()
+    await expect(page.locator('.cards [data-signoff="reviewed"]')).to_contain_text(USERS["accountant"],
+                                                                                   timeout=60_000)
+    await page.locator('.cards [data-sign="approved"]').click()
+    await expect(state).to_have_attribute("data-run-state", "approved", timeout=60_000)
+    await expect(page.locator('.cards [data-signoff="approved"]')).to_contain_text(USERS["accountant"])
+    await expect(page.locator('[data-sign]')).to_have_count(0)
+    await expect(page.locator('tr[data-history-run][data-state="approved"]')).to_have_count(1)
+    # the reports are printed again after the answer (seconds at the estate's size)
+    month_file = site.allocation["html"].with_name(f"allocation-{site.month}.html")
+    await until(lambda: 'data-state="approved"' in month_file.read_text(encoding="utf-8"), "the report printed again",
+                120, every=0.5)
+    report = await page.context.request.get(f"/allocation/{site.month}/report")
+    body = await report.text()
+    assert report.status == 200 and 'data-state="approved"' in body
+    assert re.search(rf"<td>批准</td><td>{re.escape(USERS['accountant'])}</td><td>\d{{4}}-", body)
+
+
 # ---- the Content-Security-Policy --------------------------------------------------------------
 
 WATCH_CSP = ("window.__csp = []; document.addEventListener('securitypolicyviolation', "

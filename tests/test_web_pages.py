@@ -309,7 +309,8 @@ def test_every_word_of_the_pages_is_translated_both_ways():
                  "_macros.html"):
         keys |= set(re.findall(r"t\('([a-z_0-9]+)'", (here / name).read_text(encoding="utf-8")))
     dynamic = {"circuit_": ["stairwell_lighting", "street_lighting", "lift", "pump", "gate", "main_supply", "other"],
-               "state_": ["online", "offline", "never"], "day_": ["gap", "unknown", "no_data"],
+               "state_": ["online", "offline", "never", "prepared", "reviewed", "approved", "superseded"],
+               "sign_": ["reviewed", "approved"], "day_": ["gap", "unknown", "no_data"],
                "patrol_": ["on_time", "late", "early", "missed", "pending"], "round_": ["upcoming", "running", "over"],
                "cat_": ["resident", "staff", "visitor", "unknown", "revoked", "expired"], "dir_": ["in", "out"],
                "door_": ["forced_open", "held_open"], "uptime_": ["gateway", "console"], "source_": ["live", "ledger"]}
@@ -648,10 +649,14 @@ async def test_allocation_summary_report_and_downloads(billed, tmp_path):
         assert re.search(r'data-field="recovered">3200.00 元', main)
         assert re.search(r'data-field="households">2<', main) and re.search(r'data-field="quality">0<', main)
         assert "楼道照明" in main and "路灯" in main and 'data-files="missing"' not in main
+        # neither run is approved: the month is the newer, shown as a draft and never as "the" month
+        assert 'data-run-state="draft"' in main and "草稿，未批准：第 2 次分摊" in main
         data = await get_json(s, base + "/api/allocation")
-        assert data["months"] == ["2026-10"] and data["run"]["bill"] == "3200.00"
-        assert data["run"]["out_dir"] == str(out.resolve())            # the latest run of the month
-        assert {g["id"] for g in data["run"]["groups"]} == {"stair-A", "estate"}
+        assert data["months"] == ["2026-10"] and data["run"] is None and data["draft"]["bill"] == "3200.00"
+        assert data["draft"]["out_dir"] == str(out.resolve())          # the latest run of the month
+        assert {g["id"] for g in data["draft"]["groups"]} == {"stair-A", "estate"}
+        assert [(h["id"], h["state"], h["answer"]) for h in data["history"]] == [(2, "prepared", True),
+                                                                                 (1, "prepared", False)]
         for kind, ctype in (("csv", "text/csv"), ("xlsx", "application/vnd.openxmlformats-officedocument"
                                                            ".spreadsheetml.sheet")):
             assert f'data-download="{kind}"' in main
@@ -688,6 +693,86 @@ async def test_allocation_summary_report_and_downloads(billed, tmp_path):
     async with console(cfg) as base, logged_in(base, "boss", lang="en") as s:
         main = main_of(await get(s, base + "/allocation"), "allocation")
         assert "Metered cost" in main and "3124.80 yuan" in main and "The report files are gone" in main
+
+
+async def printed(path: Path, text: str, timeout: float = 20.0) -> None:
+    """Wait until a report printed again after a sign-off says `text` (a wait, not a timing)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while text not in path.read_text(encoding="utf-8"):
+        assert loop.time() < deadline, f"{path.name} does not say {text!r}"
+        await asyncio.sleep(0.05)
+
+
+async def post_sign(s, base: str, run: int, role: str, status: int = 303, csrf: str | None = None) -> str:
+    if csrf is None:
+        async with s.get(base + "/allocation") as r:
+            csrf = re.search(r'name="csrf" value="([^"]+)"', await r.text()).group(1)
+    async with s.post(base + f"/allocation/runs/{run}/sign", data={"role": role, "csrf": csrf},
+                      allow_redirects=False) as r:
+        body = await r.text()
+        assert r.status == status, (run, role, r.status, body[:300])
+        return body
+
+
+async def test_the_accountant_reviews_and_approves_runs(billed, tmp_path):
+    """Only an approved run is the month; approving needs a review first; a newer approval
+    supersedes the month's older runs; every step is signed with the user's name and time."""
+    cfg, out = billed
+    first = tmp_path / "first"
+    async with console(cfg) as base:
+        for user in ("wang", "li"):                                    # guard, electrician: not theirs
+            async with logged_in(base, user) as s:
+                await post_sign(s, base, 1, "reviewed", 403)
+        async with logged_in(base, "zhao") as s:
+            await post_sign(s, base, 1, "reviewed", 403, csrf="forged")
+            assert "请先审核，再批准" in await post_sign(s, base, 1, "approved", 409)
+            main = main_of(await get(s, base + "/allocation"), "allocation")
+            assert 'data-sign="reviewed"' in main and 'data-sign="approved"' not in main
+            # the older run is reviewed and approved: it is the month, the newer one a draft beside it
+            await post_sign(s, base, 1, "reviewed")
+            assert "已经签过了" in await post_sign(s, base, 1, "reviewed", 409)
+            main = main_of(await get(s, base + "/allocation"), "allocation")
+            assert 'data-sign="approved"' in main
+            await post_sign(s, base, 1, "approved")
+            data = await get_json(s, base + "/api/allocation")
+            assert data["run"]["id"] == 1 and data["run"]["state"] == "approved" and data["answer"] == 1
+            assert data["run"]["signoffs"]["reviewed"]["by"] == "zhao"
+            assert data["run"]["signoffs"]["approved"]["by"] == "zhao"
+            assert data["draft"]["id"] == 2 and data["draft"]["state"] == "prepared"
+            main = main_of(await get(s, base + "/allocation"), "allocation")
+            assert 'data-run-state="approved"' in main and 'data-draft="2"' in main
+            assert re.search(r'data-field="bill">未录入', main)           # the approved run had no bill
+            # the month's files are now the approved run's, printed again with its sign-off (after the answer)
+            await printed(first / "allocation-2026-10.html", "已批准")
+            html = await get(s, base + "/allocation/2026-10/report")
+            assert "已批准" in html and re.search(r"<td>批准</td><td>zhao</td><td>\d{4}-\d\d-\d\d \d\d:\d\d</td>", html)
+            assert html == (first / "allocation-2026-10.html").read_text(encoding="utf-8")
+            assert html == (first / "allocation-2026-10-run1.html").read_text(encoding="utf-8")
+        async with logged_in(base, "boss") as s:                       # an admin approves the newer run
+            await post_sign(s, base, 2, "reviewed")
+            await post_sign(s, base, 2, "approved")
+            data = await get_json(s, base + "/api/allocation")
+            assert data["run"]["id"] == 2 and data["draft"] is None
+            assert [(h["id"], h["state"], h["superseded_by"]) for h in data["history"]] == [
+                (2, "approved", None), (1, "superseded", 2)]
+            assert "已被本月更新的批准结果取代" in await post_sign(s, base, 1, "approved", 409)
+            # run 1's own report says it is superseded; its old month files in its own directory too
+            for path in (first / "allocation-2026-10-run1.html", first / "allocation-2026-10.html"):
+                await printed(path, "已作废")
+                assert "已作废:本次分摊已被第 2 次分摊取代" in path.read_text(encoding="utf-8"), path
+            own = await get(s, base + "/allocation/runs/1/report")
+            assert "已作废" in own
+            async with s.get(base + "/allocation/runs/2/download/csv") as r:
+                assert r.status == 200 and 'filename="allocation-2026-10-run2.csv"' in r.headers["content-disposition"]
+                assert await r.read() == (out / "allocation-2026-10-run2.csv").read_bytes()
+            for url in ("/allocation/runs/99/download/csv", "/allocation/runs/2/download/passwd",
+                        "/allocation/runs/x/report"):
+                await get(s, base + url, 404)
+            assert "没有这次分摊" in await post_sign(s, base, 99, "reviewed", 404)
+        async with logged_in(base, "zhao") as s:
+            data = await get_json(s, base + "/api/allocation")
+            assert data["run"]["signoffs"]["approved"]["by"] == "boss"
 
 
 async def test_every_page_says_when_the_clock_is_not_trusted(field):

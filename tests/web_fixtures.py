@@ -191,7 +191,8 @@ def allocate_month(site_data: dict, base_dir: Path, tmp: Path, month: str) -> tu
 
 def copy_allocations(source_db: Path, ledger_db: Path) -> int:
     """The allocation runs of `source_db` into `ledger_db` (what `gateway allocate` leaves in a
-    ledger: the run with its out_dir, and the charges); returns the number of runs."""
+    ledger: the run with its out_dir, its charges, its result to print it again and its
+    sign-offs); returns the number of runs."""
     from gateway.store import Ledger
     Ledger(ledger_db).close()                    # the schema
     con = sqlite3.connect(ledger_db)
@@ -200,6 +201,8 @@ def copy_allocations(source_db: Path, ledger_db: Path) -> int:
         with con:
             n = con.execute("INSERT INTO main.allocations SELECT * FROM month.allocations").rowcount
             con.execute("INSERT INTO main.allocation_charges SELECT * FROM month.allocation_charges")
+            con.execute("INSERT INTO main.allocation_results SELECT * FROM month.allocation_results")
+            con.execute("INSERT INTO main.allocation_signoffs SELECT * FROM month.allocation_signoffs")
         con.execute("DETACH DATABASE month")
         return n
     finally:

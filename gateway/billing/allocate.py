@@ -9,7 +9,8 @@ or created by rounding.
 A month is refused (one line per reason) while it is not over by the clock, when its billed
 meters' counters cover less of it than `allocation.min_coverage` (both: unless --allow-partial),
 and when the bill is further than `allocation.bill_tolerance` from the sub-meters' metered cost or
-the main meter's (unless --force); an override is said first in the report.
+the main meter's, or when a price in force is outside the plausible band of config.py (both:
+unless --force); an override is said first in the report.
 
 The difference between the bill and the metered cost (line losses, unmetered loads) is spread
 by `allocation.difference_rule`:
@@ -30,12 +31,12 @@ from fractions import Fraction
 from ..config import AllocationGroup, Meter, SiteConfig
 from ..rules.models import MAX_POWER_KW
 from ..store import Ledger
-from .households import load_households
+from .households import site_households
 from .intervals import MeterIntervals, MeterLimits, Replaced, meter_intervals
 from .model import (FEN, QUALITY_KINDS, AllocationResult, GroupMonth, Household, HouseholdCharge, MeterMonth, QualityNote,
                     TariffUse)
 from .shares import Column, round_table, round_to_total, to_fen
-from .tariffs import MonthPlan, plan_month, split_by_minutes
+from .tariffs import MonthPlan, implausible_prices, plan_month, split_by_minutes
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,9 @@ class GroupPlan:
     meters: list[str]
     households: list[Household]
     weights: list[Decimal]
+    item: str = ""              # the configured group (fee item) it was expanded from
+    item_name: str = ""
+    vacant: str = "include"
 
 
 def parse_bill(text: str | None) -> Decimal | None:
@@ -160,6 +164,12 @@ def plan_groups(cfg: SiteConfig, households: list[Household]) -> tuple[list[Grou
     problems: list[str] = []
     owner: dict[str, str] = {}
     plans: list[GroupPlan] = []
+    # a building's (unit's) households looked up, not searched for: one group per building
+    # would otherwise read the whole file once per building
+    index: dict[tuple[str, str | None], list[Household]] = {}
+    for h in households:
+        index.setdefault((h.building, None), []).append(h)
+        index.setdefault((h.building, h.unit), []).append(h)
     for gi, g in enumerate(cfg.allocation.groups):
         where = f"allocation.groups[{gi}] ({g.id})"
         for mid in g.meters:
@@ -168,7 +178,7 @@ def plan_groups(cfg: SiteConfig, households: list[Household]) -> tuple[list[Grou
         chosen = [m for m in meters if m.id in g.meters or (m.circuit in g.circuits and _in_scope(m, g))]
         for key, ms in _split(g, chosen).items():
             gid, name = _group_name(g, key)
-            members = _members(g, key, households)
+            members = _members(g, key, households, index)
             if g.vacant == "exclude":
                 members = [h for h in members if h.occupied]
             if g.key == "fixed":
@@ -189,7 +199,8 @@ def plan_groups(cfg: SiteConfig, households: list[Household]) -> tuple[list[Grou
                 if m.id in owner:
                     problems.append(f"{where}: meter {m.id} is already in group {owner[m.id]}")
                 owner[m.id] = gid
-            plans.append(GroupPlan(gid, name, g.scope, g.key, [m.id for m in ms], members, weights))
+            plans.append(GroupPlan(gid, name, g.scope, g.key, [m.id for m in ms], members, weights, g.id,
+                                   g.name or g.id, g.vacant))
     return plans, problems
 
 
@@ -224,13 +235,12 @@ def _scope_text(g: AllocationGroup, key: tuple[str, str]) -> str:
     return {"estate": "the whole estate", "building": f"building {b}", "unit": f"building {b} unit {u}"}[g.scope]
 
 
-def _members(g: AllocationGroup, key: tuple[str, str], households: list[Household]) -> list[Household]:
+def _members(g: AllocationGroup, key: tuple[str, str], households: list[Household],
+             index: dict[tuple[str, str | None], list[Household]]) -> list[Household]:
     b, u = key
     if g.scope == "estate":
         return list(households)
-    if g.scope == "building":
-        return [h for h in households if h.building == b]
-    return [h for h in households if h.building == b and h.unit == u]
+    return list(index.get((b, None if g.scope == "building" else u), []))
 
 
 # ---- meters ---------------------------------------------------------------------------------------
@@ -284,8 +294,8 @@ def allocate(cfg: SiteConfig, ledger: Ledger, month: str, bill: Decimal | None =
 
     Refused (AllocationError, one line per reason) when the month is not over by the clock or its
     billed meters' counters cover too little of it, unless `allow_partial`, and when the bill is
-    too far from the metered cost or the main meter's, unless `force`; what was overridden is
-    listed first in the report (`waived`)."""
+    too far from the metered cost or the main meter's or a price is implausible, unless `force`;
+    what was overridden is listed first in the report (`waived`)."""
     plan = plan or plan_month(month, cfg.site.timezone, cfg.tariffs)
     now = now or datetime.now(timezone.utc)
     if bill is not None:
@@ -297,7 +307,7 @@ def allocate(cfg: SiteConfig, ledger: Ledger, month: str, bill: Decimal | None =
     if why:
         waived.append((f"按 --allow-partial 分摊：{plan.month} 尚未结束（{plan.end:%Y-%m-%d %H:%M} 结束）",
                        f"allocated with --allow-partial: {why}"))
-    households = sorted(load_households(cfg.base_dir / cfg.allocation.households_file), key=lambda h: h.id)
+    households = sorted(site_households(cfg), key=lambda h: h.id)
     groups, problems = plan_groups(cfg, households)
     if problems:
         raise AllocationError(problems)
@@ -334,11 +344,14 @@ def allocate(cfg: SiteConfig, ledger: Ledger, month: str, bill: Decimal | None =
         refused.append(f"{low[1]}: give --allow-partial to allocate it anyway")
     elif low:
         waived.append((f"按 --allow-partial 分摊：{low[0]}", f"allocated with --allow-partial: {low[1]}"))
-    for zh, en in bill_problems(cfg, bill, metered, reference) if bill is not None else ():
+    forcible = [(zh, en, "the tariffs in the site file") for zh, en in implausible_prices(plan)]
+    forcible += [(zh, en, "the bill") for zh, en in (bill_problems(cfg, bill, metered, reference) if bill is not None
+                                                    else [])]
+    for zh, en, check in forcible:
         if force:
             waived.append((f"按 --force 分摊：{zh}", f"allocated with --force: {en}"))
         else:
-            refused.append(f"{en}: check the bill, or give --force to allocate it anyway")
+            refused.append(f"{en}: check {check}, or give --force to allocate it anyway")
     if refused:
         raise AllocationError(refused)
     rule = cfg.allocation.difference_rule
@@ -358,7 +371,8 @@ def allocate(cfg: SiteConfig, ledger: Ledger, month: str, bill: Decimal | None =
         exact.append(Fraction(difference) * 100)
         diff_share = [ZERO] * len(groups) + [difference]
         area = [h.area_m2 for h in households]
-        groups = groups + [GroupPlan(DIFFERENCE_GROUP, "线损及未计量用电", "estate", "area", [], households, area)]
+        groups = groups + [GroupPlan(DIFFERENCE_GROUP, "线损及未计量用电", "estate", "area", [], households, area,
+                                     DIFFERENCE_GROUP, "线损及未计量用电", "include")]
         costs = costs + [ZERO]
     else:
         if bill is not None:                    # by_cost: every group scaled by bill / metered cost
@@ -380,7 +394,7 @@ def allocate(cfg: SiteConfig, ledger: Ledger, month: str, bill: Decimal | None =
         daily = [sum(x, ZERO) for x in zip(*(by_id[mid].daily_kwh for mid in g.meters))] or [ZERO] * len(plan.days)
         group_months.append(GroupMonth(g.id, g.name, g.scope, g.key, g.meters, [h.id for h in g.households],
                                        sum((by_id[mid].kwh for mid in g.meters), ZERO), cost, share,
-                                       Decimal(sum(fens)) * FEN, daily))
+                                       Decimal(sum(fens)) * FEN, daily, g.item, g.item_name, g.vacant))
     hh = [HouseholdCharge(h, charges[h.id], sum(charges[h.id].values(), ZERO)) for h in households]
     recovered = sum((c.total for c in hh), ZERO)
     assert recovered == Decimal(target_fen) * FEN, "allocation does not add up"  # by construction
@@ -394,6 +408,8 @@ def allocate(cfg: SiteConfig, ledger: Ledger, month: str, bill: Decimal | None =
                           f"（{gap / ref.kwh:.1%}，线损及未计量）",
                           f"main meter {ref.meter} {ref.kwh:.2f} kWh, sub-meters {sub_kwh:.2f} kWh, {gap:.2f} kWh "
                           f"apart ({gap / ref.kwh:.1%}: losses, unmetered loads)"))
+    used = {u.tariff for u in plan.uses}
+    placeholders = [t.name for t in cfg.tariffs if t.placeholder and t.name in used]
     if bill is None:
         notes.append(("未提供电费账单：按计量电费回收（四舍五入到分）",
                       "no bill given: the metered cost is recovered, rounded to the fen"))
@@ -402,7 +418,7 @@ def allocate(cfg: SiteConfig, ledger: Ledger, month: str, bill: Decimal | None =
         start=plan.start, end=plan.end, days=plan.days, meters=meters, reference=reference,
         groups=group_months, households=hh, quality=sorted(quality, key=_quality_order), tariff_use=tariff_use,
         metered_cost=metered, bill=bill, difference=difference, difference_rule=rule, recovered=recovered,
-        generated_at=now.astimezone(plan.tz), notes=notes, waived=waived)
+        generated_at=now.astimezone(plan.tz), notes=notes, waived=waived, placeholder_tariffs=placeholders)
 
 
 def clock_notes(unrepaired: list[dict], m: Meter, plan: MonthPlan) -> list[QualityNote]:

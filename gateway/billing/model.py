@@ -66,6 +66,19 @@ class GroupMonth:
     difference_share: Decimal              # its part of bill - metered (exact), 0 without a bill
     amount: Decimal                        # to recover, rounded to the fen (sums exactly over groups)
     daily_kwh: list[Decimal]
+    # The fee item it is billed as: the configured group it was expanded from (every building's
+    # "stair-B01", "stair-B02" ... is the one item "stair", 楼道照明), one column of the clerk's CSV.
+    item: str = ""                         # "" = the group itself
+    item_name: str = ""
+    vacant: str = "include"                # include | exclude: whether vacant flats share it
+
+    @property
+    def fee_item(self) -> str:
+        return self.item or self.id
+
+    @property
+    def fee_item_name(self) -> str:
+        return self.item_name or self.name or self.fee_item
 
 
 @dataclass
@@ -120,7 +133,30 @@ class AllocationResult:
     notes: list[tuple[str, str]] = field(default_factory=list)   # remarks for the report header: (zh, en)
     # checks that refuse a month, overridden with --allow-partial or --force: (zh, en), shown first
     waived: list[tuple[str, str]] = field(default_factory=list)
+    placeholder_tariffs: list[str] = field(default_factory=list)   # tariffs used whose prices are examples
 
     def note_texts(self, lang: str) -> list[str]:
         return [zh if lang == "zh" else en for zh, en in self.waived + self.notes]
 
+
+
+@dataclass
+class SignOff:
+    by: str
+    at: datetime                           # local time of the site
+
+
+@dataclass
+class RunInfo:
+    """A run kept in the ledger as its reports show it (gateway/billing/runs.py): prepared (编制)
+    when it was made, then reviewed (审核) and approved (批准)."""
+
+    id: int
+    state: str                             # prepared | reviewed | approved | superseded
+    prepared: SignOff | None               # None: made by a version that did not record who
+    reviewed: SignOff | None = None
+    approved: SignOff | None = None
+    invoice: str | None = None             # the utility bill's number
+    bill_period: tuple[date, date] | None = None   # the utility bill's own period (inclusive)
+    superseded_by: int | None = None
+    answer: bool = False                   # the month's answer now (what InfluxDB and the console show)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from functools import lru_cache
 from collections.abc import Sequence
 from datetime import datetime
@@ -25,8 +26,10 @@ from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 from openpyxl.styles import Font
 from openpyxl.utils import get_column_letter
 
-from .model import FEN, QUALITY_KINDS, AllocationResult, GroupMonth, HouseholdCharge, MeterMonth
+from .compare import Change, Comparison
+from .model import FEN, QUALITY_KINDS, AllocationResult, GroupMonth, HouseholdCharge, MeterMonth, RunInfo
 from .shown import shown
+from .tables import FeeItem, fee_items, item_amounts, subtotals
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 LANGS = ("zh", "en")
@@ -58,6 +61,32 @@ T: dict[str, dict[str, str]] = {
         "yes": "是", "no": "否", "yuan": "(元)",
         "rounding_bill": "舍入差(住户应缴合计 − 电费账单)", "rounding_metered": "舍入差(住户应缴合计 − 计量电费)",
         "kind_count": "{name}({n} 条)", "households_count": "住户分摊明细({n} 户)",
+        "warning": "警告", "run": "分摊批次", "run_n": "第 {n} 次分摊", "state": "状态", "dry_run": "试算(未保存,未批准)",
+        "state_prepared": "已编制(草稿,未批准)", "state_reviewed": "已审核(未批准)", "state_approved": "已批准",
+        "state_superseded": "已作废(被第 {n} 次分摊取代)",
+        "invoice": "电费发票号", "bill_period": "电费账单期间", "not_given": "未录入",
+        "bill_period_differs": "电费账单期间 {a} 至 {b} 与分摊月份 {m} 不一致:账单金额按本月各表计量的电量分摊。",
+        "draft_banner": "草稿:本次分摊尚未批准,不得据此收费。",
+        "superseded_banner": "已作废:本次分摊已被第 {n} 次分摊取代,不得据此收费。",
+        "placeholder_banner": "示例电价:本报告使用的电价({names})在站点文件中标为示例(placeholder: true),"
+                              "不是本小区电费账单上的价格,所得金额不得用于收费。请在站点文件的 tariffs 中填入"
+                              "实际电价并删除 placeholder 标记。",
+        "vacant_rule": "空置房规则", "vacant_count": "本月空置房(入住=否)共 {n} 户。",
+        "vacant_include": "空置房与入住户一样分摊:{items}。",
+        "vacant_exclude": "空置房不分摊:{items}(由同组的入住户分摊)。",
+        "signoff": "审批签字", "signoff_cols": ["环节", "签字人", "时间", "签名"],
+        "role_prepared": "编制", "role_reviewed": "审核", "role_approved": "批准",
+        "subtotals": "楼栋单元小计", "subtotal_cols": ["楼号", "单元", "户数", "建筑面积(m²)", "金额(元)"],
+        "building_subtotal": "{b} 小计",
+        "comparison": "与上月比较", "compare_with": "上月({m})第 {n} 次分摊,{state}",
+        "compare_approved": "已批准", "compare_draft": "草稿,未批准",
+        "no_previous": "上月({m})没有分摊结果,无从比较。",
+        "compare_band": "金额变化超过 ±{pct} 的分摊组和住户标出(allocation.change_band);上月没有或本月没有的也标出。",
+        "compare_counts": "{g} 个分摊组、{h} 户变化超出 ±{pct}。",
+        "compare_group_cols": ["组号", "名称", "上月(元)", "本月(元)", "变化(元)", "变化率", "标记"],
+        "compare_household_cols": ["户号", "上月(元)", "本月(元)", "变化(元)", "变化率", "标记"],
+        "flag_beyond": "超出", "flag_new": "新增", "flag_gone": "本月无",
+        "compare_households": "变化超出范围的住户", "compare_more": "另有 {n} 户,见 XLSX 的比较表。",
     },
     "en": {
         "title": "Public electricity allocation", "site": "Site", "month": "Month", "period": "Period",
@@ -87,13 +116,45 @@ T: dict[str, dict[str, str]] = {
         "yes": "yes", "no": "no", "yuan": " (yuan)",
         "rounding_bill": "Rounding (recovered − bill)", "rounding_metered": "Rounding (recovered − metered cost)",
         "kind_count": "{name} ({n})", "households_count": "Households ({n})",
+        "warning": "Warning", "run": "Run", "run_n": "run {n}", "state": "State", "dry_run": "trial (not kept, not approved)",
+        "state_prepared": "prepared (draft, not approved)", "state_reviewed": "reviewed (not approved)",
+        "state_approved": "approved", "state_superseded": "superseded by run {n}",
+        "invoice": "Utility invoice", "bill_period": "Bill period", "not_given": "not given",
+        "bill_period_differs": "The bill's period {a} to {b} is not the month {m}: the bill is shared by this "
+                               "month's metered consumption.",
+        "draft_banner": "Draft: this run is not approved; do not bill from it.",
+        "superseded_banner": "Superseded by run {n}: do not bill from this run.",
+        "placeholder_banner": "Placeholder prices: the tariffs used ({names}) are marked as placeholders in the site "
+                              "file (placeholder: true), not the prices on the estate's bill; these amounts must not "
+                              "be billed. Put the real prices in the site file's tariffs and remove the mark.",
+        "vacant_rule": "Vacant flats", "vacant_count": "{n} vacant flats (occupied = no) this month.",
+        "vacant_include": "Vacant flats share like occupied ones: {items}.",
+        "vacant_exclude": "Vacant flats do not share: {items} (the occupied households of the group do).",
+        "signoff": "Sign-off", "signoff_cols": ["Step", "By", "When", "Signature"],
+        "role_prepared": "Prepared", "role_reviewed": "Reviewed", "role_approved": "Approved",
+        "subtotals": "Subtotals by building and unit",
+        "subtotal_cols": ["building", "unit", "households", "area_m2", "amount_yuan"],
+        "building_subtotal": "{b} subtotal",
+        "comparison": "Compared with last month", "compare_with": "{m}, run {n}, {state}",
+        "compare_approved": "approved", "compare_draft": "a draft, not approved",
+        "no_previous": "No allocation of {m} in the ledger: nothing to compare with.",
+        "compare_band": "Groups and households whose amount changed by more than ±{pct} are flagged "
+                        "(allocation.change_band), and those not there in one of the months.",
+        "compare_counts": "{g} groups and {h} households changed by more than ±{pct}.",
+        "compare_group_cols": ["group", "name", "last month (yuan)", "this month (yuan)", "change (yuan)", "change",
+                               "flag"],
+        "compare_household_cols": ["household", "last month (yuan)", "this month (yuan)", "change (yuan)", "change",
+                                   "flag"],
+        "flag_beyond": "beyond", "flag_new": "new", "flag_gone": "gone",
+        "compare_households": "Households beyond the band", "compare_more": "{n} more: see the XLSX comparison sheet.",
     },
 }
 
-# Column headers. The CSV and the households sheet share theirs so the clerk sees one layout.
+# Column headers. The CSV and the households sheet share theirs so the clerk sees one layout:
+# these, then one column per fee item (item_header).
 HOUSEHOLD_COLS = {
-    "zh": ["户号", "楼号", "单元", "房号", "建筑面积(m²)", "入住", "金额(元)", "明细"],
-    "en": ["household", "building", "unit", "room", "area_m2", "occupied", "amount_yuan", "detail"],
+    "zh": ["月份", "户号", "楼号", "单元", "房号", "建筑面积(m²)", "入住", "金额(元)"],
+    "en": ["month", "household", "building", "unit", "room", "area_m2", "occupied", "amount_yuan"],
 }
 METER_COLS = {
     "zh": ["表号", "名称", "回路", "楼号", "分摊组", "电量(kWh)", "估算电量(kWh)"],
@@ -120,9 +181,9 @@ TARIFF_COLS = {
 }
 SHEETS = {
     "zh": {"summary": "汇总", "meters": "电表", "groups": "分摊组", "households": "住户", "lines": "分摊明细",
-           "quality": "数据质量"},
+           "quality": "数据质量", "subtotals": "楼栋单元小计", "comparison": "与上月比较"},
     "en": {"summary": "Summary", "meters": "Meters", "groups": "Groups", "households": "Households",
-           "lines": "Lines", "quality": "Data quality"},
+           "lines": "Lines", "quality": "Data quality", "subtotals": "Subtotals", "comparison": "Comparison"},
 }
 
 # Data-quality kinds: (short name, what the accountant should understand by it).
@@ -192,6 +253,8 @@ PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b
            "#9c755f", "#bab0ac")
 # More building (or unit) groups than this are drawn as one "all buildings" series.
 FEW_GROUPS = 3
+# The printed report lists this many flagged households at most; the workbook has them all.
+HTML_FLAGGED = 200
 
 
 def _lang(lang: str) -> str:
@@ -248,12 +311,26 @@ def _group_names(result: AllocationResult) -> dict[str, str]:
     return {g.id: g.name or g.id for g in result.groups}
 
 
-def _household_row(c: HouseholdCharge, names: dict[str, str], lang: str) -> list:
-    """Household id, building, unit, room, area, occupied, amount, detail: Decimal stays Decimal."""
+def item_header(item: FeeItem, lang: str) -> str:
+    """A fee item's column: its name in Chinese, its id (a stable import name) in English."""
+    return f"{item.name}(元)" if lang == "zh" else f"{item.id}_yuan"
+
+
+def household_cols(items: list[FeeItem], lang: str) -> list[str]:
+    return HOUSEHOLD_COLS[lang] + [item_header(i, lang) for i in items]
+
+
+def _household_row(c: HouseholdCharge, month: str, items: list[FeeItem], item_of: dict[str, int],
+                   lang: str) -> list:
+    """Month, household id, building, unit, room, area, occupied, amount, then each fee item:
+    Decimal stays Decimal."""
     h = c.household
-    detail = "; ".join(f"{names.get(g, g)}: {_plain(_fen(a))}" for g, a in c.lines.items())
-    return [h.id, h.building, h.unit, h.room, h.area_m2, T[lang]["yes" if h.occupied else "no"],
-            _fen(c.total), detail]
+    return [month, h.id, h.building, h.unit, h.room, h.area_m2, T[lang]["yes" if h.occupied else "no"],
+            _fen(c.total), *(_fen(a) for a in item_amounts(c, items, item_of))]
+
+
+def _item_index(items: list[FeeItem]) -> dict[str, int]:
+    return {g: i for i, item in enumerate(items) for g in item.groups}
 
 
 def _periods(result: AllocationResult) -> list[str]:
@@ -273,22 +350,130 @@ def _meter_group(m: MeterMonth, reference: bool, lang: str) -> str:
     return m.group if m.group is not None else T[lang]["unallocated"]
 
 
+# --- the run: state, sign-off, banners ---------------------------------------------------------
+
+ROLES = ("prepared", "reviewed", "approved")
+
+
+def _when(d: datetime | None) -> str:
+    return "" if d is None else f"{d:%Y-%m-%d %H:%M}"
+
+
+def run_state(run: RunInfo | None, lang: str) -> str:
+    t = T[lang]
+    if run is None:
+        return t["dry_run"]
+    text = t[f"state_{run.state}"].format(n=run.superseded_by)
+    return text
+
+
+def run_rows(result: AllocationResult, run: RunInfo | None, lang: str) -> list[tuple[str, str]]:
+    """(label, text) of the run for the report's header."""
+    t = T[lang]
+    rows = [(t["run"], t["run_n"].format(n=run.id) if run else "—"), (t["state"], run_state(run, lang))]
+    invoice = run.invoice if run and run.invoice else t["not_given"]
+    period = run.bill_period if run else None
+    rows.append((t["invoice"], invoice))
+    rows.append((t["bill_period"], f"{period[0]:%Y-%m-%d} {t['to']} {period[1]:%Y-%m-%d}" if period
+                 else t["not_given"]))
+    return rows
+
+
+def signoff_rows(run: RunInfo | None, lang: str) -> list[tuple[str, str, str]]:
+    """(step, who, when) for 编制 / 审核 / 批准; blank where not signed yet, to sign on paper."""
+    t = T[lang]
+    out = []
+    for role in ROLES:
+        s = getattr(run, role) if run is not None else None
+        out.append((t[f"role_{role}"], s.by if s else "", _when(s.at) if s else ""))
+    return out
+
+
+def banners(result: AllocationResult, run: RunInfo | None, lang: str) -> list[str]:
+    """What must stop a reader from billing with this report, most serious first."""
+    t = T[lang]
+    out = []
+    if result.placeholder_tariffs:
+        out.append(t["placeholder_banner"].format(names=", ".join(result.placeholder_tariffs)))
+    if run is not None and run.state == "superseded":
+        out.append(t["superseded_banner"].format(n=run.superseded_by))
+    elif run is None or run.state != "approved":
+        out.append(t["draft_banner"])
+    return out
+
+
+def bill_period_note(result: AllocationResult, run: RunInfo | None, lang: str) -> str | None:
+    period = run.bill_period if run else None
+    if period is None or (result.days and (period[0], period[1]) == (result.days[0], result.days[-1])):
+        return None
+    return T[lang]["bill_period_differs"].format(a=f"{period[0]:%Y-%m-%d}", b=f"{period[1]:%Y-%m-%d}",
+                                                 m=result.month)
+
+
+def vacant_lines(result: AllocationResult, lang: str) -> list[str]:
+    """The rule for vacant flats (occupied = no), as the site file sets it per fee item."""
+    t = T[lang]
+    by_rule: dict[str, list[str]] = {"include": [], "exclude": []}
+    for g in result.groups:
+        names = by_rule.setdefault(g.vacant, [])
+        if g.fee_item_name not in names:
+            names.append(g.fee_item_name)
+    vacant = sum(1 for c in result.households if not c.household.occupied)
+    out = [t["vacant_count"].format(n=vacant)]
+    for rule in ("include", "exclude"):
+        if by_rule.get(rule):
+            out.append(t[f"vacant_{rule}"].format(items="、".join(by_rule[rule]) if lang == "zh"
+                                                  else ", ".join(by_rule[rule])))
+    return out
+
+
+def _ratio(c: Change) -> str:
+    r = c.ratio
+    return "" if r is None else f"{(r * 100).quantize(Decimal('0.1'), rounding=ROUND_HALF_UP):+}%"
+
+
+def _flag(c: Change, lang: str) -> str:
+    t = T[lang]
+    if not c.flagged:
+        return ""
+    return t["flag_new"] if c.last is None else t["flag_gone"] if c.this is None else t["flag_beyond"]
+
+
+def _band(comparison: Comparison) -> str:
+    return f"{(comparison.band * 100).quantize(Decimal('0.1'), rounding=ROUND_HALF_UP).normalize():f} %"
+
+
+def comparison_lines(comparison: Comparison | None, lang: str) -> list[str]:
+    """What the comparison was made with, its band and what it flagged."""
+    t = T[lang]
+    if comparison is None:
+        return []
+    if comparison.run is None:
+        return [t["no_previous"].format(m=comparison.month)]
+    state = t["compare_approved"] if comparison.approved else t["compare_draft"]
+    return [t["compare_with"].format(m=comparison.month, n=comparison.run, state=state),
+            t["compare_band"].format(pct=_band(comparison)),
+            t["compare_counts"].format(g=len(comparison.flagged_groups), h=len(comparison.flagged_households),
+                                       pct=_band(comparison))]
+
+
 # --- CSV ---------------------------------------------------------------------------------------
 
 def write_csv(result: AllocationResult, path: str | Path, lang: str = "zh") -> Path:
-    """One row per household for the billing system's import. UTF-8 with BOM because Excel in
-    China opens BOM-less UTF-8 as GBK; amounts are exact decimal text, never floats."""
+    """One row per household for the billing system's import: the month, the household, its
+    amount and one column per fee item. UTF-8 with BOM because Excel in China opens BOM-less
+    UTF-8 as GBK; amounts are exact decimal text, never floats."""
     lang = _lang(lang)
     _check_amounts(result)
     path = Path(path)
-    names = _group_names(result)
+    items = fee_items(result)
+    item_of = _item_index(items)
     with path.open("w", encoding="utf-8-sig", newline="") as f:
         w = csv.writer(f)
-        w.writerow(HOUSEHOLD_COLS[lang])
+        w.writerow(household_cols(items, lang))
         for c in result.households:
-            row = _household_row(c, names, lang)
-            row[4], row[6] = _plain(row[4]), _plain(row[6])
-            w.writerow(row)
+            row = _household_row(c, result.month, items, item_of, lang)
+            w.writerow(row[:5] + [_plain(row[5]), row[6]] + [_plain(v) for v in row[7:]])
     return path
 
 
@@ -296,9 +481,10 @@ def write_csv(result: AllocationResult, path: str | Path, lang: str = "zh") -> P
 
 MONEY, KWH, PRICE, AREA, STAMP = "#,##0.00", "#,##0.00", "0.0000##", "0.00", "yyyy-mm-dd hh:mm"
 BOLD = Font(bold=True)
+WARN = Font(bold=True, color="C00000")
 
 
-def _cell(ws, value, fmt: str | None = None, bold: bool = False) -> WriteOnlyCell:
+def _cell(ws, value, fmt: str | None = None, bold: bool = False, font: Font | None = None) -> WriteOnlyCell:
     if isinstance(value, datetime) and value.tzinfo is not None:
         value = value.replace(tzinfo=None)      # Excel has no time zones; all times are site time
     if isinstance(value, str):
@@ -308,14 +494,25 @@ def _cell(ws, value, fmt: str | None = None, bold: bool = False) -> WriteOnlyCel
         cell.data_type = "s"                    # names from config stay text, never a formula
     if fmt:
         cell.number_format = fmt
-    if bold:
+    if font is not None:
+        cell.font = font
+    elif bold:
         cell.font = BOLD
     return cell
 
 
-def _row(ws, values: Sequence, fmts: Sequence[str | None] = (), bold: bool = False) -> None:
+def _row(ws, values: Sequence, fmts: Sequence[str | None] = (), bold: bool = False, font: Font | None = None) -> None:
     fmts = list(fmts) + [None] * (len(values) - len(fmts))
-    ws.append([_cell(ws, v, f, bold) for v, f in zip(values, fmts)])
+    if bold or font is not None:
+        ws.append([_cell(ws, v, f, bold, font) for v, f in zip(values, fmts)])
+    else:
+        # a plain value is written by openpyxl's own reused cell: much cheaper than a cell each
+        ws.append([_cell(ws, v, f) if f or _needs_cell(v) else v for v, f in zip(values, fmts)])
+
+
+def _needs_cell(v) -> bool:
+    return isinstance(v, str) and (v.startswith("=") or ILLEGAL_CHARACTERS_RE.search(v) is not None) or \
+        isinstance(v, datetime) and v.tzinfo is not None
 
 
 def _sheet(wb: Workbook, title: str, headers: Sequence[str], widths: Sequence[int]):
@@ -327,11 +524,13 @@ def _sheet(wb: Workbook, title: str, headers: Sequence[str], widths: Sequence[in
     return ws
 
 
-def write_xlsx(result: AllocationResult, path: str | Path, lang: str = "zh") -> Path:
-    """The accountant's workbook: summary, meters, groups, households, household × group lines,
-    data quality. Every amount and kWh is written already rounded to 0.01 (shown.py), so each
-    row and column adds up exactly as displayed; every sheet but the data-quality notes ends with
-    its totals row."""
+def write_xlsx(result: AllocationResult, path: str | Path, lang: str = "zh", run: RunInfo | None = None,
+               comparison: Comparison | None = None) -> Path:
+    """The accountant's workbook: summary (with the run, its sign-off and the warnings), meters,
+    groups, households, household × group lines, data quality, subtotals per building and unit,
+    and the comparison with last month. Every amount and kWh is written already rounded to 0.01
+    (shown.py), so each row and column adds up exactly as displayed; every sheet but the
+    data-quality notes and the comparison ends with its totals row."""
     lang = _lang(lang)
     _check_amounts(result)
     path = Path(path)
@@ -346,9 +545,12 @@ def write_xlsx(result: AllocationResult, path: str | Path, lang: str = "zh") -> 
     ws.column_dimensions["A"].width = 24
     for c in "BCDE":
         ws.column_dimensions[c].width = 18
+    for text in banners(result, run, lang):
+        _row(ws, [t["warning"], text], bold=True, font=WARN)
     rows: list[tuple[str, object, str | None]] = [
         (t["site"], f"{result.site_name} ({result.site_id})", None),
         (t["month"], result.month, None),
+        *((label, text, None) for label, text in run_rows(result, run, lang)),
         (t["period"], _period_text(result, lang), None),
         (t["timezone"], result.timezone, None),
         (t["metered_cost"], fig.metered_cost, MONEY),
@@ -362,8 +564,18 @@ def write_xlsx(result: AllocationResult, path: str | Path, lang: str = "zh") -> 
     ]
     for label, value, fmt in rows:
         _row(ws, [label, value], [None, fmt])
-    for note in result.note_texts(lang) + [t["rounding_sheets"]]:
+    period_note = bill_period_note(result, run, lang)
+    for note in result.note_texts(lang) + ([period_note] if period_note else []) + [t["rounding_sheets"]]:
         _row(ws, [t["notes"], note])
+    for line in vacant_lines(result, lang):
+        _row(ws, [t["vacant_rule"], line])
+    for line in comparison_lines(comparison, lang):
+        _row(ws, [t["comparison"], line])
+    ws.append([])
+    _row(ws, [t["signoff"]], bold=True)
+    _row(ws, t["signoff_cols"], bold=True)
+    for step, who, when in signoff_rows(run, lang):
+        _row(ws, [step, who or None, when or None, "_" * 16])     # a line to sign on paper, signed or not
     ws.append([])
     _row(ws, TARIFF_COLS[lang], bold=True)
     for u, (kwh, cost) in zip(result.tariff_use, fig.tariff):
@@ -397,11 +609,14 @@ def write_xlsx(result: AllocationResult, path: str | Path, lang: str = "zh") -> 
              [None] * 4 + ["0", "0"] + money4)
     _row(ws, [t["total"], None, None, None, None, None, *_totals(figures)[2:]], [None] * 6 + money4, bold=True)
 
-    ws = _sheet(wb, sheets["households"], HOUSEHOLD_COLS[lang][:7], [12, 8, 8, 8, 12, 6, 12])
+    items = fee_items(result)
+    item_of = _item_index(items)
+    ws = _sheet(wb, sheets["households"], household_cols(items, lang), [8, 12, 8, 8, 8, 12, 6, 12] + [12] * len(items))
+    hh_fmts = [None] * 5 + [AREA, None] + [MONEY] * (1 + len(items))
     for c in result.households:
-        _row(ws, _household_row(c, names, lang)[:7], [None] * 4 + [AREA, None, MONEY])
-    _row(ws, [t["total"], None, None, None, sum((c.household.area_m2 for c in result.households), Decimal(0)),
-              None, result.recovered], [None] * 4 + [AREA, None, MONEY], bold=True)
+        _row(ws, _household_row(c, result.month, items, item_of, lang), hh_fmts)
+    rows_by_building, total = subtotals(result, items)
+    _row(ws, [t["total"], None, None, None, None, total.area_m2, None, total.amount, *total.items], hh_fmts, bold=True)
 
     ws = _sheet(wb, sheets["lines"], LINE_COLS[lang], [12, 14, 24, 12])
     for c in result.households:
@@ -415,6 +630,32 @@ def write_xlsx(result: AllocationResult, path: str | Path, lang: str = "zh") -> 
     for n in _sorted_notes(result):
         _row(ws, [n.meter, meter_names.get(n.meter, ""), _kind_name(n.kind, lang), n.start, n.end, n.kwh,
                   n.detail if lang == "zh" else n.detail_en], [None, None, None, STAMP, STAMP, KWH])
+
+    ws = _sheet(wb, sheets["subtotals"], t["subtotal_cols"] + [item_header(i, lang) for i in items],
+                [14, 8, 8, 12, 12] + [12] * len(items))
+    sub_fmts = [None, None, "0", AREA, MONEY] + [MONEY] * len(items)
+    for sub in rows_by_building:
+        if sub.unit is None:
+            _row(ws, [t["building_subtotal"].format(b=sub.building), None, sub.households, sub.area_m2, sub.amount,
+                      *sub.items], sub_fmts, bold=True)
+        else:
+            _row(ws, [sub.building, sub.unit, sub.households, sub.area_m2, sub.amount, *sub.items], sub_fmts)
+    _row(ws, [t["total"], None, total.households, total.area_m2, total.amount, *total.items], sub_fmts, bold=True)
+
+    # Changes have no total: last month's and this month's groups need not be the same ones.
+    ws = _sheet(wb, sheets["comparison"], t["compare_group_cols"], [14, 24, 14, 14, 14, 10, 8])
+    for line in comparison_lines(comparison, lang):
+        _row(ws, [line])
+    if comparison is not None and comparison.run is not None:
+        for c in comparison.groups:
+            _row(ws, [c.key, c.name, c.last, c.this, c.delta, _ratio(c) or None, _flag(c, lang) or None],
+                 [None, None, MONEY, MONEY, MONEY], font=WARN if c.flagged else None)
+        ws.append([])
+        _row(ws, t["compare_household_cols"], bold=True)
+        for c in sorted(comparison.households, key=lambda c: not c.flagged):
+            _row(ws, [c.key, c.last, c.this, c.delta, _ratio(c) or None, _flag(c, lang) or None],
+                 [None, MONEY, MONEY, MONEY],
+                 font=WARN if c.flagged else None)
 
     wb.save(path)
     return path
@@ -568,9 +809,10 @@ def _svg_tou(rows: list[dict], lang: str) -> Markup:
     return Markup("".join(out))
 
 
-def _html_household(c: HouseholdCharge, names: dict[str, str], lang: str) -> tuple[str, ...]:
-    hid, building, unit, room, area, occupied, total, detail = _household_row(c, names, lang)
-    return hid, building, unit, room, _plain(area), occupied, _money(total), detail
+def _html_household(row: list) -> tuple[str, ...]:
+    """A households-table row as shown: the CSV's columns without the month (the page says it)."""
+    _, hid, building, unit, room, area, occupied, total, *items = row
+    return (hid, building, unit, room, _plain(area), occupied, _money(total), *(_money(a) for a in items))
 
 
 @lru_cache(maxsize=1)
@@ -581,11 +823,11 @@ def _environment() -> Environment:
     return env
 
 
-def render_html(result: AllocationResult, lang: str = "zh") -> str:
+def render_html(result: AllocationResult, lang: str = "zh", run: RunInfo | None = None,
+                comparison: Comparison | None = None) -> str:
     lang = _lang(lang)
     _check_amounts(result)
     t = T[lang]
-    names = _group_names(result)
     periods = _periods(result)
     meter_names = _meter_names(result)
     fig = shown(result, periods)
@@ -622,6 +864,11 @@ def render_html(result: AllocationResult, lang: str = "zh") -> str:
                       fig.groups[g.id].amount] for g in result.groups]
     # without a bill the exact metered cost is shown to 0.0001, and the rounding so that they add up
     metered4 = result.metered_cost.quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)
+    items = fee_items(result)
+    item_of = _item_index(items)
+    rows_by_building, total = subtotals(result, items)
+    period_note = bill_period_note(result, run, lang)
+    flagged = comparison.flagged_households if comparison is not None else []
     context = {
         "t": t, "lang": lang, "r": result, "fig": fig,
         "period_text": _period_text(result, lang),
@@ -643,30 +890,69 @@ def render_html(result: AllocationResult, lang: str = "zh") -> str:
         "meter_cols": METER_COLS[lang], "meter_cols_tail": METER_COLS_TAIL[lang],
         "group_cols": GROUP_COLS[lang], "tariff_cols": TARIFF_COLS[lang],
         "quality_cols": [c for i, c in enumerate(QUALITY_COLS[lang]) if i != 2],   # kind is the heading
-        "household_cols": HOUSEHOLD_COLS[lang],
+        "household_cols": household_cols(items, lang)[1:],
         "quality": quality,
         # Pre-formatted strings: 9,216 rows render fast and the template stays a plain loop.
-        "households": [_html_household(c, names, lang) for c in result.households],
-        "area_total": _plain(sum((c.household.area_m2 for c in result.households), Decimal(0))),
-        "notes": result.note_texts(lang),
+        "households": [_html_household(_household_row(c, result.month, items, item_of, lang))
+                       for c in result.households],
+        "hh_total": total,
+        "area_total": _plain(total.area_m2),
+        "notes": result.note_texts(lang) + ([period_note] if period_note else []),
+        "banners": banners(result, run, lang),
+        "run_rows": run_rows(result, run, lang),
+        "run_state": run.state if run else "trial",
+        "signoff": signoff_rows(run, lang),
+        "vacant": vacant_lines(result, lang),
+        "subtotal_cols": t["subtotal_cols"] + [item_header(i, lang) for i in items],
+        "subtotals": [(t["building_subtotal"].format(b=x.building) if x.unit is None else x.building,
+                       "" if x.unit is None else x.unit, x.households, _plain(x.area_m2), x.amount, x.items,
+                       x.unit is None) for x in rows_by_building],
+        "comparison": comparison if comparison is not None and comparison.run is not None else None,
+        "comparison_lines": comparison_lines(comparison, lang),
+        "compare_groups": [(c, _ratio(c), _flag(c, lang)) for c in (comparison.groups if comparison else [])],
+        "compare_households": [(c, _ratio(c), _flag(c, lang)) for c in flagged[:HTML_FLAGGED]],
+        "compare_more": max(0, len(flagged) - HTML_FLAGGED),
     }
     return _environment().get_template("report.html").render(context)
 
 
-def write_html(result: AllocationResult, path: str | Path, lang: str = "zh") -> Path:
+def write_html(result: AllocationResult, path: str | Path, lang: str = "zh", run: RunInfo | None = None,
+               comparison: Comparison | None = None) -> Path:
     """A self-contained printable report (inline CSS and SVG, no script, no external resource)."""
     path = Path(path)
-    path.write_text(render_html(result, lang), encoding="utf-8")
+    path.write_text(render_html(result, lang, run, comparison), encoding="utf-8")
     return path
 
 
 # --- all ---------------------------------------------------------------------------------------
 
-def write_all(result: AllocationResult, out_dir: str | Path, lang: str = "zh") -> dict[str, Path]:
-    """allocation-<month>.csv / .xlsx / .html in out_dir (created if missing)."""
+def report_names(month: str, run: int | None) -> str:
+    """The files' stem: a kept run's own (`allocation-2026-10-run3`), else the month's."""
+    return f"allocation-{month}" if run is None else f"allocation-{month}-run{run}"
+
+
+def write_all(result: AllocationResult, out_dir: str | Path, lang: str = "zh", run: RunInfo | None = None,
+              comparison: Comparison | None = None, month_files: bool | None = None) -> dict[str, Path]:
+    """The CSV, XLSX and HTML in out_dir (created if missing): `allocation-<month>-run<id>.*` for a
+    kept run, and the same files as `allocation-<month>.*` when the run is the month's answer
+    (`month_files` None) or `month_files` says so; a trial (`run` None) writes only the month's.
+    Each file is written beside its name and moved into place, so a reader (the console) never
+    sees half a file."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"allocation-{result.month}"
-    return {"csv": write_csv(result, out / f"{stem}.csv", lang),
-            "xlsx": write_xlsx(result, out / f"{stem}.xlsx", lang),
-            "html": write_html(result, out / f"{stem}.html", lang)}
+    stem = report_names(result.month, run.id if run else None)
+    writers = {"csv": lambda p: write_csv(result, p, lang), "xlsx": lambda p: write_xlsx(result, p, lang, run, comparison),
+               "html": lambda p: write_html(result, p, lang, run, comparison)}
+    files: dict[str, Path] = {}
+    for kind, write in writers.items():
+        path = out / f"{stem}.{kind}"
+        part = out / f".{stem}.{kind}.part"
+        write(part)
+        os.replace(part, path)
+        files[kind] = path
+    if run is not None and (run.answer if month_files is None else month_files):
+        for kind, path in files.items():
+            part = out / f".{report_names(result.month, None)}.{kind}.part"
+            part.write_bytes(path.read_bytes())
+            os.replace(part, out / f"{report_names(result.month, None)}.{kind}")
+    return files

@@ -14,7 +14,7 @@ from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from ..config import Tariff
+from ..config import PLAUSIBLE_PRICE_MAX, PLAUSIBLE_PRICE_MIN, Tariff, implausible_price
 from .model import SLOT_MINUTES
 
 SLOT_US = SLOT_MINUTES * 60_000_000
@@ -118,3 +118,13 @@ def split_by_minutes(kwh: Decimal, parts: tuple[tuple[int, int], ...]) -> list[t
         given += share
     out.append((parts[-1][0], kwh - given))
     return out
+
+
+def implausible_prices(plan: MonthPlan) -> list[tuple[str, str]]:
+    """(zh, en) for each price in force in the month outside the plausible band (config.py):
+    a slipped decimal point would otherwise bill the month a thousand times over."""
+    band = f"{PLAUSIBLE_PRICE_MIN}–{PLAUSIBLE_PRICE_MAX}"
+    return [(f"电价 '{u.tariff}' {u.period} 时段 {u.price} 元/kWh 不在合理范围 {band} 元/kWh 之内",
+             f"tariff '{u.tariff}' ({u.period}) prices a kWh at {u.price} yuan, outside the plausible "
+             f"{band} yuan/kWh")
+            for u in plan.uses if implausible_price(u.price)]

@@ -1,0 +1,1 @@
+"""The ledger: SQLite, the local truth. `queries` is its read model."""

@@ -16,7 +16,6 @@ import asyncio
 import base64
 import binascii
 import logging
-import sqlite3
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from starlette.templating import Jinja2Templates
 
 from ..clock import from_us, to_us
 from ..config import SiteConfig, User
+from ..ledger.queries import alert_history, alert_kind_state, open_alerts, read_only, request_ack
 from .auth import HOME, LoginThrottle, ack_permission, check_login, csrf_ok, may, new_csrf
 from .headers import SecurityHeaders
 from .i18n import translator
@@ -63,6 +63,9 @@ class WebContext:
     sessions: SessionStore | None = None      # default: in memory
     # argon2 takes 64 MiB and most of a core per check: a few at a time, whatever the crowd
     verifying: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
+    signing: asyncio.Lock = field(default_factory=asyncio.Lock)    # allocation sign-offs, one at a time
+    reprinting: asyncio.Lock = field(default_factory=asyncio.Lock)  # ... and their reports printed again
+    background: set = field(default_factory=set)                    # tasks that outlive their request
 
     def __post_init__(self):
         if self.sessions is None:
@@ -80,15 +83,8 @@ class WebContext:
     @contextmanager
     def db(self):
         """A read-only connection to the ledger (None when there is no ledger yet)."""
-        path = self.cfg.storage_path
-        if not path.exists():
-            yield None
-            return
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-        try:
+        with read_only(self.cfg.storage_path) as con:
             yield con
-        finally:
-            con.close()
 
     def local(self, us: int | None, fmt: str = "%m-%d %H:%M:%S") -> str:
         return from_us(us).astimezone(self.tz).strftime(fmt) if us else ""
@@ -147,6 +143,7 @@ def clock_warning(ctx: WebContext) -> str | None:
 def create_app(ctx: WebContext) -> Starlette:
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals["severity_order"] = SEVERITY_ORDER
+    templates.env.globals["may"] = may
 
     def render(request: Request, name: str, status: int = 200, **extra) -> Response:
         return templates.TemplateResponse(request, name, page_context(request, ctx, **extra), status_code=status)
@@ -261,11 +258,7 @@ def create_app(ctx: WebContext) -> Starlette:
         with ctx.db() as db:
             if db is None:
                 return []
-            rows = db.execute("SELECT id, rule, kind, source, severity, state, message, message_en, raised_us, "
-                              "updated_us, acked_by, ack_note FROM alerts WHERE state != 'cleared'").fetchall()
-        keys = ("id", "rule", "kind", "source", "severity", "state", "message", "message_en", "raised_us",
-                "updated_us", "acked_by", "ack_note")
-        return _finish([dict(zip(keys, r)) for r in rows])
+            return _finish(open_alerts(db))
 
     def _finish(out: list[dict]) -> list[dict]:
         for a in out:
@@ -293,7 +286,7 @@ def create_app(ctx: WebContext) -> Starlette:
         alert_id = request.path_params["alert_id"]
         note = str((await request.form()).get("note", "")).strip()[:500]
         with ctx.db() as db:
-            row = db.execute("SELECT kind, state FROM alerts WHERE id = ?", (alert_id,)).fetchone() if db else None
+            row = alert_kind_state(db, alert_id) if db else None
         gw = ctx.gateway
         live = gw.rules.book.by_id(alert_id) if gw is not None and gw.rules is not None else None
         kind, state = (live.kind, live.state) if live is not None else (row or (None, None))
@@ -309,11 +302,7 @@ def create_app(ctx: WebContext) -> Starlette:
         elif state == "cleared":
             raise Denied(409, "not_found")
         else:   # another process runs the gateway: it applies the request within a second
-            con = sqlite3.connect(ctx.cfg.storage_path, timeout=5)
-            with con:
-                con.execute("INSERT INTO ack_requests (alert_id, by, note, ts_us) VALUES (?,?,?,?)",
-                            (alert_id, user.name, note, to_us(datetime.now(timezone.utc))))
-            con.close()
+            request_ack(ctx.cfg.storage_path, alert_id, user.name, note, to_us(datetime.now(timezone.utc)))
         log.info("web: alarm %s acknowledged by %s: %s", alert_id, user.name, note)
         if wants_json(request):
             return JSONResponse({"id": alert_id, "state": "acknowledged", "acked_by": user.name})
@@ -329,17 +318,8 @@ def create_app(ctx: WebContext) -> Starlette:
             since_text = (datetime.now(ctx.tz) - timedelta(days=1)).strftime("%Y-%m-%d")
             since = datetime.fromisoformat(since_text).replace(tzinfo=ctx.tz)
         severity, rule, what = q.get("severity", ""), q.get("rule", ""), q.get("what", "")
-        sql = ("SELECT h.ts_us, h.what, h.state, h.message, a.message_en, h.alert_id, a.severity, a.rule, a.source, "
-               "a.acked_by FROM alert_history h JOIN alerts a ON a.id = h.alert_id WHERE h.ts_us >= ?")
-        args: list = [to_us(since)]
-        for col, val in (("a.severity", severity), ("a.rule", rule), ("h.what", what)):
-            if val:
-                sql += f" AND {col} = ?"
-                args.append(val)
         with ctx.db() as db:
-            rows = db.execute(sql + " ORDER BY h.id DESC LIMIT 1000", args).fetchall() if db else []
-        keys = ("ts_us", "what", "state", "message", "message_en", "id", "severity", "rule", "source", "acked_by")
-        items = [dict(zip(keys, r)) for r in rows]
+            items = alert_history(db, to_us(since), severity, rule, what, limit=1000) if db else []
         for i in items:
             i["time"] = ctx.local(i["ts_us"], "%Y-%m-%d %H:%M:%S")
         return render(request, "history.html", items=items, since=since_text, severity=severity, rule=rule,
@@ -379,7 +359,8 @@ def create_app(ctx: WebContext) -> Starlette:
             return PlainTextResponse("login required\n", status_code=401,
                                      headers={"WWW-Authenticate": 'Basic realm="estate-gateway"'})
         from .metrics import exposition
-        body, content_type = exposition(ctx)
+        from .views.health import bus_counters
+        body, content_type = await asyncio.to_thread(exposition, ctx, bus_counters(ctx.gateway))
         return Response(body, media_type=content_type)
 
     async def _basic_user(request: Request) -> User | None:

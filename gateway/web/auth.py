@@ -2,7 +2,7 @@
 
 Roles (site file `users:`): a guard watches alarms, patrol and access and acknowledges their
 alarms; an electrician also sees the meters and acknowledges meter alarms; an accountant sees
-the allocation; an admin sees everything.
+the allocation and reviews and approves its runs; an admin sees and does everything.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ _hasher = PasswordHasher()
 PERMISSIONS: dict[str, set[str]] = {
     "guard": {"alarms", "ack_field", "patrol", "access", "health"},
     "electrician": {"alarms", "ack_field", "ack_meter", "patrol", "access", "meters", "health"},
-    "accountant": {"allocation", "health"},
-    "admin": {"alarms", "ack_field", "ack_meter", "patrol", "access", "meters", "allocation", "health"},
+    "accountant": {"allocation", "allocation_sign", "health"},
+    "admin": {"alarms", "ack_field", "ack_meter", "patrol", "access", "meters", "allocation", "allocation_sign",
+              "health"},
 }
 HOME = {"guard": "/alarms", "electrician": "/alarms", "accountant": "/allocation", "admin": "/alarms"}
 # Alarms from these rule kinds are the electrician's; the others (access, door, patrol) the guards'.

@@ -59,6 +59,25 @@ STRINGS: dict[str, dict[str, str]] = {
         "points": "条", "no_influx": "未配置 InfluxDB", "source_live": "运行中网关的实时计数",
         "source_ledger": "来自台账（网关不在本进程运行，无采集计数）", "success_rate": "成功率",
         "utilisation": "总线占用率", "bus_down": "总线断开", "no_buses": "没有配置总线",
+        "clock_unrepaired": "{n} 段时钟异常记录未能修复（见 gateway status）",
+        "outbox_oldest": "最早一条待发送", "influx_last_write": "上次成功写入 InfluxDB",
+        "offline_meters": "离线电表", "offline_since": "离线起始", "offline_reason": "原因",
+        # allocation runs and their sign-off
+        "run": "批次", "files": "文件", "run_history": "分摊记录", "answer_mark": "本月结果",
+        "run_approved": "已批准：第 {n} 次分摊（批准人 {by}，{at}）",
+        "run_draft": "草稿，未批准：第 {n} 次分摊。", "newer_draft": "待批准的新分摊：第 {n} 次（草稿）",
+        "state_prepared": "已编制，待审核", "state_reviewed": "已审核，待批准", "state_approved": "已批准",
+        "state_superseded": "已作废（被第 {n} 次取代）",
+        "prepared_by": "编制", "reviewed_by": "审核", "approved_by": "批准", "not_signed": "未签",
+        "invoice": "电费发票号", "bill_period": "账单期间", "not_given": "未录入",
+        "sign_reviewed": "审核通过第 {n} 次分摊", "sign_approved": "批准第 {n} 次分摊",
+        "review_hint": "审核后才能批准；签字人记为当前登录用户。",
+        "approve_hint": "批准后本次分摊即为本月结果，本月更早的分摊作废，InfluxDB 中的数据随之替换。",
+        "placeholder_prices": "示例电价：{names} 在站点文件中标为示例价格（placeholder），本结果不得用于收费",
+        "sign_superseded": "这次分摊已被本月更新的批准结果取代，不能再审核或批准",
+        "sign_already": "这次分摊的这一步已经签过了", "sign_not_reviewed": "请先审核，再批准",
+        "sign_no_run": "没有这次分摊", "sign_bad_role": "无效的签字操作", "sign_refused": "无法签字",
+        "sign_no_name": "签字人不能为空", "sign_wrong_month": "分摊批次与月份不符",
     },
     "en": {
         "title": "Guard-room console", "login": "Log in", "logout": "Log out", "user": "User name",
@@ -124,6 +143,29 @@ STRINGS: dict[str, dict[str, str]] = {
         "source_ledger": "from the ledger (the gateway does not run in this process: no poll counters)",
         "success_rate": "Success rate", "utilisation": "Bus utilisation", "bus_down": "bus down",
         "no_buses": "No buses configured",
+        "clock_unrepaired": "{n} clock episodes could not be repaired (see gateway status)",
+        "outbox_oldest": "Oldest waiting point", "influx_last_write": "Last successful write to InfluxDB",
+        "offline_meters": "Offline meters", "offline_since": "Offline since", "offline_reason": "Reason",
+        # allocation runs and their sign-off
+        "run": "Run", "files": "Files", "run_history": "Runs", "answer_mark": "the month's answer",
+        "run_approved": "Approved: run {n} (approved by {by}, {at})",
+        "run_draft": "Draft, not approved: run {n}.", "newer_draft": "A newer run waiting for approval: run {n} (draft)",
+        "state_prepared": "prepared, to be reviewed", "state_reviewed": "reviewed, to be approved",
+        "state_approved": "approved", "state_superseded": "superseded by run {n}",
+        "prepared_by": "Prepared", "reviewed_by": "Reviewed", "approved_by": "Approved", "not_signed": "not yet",
+        "invoice": "Utility invoice", "bill_period": "Bill period", "not_given": "not given",
+        "sign_reviewed": "Mark run {n} reviewed", "sign_approved": "Approve run {n}",
+        "review_hint": "A run is reviewed before it is approved; you sign as the user logged in.",
+        "approve_hint": "Once approved this run is the month's answer: the month's older runs are superseded and "
+                        "InfluxDB's points replaced.",
+        "placeholder_prices": "Placeholder prices: {names} are marked as placeholders in the site file; these "
+                              "amounts must not be billed",
+        "sign_superseded": "This run was superseded by a newer approved run of its month: it can no longer be "
+                           "reviewed or approved",
+        "sign_already": "This step of the run is already signed", "sign_not_reviewed": "Review the run first, then "
+                                                                                       "approve it",
+        "sign_no_run": "No such run", "sign_bad_role": "Not a sign-off step", "sign_refused": "Cannot sign",
+        "sign_no_name": "Who signs must have a name", "sign_wrong_month": "The run is not of that month",
     },
 }
 

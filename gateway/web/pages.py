@@ -8,20 +8,26 @@ meter's readings takes a moment to decode, and the event loop also polls the met
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import date, datetime, timezone
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from .app import Denied
+from .app import Denied, wants_json
 from .headers import REPORT_CSP
 from .views import charts
 from .views.access import access_view
-from .views.allocation import KINDS, MONTH, allocation_view, latest_run, run_file
-from .views.health import clock_synced, health_view
+from .views.allocation import KINDS, MONTH, allocation_view, latest_run, run_by_id, run_file
+from .views.health import bus_counters, clock_synced, health_view
 from .views.meters import meter_detail, meters_overview
 from .views.patrol import patrol_day
+
+log = logging.getLogger(__name__)
+
+def _run_id(text: str) -> int | None:
+    return int(text) if text.isascii() and text.isdigit() and len(text) < 12 else None
 
 
 def page_routes(ctx, guarded, render) -> list:
@@ -77,13 +83,19 @@ def page_routes(ctx, guarded, render) -> list:
                                                       ctx.allocation_dirs))
 
     async def allocation_file(request: Request, kind: str) -> FileResponse:
-        month = request.path_params["month"]
-        if not MONTH.match(month) or kind not in KINDS:
+        """The month's answer file (`/allocation/<month>/...`) or a run's own (`/allocation/runs/<id>/...`)."""
+        own = "run_id" in request.path_params
+        if kind not in KINDS:
             raise Denied(404, "not_found")
-        run = await query(latest_run, month)
+        if own:
+            run_id = _run_id(request.path_params["run_id"])
+            run = await query(run_by_id, run_id) if run_id is not None else None
+        else:
+            month = request.path_params["month"]
+            run = await query(latest_run, month) if MONTH.match(month) else None
         if run is None:
             raise Denied(404, "not_found")
-        path = run_file(run, kind, ctx.allocation_dirs)
+        path = run_file(run, kind, ctx.allocation_dirs, own=own)
         if path is None:
             raise Denied(404, "files_missing")
         if kind == "html":                        # the report, shown in the browser
@@ -99,10 +111,63 @@ def page_routes(ctx, guarded, render) -> list:
     async def allocation_download(request: Request, user) -> Response:
         return await allocation_file(request, request.path_params["kind"])
 
+    @guarded("allocation_sign")
+    async def allocation_sign(request: Request, user) -> Response:
+        """Review or approve a run, as the logged-in user (gateway/billing/runs.py): the approval
+        is recorded in the ledger, the run's reports are printed again, and an approved run
+        becomes the month's answer (its points replace the others' in InfluxDB)."""
+        from ..billing.runs import RunError, sign
+        from ..store import Ledger, LedgerError
+        run_id = _run_id(request.path_params["run_id"])
+        if run_id is None:
+            raise Denied(404, "sign_no_run")
+        role = str((await request.form()).get("role", ""))
+        who = user.display_name or user.name
+
+        def work():
+            ledger = Ledger(ctx.cfg.storage_path)
+            try:
+                return sign(ctx.cfg, ledger, run_id, role, who, now=now(), reprint_reports=False)
+            finally:
+                ledger.close()
+        if not ctx.cfg.storage_path.exists():
+            raise Denied(404, "not_found")
+        try:
+            async with ctx.signing:       # one sign-off at a time
+                done = await asyncio.to_thread(work)
+        except RunError as e:
+            raise Denied(404 if e.code == "no_run" else 409, f"sign_{e.code}") from None
+        except LedgerError:
+            raise Denied(409, "sign_refused") from None
+        log.info("web: allocation run %s %s by %s%s", run_id, role, who,
+                 f"; superseded {done.superseded}" if done.superseded else "")
+        # Printing a month's reports again takes seconds at an estate's size: the answer does not
+        # wait for it (the files are replaced whole when they are ready).
+        task = asyncio.create_task(reprint(run_id, done.superseded))
+        ctx.background.add(task)
+        task.add_done_callback(ctx.background.discard)
+        if wants_json(request):
+            return JSONResponse({"id": run_id, "month": done.run.month, "state": done.run.state, "by": who,
+                                 "superseded": done.superseded,
+                                 "answer": done.published.run if done.published else None})
+        return RedirectResponse(f"/allocation?month={done.run.month}", status_code=303)
+
+    async def reprint(run_id: int, superseded: list[int]) -> None:
+        from ..billing.reprint import reprint_in_child
+        try:
+            async with ctx.reprinting:    # one at a time: each reads the ledger as it is when it starts
+                errors = await reprint_in_child(ctx.cfg, run_id, superseded)
+        except Exception:
+            log.exception("web: the reports of allocation run %s could not be printed again", run_id)
+            return
+        for line in errors:
+            log.warning("web: %s", line)
+
     # ---- health ---------------------------------------------------------------------------------
     async def health_data(request: Request) -> dict:
         synced = await asyncio.to_thread(clock_synced)
-        return await query(lambda db: health_view(ctx, db, now(), synced))
+        counters = bus_counters(ctx.gateway)
+        return await query(lambda db: health_view(ctx, db, now(), synced, counters))
 
     return [
         *twins("/meters", "meters", "meters.html", meters_data),
@@ -113,5 +178,9 @@ def page_routes(ctx, guarded, render) -> list:
         *twins("/allocation", "allocation", "allocation.html", allocation_data),
         Route("/allocation/{month}/report", allocation_report),
         Route("/allocation/{month}/download/{kind}", allocation_download),
+        # {run_id} is checked after the login (an int converter would answer 404 before it)
+        Route("/allocation/runs/{run_id}/report", allocation_report),
+        Route("/allocation/runs/{run_id}/download/{kind}", allocation_download),
+        Route("/allocation/runs/{run_id}/sign", allocation_sign, methods=["POST"]),
         *twins("/health", "health", "health.html", health_data),
     ]

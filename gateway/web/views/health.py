@@ -1,7 +1,8 @@
 """Health: buses and meters, the InfluxDB outbox, disk, uptime and the clock.
 
-From the running gateway when the console is served by it (poll counters, bus utilisation);
-otherwise (console started on its own) from the ledger, which knows states but not counters.
+The figures are the ledger's status read model, the same as `gateway status` and `/metrics`;
+when the console is served by the running gateway, its poll counters add success rates and bus
+utilisation.
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from ...clock import to_us
-from ...ledger import queries
-from .meters import last_status, state_of
+from ...clock import from_us, to_us
+from ...ledger.queries import BusCounters, read_status
 
 TIMESYNC_FLAG = Path("/run/systemd/timesync/synchronized")
 
@@ -40,43 +40,34 @@ def clock_synced(flag: Path = TIMESYNC_FLAG, timedatectl: str | None = "timedate
     return answer == "yes"
 
 
-def ledger_size(path: Path) -> int:
-    """The database with its write-ahead log and shared-memory index (all of it is on disk)."""
-    return sum(p.stat().st_size for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")) if p.exists())
-
-
-def live_buses(cfg, gw, uptime_s: float) -> list[dict]:
-    out = []
+def bus_counters(gw) -> dict | None:
+    """The running gateway's poll counters per bus; None when the console runs on its own."""
+    if gw is None or getattr(gw, "buses", None) is None:
+        return None
+    out = {}
     for b in gw.buses:
         s = b.stats()
-        polls = s.get("polls", 0)
-        out.append({"id": b.bus.id, "meters": s.get("meters", 0), "online": s.get("online", 0),
-                    "offline": s.get("offline", 0), "polls": polls, "ok": s.get("ok", 0),
-                    "failures": s.get("failures", 0), "success_rate": s.get("ok", 0) / polls if polls else None,
-                    "busy_s": s.get("busy_s", 0.0),
-                    "utilisation": min(1.0, s.get("busy_s", 0.0) / uptime_s) if uptime_s > 0 else None,
-                    "connected": None})
+        out[b.bus.id] = BusCounters(s.get("polls", 0), s.get("ok", 0), s.get("failures", 0), s.get("busy_s", 0.0))
     return out
 
 
-def ledger_buses(cfg, db) -> list[dict]:
-    """What the ledger says: each meter's state as on the meters page, each bus's last status."""
-    lasts = queries.last_readings(db, [m.id for m in cfg.meters]) if db is not None else {}
-    out = []
-    for b in cfg.buses:
-        states = []
-        for m in (m for m in cfg.meters if m.bus == b.id):
-            last = lasts.get(m.id)
-            states.append(state_of(last, last_status(db, m.id) if db is not None else None))
-        bus_status = last_status(db, b.id) if db is not None else None
-        out.append({"id": b.id, "meters": len(states), "online": states.count("online"),
-                    "offline": states.count("offline"), "polls": None, "ok": None, "failures": None,
-                    "success_rate": None, "busy_s": None, "utilisation": None,
-                    "connected": bus_status["online"] if bus_status else None})
-    return out
+def _bus_row(b, uptime_s: float, tz: ZoneInfo) -> dict:
+    c = b.counters
+    row = {"id": b.id, "meters": len(b.meters), "online": b.count("online"), "offline": b.count("offline"),
+           "offline_meters": [{"meter": m.id, "since_us": m.offline_since_us, "reason": m.reason,
+                               "since": from_us(m.offline_since_us).astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")}
+                              for m in b.meters if m.state == "offline"],
+           "connected": b.connected, "polls": None, "ok": None, "failures": None, "success_rate": None,
+           "busy_s": None, "utilisation": None}
+    if c is not None:
+        row.update(polls=c.polls, ok=c.ok, failures=c.failures, success_rate=c.ok / c.polls if c.polls else None,
+                   busy_s=c.busy_s, utilisation=min(1.0, c.busy_s / uptime_s) if uptime_s > 0 else None)
+    return row
 
 
-def health_view(ctx, db, now: datetime, synced: bool | None) -> dict:
+def health_view(ctx, db, now: datetime, synced: bool | None, counters: dict | None = None) -> dict:
+    """The status read model (gateway/ledger/queries.py) for the health page and its JSON twin.
+    `counters`: the buses' poll counters when taken on the event loop (else read here)."""
     cfg, gw = ctx.cfg, ctx.gateway
     tz = ZoneInfo(cfg.site.timezone)
     started = getattr(gw, "started_at", None) if gw is not None else None
@@ -84,30 +75,33 @@ def health_view(ctx, db, now: datetime, synced: bool | None) -> dict:
         uptime_s, uptime_of = (now - started).total_seconds(), "gateway"
     else:
         uptime_s, uptime_of = time.monotonic() - ctx.started, "console"
-    if gw is not None and getattr(gw, "buses", None) is not None:
-        buses, source = live_buses(cfg, gw, uptime_s), "live"
+    if counters is None:
+        counters = bus_counters(gw)
+    st = read_status(cfg, db, counters)
+    now_us = to_us(now)
+    o = st.outbox
+    if o is None and gw is not None and getattr(gw, "ledger", None) is not None:
+        outbox = {"depth": gw.ledger.outbox_depth, "bytes": gw.ledger.outbox_bytes, "oldest_age_s": None,
+                  "last_write_age_s": None, "rejected": None}
+    elif o is None:
+        outbox = {"depth": None, "bytes": None, "oldest_age_s": None, "last_write_age_s": None, "rejected": None}
     else:
-        buses, source = ledger_buses(cfg, db), "ledger"
-    ledger = getattr(gw, "ledger", None) if gw is not None else None
-    if ledger is not None:
-        depth, size = ledger.outbox_depth, ledger.outbox_bytes
-    elif db is not None:
-        depth, size, _ = queries.outbox_summary(db)
-    else:
-        depth, size = None, None
-    path = cfg.storage_path
-    where = path.parent if path.parent.exists() else Path(".")
-    disk = shutil.disk_usage(where)
+        outbox = {"depth": o.depth, "bytes": o.bytes, "rejected": o.rejected,
+                  "oldest_age_s": None if o.oldest_us is None else max(0.0, (now_us - o.oldest_us) / 1e6),
+                  "last_write_age_s": None if o.last_write_us is None else max(0.0, (now_us - o.last_write_us) / 1e6)}
+    disk = st.disk
     return {
-        "source": source, "buses": buses,
-        "meters": {"total": sum(b["meters"] for b in buses), "online": sum(b["online"] for b in buses),
-                   "offline": sum(b["offline"] for b in buses)},
-        "outbox": {"depth": depth, "bytes": size, "influxdb": cfg.influxdb is not None},
-        "disk": {"path": str(where), "total": disk.total, "used": disk.used, "free": disk.free,
-                 "used_share": disk.used / disk.total if disk.total else None},
-        "ledger": {"path": str(path), "bytes": ledger_size(path) if path.exists() else None},
+        "source": "live" if counters is not None else "ledger",
+        "buses": [_bus_row(b, uptime_s, tz) for b in st.buses],
+        "meters": {"total": st.meters_total, "online": st.count("online"), "offline": st.count("offline"),
+                   "never": st.count("never")},
+        "outbox": {**outbox, "influxdb": cfg.influxdb is not None},
+        "disk": {"path": disk.path, "total": disk.total, "used": disk.used, "free": disk.free,
+                 "used_share": disk.used_share},
+        "ledger": {"path": st.ledger, "bytes": st.ledger_bytes, "schema_version": st.schema_version},
         "uptime": {"seconds": round(uptime_s), "of": uptime_of},
         "clock": {"local": now.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S"), "timezone": cfg.site.timezone,
-                  "utc": now.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"), "utc_us": to_us(now),
-                  "synchronized": synced},
+                  "utc": now.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"), "utc_us": now_us,
+                  "synchronized": synced, "untrusted_now": st.clock["untrusted_now"],
+                  "unrepaired_episodes": len(st.clock["unrepaired"])},
     }

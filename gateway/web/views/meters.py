@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 
 from ...clock import from_us, to_us
 from ...ledger import queries
+from ...ledger.queries import DeviceStatus, meter_state
 from .charts import downsample
 
 # What the overview shows, with the field each falls back to on three-phase models that have
@@ -39,12 +40,9 @@ def last_status(db, device: str) -> dict | None:
 
 
 def state_of(last: dict | None, status: dict | None) -> str:
-    """online | offline | never (never seen: no reading and never reported online)."""
-    if status is not None and not status["online"] and (last is None or last["ts_us"] <= status["ts_us"]):
-        return "offline"                  # the poller gave up on it and it has not answered since
-    if last is not None or (status is not None and status["online"]):
-        return "online"
-    return "never"
+    """online | offline | never, as the status read model decides it."""
+    return meter_state(last["ts_us"] if last else None,
+                       DeviceStatus(status["online"], status["ts_us"], status.get("reason")) if status else None)
 
 
 def _num(v: float | None) -> float | None:

@@ -24,6 +24,7 @@ from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from ...clock import from_us, to_us
+from ...ledger.queries import last_download_us, patrol_checkins
 from ...rules.patrol import round_starts_on
 
 
@@ -143,8 +144,7 @@ def patrol_day(cfg, db, day: date | None, now: datetime) -> dict:
     day = day or today
     lo = to_us(datetime.combine(day - timedelta(days=1), time(0), tz))
     hi = to_us(datetime.combine(day + timedelta(days=2), time(0), tz))
-    rows = db.execute("SELECT ts_us, reader, checkpoint, guard FROM patrol_checkins WHERE ts_us >= ? AND ts_us < ? "
-                      "ORDER BY ts_us, id", (lo, hi)).fetchall() if db is not None else []
+    rows = patrol_checkins(db, lo, hi) if db is not None else []
     names = {c.id: c.name or c.id for c in cfg.patrol.checkpoints}
     kinds = {r.id: r.type for r in cfg.patrol.readers}
     routes = []
@@ -152,9 +152,7 @@ def patrol_day(cfg, db, day: date | None, now: datetime) -> dict:
         downloaded = None
         if route.wand and db is not None:
             readers = sorted(route.readers or kinds)
-            downloaded = db.execute(
-                f"SELECT max(received_us) FROM patrol_checkins WHERE ts_us >= ? AND reader IN "
-                f"({','.join('?' * len(readers))})", (lo, *readers)).fetchone()[0]
+            downloaded = last_download_us(db, lo, readers)
         rounds = judge(route, day, rows, now, tz, downloaded)
         for rd in rounds:
             for p in rd["checkpoints"]:
