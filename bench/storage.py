@@ -259,7 +259,7 @@ def simulate_writes(fs: LoopFs | None, base: Path, name: str, minutes: float, wa
                     commit_s: float = 1.0, autocheckpoint: int | None = None, page_size: int | None = None,
                     wal_mb: float | None = None, history_h: float = 6, index_min: float = 60) -> dict:
     from gateway.sinks.schema import Encoder, SiteIndex
-    from gateway.store import Ledger
+    from gateway.ledger import Ledger
     where = (fs.mnt if fs else base) / name
     where.mkdir(parents=True, exist_ok=True)
     db_path = where / "gw.db"
@@ -406,7 +406,7 @@ def table_sizes(db: sqlite3.Connection) -> dict[str, dict]:
 
 
 def write_day(base: Path) -> tuple[object, object, dict]:
-    from gateway.store import Ledger
+    from gateway.ledger import Ledger
     db_path = base / "day" / "gw.db"
     cfg = site(db_path, False)
     ledger = Ledger(db_path, 1.0)
@@ -453,7 +453,7 @@ def pct(xs: list[float], q: float) -> float:
 
 
 def size_and_retention(base: Path, res: dict) -> None:
-    from gateway.retention import Retention
+    from gateway.ledger.retention import Retention
     # ---- 2. size per day ----
     cfg, ledger, info = write_day(base)
     sizes = table_sizes(ledger._db)

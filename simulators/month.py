@@ -29,7 +29,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from gateway.config import Meter, SiteConfig
-from gateway.store import Ledger, Replacement
+from gateway.ledger import Ledger, Replacement
 
 from .profiles import Profile
 from .site import meter_seed

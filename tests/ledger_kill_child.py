@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import gateway.ledger.indexer as indexer  # noqa: E402
 from gateway.events import Reading  # noqa: E402
 from gateway.ledger.checkpoint import Checkpointer  # noqa: E402
-from gateway.store import Ledger  # noqa: E402
+from gateway.ledger import Ledger  # noqa: E402
 
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
 _said = threading.Lock()

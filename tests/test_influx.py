@@ -24,7 +24,8 @@ from gateway.sinks.drainer import Drainer
 from gateway.sinks.influxdb import make_writer
 from gateway.sinks.lineprotocol import Unwritable, line
 from gateway.sinks.schema import Encoder, SiteIndex
-from gateway.store import NEVER_SHED, Ledger
+from gateway.ledger import Ledger
+from gateway.ledger.writer import NEVER_SHED
 from servers import Influx1
 from simulators.site import SiteSimulation
 

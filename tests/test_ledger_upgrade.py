@@ -12,7 +12,8 @@ from decimal import Decimal
 
 import pytest
 
-import gateway.store as store
+import gateway.ledger.writer as store
+from gateway.ledger import schema
 from gateway.clock import to_us
 from gateway.events import Reading
 from gateway.ledger import queries
@@ -149,7 +150,7 @@ def test_upgrade_keeps_every_row_that_anything_reads(v8, tmp_path):
 
     ledger = store.Ledger(new_path, encoder=Encoder(SiteIndex.from_config(cfg)))
     db = sqlite3.connect(new_path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION
+    assert db.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
     assert db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'readings_old'").fetchone()[0] == 0
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert {t: table(db, t, columns[t]) for t in UNCHANGED} == tables

@@ -12,7 +12,8 @@ from decimal import Decimal
 from gateway.clock import to_us
 from gateway.events import Reading
 from gateway.ledger.checkpoint import wal_frames
-from gateway.store import PAGE_SIZE, Ledger
+from gateway.ledger import Ledger
+from gateway.ledger.schema import PAGE_SIZE
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
 
@@ -203,7 +204,7 @@ async def test_sigkill_during_a_checkpoint_loses_nothing_committed(tmp_path):
 
 
 def test_vacuum_gives_an_old_ledger_the_small_pages_of_a_new_one(tmp_path):
-    from gateway.retention import vacuum
+    from gateway.ledger.retention import vacuum
     path = tmp_path / "old.db"
     db = sqlite3.connect(path)
     db.execute("PRAGMA page_size = 4096")

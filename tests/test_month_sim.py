@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from gateway.config import load_site
-from gateway.store import Ledger
+from gateway.ledger import Ledger
 from simulators.__main__ import main
 from simulators.month import LINE_LOSSES, generate_month
 

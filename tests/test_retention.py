@@ -20,9 +20,10 @@ from gateway.billing.tariffs import SLOT_US
 from gateway.clock import to_us
 from gateway.config import ConfigError, parse_site
 from gateway.events import Alert, AlertChange, CardSwipe, DeviceStatus, DoorEvent, GatewayStats, PatrolCheckin, Reading
-from gateway.retention import DiskGuard, Retention, StorageCare, plan_thinning, thinnable, _Reader
+from gateway.ledger.retention import DiskGuard, Retention, StorageCare, plan_thinning, thinnable, _Reader
 from gateway.sinks.schema import Encoder, SiteIndex
-from gateway.store import INSERT_ENERGY, Ledger, Replacement
+from gateway.ledger import Ledger, Replacement
+from gateway.ledger.writer import INSERT_ENERGY
 from test_billing_allocate import START, make_site
 
 D = Decimal
@@ -99,7 +100,7 @@ def test_retention_removes_exactly_what_is_older_than_its_limit_and_nothing_else
     outbox = ledger.outbox_depth
     readings_before = column(db, "SELECT ts_us FROM readings ORDER BY ts_us")
 
-    caplog.set_level(logging.INFO, logger="gateway.retention")
+    caplog.set_level(logging.INFO, logger="gateway.ledger.retention")
     r = run(Retention(ledger, cfg, offload=False))
 
     us = to_us
@@ -298,9 +299,9 @@ def test_a_thinning_that_would_change_billing_is_refused(tmp_path, monkeypatch, 
                     drop.append(t)
                 seen.add(k)
         return drop
-    monkeypatch.setattr("gateway.retention.thinnable", one_per_slot)
+    monkeypatch.setattr("gateway.ledger.retention.thinnable", one_per_slot)
     counts = dict(ledger._db.execute("SELECT meter, count(*) FROM energy GROUP BY meter"))
-    caplog.set_level(logging.WARNING, logger="gateway.retention")
+    caplog.set_level(logging.WARNING, logger="gateway.ledger.retention")
     r = run(Retention(ledger, cfg, offload=False), datetime(2027, 1, 2, tzinfo=timezone.utc))
     # refused for every meter read off the boundaries, in both months it has; MAIN is read right on
     # the minute, so one counter per slot is exact for it, and the check lets that through
@@ -442,7 +443,7 @@ def test_sqlite_full_on_commit_keeps_the_batch_and_retries(tmp_path, caplog):
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     pages = db.execute("PRAGMA page_count").fetchone()[0]
     db.execute(f"PRAGMA max_page_count = {pages}")     # SQLite answers SQLITE_FULL as on a full disk
-    caplog.set_level(logging.WARNING, logger="gateway.store")
+    caplog.set_level(logging.WARNING, logger="gateway.ledger.writer")
     for i in range(1, 400):
         ledger.add(Reading("m1", NOW + i * timedelta(seconds=30), {"voltage_v": 230.0, "new_field": float(i),
                                                                    "energy_kwh": 100.0 + i},
@@ -488,7 +489,7 @@ def test_a_really_full_filesystem_keeps_the_batch_and_the_ledger_sound(small_fs,
                 f.flush()
         except OSError:
             pass
-    caplog.set_level(logging.WARNING, logger="gateway.store")
+    caplog.set_level(logging.WARNING, logger="gateway.ledger.writer")
     n = 1
     while not ledger.commit_failures and n < 5000:
         for _ in range(50):

@@ -27,7 +27,7 @@ from gateway.replay import replay
 from gateway.rules import Engine
 from gateway.rules.restore import restore
 from gateway.runtime import Gateway
-from gateway.store import Ledger, Replacement
+from gateway.ledger import Ledger, Replacement
 from simulators.site import SiteSimulation
 from test_rules_support import Rec, T0, checkin, reading, sec, site
 

@@ -15,7 +15,8 @@ import yaml
 from gateway.clock import from_us, to_us
 from gateway.events import DeviceStatus, Reading
 from gateway.hub import Hub
-from gateway.store import SCHEMA_VERSION, Ledger, LedgerError
+from gateway.ledger import Ledger, LedgerError
+from gateway.ledger.schema import SCHEMA_VERSION
 from hypothesis import given, strategies as st
 
 T0 = datetime(2026, 11, 23, 12, 0, 0, 123456, tzinfo=timezone.utc)
@@ -140,7 +141,7 @@ def test_energy_counters_are_kept_per_meter_and_the_higher_of_two_at_one_instant
 
 
 def test_upgrading_an_older_ledger_fills_the_energy_table(tmp_path):
-    from gateway.store import MIGRATIONS, _statements
+    from gateway.ledger.schema import MIGRATIONS, _statements
     path = tmp_path / "old.db"
     db = sqlite3.connect(path)
     for v in range(4):                                  # a ledger of schema version 4

@@ -550,7 +550,7 @@ def activity(db: sqlite3.Connection, devices: list[str], start_us: int, end_us: 
 
 def outbox_summary(db: sqlite3.Connection) -> tuple[int, int, int | None]:
     """(points waiting for InfluxDB, bytes of the outbox table, the oldest waiting point's time
-    in ms or None): the rows of `outbox` and the readings after the cursor (store.py)."""
+    in ms or None): the rows of `outbox` and the readings after the cursor (writer.py)."""
     depth, size, oldest = db.execute("SELECT count(*), coalesce(sum(length(line)), 0), min(ts_ms) FROM outbox "
                                      ).fetchone()
     index = db.execute("SELECT value FROM meta WHERE key = 'influx_index'").fetchone()
@@ -573,13 +573,18 @@ def outbox_summary(db: sqlite3.Connection) -> tuple[int, int, int | None]:
 
 # ---- the status read model ------------------------------------------------------------------
 
+def connect_read_only(path: Path, timeout: float = 5.0) -> sqlite3.Connection:
+    """A read-only connection to an existing ledger (the caller closes it)."""
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout)
+
+
 @contextmanager
 def read_only(path: Path, timeout: float = 5.0) -> Iterator[sqlite3.Connection | None]:
     """A read-only connection to the ledger at `path`, or None while there is no ledger yet."""
     if not path.exists():
         yield None
         return
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout)
+    db = connect_read_only(path, timeout)
     try:
         yield db
     finally:

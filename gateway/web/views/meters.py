@@ -34,9 +34,8 @@ def pick(values: dict[str, float], key: str) -> tuple[str | None, float | None]:
 
 
 def last_status(db, device: str) -> dict | None:
-    row = db.execute("SELECT online, ts_us, reason FROM device_status WHERE device = ? "
-                     "ORDER BY ts_us DESC, id DESC LIMIT 1", (device,)).fetchone()
-    return {"online": bool(row[0]), "ts_us": row[1], "reason": row[2]} if row else None
+    s = queries.device_status(db, device)
+    return {"online": s.online, "ts_us": s.ts_us, "reason": s.reason} if s else None
 
 
 def state_of(last: dict | None, status: dict | None) -> str:

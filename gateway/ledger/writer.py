@@ -1,8 +1,9 @@
-"""The SQLite ledger: the gateway's local truth.
+"""The SQLite ledger's write path: the gateway's local truth.
 
-WAL mode with synchronous=FULL, so a committed transaction survives a power cut; commits are
-batched (at most about once per `commit_interval_s`) to spare the SD card. The schema is
-versioned with `PRAGMA user_version` and upgraded by the ordered MIGRATIONS below.
+Commits are batched (at most about once per `commit_interval_s`) to spare the SD card, each
+synced (WAL, synchronous=FULL: a committed transaction survives a power cut); rows are held in
+memory while the disk is full (gateway/ledger/retention.py, DiskGuard). The schema and its
+migrations: gateway/ledger/schema.py; what is read: gateway/ledger/queries.py.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import asyncio
 import json
 import os
 import re
-from contextlib import contextmanager
 import logging
 import sqlite3
 import struct
@@ -23,341 +23,18 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .clock import from_us, to_us
-from .events import AlertChange, CardSwipe, DeviceStatus, DoorEvent, GatewayStats, PatrolCheckin, Reading
-from .hub import Hub
-from .ledger import queries
-from .ledger.checkpoint import WAL_BYTES, Checkpointer
-from .ledger.codec import encodable_counter, encode_counter_values, encode_vals, varint
-from .ledger.indexer import Indexer
-from .private import create_private, make_private_dir, replace_file, tighten
+from ..clock import from_us, to_us
+from ..events import AlertChange, CardSwipe, DeviceStatus, DoorEvent, GatewayStats, PatrolCheckin, Reading
+from ..hub import Hub
+from ..private import replace_file, tighten
+from . import queries
+from .checkpoint import WAL_BYTES, Checkpointer
+from .codec import encodable_counter, encode_counter_values, encode_vals, varint
+from .indexer import Indexer
+from .schema import LedgerError, connect, migrate, transaction
 
 log = logging.getLogger(__name__)
 
-# Each entry upgrades the schema by one version; never edit a released entry, append a new one.
-MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE field_sets (
-        id       INTEGER PRIMARY KEY,
-        names    TEXT    NOT NULL UNIQUE    -- "voltage_v,current_a,...": the order of `vals`
-    );
-    CREATE TABLE readings (
-        id        INTEGER PRIMARY KEY,
-        meter     TEXT    NOT NULL,
-        ts_us     INTEGER NOT NULL,         -- UTC microseconds since the epoch
-        field_set INTEGER NOT NULL REFERENCES field_sets (id),
-        vals      BLOB    NOT NULL,         -- float64 little-endian, one per name of the field set
-        counters  TEXT    NOT NULL          -- JSON {field: "exact decimal"}
-    );
-    CREATE INDEX readings_meter_ts ON readings (meter, ts_us);
-    CREATE TABLE device_status (
-        id     INTEGER PRIMARY KEY,
-        device TEXT    NOT NULL,
-        kind   TEXT    NOT NULL,
-        ts_us  INTEGER NOT NULL,
-        online INTEGER NOT NULL,
-        reason TEXT    NOT NULL
-    );
-    CREATE INDEX device_status_device_ts ON device_status (device, ts_us);
-    """,
-    """
-    CREATE TABLE outbox (
-        id          INTEGER PRIMARY KEY AUTOINCREMENT,  -- send order; never reused
-        measurement TEXT    NOT NULL,
-        priority    INTEGER NOT NULL,       -- shed order when over budget (lowest first)
-        ts_ms       INTEGER NOT NULL,       -- the point's own time
-        line        TEXT    NOT NULL,       -- line protocol, precision ms
-        essential   TEXT                    -- the point thinned to what is never shed, or NULL
-    );
-    CREATE INDEX outbox_priority ON outbox (priority, id);
-    CREATE TABLE outbox_rejected (
-        id          INTEGER PRIMARY KEY,
-        line        TEXT    NOT NULL,
-        status      INTEGER NOT NULL,
-        reason      TEXT    NOT NULL,
-        rejected_us INTEGER NOT NULL
-    );
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    """,
-    """
-    CREATE TABLE swipes (
-        id        INTEGER PRIMARY KEY,
-        ts_us     INTEGER NOT NULL,
-        reader    TEXT    NOT NULL,
-        door      TEXT    NOT NULL,
-        direction TEXT    NOT NULL,
-        card_hash TEXT    NOT NULL,         -- keyed hash; the clear number stays in cards.csv
-        card_tail TEXT    NOT NULL,         -- last 4 digits, what a guard can read off the card
-        category  TEXT    NOT NULL,
-        holder    TEXT    NOT NULL,
-        household TEXT    NOT NULL,
-        role      TEXT    NOT NULL
-    );
-    CREATE INDEX swipes_ts ON swipes (ts_us);
-    CREATE TABLE door_events (
-        id     INTEGER PRIMARY KEY,
-        ts_us  INTEGER NOT NULL,
-        door   TEXT    NOT NULL,
-        state  TEXT    NOT NULL,
-        source TEXT    NOT NULL
-    );
-    CREATE INDEX door_events_ts ON door_events (ts_us);
-    CREATE TABLE patrol_checkins (
-        id          INTEGER PRIMARY KEY,
-        ts_us       INTEGER NOT NULL,       -- when the reader recorded it
-        received_us INTEGER NOT NULL,
-        reader      TEXT    NOT NULL,
-        checkpoint  TEXT    NOT NULL,
-        tag         TEXT    NOT NULL,
-        guard       TEXT    NOT NULL,
-        guard_hash  TEXT    NOT NULL,
-        source      TEXT    NOT NULL,
-        UNIQUE (reader, tag, ts_us, guard_hash)  -- a wand downloaded twice is stored once
-    );
-    CREATE INDEX patrol_checkins_ts ON patrol_checkins (ts_us);
-    """,
-    """
-    CREATE TABLE alerts (
-        id         TEXT    PRIMARY KEY,     -- rule/source/raised µs
-        rule       TEXT    NOT NULL,
-        kind       TEXT    NOT NULL,
-        source     TEXT    NOT NULL,
-        severity   TEXT    NOT NULL,
-        state      TEXT    NOT NULL,        -- active | acknowledged | cleared
-        message    TEXT    NOT NULL,
-        message_en TEXT    NOT NULL,
-        raised_us  INTEGER NOT NULL,
-        updated_us INTEGER NOT NULL,
-        cleared_us INTEGER,
-        acked_by   TEXT    NOT NULL,
-        ack_note   TEXT    NOT NULL,
-        acked_us   INTEGER,
-        value      REAL,
-        details    TEXT    NOT NULL         -- JSON
-    );
-    CREATE INDEX alerts_state ON alerts (state, raised_us);
-    CREATE TABLE alert_history (
-        id       INTEGER PRIMARY KEY,
-        alert_id TEXT    NOT NULL,
-        what     TEXT    NOT NULL,          -- raised | updated | acknowledged | cleared | renotify
-        ts_us    INTEGER NOT NULL,
-        state    TEXT    NOT NULL,
-        message  TEXT    NOT NULL
-    );
-    CREATE INDEX alert_history_ts ON alert_history (ts_us);
-    CREATE TABLE ack_requests (           -- written by `gateway alarms ack`, applied by the runtime
-        id        INTEGER PRIMARY KEY,
-        alert_id  TEXT    NOT NULL,
-        by        TEXT    NOT NULL,
-        note      TEXT    NOT NULL,
-        ts_us     INTEGER NOT NULL,
-        done      INTEGER NOT NULL DEFAULT 0,
-        result    TEXT    NOT NULL DEFAULT ''
-    );
-    """,
-    """
-    CREATE TABLE meter_replacements (      -- written by `gateway meters replace`
-        id          INTEGER PRIMARY KEY,
-        meter       TEXT    NOT NULL,
-        at_us       INTEGER NOT NULL,       -- when the old meter stopped and the new one started
-        old_final   TEXT    NOT NULL,       -- exact decimal kWh: the old meter's last counter
-        new_initial TEXT    NOT NULL,       -- exact decimal kWh: the new meter's first counter
-        by          TEXT    NOT NULL,
-        note        TEXT    NOT NULL,
-        recorded_us INTEGER NOT NULL,
-        UNIQUE (meter, at_us)
-    );
-    CREATE TABLE allocations (             -- one row per `gateway allocate` run
-        id           INTEGER PRIMARY KEY,
-        month        TEXT    NOT NULL,      -- "2026-10"
-        created_us   INTEGER NOT NULL,
-        bill         TEXT,                  -- exact decimal yuan, or NULL
-        metered_cost TEXT    NOT NULL,
-        recovered    TEXT    NOT NULL,
-        households   INTEGER NOT NULL,
-        quality      INTEGER NOT NULL,      -- data-quality notes
-        out_dir      TEXT    NOT NULL,
-        summary      TEXT    NOT NULL       -- JSON: groups and meters of the month
-    );
-    CREATE INDEX allocations_month ON allocations (month, id);
-    CREATE TABLE allocation_charges (
-        allocation INTEGER NOT NULL REFERENCES allocations (id),
-        household  TEXT    NOT NULL,
-        grp        TEXT    NOT NULL,
-        amount     TEXT    NOT NULL,        -- exact decimal yuan, to the fen
-        PRIMARY KEY (allocation, household, grp)
-    );
-    """,
-    """
-    -- Every reading's total energy counter again, clustered by meter and time: billing reads one
-    -- meter's month as one contiguous range instead of picking it out of all meters' readings.
-    CREATE TABLE energy (
-        meter TEXT    NOT NULL,
-        ts_us INTEGER NOT NULL,
-        kwh   TEXT    NOT NULL,             -- exact decimal text, as in readings.counters
-        PRIMARY KEY (meter, ts_us)
-    ) WITHOUT ROWID;
-    INSERT INTO energy (meter, ts_us, kwh)
-        SELECT meter, ts_us, json_extract(counters, '$.energy_kwh') AS kwh FROM readings WHERE kwh IS NOT NULL
-        ORDER BY meter, ts_us, CAST(kwh AS REAL)
-        ON CONFLICT (meter, ts_us) DO UPDATE SET kwh = excluded.kwh;
-    """,
-    """
-    -- Clock safety (gateway/timesync.py). A stretch of time during which the wall clock was not
-    -- trusted is an episode; what was recorded in it carries the episode's id (NULL: trusted)
-    -- until the episode is repaired, when its timestamps are moved to true time and the id
-    -- cleared. Its energy counters and InfluxDB points wait aside meanwhile (never billed, never sent).
-    CREATE TABLE clock_episodes (
-        id           INTEGER PRIMARY KEY,
-        boot         TEXT    NOT NULL,      -- kernel boot id: the monotonic clock mono_us belongs to
-        state        TEXT    NOT NULL,      -- untrusted | repaired | unrepairable (an earlier boot's)
-        reason       TEXT    NOT NULL,
-        wall_us      INTEGER NOT NULL,      -- the (wrong) wall clock when it began ...
-        mono_us      INTEGER NOT NULL,      -- ... and the monotonic clock then
-        last_wall_us INTEGER NOT NULL,      -- the wall clock last seen in it: its times lie in [wall_us, last_wall_us]
-        after_us     INTEGER,               -- true time: it began after this (newest trusted time known then)
-        before_us    INTEGER,               -- true time: it ended before this (set for unrepairable ones)
-        offset_us    INTEGER,               -- added to its timestamps when it was repaired
-        rows         INTEGER NOT NULL DEFAULT 0,
-        repaired_us  INTEGER
-    );
-    CREATE TABLE clock_steps (
-        id      INTEGER PRIMARY KEY,
-        boot    TEXT    NOT NULL,
-        wall_us INTEGER NOT NULL,           -- the wall clock just after the step
-        mono_us INTEGER NOT NULL,
-        step_us INTEGER NOT NULL,           -- positive: forward
-        trusted INTEGER NOT NULL,           -- the clock was trusted after it
-        note    TEXT    NOT NULL
-    );
-    ALTER TABLE readings ADD COLUMN episode INTEGER;
-    ALTER TABLE device_status ADD COLUMN episode INTEGER;
-    ALTER TABLE swipes ADD COLUMN episode INTEGER;
-    ALTER TABLE door_events ADD COLUMN episode INTEGER;
-    ALTER TABLE patrol_checkins ADD COLUMN episode INTEGER;
-    ALTER TABLE alerts ADD COLUMN episode INTEGER;
-    ALTER TABLE alert_history ADD COLUMN episode INTEGER;
-    CREATE INDEX readings_episode ON readings (episode) WHERE episode IS NOT NULL;
-    CREATE INDEX device_status_episode ON device_status (episode) WHERE episode IS NOT NULL;
-    CREATE INDEX swipes_episode ON swipes (episode) WHERE episode IS NOT NULL;
-    CREATE INDEX door_events_episode ON door_events (episode) WHERE episode IS NOT NULL;
-    CREATE INDEX patrol_checkins_episode ON patrol_checkins (episode) WHERE episode IS NOT NULL;
-    CREATE INDEX alerts_episode ON alerts (episode) WHERE episode IS NOT NULL;
-    CREATE INDEX alert_history_episode ON alert_history (episode) WHERE episode IS NOT NULL;
-    CREATE TABLE energy_held (              -- `energy` rows of untrusted time: into `energy` once repaired
-        meter   TEXT    NOT NULL,
-        ts_us   INTEGER NOT NULL,
-        kwh     TEXT    NOT NULL,
-        episode INTEGER NOT NULL
-    );
-    CREATE INDEX energy_held_episode ON energy_held (episode, meter);
-    CREATE TABLE outbox_held (              -- points of untrusted time: into `outbox` once repaired
-        id          INTEGER PRIMARY KEY,
-        episode     INTEGER NOT NULL,
-        measurement TEXT    NOT NULL,
-        priority    INTEGER NOT NULL,
-        ts_us       INTEGER NOT NULL,       -- the point's time, exact (its line has it in ms)
-        line        TEXT    NOT NULL,
-        essential   TEXT,
-        shift_ts    INTEGER NOT NULL,       -- the point's time is the gateway's (else a reader's own)
-        shift_delay INTEGER NOT NULL        -- its delay_s field (arrival - reader time) moves with the repair
-    );
-    CREATE INDEX outbox_held_episode ON outbox_held (episode, id);
-    """,
-    """
-    -- Console sessions (gateway/web/sessions.py), so that a reload or restart logs nobody out.
-    CREATE TABLE web_sessions (
-        key        TEXT    PRIMARY KEY,     -- sha256 of the cookie's session id (the id is not kept)
-        user       TEXT    NOT NULL,
-        pw         TEXT    NOT NULL,        -- fingerprint of the user's password hash at login
-        created_us INTEGER NOT NULL,
-        seen_us    INTEGER NOT NULL
-    );
-    """,
-    """
-    -- Allocation runs (gateway/billing/runs.py): who made a run and for which utility bill, its
-    -- sign-off, the newer approved run that superseded it, and which run's points InfluxDB holds
-    -- for the month (`published`: the month's answer, the newest approved run else the newest).
-    ALTER TABLE allocations ADD COLUMN by TEXT NOT NULL DEFAULT '';
-    ALTER TABLE allocations ADD COLUMN invoice TEXT;            -- the utility bill's number
-    ALTER TABLE allocations ADD COLUMN bill_from TEXT;          -- the bill's own period: local dates, inclusive
-    ALTER TABLE allocations ADD COLUMN bill_until TEXT;
-    ALTER TABLE allocations ADD COLUMN superseded_by INTEGER;
-    ALTER TABLE allocations ADD COLUMN published INTEGER NOT NULL DEFAULT 0;
-    -- before runs were kept apart, every run queued its points: the month's newest was sent last
-    UPDATE allocations SET published = 1 WHERE id IN (SELECT max(id) FROM allocations GROUP BY month);
-    CREATE TABLE allocation_signoffs (
-        run   INTEGER NOT NULL REFERENCES allocations (id),
-        role  TEXT    NOT NULL,             -- reviewed | approved (the run itself is the preparation)
-        by    TEXT    NOT NULL,
-        at_us INTEGER NOT NULL,
-        PRIMARY KEY (run, role)
-    );
-    CREATE TABLE allocation_points (        -- a run's InfluxDB points while it may become the answer
-        run   INTEGER NOT NULL REFERENCES allocations (id),
-        chunk INTEGER NOT NULL,
-        lines BLOB    NOT NULL,             -- zlib of line-protocol lines, one per line
-        PRIMARY KEY (run, chunk)
-    );
-    CREATE TABLE allocation_outbox (        -- outbox rows queued for a run, as id ranges
-        run      INTEGER NOT NULL REFERENCES allocations (id),
-        first_id INTEGER NOT NULL,
-        last_id  INTEGER NOT NULL,
-        zeros    INTEGER NOT NULL           -- 1: zeros over an earlier run's series, never taken back
-    );
-    CREATE INDEX allocation_outbox_run ON allocation_outbox (run);
-    CREATE TABLE allocation_results (       -- a run's whole result (zlib JSON), to print it again when signed
-        run  INTEGER PRIMARY KEY REFERENCES allocations (id),
-        data BLOB    NOT NULL
-    );
-    """,
-    """
-    -- The write path of an SD card (docs/storage.md): readings are appended in the order they
-    -- arrive, a commit touches the log's tail and no per-meter page; a worker moves them into
-    -- readings_by_meter and their counters into `energy` in large batches
-    -- (gateway/ledger/indexer.py), and `meta` 'indexed' says how far (gateway/ledger/queries.py
-    -- reads both). A schema-8 reading keeps its id and its row as written (counters TEXT); the
-    -- ledger copies them over in batches at its first start (store.py, _finish_upgrade).
-    CREATE TABLE meters (
-        id   INTEGER PRIMARY KEY,
-        name TEXT    NOT NULL UNIQUE
-    );
-    CREATE TABLE reading_log (
-        id        INTEGER PRIMARY KEY,      -- arrival order
-        meter     INTEGER NOT NULL,         -- meters.id
-        ts_us     INTEGER NOT NULL,         -- UTC microseconds since the epoch
-        field_set INTEGER NOT NULL,         -- field_sets.id: the names of vals
-        vals      BLOB    NOT NULL,         -- gateway/ledger/codec.py (float64 LE when counters is TEXT)
-        kwh       TEXT,                     -- the energy_kwh counter, exact decimal text: what `energy` gets
-        counters  BLOB,                     -- codec.py: counter set id, then the other counters; TEXT: JSON (schema 8)
-        episode   INTEGER                   -- clock_episodes.id while its time is not trusted
-    );
-    CREATE INDEX reading_log_episode ON reading_log (episode) WHERE episode IS NOT NULL;
-    -- Hour by hour, then meter: a batch of whole hours goes at the end of the table (pages
-    -- written once, full), not into 145 places; a meter's readings of an hour are one range.
-    CREATE TABLE readings_by_meter (
-        slot  INTEGER NOT NULL,             -- ts_us / 3600000000: the hour
-        meter INTEGER NOT NULL,
-        ts_us INTEGER NOT NULL,
-        id    INTEGER NOT NULL,             -- reading_log.id
-        PRIMARY KEY (slot, meter, ts_us, id)
-    ) WITHOUT ROWID;
-    DROP INDEX readings_meter_ts;
-    ALTER TABLE readings RENAME TO readings_old;
-    INSERT OR REPLACE INTO meta (key, value) SELECT 'indexed', coalesce(max(id), 0) FROM readings_old;
-    -- InfluxDB points of readings are read from reading_log by a cursor (store.py, "the outbox"),
-    -- no longer copied into `outbox`; those of schema-8 readings are in `outbox` already.
-    INSERT OR REPLACE INTO meta (key, value) SELECT 'outbox_cursor', json_object('c', coalesce(max(id), 0),
-        'done', json('[]')) FROM readings_old;
-    ALTER TABLE outbox_held ADD COLUMN reading INTEGER;   -- the held point's reading_log.id
-    -- the last reading committed before the point: readings' points and these go out in that order
-    ALTER TABLE outbox ADD COLUMN after_reading INTEGER NOT NULL DEFAULT 0;
-    -- for people and tools with SQL: the readings as schema 8 named them
-    CREATE VIEW readings AS SELECT l.id AS id, m.name AS meter, l.ts_us AS ts_us, l.field_set AS field_set,
-        l.vals AS vals, l.kwh AS kwh, l.counters AS counters, l.episode AS episode
-        FROM reading_log l JOIN meters m ON m.id = l.meter;
-    """,
-]
 ENERGY_FIELD = queries.ENERGY_FIELD   # the counter billing uses, kept in the `energy` table
 UPGRADE_ROWS = 20_000   # schema-8 readings copied per transaction at the first start
 CONFIRM_DELAY_S = 60.0  # InfluxDB's confirmations are written this often (with a commit of rows)
@@ -366,14 +43,7 @@ SELF_METRICS = "gateway"  # their measurement
 # Two readings of one meter at one instant: the higher counter stands, whichever came first.
 INSERT_ENERGY = ("INSERT INTO energy (meter, ts_us, kwh) VALUES (?,?,?) ON CONFLICT (meter, ts_us) DO UPDATE SET "
                  "kwh = excluded.kwh WHERE CAST(excluded.kwh AS REAL) > CAST(energy.kwh AS REAL)")
-SCHEMA_VERSION = len(MIGRATIONS)
 NEVER_SHED = 100  # outbox priority of what the disk budget may never drop (energy counters)
-PAGE_SIZE = 1024  # of a new ledger (docs/storage.md: measured)
-JOURNAL_SIZE_LIMIT = 4 * WAL_BYTES    # a ledger with a longer log (wal_bytes) keeps four times that
-
-
-class LedgerError(Exception):
-    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,50 +67,6 @@ class StoredReading:
     ts: datetime
     values: dict[str, float]
     counters: dict[str, Decimal]
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    try:
-        # The ledger is the gateway user's alone: SQLite would create it 0644, and its -wal and
-        # -shm copy the database file's mode, so making the file 0600 first covers all three.
-        make_private_dir(path.parent)
-        if not create_private(path):
-            for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
-                tighten(p)
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        if os.path.getsize(path) == 0:
-            # Only a new file takes a page size (an existing one keeps its own until rewritten:
-            # `python3 -m gateway.retention vacuum`). Each commit writes whole pages; small ones
-            # make the rewritten tail of a table a quarter of the bytes (docs/storage.md).
-            db.execute(f"PRAGMA page_size={PAGE_SIZE}")
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.execute("PRAGMA busy_timeout=5000")
-        # Checkpoints run in the ledger's worker thread (gateway/ledger/checkpoint.py), not
-        # inside a commit on the event loop; a log that grew once (a migration, a long outage
-        # of the checkpoint thread) is cut back to this when it restarts, and otherwise kept at
-        # its size: overwriting a file in place needs no filesystem journal commit per sync.
-        db.execute("PRAGMA wal_autocheckpoint=0")
-        db.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
-        return db
-    except (OSError, sqlite3.Error) as e:
-        raise LedgerError(f"ledger {path}: cannot open: {e}") from None
-
-
-def migrate(db: sqlite3.Connection, path: Path) -> None:
-    version = db.execute("PRAGMA user_version").fetchone()[0]
-    if version > SCHEMA_VERSION:
-        raise LedgerError(f"ledger {path}: schema version {version} is newer than this gateway "
-                          f"understands ({SCHEMA_VERSION}); upgrade the gateway")
-    for v in range(version, SCHEMA_VERSION):
-        try:
-            with _transaction(db, "IMMEDIATE"):
-                for stmt in _statements(MIGRATIONS[v]):
-                    db.execute(stmt)
-                db.execute(f"PRAGMA user_version = {v + 1}")
-        except sqlite3.Error as e:
-            raise LedgerError(f"ledger {path}: migration to version {v + 1} failed: {e}") from None
-        log.info("ledger %s: schema upgraded to version %d", path, v + 1)
 
 
 def _insert_field_events(db: sqlite3.Connection, events: list, ep: int | None = None) -> None:
@@ -472,37 +98,6 @@ def _insert_field_events(db: sqlite3.Connection, events: list, ep: int | None = 
                     json.dumps(a.details, ensure_ascii=False, default=str), ep))
         db.execute("INSERT INTO alert_history (alert_id, what, ts_us, state, message, episode) VALUES (?,?,?,?,?,?)",
                    (a.id, change.what, us(a.updated_at), a.state, a.message, ep))
-
-
-@contextmanager
-def _transaction(db: sqlite3.Connection, mode: str = ""):
-    db.execute(f"BEGIN {mode}")
-    try:
-        yield db
-    except BaseException:
-        # SQLite may have rolled back by itself (SQLITE_FULL, SQLITE_IOERR): a second ROLLBACK
-        # would fail and hide the error that matters.
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
-    try:
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:  # a COMMIT that failed (disk full while writing the log) leaves it open
-            db.execute("ROLLBACK")
-        raise
-
-
-def _statements(script: str):
-    """Split a migration into statements (sqlite decides where one ends, comments included)."""
-    buf = ""
-    for text_line in script.splitlines(keepends=True):
-        buf += text_line
-        if sqlite3.complete_statement(buf):
-            yield buf
-            buf = ""
-    if buf.strip():
-        raise sqlite3.OperationalError(f"incomplete statement at the end of a migration: {buf.strip()[:80]}")
 
 
 INSERT_OUTBOX = ("INSERT INTO outbox (measurement, priority, ts_ms, line, essential, after_reading) "
@@ -585,7 +180,7 @@ class Ledger:
         self.monotonic = monotonic        # seconds, for how long confirmations wait (a bench simulates it)
         self.commit_interval_s = commit_interval_s
         self.encoder = encoder
-        self._db = _connect(self.path)
+        self._db = connect(self.path)
         migrate(self._db, self.path)
         self.page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
         if wal_bytes > WAL_BYTES:
@@ -608,7 +203,7 @@ class Ledger:
         self._o_depth, self._o_bytes = self._db.execute(
             "SELECT count(*), coalesce(sum(length(line)), 0) FROM outbox").fetchone()
         self._outbox_start()
-        # Storage care (gateway/retention.py): `write_gate()` False holds the batches in memory
+        # Storage care (gateway/ledger/retention.py): `write_gate()` False holds the batches in memory
         # (the disk is nearly full); held or failing, at most `hold_max_bytes` are kept, then the
         # InfluxDB points, the readings' other fields and the oldest energy counters go, in that order.
         self.write_gate = None
@@ -640,7 +235,7 @@ class Ledger:
             log.warning("ledger %s: upgrading %d readings to the new layout (a few minutes per ten million; "
                         "readings and InfluxDB wait meanwhile)", self.path, total)
         while True:
-            with _transaction(db, "IMMEDIATE"):
+            with transaction(db, "IMMEDIATE"):
                 lo = db.execute("SELECT min(id) FROM readings_old").fetchone()[0]
                 if lo is None:
                     db.execute("DROP TABLE readings_old")
@@ -738,7 +333,7 @@ class Ledger:
         energy = self._energy
         field_events = self._field_events
         marked = self._marked_rows() if self._marked else None
-        with _transaction(self._db, "IMMEDIATE") as db:
+        with transaction(self._db, "IMMEDIATE") as db:
             last = _last_reading(db) if outbox else 0
             _insert_field_events(db, field_events)
             db.executemany("INSERT INTO reading_log (meter, ts_us, field_set, vals, kwh, counters) "
@@ -876,6 +471,12 @@ class Ledger:
                       "%d energy counters", self.path, self.hold_max_bytes / 2**20, dropped["points"],
                       dropped["readings"], dropped["energy"])
 
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The ledger's own connection, on the event loop's thread: for the ledger package's own
+        modules (retention's batches), never for code outside gateway/ledger/."""
+        return self._db
+
     def close(self) -> None:
         self._closing = True
         self._flush_logged(force=True)  # the last chance, even with the write gate closed
@@ -901,7 +502,7 @@ class Ledger:
     _OUTBOX, _READING = 0, 1
 
     def _outbox_start(self) -> None:
-        from .sinks.schema import Encoder, SiteIndex
+        from ..sinks.schema import Encoder, SiteIndex
         db = self._db
         self._spans: list[list] = []      # [first, last, ids handed and not confirmed] beyond the cursor
         self._o_after = 0                 # the last outbox id handed
@@ -922,7 +523,7 @@ class Ledger:
                 top = db.execute("SELECT coalesce(max(id), 0) FROM reading_log").fetchone()[0]
                 state = {"c": max(state["c"], top), "done": []}
             if index != mine:
-                with _transaction(db, "IMMEDIATE"):
+                with transaction(db, "IMMEDIATE"):
                     self._set_meta(db, "influx_index", mine)
                     self._set_meta(db, "outbox_cursor", json.dumps(state))
                 index = mine
@@ -951,7 +552,7 @@ class Ledger:
         """The gateway runs without InfluxDB: forget the cursor, so that InfluxDB configured
         again later starts with the readings of then, as a new one would."""
         if self.encoder is None and self.meta("influx_index") is not None:
-            with _transaction(self._db, "IMMEDIATE") as db:
+            with transaction(self._db, "IMMEDIATE") as db:
                 db.execute("DELETE FROM meta WHERE key IN ('influx_index', 'outbox_cursor')")
             self._points, self._r_depth, self._spans = None, 0, []
 
@@ -1129,7 +730,7 @@ class Ledger:
         o, r = self._split(rows)
         if r:
             self._ack(r)
-        with _transaction(self._db) as db:
+        with transaction(self._db) as db:
             db.executemany("INSERT INTO outbox_rejected (line, status, reason, rejected_us) VALUES (?,?,?,?)",
                            [(line, status, reason, now_us) for _, line in rows])
             self._outbox_delete(db, o)
@@ -1153,7 +754,7 @@ class Ledger:
             if not rows:
                 break
             freed = deleted = 0
-            with _transaction(db):
+            with transaction(db):
                 for rid, measurement, size, essential in rows:
                     if essential is None:
                         db.execute("DELETE FROM outbox WHERE id = ?", (rid,))
@@ -1224,7 +825,7 @@ class Ledger:
         self._write_keys({k.removeprefix("secret:"): v for k, v in rows} | self._read_keys())
         self._db.execute("PRAGMA secure_delete = ON")     # deleted values are overwritten, not just unlinked
         try:
-            with _transaction(self._db) as db:
+            with transaction(self._db) as db:
                 db.execute("DELETE FROM meta WHERE key LIKE 'secret:%'")
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
@@ -1243,7 +844,7 @@ class Ledger:
                          (key, user, pw, created_us, seen_us))
 
     def delete_web_sessions(self, keys: list[str]) -> None:
-        with _transaction(self._db) as db:
+        with transaction(self._db) as db:
             db.executemany("DELETE FROM web_sessions WHERE key = ?", [(k,) for k in keys])
 
     def ack_requests(self) -> list[tuple[int, str, str, str, int]]:
@@ -1312,7 +913,7 @@ class Ledger:
                     queued.extend(chunk)
                 yield run, i, zlib.compress("\n".join(r[3] for r in chunk).encode(), 1)
 
-        with _transaction(self._db, "IMMEDIATE") as db:
+        with transaction(self._db, "IMMEDIATE") as db:
             cur = db.execute("INSERT INTO allocations (month, created_us, bill, metered_cost, recovered, households, "
                              "quality, out_dir, summary, by, invoice, bill_from, bill_until) "
                              "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -1376,7 +977,7 @@ class Ledger:
         """Record a sign-off (reviewed | approved) of a run, and mark `supersede` (older runs of its
         month) as superseded by it, in one transaction."""
         try:
-            with _transaction(self._db, "IMMEDIATE") as db:
+            with transaction(self._db, "IMMEDIATE") as db:
                 db.execute("INSERT INTO allocation_signoffs (run, role, by, at_us) VALUES (?,?,?,?)",
                            (run, role, by, at_us))
                 for old in supersede:
@@ -1388,7 +989,7 @@ class Ledger:
     def drop_superseded_points(self, month: str) -> None:
         """Forget the kept points of the month's superseded runs (none of them becomes the answer
         again); call it once the answer is published, which reads the previous answer's series."""
-        with _transaction(self._db) as db:
+        with transaction(self._db) as db:
             db.execute("DELETE FROM allocation_points WHERE run IN (SELECT id FROM allocations WHERE month = ? AND "
                        "superseded_by IS NOT NULL AND published = 0)", (month,))
 
@@ -1403,7 +1004,7 @@ class Ledger:
         Outbox rows: (measurement, priority, ts_ms, line, essential)."""
         out = {"removed": 0, "queued": 0, "zeros": 0}
         removed_bytes = added_bytes = 0
-        with _transaction(self._db, "IMMEDIATE") as db:
+        with transaction(self._db, "IMMEDIATE") as db:
             ranges = db.execute("SELECT o.rowid, o.first_id, o.last_id FROM allocation_outbox o JOIN allocations a "
                                 "ON a.id = o.run WHERE a.month = ? AND o.zeros = 0 AND o.run != ?",
                                 (month, run if keep_own else -1)).fetchall() if replace else []
@@ -1517,7 +1118,7 @@ class Ledger:
         with_kwh, without = varint(self._field_set((ENERGY_FIELD,))), varint(0)
         data = [(mid, ts, fset, encode_vals(vals), kwh, without if kwh is None else with_kwh)
                 for ts, vals, kwh in rows]
-        with _transaction(self._db, "IMMEDIATE") as db:
+        with transaction(self._db, "IMMEDIATE") as db:
             db.executemany("INSERT INTO reading_log (meter, ts_us, field_set, vals, kwh, counters) "
                            "VALUES (?,?,?,?,?,?)", data)
             if replacement is not None:
@@ -1527,7 +1128,7 @@ class Ledger:
         self.checkpointer.note_commit()
         return len(data)
 
-    # ---- retention of readings (gateway/retention.py) ----
+    # ---- retention of readings (gateway/ledger/retention.py) ----
 
     def reading_id_after(self, lo: int | None, n: int) -> tuple[int, int] | None:
         """(first, last) id of the next `n` readings from `lo` (None: the oldest) in id order."""
@@ -1543,7 +1144,7 @@ class Ledger:
         """Delete the readings with lo <= id <= hi older than `before_us`, of trusted time and
         already in their per-meter form (their counters are in `energy`), with their per-meter
         entries; one transaction."""
-        with _transaction(self._db, "IMMEDIATE") as db:
+        with transaction(self._db, "IMMEDIATE") as db:
             hi = min(hi, queries.indexed(db))
             args = (lo, hi, before_us)
             self._park(db, f"SELECT {queries.LOG_COLS} FROM reading_log WHERE id BETWEEN ? AND ? AND ts_us < ? "
@@ -1582,7 +1183,7 @@ class Ledger:
         """Delete up to `limit` readings older than `before_us` (of trusted time, already in
         their per-meter form) by time, oldest first: those the pass in id order did not reach
         (they arrived late). The per-meter form is ordered by hour: they are its first rows."""
-        with _transaction(self._db, "IMMEDIATE") as db:
+        with transaction(self._db, "IMMEDIATE") as db:
             rows = db.execute("SELECT b.slot, b.meter, b.ts_us, b.id FROM readings_by_meter b JOIN reading_log r "
                               "ON r.id = b.id WHERE b.slot <= ? AND b.ts_us < ? AND b.id <= ? AND r.episode IS NULL "
                               "ORDER BY b.slot LIMIT ?",
@@ -1617,7 +1218,7 @@ class Ledger:
     def _marked_rows(self) -> dict:
         """The batch's events of untrusted clock episodes as rows (field sets resolved here, before
         the transaction, as for the others)."""
-        from .timesync import own_time
+        from ..timesync import own_time
         out: dict = {"readings": [], "energy": [], "statuses": [], "fields": {}, "outbox": [], "last": {}}
         tl = self.timeline
         for ep, e, row in self._marked:
@@ -1749,7 +1350,7 @@ class Ledger:
         out: dict[int, dict[str, int]] = {}
         points: list[tuple] = []
         held = cursor_sends = 0
-        with _transaction(self._db, "IMMEDIATE") as db:
+        with transaction(self._db, "IMMEDIATE") as db:
             for ep, off, lo, hi in fixes:
                 n: dict[str, int] = {}
                 # the per-meter entries of those already moved there go with them
