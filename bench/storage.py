@@ -519,6 +519,40 @@ def size_and_retention(base: Path, res: dict) -> None:
     ledger.close()
 
 
+def loop_lag_ms_max(where: Path | None) -> float | None:
+    """The longest event-loop lag of bench/loop_lag.py's throttled run (its last line's JSON)."""
+    script = Path(__file__).with_name("loop_lag.py")
+    if not script.exists():
+        out("  loop lag: bench/loop_lag.py is not here; loop_lag_ms_max stays null")
+        return None
+    cmd = [sys.executable, str(script), "--only", "throttled"] + (["--dir", str(where)] if where else [])
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    lines = done.stdout.strip().splitlines()
+    try:
+        found = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        out(f"  loop lag: bench/loop_lag.py gave no JSON (exit {done.returncode}); loop_lag_ms_max stays null")
+        return None
+
+    def dig(x):
+        if isinstance(x, dict):
+            if "loop_lag_ms_max" in x:
+                return x["loop_lag_ms_max"]
+            for v in x.values():
+                got = dig(v)
+                if got is not None:
+                    return got
+        if isinstance(x, list):
+            for v in x:
+                got = dig(v)
+                if got is not None:
+                    return got
+        return None
+    lag = dig(found)
+    out(f"  loop lag on a throttled disk (bench/loop_lag.py): longest {lag} ms")
+    return lag
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--minutes", type=float, default=360, help="simulated minutes measured per variant")
@@ -527,6 +561,8 @@ def main() -> None:
     ap.add_argument("--only", default="", help="comma-separated variants of part 1: " + ", ".join(VARIANTS))
     ap.add_argument("--writes-only", action="store_true", help="part 1 only")
     ap.add_argument("--dir", type=Path, default=None, help="work directory (default: a temporary one)")
+    ap.add_argument("--lag", action="store_true",
+                    help="also the event loop's longest lag on a throttled disk (bench/loop_lag.py, root)")
     args = ap.parse_args()
     if args.quick:
         args.minutes, args.warm = 120, 5
@@ -574,6 +610,8 @@ def main() -> None:
 
         if not args.writes_only:
             size_and_retention(base, res)
+        # The throttled-disk measurement is its own bench (bench/loop_lag.py); null unless asked for.
+        res["loop_lag_ms_max"] = loop_lag_ms_max(args.dir) if args.lag else None
     finally:
         shutil.rmtree(base, ignore_errors=True)
     print(json.dumps(res, ensure_ascii=False), flush=True)

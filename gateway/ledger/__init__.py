@@ -7,6 +7,7 @@ console, the CLI, `gateway status`, `/metrics`, rules restore and billing read),
 """
 
 from .schema import LedgerError
-from .writer import Ledger, Replacement, StoredReading, allocation_runs
+from .allocations import allocation_runs
+from .writer import Ledger, Replacement, StoredReading
 
 __all__ = ["Ledger", "LedgerError", "Replacement", "StoredReading", "allocation_runs"]

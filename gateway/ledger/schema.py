@@ -425,3 +425,12 @@ def _statements(script: str):
             buf = ""
     if buf.strip():
         raise sqlite3.OperationalError(f"incomplete statement at the end of a migration: {buf.strip()[:80]}")
+
+
+# statements the writer's parts share
+INSERT_OUTBOX = ("INSERT INTO outbox (measurement, priority, ts_ms, line, essential, after_reading) "
+                 "VALUES (?,?,?,?,?,?)")
+
+
+def last_reading(db: sqlite3.Connection) -> int:
+    return db.execute("SELECT coalesce(max(id), 0) FROM reading_log").fetchone()[0]

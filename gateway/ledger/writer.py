@@ -11,14 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import logging
 import sqlite3
 import struct
 import time
-import zlib
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -31,7 +29,9 @@ from . import queries
 from .checkpoint import WAL_BYTES, Checkpointer
 from .codec import encodable_counter, encode_counter_values, encode_vals, varint
 from .indexer import Indexer
-from .schema import LedgerError, connect, migrate, transaction
+from .allocations import AllocationRuns
+from .clock_repair import ClockEpisodes
+from .schema import INSERT_OUTBOX, LedgerError, connect, last_reading as _last_reading, migrate, transaction
 
 log = logging.getLogger(__name__)
 
@@ -100,14 +100,6 @@ def _insert_field_events(db: sqlite3.Connection, events: list, ep: int | None = 
                    (a.id, change.what, us(a.updated_at), a.state, a.message, ep))
 
 
-INSERT_OUTBOX = ("INSERT INTO outbox (measurement, priority, ts_ms, line, essential, after_reading) "
-                 "VALUES (?,?,?,?,?,?)")
-
-
-def _last_reading(db: sqlite3.Connection) -> int:
-    return db.execute("SELECT coalesce(max(id), 0) FROM reading_log").fetchone()[0]
-
-
 def _counter(v) -> Decimal:
     return v if isinstance(v, Decimal) else Decimal(str(v))
 
@@ -127,50 +119,7 @@ def _log_row(event: Reading, *episode) -> tuple:
             None, json.dumps({k: str(v) for k, v in counters.items()}, separators=(",", ":")), *episode)
 
 
-POINTS_CHUNK = 20_000      # lines per compressed chunk of a run's kept points
-RUN_COLS = ("id", "month", "created_us", "by", "invoice", "bill_from", "bill_until", "bill", "metered_cost",
-            "recovered", "households", "quality", "out_dir", "summary", "superseded_by", "published")
-
-
-def _chunks(items: Iterable, size: int) -> Iterator[list]:
-    chunk: list = []
-    for x in items:
-        chunk.append(x)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def allocation_runs(db: sqlite3.Connection, month: str | None = None, run: int | None = None) -> list[dict]:
-    """Allocation runs, oldest first, as dicts of RUN_COLS plus `signoffs` {role: (by, at_us)};
-    of one month or one run if given. Takes any connection, so the console can read them through
-    its read-only one."""
-    sql = f"SELECT {', '.join(RUN_COLS)} FROM allocations"
-    where, args = [], []
-    if month is not None:
-        where.append("month = ?")
-        args.append(month)
-    if run is not None:
-        where.append("id = ?")
-        args.append(run)
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    runs = [dict(zip(RUN_COLS, r)) for r in db.execute(sql + " ORDER BY month, id", args)]
-    signed: dict[int, dict] = {}
-    ids = [r["id"] for r in runs]
-    for i in range(0, len(ids), 500):
-        part = ids[i:i + 500]
-        for rid, role, by, at in db.execute(f"SELECT run, role, by, at_us FROM allocation_signoffs WHERE run IN "
-                                            f"({','.join('?' * len(part))})", part):
-            signed.setdefault(rid, {})[role] = (by, at)
-    for r in runs:
-        r["signoffs"] = signed.get(r["id"], {})
-    return runs
-
-
-class Ledger:
+class Ledger(AllocationRuns, ClockEpisodes):
     """Readings, statuses and the outbox. `encoder` (an event -> OutboxRow) turns the outbox on:
     every row is then committed in the same transaction as the reading it comes from."""
 
@@ -886,165 +835,6 @@ class Ledger:
     def energy_after(self, meter: str, ts_us: int, limit_us: int) -> tuple[int, str] | None:
         return queries.energy_after(self._db, meter, ts_us, limit_us)
 
-    def save_allocation(self, month: str, created_us: int, bill: str | None, metered_cost: str, recovered: str,
-                        quality: int, out_dir: str, summary: str, charges: list[tuple[str, str, str]],
-                        outbox: Iterable[tuple] = (), *, by: str = "", invoice: str | None = None,
-                        bill_period: tuple[str, str] | None = None, result: str | None = None,
-                        points: Iterable[tuple] = (), queue: bool = False) -> tuple[int, int]:
-        """One allocation run with its household charges (household, group, amount), atomically.
-        `outbox` rows (measurement, priority, ts_ms, line, essential) are queued at once; `points`
-        (outbox rows too) are kept with the run (their lines), for `publish_allocation` to queue
-        when the run becomes the month's answer, and with `queue` also queued now, as the run's own
-        (a run that is the answer the moment it is made: one pass instead of two). `result` (JSON)
-        is kept to print the run again. Returns the run's id and the number of points queued."""
-        counted = [0, 0]
-        queued: list[tuple] = []
-
-        def count(rows):
-            for r in rows:
-                counted[0] += 1
-                counted[1] += len(r[3])
-                yield r
-
-        def kept(rows):
-            # a chunk's rows are queued as the chunk is kept: the month is never all in memory
-            for i, chunk in enumerate(_chunks(rows, POINTS_CHUNK)):
-                if queue:
-                    queued.extend(chunk)
-                yield run, i, zlib.compress("\n".join(r[3] for r in chunk).encode(), 1)
-
-        with transaction(self._db, "IMMEDIATE") as db:
-            cur = db.execute("INSERT INTO allocations (month, created_us, bill, metered_cost, recovered, households, "
-                             "quality, out_dir, summary, by, invoice, bill_from, bill_until) "
-                             "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                             (month, created_us, bill, metered_cost, recovered,
-                              len({h for h, _, _ in charges}), quality, out_dir, summary, by, invoice,
-                              *(bill_period or (None, None))))
-            run = cur.lastrowid
-            db.executemany("INSERT INTO allocation_charges (allocation, household, grp, amount) VALUES (?,?,?,?)",
-                           [(run, h, g, a) for h, g, a in charges])
-            last = _last_reading(db)
-            first = db.execute("SELECT coalesce(max(id), 0) FROM outbox").fetchone()[0] + 1
-            for row in kept(points):
-                db.execute("INSERT INTO allocation_points (run, chunk, lines) VALUES (?,?,?)", row)
-                if queued:
-                    db.executemany(INSERT_OUTBOX, ((*r, last) for r in count(queued)))
-                    queued.clear()
-            if counted[0]:
-                top = db.execute("SELECT max(id) FROM outbox").fetchone()[0]
-                db.execute("INSERT INTO allocation_outbox (run, first_id, last_id, zeros) VALUES (?,?,?,0)",
-                           (run, first, top))
-            if result is not None:
-                db.execute("INSERT INTO allocation_results (run, data) VALUES (?,?)",
-                           (run, zlib.compress(result.encode(), 6)))
-            db.executemany(INSERT_OUTBOX, ((*r, last) for r in count(outbox)))
-        self._o_depth += counted[0]
-        self._o_bytes += counted[1]
-        if counted[0]:
-            self.committed.set()
-        return run, counted[0]
-
-    def allocations(self) -> list[tuple]:
-        return self._db.execute("SELECT id, month, created_us, bill, metered_cost, recovered, households, quality, "
-                                "out_dir FROM allocations ORDER BY month DESC, id DESC").fetchall()
-
-    def allocation_runs(self, month: str | None = None, run: int | None = None) -> list[dict]:
-        return allocation_runs(self._db, month, run)
-
-    def allocation_charges(self, run: int) -> list[tuple[str, str, str]]:
-        """(household, group, amount as exact text) of one run."""
-        return self._db.execute("SELECT household, grp, amount FROM allocation_charges WHERE allocation = ? "
-                                "ORDER BY household, grp", (run,)).fetchall()
-
-    def allocation_result(self, run: int) -> str | None:
-        row = self._db.execute("SELECT data FROM allocation_results WHERE run = ?", (run,)).fetchone()
-        return zlib.decompress(row[0]).decode() if row else None
-
-    def allocation_point_lines(self, run: int) -> Iterator[str]:
-        """The points kept with a run, in the order they were made (empty once they are dropped)."""
-        chunks = [c for (c,) in self._db.execute("SELECT chunk FROM allocation_points WHERE run = ? ORDER BY chunk",
-                                                 (run,))]
-        for c in chunks:
-            row = self._db.execute("SELECT lines FROM allocation_points WHERE run = ? AND chunk = ?",
-                                   (run, c)).fetchone()
-            if row:
-                yield from zlib.decompress(row[0]).decode().split("\n")
-
-    def has_allocation_points(self, run: int) -> bool:
-        return self._db.execute("SELECT 1 FROM allocation_points WHERE run = ? LIMIT 1", (run,)).fetchone() is not None
-
-    def sign_allocation(self, run: int, role: str, by: str, at_us: int, supersede: Iterable[int] = ()) -> None:
-        """Record a sign-off (reviewed | approved) of a run, and mark `supersede` (older runs of its
-        month) as superseded by it, in one transaction."""
-        try:
-            with transaction(self._db, "IMMEDIATE") as db:
-                db.execute("INSERT INTO allocation_signoffs (run, role, by, at_us) VALUES (?,?,?,?)",
-                           (run, role, by, at_us))
-                for old in supersede:
-                    db.execute("UPDATE allocations SET superseded_by = ? WHERE id = ? AND superseded_by IS NULL",
-                               (run, old))
-        except sqlite3.IntegrityError:
-            raise LedgerError(f"allocation run {run} is already {role}") from None
-
-    def drop_superseded_points(self, month: str) -> None:
-        """Forget the kept points of the month's superseded runs (none of them becomes the answer
-        again); call it once the answer is published, which reads the previous answer's series."""
-        with transaction(self._db) as db:
-            db.execute("DELETE FROM allocation_points WHERE run IN (SELECT id FROM allocations WHERE month = ? AND "
-                       "superseded_by IS NOT NULL AND published = 0)", (month,))
-
-    def publish_allocation(self, month: str, run: int, rows: Iterable[tuple], zeros: Iterable[tuple] = (),
-                           replace: bool = True, keep_own: bool = False) -> dict[str, int]:
-        """Make `run` the month's answer in InfluxDB, in one transaction: the month's points still
-        waiting in the outbox (of any run: the run's own are queued again in full) are taken out,
-        `rows` (the run's points) and `zeros` (an earlier answer's series this run does not have,
-        set to zero) are queued, and the run is marked published. Zeros queued earlier stay: they
-        clear series no run has any more. With keep_own the run's own points queued when it was
-        saved stay; with replace=False `rows` are only added (a new state of the published run).
-        Outbox rows: (measurement, priority, ts_ms, line, essential)."""
-        out = {"removed": 0, "queued": 0, "zeros": 0}
-        removed_bytes = added_bytes = 0
-        with transaction(self._db, "IMMEDIATE") as db:
-            ranges = db.execute("SELECT o.rowid, o.first_id, o.last_id FROM allocation_outbox o JOIN allocations a "
-                                "ON a.id = o.run WHERE a.month = ? AND o.zeros = 0 AND o.run != ?",
-                                (month, run if keep_own else -1)).fetchall() if replace else []
-            confirmed = set(self._confirmed_o)    # already taken off the counts (outbox_forget)
-            for rowid, first, last in ranges:
-                n = size = 0
-                for rid, length in db.execute("SELECT id, length(line) FROM outbox WHERE id BETWEEN ? AND ?",
-                                              (first, last)):
-                    if rid not in confirmed:
-                        n += 1
-                        size += length
-                db.execute("DELETE FROM outbox WHERE id BETWEEN ? AND ?", (first, last))
-                db.execute("DELETE FROM allocation_outbox WHERE rowid = ?", (rowid,))
-                out["removed"] += n
-                removed_bytes += size
-            reading = _last_reading(db)
-            for key, batch, zero in (("queued", rows, 0), ("zeros", zeros, 1)):
-                before = db.execute("SELECT coalesce(max(id), 0) FROM outbox").fetchone()[0]
-                sizes = [0, 0]
-
-                def count(rows):
-                    for r in rows:
-                        sizes[0] += 1
-                        sizes[1] += len(r[3])
-                        yield r
-                db.executemany(INSERT_OUTBOX, ((*r, reading) for r in count(batch)))
-                if sizes[0]:
-                    after = db.execute("SELECT max(id) FROM outbox").fetchone()[0]
-                    db.execute("INSERT INTO allocation_outbox (run, first_id, last_id, zeros) VALUES (?,?,?,?)",
-                               (run, before + 1, after, zero))
-                out[key] = sizes[0]
-                added_bytes += sizes[1]
-            if replace:
-                db.execute("UPDATE allocations SET published = (id = ?) WHERE month = ?", (run, month))
-        self._o_depth += out["queued"] + out["zeros"] - out["removed"]
-        self._o_bytes += added_bytes - removed_bytes
-        if out["queued"] or out["zeros"]:
-            self.committed.set()
-        return out
-
     # ---- what the rules engine takes back after a restart (gateway/rules/restore.py) ----
 
     def alert_rows(self, states: tuple[str, ...] = ("active", "acknowledged"),
@@ -1268,163 +1058,4 @@ class Ledger:
         self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET "
                          "value = excluded.value", (key, value))
 
-    def newest_trusted_us(self) -> int | None:
-        """The newest time the gateway's own clock wrote while trusted: its latest readings and
-        statuses (by insertion, a few index steps) and the time it last noted (meta clock_seen_us).
-        A wall clock before it after a reboot is wrong (fake-hwclock restores an older time)."""
-        return self._db.execute(
-            "SELECT max(t) FROM ("
-            " SELECT (SELECT max(ts_us) FROM (SELECT ts_us FROM reading_log WHERE episode IS NULL "
-            "         ORDER BY id DESC LIMIT 100)) AS t"
-            " UNION ALL SELECT (SELECT max(ts_us) FROM (SELECT ts_us FROM device_status WHERE episode IS NULL "
-            "         ORDER BY id DESC LIMIT 100))"
-            " UNION ALL SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'clock_seen_us')").fetchone()[0]
 
-    def open_clock_episode(self, boot: str, reason: str, wall_us: int, mono_us: int, after_us: int | None) -> int:
-        return self._db.execute(
-            "INSERT INTO clock_episodes (boot, state, reason, wall_us, mono_us, last_wall_us, after_us) "
-            "VALUES (?, 'untrusted', ?, ?, ?, ?, ?)", (boot, reason, wall_us, mono_us, wall_us, after_us)).lastrowid
-
-    def set_clock_episode(self, episode: int, state: str | None = None, last_wall_us: int | None = None) -> None:
-        if state is not None:
-            self._db.execute("UPDATE clock_episodes SET state = ? WHERE id = ?", (state, episode))
-        if last_wall_us is not None:
-            self._db.execute("UPDATE clock_episodes SET last_wall_us = max(last_wall_us, ?) WHERE id = ?",
-                             (last_wall_us, episode))
-
-    _EPISODE_COLS = ("id", "boot", "state", "reason", "wall_us", "mono_us", "last_wall_us", "after_us", "before_us",
-                     "offset_us", "rows", "repaired_us")
-    CLOCK_TABLES = ("readings", "device_status", "swipes", "door_events", "patrol_checkins", "alerts",
-                    "alert_history")
-
-    def clock_episodes(self, states: tuple[str, ...] | None = None) -> list[dict]:
-        sql = f"SELECT {', '.join(self._EPISODE_COLS)} FROM clock_episodes"
-        args: tuple = ()
-        if states is not None:
-            sql += f" WHERE state IN ({','.join('?' * len(states))})"
-            args = tuple(states)
-        return [dict(zip(self._EPISODE_COLS, r)) for r in self._db.execute(sql + " ORDER BY id", args)]
-
-    def clock_episode_rows(self, episode: int) -> dict[str, int]:
-        """Rows still marked with the episode, per table (energy: held counters, outbox: held points)."""
-        db = self._db
-        out = {t: db.execute(f"SELECT count(*) FROM {'reading_log' if t == 'readings' else t} WHERE episode = ?",
-                             (episode,)).fetchone()[0]
-               for t in self.CLOCK_TABLES}
-        out["energy"] = db.execute("SELECT count(*) FROM energy_held WHERE episode = ?", (episode,)).fetchone()[0]
-        out["outbox"] = db.execute("SELECT count(*) FROM outbox_held WHERE episode = ?", (episode,)).fetchone()[0]
-        return out
-
-    def unrepaired_clock(self) -> list[dict]:
-        """Episodes not (yet) repaired, oldest first: the episode's columns, `rows` per table and
-        `energy` {meter: (counters held, first and last ts_us as the wrong clock said)}. Billing
-        never sees their counters (they are not in `energy`); it notes them (billing/allocate.py)."""
-        out = []
-        for e in self.clock_episodes(("untrusted", "unrepairable")):
-            e["rows"] = self.clock_episode_rows(e["id"])
-            e["energy"] = {m: (n, lo, hi) for m, n, lo, hi in self._db.execute(
-                "SELECT meter, count(*), min(ts_us), max(ts_us) FROM energy_held WHERE episode = ? GROUP BY meter "
-                "ORDER BY meter", (e["id"],))}
-            out.append(e)
-        return out
-
-    def record_clock_step(self, boot: str, wall_us: int, mono_us: int, step_us: int, trusted: bool, note: str) -> None:
-        self._db.execute("INSERT INTO clock_steps (boot, wall_us, mono_us, step_us, trusted, note) "
-                         "VALUES (?,?,?,?,?,?)",
-                         (boot, wall_us, mono_us, step_us, int(trusted), note))
-
-    def clock_steps(self) -> list[dict]:
-        cols = ("id", "boot", "wall_us", "mono_us", "step_us", "trusted", "note")
-        return [dict(zip(cols, r)) for r in self._db.execute(f"SELECT {', '.join(cols)} FROM clock_steps ORDER BY id")]
-
-    def repair_clock(self, fixes: list[tuple[int, int, int, int]], now_us: int,
-                     boot_start_us: int | None = None) -> dict[int, dict[str, int]]:
-        """Move the rows of untrusted episodes to true time, in one transaction. `fixes` are
-        (episode, offset_us, lo_us, hi_us): every timestamp the gateway's clock gave in the episode
-        (they lie in [lo, hi] of the wrong timeline) gets offset_us added; a patrol read's own
-        time does so only if it was the gateway's (online reader, in range), an alert's times
-        only those in range. Held energy counters go into `energy`, held points into the outbox
-        with their line's time (and a patrol point's delay_s) rebuilt. `boot_start_us` (true time
-        of this boot's start) bounds the unrepairable episodes that had no upper bound yet.
-        Returns rows moved per episode and table."""
-        out: dict[int, dict[str, int]] = {}
-        points: list[tuple] = []
-        held = cursor_sends = 0
-        with transaction(self._db, "IMMEDIATE") as db:
-            for ep, off, lo, hi in fixes:
-                n: dict[str, int] = {}
-                # the per-meter entries of those already moved there go with them
-                db.execute(f"UPDATE readings_by_meter SET ts_us = ts_us + :off, slot = (ts_us + :off) / {queries.SLOT_US} "
-                           f"WHERE (slot, meter, ts_us, id) IN (SELECT {queries.SLOT_SQL}, meter, ts_us, id FROM "
-                           "reading_log WHERE episode = :ep)", {"off": off, "ep": ep})
-                n["readings"] = db.execute("UPDATE reading_log SET ts_us = ts_us + ?, episode = NULL WHERE episode = ?",
-                                           (off, ep)).rowcount
-                for t in ("device_status", "swipes", "door_events", "alert_history"):
-                    n[t] = db.execute(f"UPDATE {t} SET ts_us = ts_us + ?, episode = NULL WHERE episode = ?",
-                                      (off, ep)).rowcount
-                args = {"off": off, "lo": lo, "hi": hi, "ep": ep}
-                n["patrol_checkins"] = db.execute(
-                    "UPDATE OR REPLACE patrol_checkins SET received_us = received_us + :off, ts_us = CASE WHEN "
-                    "source != 'wand' AND ts_us BETWEEN :lo AND :hi THEN ts_us + :off ELSE ts_us END, episode = NULL "
-                    "WHERE episode = :ep", args).rowcount
-                n["alerts"] = db.execute(
-                    "UPDATE alerts SET "
-                    + ", ".join(f"{c} = CASE WHEN {c} BETWEEN :lo AND :hi THEN {c} + :off ELSE {c} END"
-                                for c in ("raised_us", "updated_us", "cleared_us", "acked_us"))
-                    + ", episode = NULL WHERE episode = :ep", args).rowcount
-                db.execute("INSERT INTO energy (meter, ts_us, kwh) SELECT meter, ts_us + :off, kwh FROM energy_held "
-                           "WHERE episode = :ep ORDER BY meter, ts_us, CAST(kwh AS REAL) ON CONFLICT (meter, ts_us) "
-                           "DO UPDATE SET kwh = excluded.kwh "
-                           "WHERE CAST(excluded.kwh AS REAL) > CAST(energy.kwh AS REAL)",
-                           args)
-                n["energy"] = db.execute("DELETE FROM energy_held WHERE episode = ?", (ep,)).rowcount
-                rows = db.execute("SELECT measurement, priority, ts_us, line, essential, shift_ts, shift_delay, "
-                                  "reading FROM outbox_held WHERE episode = ? ORDER BY id", (ep,)).fetchall()
-                # a reading the cursor has not passed yet sends its own point (now of trusted time)
-                later = {i for i, r in enumerate(rows) if r[7] is not None and self._points is not None
-                         and r[7] > self._scanned and self._in_done(r[7]) is None}
-                cursor_sends += len(later)
-                moved = [_retimed_point(r[:7], off) for i, r in enumerate(rows) if i not in later]
-                db.executemany(INSERT_OUTBOX, [(*r, _last_reading(db)) for r in moved])
-                db.execute("DELETE FROM outbox_held WHERE episode = ?", (ep,))
-                n["outbox"] = len(rows)
-                held += len(rows)
-                points += moved
-                db.execute("UPDATE clock_episodes SET state = 'repaired', offset_us = ?, rows = ?, repaired_us = ?, "
-                           "last_wall_us = max(last_wall_us, ?) WHERE id = ?", (off, sum(n.values()), now_us, hi, ep))
-                out[ep] = n
-            if boot_start_us is not None:
-                db.execute("UPDATE clock_episodes SET before_us = ? WHERE state = 'unrepairable' AND before_us IS NULL",
-                           (boot_start_us,))
-        self.outbox_held -= held
-        self._r_depth += cursor_sends
-        if cursor_sends:
-            self.committed.set()
-        if points:
-            self._o_depth += len(points)
-            self._o_bytes += sum(len(p[3]) for p in points)
-            self.committed.set()
-        return out
-
-
-_DELAY = re.compile(r"([ ,])delay_s=([^ ,]+)( -?\d+)$")
-
-
-def _retimed_point(row: tuple, off: int) -> tuple:
-    """An outbox_held row as an outbox row (measurement, priority, ts_ms, line, essential), moved by
-    `off` µs: the line's timestamp (the last token) when the point's time was the gateway's, and a
-    patrol point's delay_s (its last field: arrival - reader time) when only the arrival moved."""
-    measurement, priority, ts_us, line, essential, shift_ts, shift_delay = row
-    ms = (ts_us + off if shift_ts else ts_us) // 1000
-
-    def fix(text: str | None) -> str | None:
-        if text is None:
-            return None
-        text = text[:text.rindex(" ") + 1] + str(ms)
-        if shift_delay:
-            def delay(m: re.Match) -> str:
-                us = round(float(m.group(2)) * 1_000_000) + off
-                return f"{m.group(1)}delay_s={timedelta(microseconds=us).total_seconds()!r}{m.group(3)}"
-            text = _DELAY.sub(delay, text)
-        return text
-    return measurement, priority, ms, fix(line), fix(essential)
