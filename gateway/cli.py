@@ -518,7 +518,8 @@ def allocate(ctx: typer.Context,
                                                 "whose counters cover less of it than allocation.min_coverage "
                                                 "(said in the report)"),
              force: bool = typer.Option(False, "--force", help="allocate a bill further from the metered cost or the "
-                                        "main meter than allocation.bill_tolerance (said in the report)"),
+                                        "main meter than allocation.bill_tolerance, or with a price outside "
+                                        "0.10–3.00 yuan/kWh (said in the report)"),
              by: Optional[str] = typer.Option(None, "--by", help="who prepares this run (default: your login name)"),
              invoice: Optional[str] = typer.Option(None, "--invoice", help="the utility bill's number"),
              bill_period: Optional[str] = typer.Option(None, "--bill-period", help="the utility bill's own period, "
