@@ -88,6 +88,9 @@ def check_config(file: Path = typer.Argument(..., help="site file (YAML)")) -> N
         p = cfg.patrol
         typer.echo(f"  access: {len(cfg.card_readers)} card readers, {len(cfg.doors)} doors; patrol: "
                    f"{len(p.checkpoints)} checkpoints, {len(p.routes)} routes, {len(p.readers)} readers")
+    if cfg.outputs or cfg.lighting.circuits:
+        typer.echo(f"  lighting: {len(cfg.outputs)} outputs, {len(cfg.lighting.circuits)} circuits, "
+                   f"{len(cfg.lighting.schedules)} schedules")
     if households is not None:
         homes, groups = households
         typer.echo(f"  households: {len(homes)} in {cfg.allocation.households_file} "
@@ -132,9 +135,11 @@ def run(config: Path = typer.Option(..., "-c", "--config", help="site file"),
         record: Optional[Path] = typer.Option(None, "--record", help="also write the raw device traffic here (JSON lines)"),
         verbose: bool = typer.Option(False, "-v", "--verbose")) -> None:
     """Poll every meter of the site into the ledger until SIGINT/SIGTERM; SIGHUP reloads the site file."""
-    from .config import missing_env
+    from .config import missing_env, site_warnings
     from .runtime import Gateway
     cfg = _load(config)
+    for w in site_warnings(cfg):
+        typer.echo(f"warning: {config}: {w}", err=True)
     for problem in missing_env(cfg):
         typer.echo(f"{config}: {problem}", err=True)
     if missing_env(cfg):
@@ -175,6 +180,10 @@ def demo(seconds: Optional[float] = typer.Option(None, "--seconds", help="stop a
         _demo_month(cfg, month, seed, every, bill, data_dir, allow_partial, force)
         return
     setup_logging()
+    from .identity import EXAMPLE_SITE_ID
+    if cfg.site.id == EXAMPLE_SITE_ID:
+        typer.echo(f"note: '{EXAMPLE_SITE_ID}' is the example site's id; a real estate's site file needs its own "
+                   f"site.id (head office tells estates apart by it)", err=True)
     tmp = None
     if data_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="gateway-demo-")
@@ -780,6 +789,98 @@ def meters_replacements(config: Path = typer.Option(..., "-c", "--config", help=
     for r in rows:
         typer.echo(f"{r.at.astimezone(tz):%Y-%m-%d %H:%M}  {r.meter:<12} old final {r.old_final} -> new first "
                    f"{r.new_initial}  by {r.by}" + (f"  ({r.note})" if r.note else ""))
+
+
+lighting_app = typer.Typer(help="Public lighting: the switching plan of a day, overrides, what it saved.",
+                           no_args_is_help=True)
+app.add_typer(lighting_app, name="lighting")
+
+
+@lighting_app.command("plan")
+def lighting_plan(day: str = typer.Option(None, "--date", help="local date, e.g. 2026-12-21 (default: today)"),
+                  config: Path = typer.Option(EXAMPLE_SITE, "-c", "--config", help="site file (default: the example site)"),
+                  circuit: Optional[list[str]] = typer.Option(None, "--circuit", help="only these circuits"),
+                  as_json: bool = typer.Option(False, "--json"),
+                  english: bool = typer.Option(False, "--en", help="English text")) -> None:
+    """The day's switching times of every lighting circuit (local time), from its schedule."""
+    from datetime import date, datetime
+    from zoneinfo import ZoneInfo
+
+    from .lighting.plan import Planner
+    cfg = _load(config)
+    try:
+        d = date.fromisoformat(day) if day else datetime.now(ZoneInfo(cfg.site.timezone)).date()
+    except ValueError:
+        raise fail(f"--date {day!r}: not a date like 2026-12-21", 2) from None
+    planner = Planner(cfg)
+    wanted = circuit or [c.id for c in cfg.lighting.circuits]
+    unknown = [c for c in wanted if c not in planner.circuits]
+    if unknown:
+        raise fail(f"--circuit {unknown[0]}: no lighting circuit of that name in {config}", 2)
+    if not wanted:
+        typer.echo(f"{config}: no lighting circuits" if english else f"{config}: 没有照明回路 (no lighting circuits)")
+        return
+    rise, set_ = planner.sun.times(d)
+    rows = []
+    for cid in wanted:
+        start_on, switches = planner.day(cid, d)
+        rows.append({"circuit": cid, "name": planner.circuits[cid].name, "schedule": planner.circuits[cid].schedule,
+                     "on_at_midnight": start_on,
+                     "switches": [{"at": s.at.isoformat(), "on": s.on, "why": s.why} for s in switches]})
+    if as_json:
+        typer.echo(json.dumps({"date": d.isoformat(), "site": cfg.site.id,
+                               "sunrise": rise.isoformat() if rise else None,
+                               "sunset": set_.isoformat() if set_ else None, "circuits": rows},
+                              ensure_ascii=False, indent=2))
+        return
+    hm = lambda t: t.strftime("%H:%M:%S") if t else "--"  # noqa: E731
+    on_w, off_w = ("on", "off") if english else ("开", "关")
+    head = (f"{cfg.site.name} {d.isoformat()}: sunrise {hm(rise)}, sunset {hm(set_)} ({config})" if english
+            else f"{cfg.site.name} {d.isoformat()}: 日出 {hm(rise)}, 日落 {hm(set_)} ({config})")
+    typer.echo(head)
+    for r in rows:
+        times = "  ".join(f"{datetime.fromisoformat(s['at']).strftime('%H:%M:%S')} {on_w if s['on'] else off_w}"
+                          for s in r["switches"])
+        start = (on_w if r["on_at_midnight"] else off_w)
+        if not r["switches"]:
+            times = ("on all day" if r["on_at_midnight"] else "off all day") if english else \
+                ("全天开" if r["on_at_midnight"] else "全天关")
+        typer.echo(f"  {r['circuit']:<12} {r['schedule']:<16} 00:00 {start}  {times}")
+
+
+@lighting_app.command("savings")
+def lighting_savings(month: str = typer.Option(..., "--month", help="e.g. 2026-11"),
+                     config: Path = typer.Option(..., "-c", "--config", help="site file"),
+                     as_json: bool = typer.Option(False, "--json"),
+                     english: bool = typer.Option(False, "--en", help="English text")) -> None:
+    """What each lighting circuit saved in a month against its baseline (kWh per hour of darkness)."""
+    import re
+
+    from .lighting.savings import month_savings, totals
+    if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", month):
+        raise fail(f"--month {month!r}: a month like 2026-11", 2)
+    cfg = _load(config)
+    db = _ledger_ro(cfg)
+    try:
+        rows = month_savings(cfg, db, month)
+    finally:
+        db.close()
+    tot = totals(rows)
+    if as_json:
+        typer.echo(json.dumps({"month": month, "circuits": [{k: (str(v) if v is not None and not isinstance(v, (str, float))
+                                                                 else v) for k, v in vars(r).items()} for r in rows],
+                               "saved_kwh": str(tot["saved_kwh"]), "saved_yuan": str(tot["saved_yuan"])},
+                              ensure_ascii=False, indent=2))
+        return
+    if not rows:
+        typer.echo("no lighting circuit has a baseline" if english else "没有设定基准期的照明回路 (no baseline)")
+        return
+    for r in rows:
+        saved = f"{r.saved_kwh} kWh, {r.saved_yuan} yuan" if r.saved_kwh is not None else r.note
+        typer.echo(f"  {r.circuit:<12} {r.month_kwh or '—':>10} kWh ({'expected' if english else '基准折算'} "
+                   f"{r.expected_kwh or '—'}): {saved}")
+    typer.echo(f"{'saved' if english else '合计节约'} {tot['saved_kwh']} kWh, {tot['saved_yuan']} "
+               f"{'yuan' if english else '元'} ({tot['judged']}/{tot['circuits']})")
 
 
 users_app = typer.Typer(help="Console users: add (or change a password), remove, list.", no_args_is_help=True)

@@ -15,9 +15,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError,
-                      field_validator, model_validator)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, PrivateAttr, Tag,
+                      ValidationError, field_validator, model_validator)
 
+from .identity import EXAMPLE_SITE_ID
 from .meter_models import SHIPPED_MODELS_DIR, MeterModel, load_models
 from .mqtt_topics import alert_topics, filter_problem, filters_overlap, prefix_problem
 from .rules.models import RULE_KINDS, Rule, check_rules
@@ -150,7 +151,7 @@ class Dlt645Bus(_BusBase):
 
 Bus = Annotated[Union[ModbusTcpBus, ModbusRtuBus, Dlt645Bus], Field(discriminator="type")]
 BUS_TYPES = ("modbus_tcp", "modbus_rtu", "dlt645")
-UNION_TAGS = BUS_TYPES + ("serial", "mqtt", "wand") + RULE_KINDS
+UNION_TAGS = BUS_TYPES + ("serial", "mqtt", "wand", "modbus") + RULE_KINDS
 
 
 class Meter(_Strict):
@@ -240,6 +241,9 @@ class MqttConfig(_Strict):
     tls: bool = False
     ca_file: PathText | None = None
     keepalive_s: int = Field(default=30, ge=5, le=600)
+    # how often the box says who it is on `<site>/gateway/info` (gateway/identity.py); another box
+    # on the same site id counts as present for 3 × this after its last announcement
+    announce_s: float = Field(default=60, ge=0.5, le=3600)
 
 
 class _SerialLine(_Strict):
@@ -600,6 +604,245 @@ class Web(_Strict):
         return self
 
 
+# ---- public lighting (gateway/lighting/) ----------------------------------------------------
+
+class ModbusOutput(_Strict):
+    """A relay or contactor output on a Modbus relay module. Most modules expose outputs as coils
+    (read FC01, write FC05); some as holding registers (read FC03, write FC06) where `on_value`
+    means on. `inverted`: the output is wired so that energised means the lights are off."""
+
+    id: Id
+    name: str = ""
+    type: Literal["modbus"] = "modbus"
+    bus: str
+    unit: int = Field(ge=1, le=247)
+    kind: Literal["coil", "holding"] = "coil"
+    address: int = Field(ge=0, le=65535)
+    inverted: bool = False
+    on_value: int = Field(default=1, ge=0, le=65535, description="holding registers: the value that means on")
+    off_value: int = Field(default=0, ge=0, le=65535, description="holding registers: the value that means off")
+
+    @model_validator(mode="after")
+    def _values(self) -> "ModbusOutput":
+        if self.on_value == self.off_value:
+            raise ValueError(f"on_value and off_value are both {self.on_value}: the output could not be read back")
+        if self.kind == "coil" and (self.on_value, self.off_value) != (1, 0):
+            raise ValueError("on_value/off_value are for kind: holding (a coil is on or off)")
+        return self
+
+
+def _topic_name(value: str) -> str | None:
+    from .mqtt_topics import name_problem
+    return name_problem(value)
+
+
+TopicName = Annotated[str, _checked(_topic_name)]
+
+
+class MqttOutput(_Strict):
+    """A smart switch on MQTT: the gateway publishes `payload_on`/`payload_off` to
+    `command_topic` and reads the switch's state back from `state_topic`."""
+
+    id: Id
+    name: str = ""
+    type: Literal["mqtt"]
+    command_topic: TopicName
+    state_topic: TopicFilter
+    payload_on: str = "ON"
+    payload_off: str = "OFF"
+    state_on: str | None = None      # default: payload_on
+    state_off: str | None = None     # default: payload_off
+    inverted: bool = False
+
+    @model_validator(mode="after")
+    def _payloads(self) -> "MqttOutput":
+        if self.payload_on == self.payload_off:
+            raise ValueError("payload_on and payload_off must differ")
+        if (self.state_on or self.payload_on) == (self.state_off or self.payload_off):
+            raise ValueError("state_on and state_off must differ")
+        return self
+
+
+def _output_type(v: Any) -> str:
+    t = v.get("type", "modbus") if isinstance(v, dict) else getattr(v, "type", "modbus")
+    return t if t in ("modbus", "mqtt") else "modbus"
+
+
+Output = Annotated[Union[Annotated[ModbusOutput, Tag("modbus")], Annotated[MqttOutput, Tag("mqtt")]],
+                   Discriminator(_output_type)]
+
+_MOMENT = re.compile(r"^(?:(?P<sun>sunset|sunrise)\s*(?:(?P<sign>[+-])\s*(?P<off>\d{1,3}))?|"
+                     r"(?P<h>[01]\d|2[0-3]):(?P<m>[0-5]\d))$")
+MAX_SUN_OFFSET_MIN = 120
+
+
+def parse_moment(text: str) -> tuple[str, int]:
+    """'sunset+15' -> ('sunset', 15); 'sunrise-10' -> ('sunrise', -10); '18:30' -> ('fixed', 1110)
+    (minutes after local midnight). ValueError with a line for people."""
+    m = _MOMENT.match(text.strip()) if isinstance(text, str) else None
+    if m is None:
+        raise ValueError(f"{_show(text)} is not a switching time: write sunset, sunset+15, sunrise-10 or 18:30")
+    if m["sun"]:
+        off = int(m["off"] or 0) * (-1 if m["sign"] == "-" else 1)
+        if abs(off) > MAX_SUN_OFFSET_MIN:
+            raise ValueError(f"{_show(text)}: an offset from {m['sun']} of at most {MAX_SUN_OFFSET_MIN} minutes")
+        return m["sun"], off
+    return "fixed", int(m["h"]) * 60 + int(m["m"])
+
+
+def _evening(text: str) -> str:
+    kind, v = parse_moment(text)
+    if kind == "sunrise" or (kind == "fixed" and v < 13 * 60):
+        raise ValueError(f"{_show(text)}: the lights go on in the evening: sunset±minutes or a time from 13:00 "
+                         "to 23:59")
+    return text
+
+
+def _morning(text: str) -> str:
+    kind, v = parse_moment(text)
+    if kind == "sunset" or (kind == "fixed" and v >= 12 * 60):
+        raise ValueError(f"{_show(text)}: the lights go off in the morning: sunrise±minutes or a time from 00:00 "
+                         "to 11:59")
+    return text
+
+
+EveningTime = Annotated[str, AfterValidator(_evening)]
+MorningTime = Annotated[str, AfterValidator(_morning)]
+ClockTime = Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")]
+_SPAN = re.compile(r"^(\d{4}-\d\d-\d\d)(?:\.\.(\d{4}-\d\d-\d\d))?$")
+_SEASON = re.compile(r"^(\d\d-\d\d)\.\.(\d\d-\d\d)$")
+
+
+def parse_date_span(text: Any) -> tuple[date, date]:
+    """'2027-02-05' or '2027-02-05..2027-02-20' (both days included)."""
+    if isinstance(text, date):
+        return text, text
+    m = _SPAN.match(text) if isinstance(text, str) else None
+    try:
+        a = date.fromisoformat(m[1]) if m else None
+        b = date.fromisoformat(m[2]) if m and m[2] else a
+    except ValueError as e:
+        raise ValueError(f"{_show(text)}: {e}") from None
+    if a is None:
+        raise ValueError(f"{_show(text)} is not a date or a span of dates (2027-02-05 or 2027-02-05..2027-02-20)")
+    if b < a:
+        raise ValueError(f"{_show(text)}: the span ends before it begins")
+    return a, b
+
+
+def parse_season(text: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """'11-01..03-31' -> ((11, 1), (3, 31)): every year, wrapping over the new year."""
+    m = _SEASON.match(text) if isinstance(text, str) else None
+    out = []
+    for part in (m.groups() if m else ()):
+        mm, dd = int(part[:2]), int(part[3:])
+        try:
+            date(2024, mm, dd)  # a leap year: 02-29 is a day
+        except ValueError:
+            m = None
+            break
+        out.append((mm, dd))
+    if not m:
+        raise ValueError(f"{_show(text)} is not a season: month-day..month-day, e.g. 11-01..03-31")
+    return out[0], out[1]
+
+
+def _span_text(v: Any) -> Any:
+    return v.isoformat() if isinstance(v, date) else v
+
+
+DateSpan = Annotated[str, BeforeValidator(_span_text), AfterValidator(lambda v: (parse_date_span(v), v)[1])]
+Season = Annotated[str, AfterValidator(lambda v: (parse_season(v), v)[1])]
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def _no_bare_on_off(data: Any) -> Any:
+    """YAML 1.1 reads a bare on/off/yes/no key as true/false: say which key was meant."""
+    if isinstance(data, dict) and any(isinstance(k, bool) for k in data):
+        raise ValueError("a key reads as true/false: YAML takes a bare on/off/yes/no as a boolean; write "
+                         "lights_on / lights_off (curfew: from / until)")
+    return data
+
+
+class Curfew(_Strict):
+    """Part of the lights off `from` a time (e.g. 23:30, or 00:30 after midnight) `until` a time
+    before dawn (none: off until morning); `until` is skipped when dawn comes first."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    from_: ClockTime = Field(alias="from")
+    until: ClockTime | None = None
+
+    _bare = model_validator(mode="before")(classmethod(lambda cls, d: _no_bare_on_off(d)))
+
+
+class _Switching(_Strict):
+    mode: Literal["schedule", "always_on", "always_off"] | None = None
+    lights_on: EveningTime | None = None
+    lights_off: MorningTime | None = None
+    curfew: Curfew | Literal["none"] | None = None
+
+    _bare = model_validator(mode="before")(classmethod(lambda cls, d: _no_bare_on_off(d)))
+
+
+class ScheduleException(_Switching):
+    """A variant of a schedule for some nights, by the date of the evening. Every condition
+    given must hold; the first exception that matches a night wins."""
+
+    name: str = ""
+    dates: list[DateSpan] = Field(default_factory=list)
+    season: Season | None = None
+    weekdays: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(default_factory=list)
+    holidays: list[Id] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _has_condition(self) -> "ScheduleException":
+        if not (self.dates or self.season or self.weekdays or self.holidays):
+            raise ValueError("an exception needs at least one of dates, season, weekdays, holidays")
+        if self.mode is None and self.lights_on is None and self.lights_off is None and self.curfew is None:
+            raise ValueError("an exception changes at least one of mode, lights_on, lights_off, curfew")
+        return self
+
+
+class LightingSchedule(_Switching):
+    id: Id
+    name: str = ""
+    lights_on: EveningTime = "sunset"
+    lights_off: MorningTime = "sunrise"
+    exceptions: list[ScheduleException] = Field(default_factory=list)
+
+
+class LightingCircuit(_Strict):
+    id: Id
+    name: str = ""
+    outputs: list[str] = Field(min_length=1)
+    meters: list[str] = Field(default_factory=list, description="the meters that measure the circuit")
+    schedule: str
+    idle_kw: float = Field(default=0.05, ge=0, description="power at or below which the circuit is off; above "
+                           "it while commanded off: a stuck contactor or a manual bypass")
+    lit_kw: float | None = Field(default=None, gt=0, description="power above which the circuit is lit "
+                                 "(default: idle_kw); at or below it while commanded on: breaker tripped or lamps out")
+    min_on_minutes: float | None = Field(default=None, ge=0, le=240)
+    min_off_minutes: float | None = Field(default=None, ge=0, le=240)
+    baseline: DateSpan | None = Field(default=None, description="the days before the schedule changed, "
+                                      "the circuit's own baseline for what the schedule saves")
+
+
+class Lighting(_Strict):
+    holidays: dict[Id, list[DateSpan]] = Field(default_factory=dict, description="named nights, by the date of "
+                                               "the evening; spring_festival is known (eve to Lantern Festival)")
+    schedules: list[LightingSchedule] = Field(default_factory=list)
+    circuits: list[LightingCircuit] = Field(default_factory=list)
+    min_on_minutes: float = Field(default=10, ge=0, le=240)
+    min_off_minutes: float = Field(default=10, ge=0, le=240)
+    stagger_s: float = Field(default=2.0, ge=0, le=60, description="time between two circuits switched together")
+    verify_s: float = Field(default=120, ge=5, le=3600, description="time the circuit's meter has to agree")
+    settle_s: float = Field(default=3, ge=0, le=300, description="readings this soon after a switching are not "
+                            "judged (lamps starting, the meter's averaging)")
+    readback_retries: int = Field(default=3, ge=0, le=10)
+    check_every_s: float = Field(default=60, ge=1, le=3600, description="how often every output is read back")
+    timeout_s: float | None = Field(default=None, gt=0, le=30, description="per exchange; default the bus's")
+
+
 class SiteConfig(_Strict):
     site: SiteInfo
     storage: Storage = Storage()
@@ -618,6 +861,8 @@ class SiteConfig(_Strict):
     allocation: Allocation = Allocation()
     web: Web = Web()
     users: list[User] = Field(default_factory=list)
+    outputs: list[Output] = Field(default_factory=list)
+    lighting: Lighting = Field(default_factory=lambda: Lighting())
 
     @field_validator("tariffs")
     @classmethod
@@ -665,6 +910,9 @@ class SiteConfig(_Strict):
 
     def meter(self, meter_id: str) -> Meter:
         return next(m for m in self.meters if m.id == meter_id)
+
+    def output(self, output_id: str) -> ModbusOutput | MqttOutput:
+        return next(o for o in self.outputs if o.id == output_id)
 
     @property
     def storage_path(self) -> Path:
@@ -795,6 +1043,7 @@ def _cross_check(data: dict, models: dict[str, MeterModel]) -> list[str]:
             seen_users[name] = i
     problems.extend(_check_access_patrol(data))
     problems.extend(_check_topics(data))
+    problems.extend(_check_lighting(data, buses, meter_ids))
     problems.extend(check_rules(data))
     allocation = data.get("allocation")
     for i, g in _entries(allocation, "groups"):
@@ -905,6 +1154,83 @@ def _check_access_patrol(data: dict) -> list[str]:
     return problems
 
 
+BUILTIN_HOLIDAYS = ("spring_festival",)
+
+
+def _check_lighting(data: dict, buses: dict[str, dict], meter_ids: dict[str, int]) -> list[str]:
+    """Outputs on buses that exist and speak Modbus, at a place no meter or other output holds;
+    circuits naming outputs, meters and schedules that exist, each output switched by one circuit."""
+    problems: list[str] = []
+    outputs = _unique(problems, "outputs", _entries(data, "outputs"))
+    meters_at: dict[tuple[str, int], int] = {}
+    for i, m in _entries(data, "meters"):
+        if isinstance(m.get("bus"), str) and isinstance(m.get("unit"), int):
+            meters_at.setdefault((m["bus"], m["unit"]), i)
+    places: dict[tuple, int] = {}
+    uses_mqtt = False
+    for i, o in _entries(data, "outputs"):
+        if o.get("type") == "mqtt":
+            uses_mqtt = True
+            continue
+        bus_id, unit = _text(o.get("bus")), o.get("unit")
+        if bus_id is None:
+            continue
+        bus = buses.get(bus_id)
+        if bus is None:
+            problems.append(f"outputs[{i}].bus: no bus named '{bus_id}' (buses: {_known(buses)})")
+            continue
+        if bus.get("type") == "dlt645":
+            problems.append(f"outputs[{i}].bus: bus '{bus_id}' is a DL/T 645 line: relay modules speak Modbus")
+            continue
+        if not isinstance(unit, int) or isinstance(unit, bool):
+            continue
+        if (bus_id, unit) in meters_at:
+            j = meters_at[(bus_id, unit)]
+            problems.append(f"outputs[{i}].unit: unit {unit} on bus '{bus_id}' is meter meters[{j}] "
+                            f"('{data['meters'][j].get('id')}'): a relay module needs its own unit id")
+        kind, address = o.get("kind", "coil"), o.get("address")
+        if not isinstance(kind, str) or not isinstance(address, int) or isinstance(address, bool):
+            continue  # the models say what is wrong with them
+        place = (bus_id, unit, kind, address)
+        if place in places:
+            j = places[place]
+            problems.append(f"outputs[{i}].address: {place[2]} {place[3]} of unit {unit} on bus '{bus_id}' is "
+                            f"already outputs[{j}] ('{data['outputs'][j].get('id')}')")
+        else:
+            places[place] = i
+    if uses_mqtt and not isinstance(data.get("mqtt"), dict):
+        problems.append("mqtt: required, because outputs use MQTT topics")
+    lighting = data.get("lighting")
+    schedules = _unique(problems, "lighting.schedules", _entries(lighting, "schedules"))
+    _unique(problems, "lighting.circuits", _entries(lighting, "circuits"))
+    holidays = set(BUILTIN_HOLIDAYS)
+    if isinstance(lighting, dict) and isinstance(lighting.get("holidays"), dict):
+        holidays |= {k for k in lighting["holidays"] if isinstance(k, str)}
+    for i, sch in _entries(lighting, "schedules"):
+        for j, e in _entries(sch, "exceptions"):
+            for k, h in _names(e.get("holidays")):
+                if h not in holidays:
+                    problems.append(f"lighting.schedules[{i}].exceptions[{j}].holidays[{k}]: no holiday named "
+                                    f"'{h}' (known: {_known(holidays)}; name more in lighting.holidays)")
+    switched: dict[str, str] = {}
+    for i, c in _entries(lighting, "circuits"):
+        where = f"lighting.circuits[{i}]"
+        sch = _text(c.get("schedule"))
+        if sch is not None and sch not in schedules:
+            problems.append(f"{where}.schedule: no schedule named '{sch}' (schedules: {_known(schedules)})")
+        for j, o in _names(c.get("outputs")):
+            if o not in outputs:
+                problems.append(f"{where}.outputs[{j}]: no output named '{o}' (outputs: {_known(outputs)})")
+            elif o in switched:
+                problems.append(f"{where}.outputs[{j}]: output '{o}' is already switched by {switched[o]}")
+            else:
+                switched[o] = f"{where} ('{c.get('id')}')"
+        for j, m in _names(c.get("meters")):
+            if m not in meter_ids:
+                problems.append(f"{where}.meters[{j}]: no meter named '{m}'")
+    return problems
+
+
 def default_alert_prefix(site_id: str) -> str:
     return f"{site_id}/alerts"
 
@@ -993,6 +1319,9 @@ def _check_buildings(cfg: SiteConfig) -> list[str]:
 def site_warnings(cfg: SiteConfig) -> list[str]:
     """What is allowed but most likely a mistake: `gateway check-config` shows it and exits 0."""
     out = []
+    if cfg.site.id == EXAMPLE_SITE_ID:
+        out.append(f"site.id: '{EXAMPLE_SITE_ID}' is the example site's id: give each estate its own (head office "
+                   f"tells estates apart by it; two estates with one id merge their data)")
     for i, t in enumerate(cfg.tariffs):
         for period, price in t.named_prices():
             if implausible_price(price):

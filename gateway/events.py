@@ -39,6 +39,26 @@ class DeviceStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class LightingCommand:
+    """A lighting circuit commanded on or off (gateway/lighting/control.py), with who and why.
+
+    `source`: plan | override | emergency | reassert (the module had lost it) | restart (the
+    state found at start, adopted without switching). `result`: confirmed (read back as
+    written) | unchanged (already so: nothing written) | mismatch (read back otherwise after
+    the retries) | no_answer (the module did not answer) | held (not switched: see `detail`)."""
+
+    circuit: str
+    ts: datetime
+    on: bool
+    source: str
+    by: str
+    reason: str
+    result: str
+    detail: str = ""
+    latency_s: float | None = None     # from the first write to the confirming readback
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayStats:
     """The gateway's own health, published periodically (self metrics)."""
 
@@ -107,6 +127,7 @@ class Alert:
     acked_at: datetime | None = None
     value: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    revision: int = 0           # changes announced so far: the first (raised) is 1
 
     @property
     def open(self) -> bool:

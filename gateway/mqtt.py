@@ -108,6 +108,7 @@ class _Subscription:
     topic_filter: str
     handler: Handler
     qos: int
+    own: bool = False       # listens on one of the gateway's own topics (its announcements)
     failing: bool = False   # inside a failure episode (logged once)
     errors: int = 0
     active: bool = False    # granted by the broker on the current connection
@@ -230,15 +231,16 @@ class MqttLink:
 
     # ---- subscriptions ----
 
-    def subscribe(self, topic_filter: str, handler: Handler, qos: int | None = None) -> None:
+    def subscribe(self, topic_filter: str, handler: Handler, qos: int | None = None, own: bool = False) -> None:
         """Call `handler(topic, payload, arrived_utc)` for every message matching the filter.
 
         May be called before or after `run()` starts; subscriptions are renewed after every
         connect. A handler is a plain callable: it must not block (hand work to a queue or the
-        hub), and an exception it raises is logged (once per episode) and counted.
+        hub), and an exception it raises is logged (once per episode) and counted. With `own`,
+        the handler listens on the gateway's own topics (`own()`) and is given only those.
         """
         aiomqtt.Wildcard(topic_filter)  # raises ValueError on a malformed filter
-        sub = _Subscription(topic_filter, handler, self.settings.qos if qos is None else qos)
+        sub = _Subscription(topic_filter, handler, self.settings.qos if qos is None else qos, own)
         self._subs.append(sub)
         self._remember()
         session = self._session
@@ -419,7 +421,8 @@ class MqttLink:
                                 topic, len(payload), self.settings.max_payload)
                 return
             self._oversize_topics.discard(topic)
-            if any(topic_matches(f, topic) for f in self._own):
+            mine = any(topic_matches(f, topic) for f in self._own)
+            if mine and not any(sub.own and topic_matches(sub.topic_filter, topic) for sub in self._subs):
                 self.own_messages += 1
                 if topic not in self._own_topics:
                     if len(self._own_topics) >= _EPISODE_KEYS_MAX:
@@ -431,7 +434,7 @@ class MqttLink:
             arrived = self._now()
             matched = False
             for sub in self._subs:
-                if not topic_matches(sub.topic_filter, topic):
+                if sub.own != mine or not topic_matches(sub.topic_filter, topic):
                     continue
                 matched = True
                 try:

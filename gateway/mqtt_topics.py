@@ -88,5 +88,5 @@ def filters_overlap(a: str, b: str) -> bool:
 
 def alert_topics(prefix: str) -> str:
     """The filter of every topic the gateway publishes: alerts `<prefix>/<rule>/<source>`
-    (gateway/runtime.py alert_messages; nothing else is published)."""
+    (gateway/sinks/alert_message.py; nothing else is published)."""
     return f"{prefix}/+/+"

@@ -64,7 +64,8 @@ from .config import SiteConfig, parse_site
 from .events import AlertChange
 from .mqtt import MqttLink, MqttSettings, topic_matches
 from .recording import read
-from .runtime import Gateway, alert_messages
+from .runtime import Gateway
+from .sinks.alert_message import alert_messages
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +247,7 @@ class _ReplayLink(MqttLink):
 class _ReplayGateway(Gateway):
     def __init__(self, cfg: SiteConfig, clock: LoopClock, loop: VirtualTimeLoop, on_dispatch: Callable,
                  on_serial: Callable[[str, int], None], first_polls: dict[str, datetime], exchanging: set[str]):
-        super().__init__(cfg, clock=clock)
+        super().__init__(cfg, clock=clock, announce=False)   # a recording is not a box on a site
         self._vloop = loop
         self._exchanging = exchanging      # buses with an exchange in progress (their answers are awaited)
         self._on_dispatch = on_dispatch

@@ -21,40 +21,29 @@ from .events import AlertChange, CardSwipe, DeviceStatus, DoorEvent, GatewayStat
 from .hub import Hub
 from .ledger.queries import bus_statuses, read_only
 from .ledger import Ledger
+from .sinks.alert_message import alert_messages
 
 log = logging.getLogger(__name__)
 
 
-def alert_messages(change: AlertChange, prefix: str) -> list[tuple[str, str | bytes, bool]]:
-    """The MQTT messages of one alert change: (topic, payload, retain). An open alert's message
-    is retained, so a console that connects later sees it; a cleared one is said once and its
-    retained message deleted (an empty retained payload)."""
-    import json
-    a = change.alert
-    topic = f"{prefix}/{a.rule}/{a.source.replace('/', '_').replace('+', '_').replace('#', '_')}"
-    body = json.dumps({"id": a.id, "rule": a.rule, "kind": a.kind, "source": a.source, "severity": a.severity,
-                       "state": a.state, "event": change.what, "message": a.message, "message_en": a.message_en,
-                       "raised_at": a.raised_at.isoformat(), "updated_at": a.updated_at.isoformat(),
-                       "acked_by": a.acked_by, "ack_note": a.ack_note, "value": a.value}, ensure_ascii=False)
-    if a.state == "cleared":
-        return [(topic, body, False), (topic, b"", True)]
-    return [(topic, body, True)]
-
-
 def build_buses(cfg: SiteConfig, publish, clock: Clock = REAL_CLOCK) -> list[ModbusBus | Dlt645Bus]:
-    """One scheduler per bus with enabled meters; the driver class by the bus's type."""
+    """One scheduler per bus with enabled meters or lighting outputs (their commands share the
+    line with the polls); the driver class by the bus's type."""
     by_bus = defaultdict(list)
     for m in cfg.meters:
         if m.enabled:
             by_bus[m.bus].append((m, cfg.models[m.model]))
+    switched = {o for c in cfg.lighting.circuits for o in c.outputs}
+    with_outputs = {o.bus for o in cfg.outputs if o.type == "modbus" and o.id in switched}
     return [(Dlt645Bus if b.type == "dlt645" else ModbusBus)(b, by_bus[b.id], publish, clock)
-            for b in cfg.buses if by_bus[b.id]]
+            for b in cfg.buses if by_bus[b.id] or b.id in with_outputs]
 
 
 class Gateway:
     def __init__(self, cfg: SiteConfig, clock: Clock = REAL_CLOCK, record: Path | None = None,
-                 web_users: list | None = None):
+                 web_users: list | None = None, announce: bool = True):
         self.cfg = cfg
+        self.announce = announce              # say who this box is on <site>/gateway/info (not in a replay)
         self.web_users = web_users or []      # users beyond the site file's (the demo's)
         self.web = None                       # the console's WebContext once it runs
         self.web_address = None
@@ -70,6 +59,7 @@ class Gateway:
         self.record_path = record
         self.recorder = None
         self.field_drivers: list = []
+        self.lighting = None                 # the lighting controller (gateway/lighting/control.py)
         self._stop = asyncio.Event()
         self.started_at = None               # when run() began: what the ledger holds is from before
         self.restored = None                 # what the rules got back from the ledger (rules.restore.Restored)
@@ -249,11 +239,52 @@ class Gateway:
 
             from .sinks.webhook import Webhook
             self.webhooks = [Webhook(w.name, os.environ.get(w.url_env, ""), w.format, set(w.severities),
-                                     self.cfg.site.name, ZoneInfo(self.cfg.site.timezone), w.timeout_s)
+                                     self.cfg.site.name, ZoneInfo(self.cfg.site.timezone), w.timeout_s,
+                                     site_id=self.cfg.site.id)
                              for w in self.cfg.alerts.webhooks]
             runs += [(f"webhook {w.name}", w.run) for w in self.webhooks]
             runs.append(("webhook feeder", self._feed_webhooks))
         return runs
+
+    def _identity(self) -> list:
+        """`<site>/gateway/info`: announce this box, and raise an alarm when another uses our site id."""
+        if self.mqtt is None or not self.announce:
+            return []
+        from .identity import SITE_IDENTITY_RULE, Identity, IdentityWatch, box_id, info_topic
+        site = self.cfg.site
+        me = Identity(site.id, site.name, box_id(self.cfg.storage_path), self.started_at or self.clock.now())
+
+        def conflict(other, at) -> None:
+            if self.rules is not None:
+                self.rules.book.raise_(
+                    SITE_IDENTITY_RULE, other.box, kind="identity", severity="critical", at=at,
+                    message=f"站点编号 {site.id} 同时被另一台网关使用（主机 {other.host}，编号 {other.box}）："
+                            f"总部会把两个小区的数据混在一起，请给每个小区设置各自的 site.id",
+                    message_en=f"site id {site.id} is also used by another gateway (host {other.host}, box "
+                               f"{other.box}): head office would merge two estates' data; give each estate its "
+                               f"own site.id", details={"box": other.box, "host": other.host})
+
+        def gone(other, at) -> None:
+            if self.rules is not None:
+                self.rules.book.clear(SITE_IDENTITY_RULE, other.box, at, "the other gateway fell silent")
+
+        every = self.cfg.mqtt.announce_s
+        watch = IdentityWatch(me, conflict, gone, every)
+        topic = info_topic(site.id)
+        self.mqtt.own(topic)            # a reader on `<site>/#` must not take announcements as input
+        self.mqtt.subscribe(topic, watch.handle, own=True)
+
+        async def announce() -> None:
+            said, trusted = None, None
+            while True:
+                now = self.clock.now()
+                now_trusted = self.timesync is None or self.timesync.settled
+                if said is None or now_trusted != trusted or self.clock.monotonic() - said >= every:
+                    said, trusted = self.clock.monotonic(), now_trusted
+                    await self.mqtt.publish(topic, me.message(now, now_trusted), retain=True)
+                watch.tick(now)
+                await asyncio.sleep(min(5.0, every))
+        return [("gateway identity", announce)]
 
     async def _feed_webhooks(self) -> None:
         sub = self.hub.subscribe(AlertChange, name="webhooks")
@@ -344,19 +375,21 @@ class Gateway:
 
     def ack_alert(self, alert_id: str, by: str, note: str):
         """A person acknowledges an open alert (CLI or console); recorded with the traffic."""
-        alert = self.rules.ack(alert_id, by, note, self.clock.now())
+        alert = self.rules.ack(alert_id, by, note, self.clock.now()) if self.rules is not None else None
+        if alert is None and self.lighting is not None:
+            alert = self.lighting.book.ack(alert_id, by, note, self.clock.now())
         if alert is not None and self.recorder is not None:
             self.recorder.ack(self.clock.now(), alert.rule, alert.source, by, note)
         return alert
 
     async def _publish_alerts(self) -> None:
         """`<prefix>/<rule>/<source>`: JSON, retained while the alert is open; deleted when cleared."""
-        prefix = self.cfg.alert_prefix
+        prefix, site = self.cfg.alert_prefix, self.cfg.site
         sub = self.hub.subscribe(AlertChange, name="alert publisher")
         try:
             while True:
                 for change in await sub.get_batch():
-                    for topic, body, retain in alert_messages(change, prefix):
+                    for topic, body, retain in alert_messages(change, prefix, site.id, site.name):
                         await self.mqtt.publish(topic, body, retain=retain)
         finally:
             sub.close()
@@ -398,9 +431,10 @@ class Gateway:
                      for b in self.buses]
         status_task = (asyncio.create_task(self._report(status_every_s), name="status")
                        if status_every_s else None)
-        if self.cfg.mqtt and (self.cfg.rules or self.cfg.card_readers or self.cfg.doors or self.cfg.patrol.readers):
+        if self.cfg.mqtt:
             self.mqtt = self._mqtt_link()
-        runs = clock_runs + self._field_devices() + self._alerting() + self._storage_care()
+        runs = (clock_runs + self._field_devices() + self._alerting() + self._lighting() + self._identity()
+                + self._storage_care())
         if self.record_path:
             runs.append(("recorder", self._flush_recording))
         if self.mqtt is not None:
@@ -442,6 +476,27 @@ class Gateway:
                 await asyncio.gather(*side_tasks, return_exceptions=True)
             self.ledger.close()
             log.info("gateway stopped: %s", self._summary_line())
+
+    def _lighting(self) -> list:
+        """The lighting controller, when the site file has lighting circuits."""
+        if not self.cfg.lighting.circuits:
+            return []
+        from .lighting.control import LightingControl
+        from .lighting.outputs import make_ports
+        ports = make_ports(self.cfg, {b.bus.id: b for b in self.buses if isinstance(b, ModbusBus)}, self.mqtt)
+        by_meter = {st.meter.id: b for b in self.buses for st in b.meters}
+
+        def poll_soon(meter_id: str) -> None:
+            bus = by_meter.get(meter_id)
+            if bus is not None:
+                bus.poll_soon(meter_id)
+
+        def trusted() -> bool:
+            return self.timesync is None or self.timesync.trusted
+        self.lighting = LightingControl(self.cfg, ports, self.hub.publish, self.clock, self.ledger, trusted,
+                                        poll_soon, readings=self.hub.subscribe(Reading, maxlen=100_000,
+                                                                               name="lighting"))
+        return [("lighting", self.lighting.run)]
 
     def _storage_care(self) -> list:
         """Retention once after start and then hourly, and the disk guard the ledger asks before

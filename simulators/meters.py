@@ -42,6 +42,9 @@ class SimMeter:
         self.exception: int | None = None
         self.corrupt_crc = False
         self.lights_on_daytime = False
+        # Whether the circuit is energised at a time (its contactor, simulators/relays.py): the
+        # lighting circuits the gateway switches. None: the profile's own habits.
+        self.feed: Callable[[float], bool] | None = None
 
         rng = random.Random(f"energy:{seed}")
         self._import_kwh = rng.uniform(1_000.0, 50_000.0)
@@ -54,6 +57,11 @@ class SimMeter:
     # ---- energy ---------------------------------------------------------------------------
 
     def _power(self, t: float) -> float:
+        if self.feed is not None:
+            if not self.feed(t):
+                return 0.0
+            if self.circuit == "street_lighting":   # energised: lit, whatever the sun
+                return self.profile.power_kw(t, lights_on_daytime=True)
         return self.profile.power_kw(t, lights_on_daytime=self.lights_on_daytime)
 
     def _advance(self, now: float) -> None:
@@ -96,14 +104,15 @@ class SimMeter:
     def _snapshot(self) -> dict[str, tuple[float, list[int]]]:
         """field name -> (shown value, register words), computed once per clock reading."""
         now = self.clock()
-        if (now, self.lights_on_daytime) != self._snap_key:
+        key = (now, self.lights_on_daytime, self.feed(now) if self.feed is not None else None)
+        if key != self._snap_key:
             eng = self._engineering(now)
             snap = {}
             for f in self.model.fields:
                 words = f.encode_raw(f.raw_for(self._value_for(f, eng)))
                 wire = b"".join(w.to_bytes(2, "big") for w in words)
                 snap[f.name] = (f.value(f.raw_from_bytes(wire)), words)
-            self._snap, self._snap_key = snap, (now, self.lights_on_daytime)
+            self._snap, self._snap_key = snap, key
         return self._snap
 
     def values(self) -> dict[str, float]:

@@ -12,6 +12,7 @@ from gateway.config import ModbusTcpBus, SiteConfig, parse_site
 from .dlt645 import Dlt645PtyServer, Dlt645SimMeter
 from .meters import SimMeter
 from .modbus_server import LineTiming, MbapServer, ModbusLineServer, RtuPtyServer, RtuTcpServer
+from .relays import Contactor, SimRelayModule
 
 
 def meter_seed(seed: int, meter_id: str) -> int:
@@ -45,6 +46,7 @@ class SiteSimulation:
                                site.timezone, latitude=site.latitude, longitude=site.longitude)
                 by_bus[m.bus][m.unit] = sim
             self._meters[m.id] = sim
+        self._wire_lighting(cfg, by_bus, clock)
         self.servers: dict[str, ModbusLineServer] = {}
         for bus in cfg.buses:
             units = by_bus[bus.id]
@@ -60,6 +62,37 @@ class SiteSimulation:
                           if line_speed else None)
                 self.servers[bus.id] = RtuPtyServer(units, timing)
         self._started = False
+
+    def _wire_lighting(self, cfg: SiteConfig, by_bus: dict[str, dict], clock) -> None:
+        """Relay modules for the site's Modbus outputs, each output driving a contactor, and the
+        lighting circuits' meters fed by their contactors: what the gateway switches is what
+        the meters measure. Outputs start off, as a module fresh from the factory."""
+        self.relays: dict[tuple[str, int], SimRelayModule] = {}
+        self.contactors: dict[str, Contactor] = {}
+        for o in cfg.outputs:
+            if o.type != "modbus":
+                continue
+            key = (o.bus, o.unit)
+            if key not in self.relays:
+                top = max(x.address for x in cfg.outputs if x.type == "modbus" and (x.bus, x.unit) == key)
+                self.relays[key] = SimRelayModule(o.unit, channels=max(16, top + 1), kind=o.kind)
+                by_bus[o.bus][o.unit] = self.relays[key]
+            self.contactors[o.id] = Contactor(clock, inverted=o.inverted)
+            self.relays[key].wire(o.address, self.contactors[o.id])
+        for c in cfg.lighting.circuits:
+            feeds = [self.contactors[o] for o in c.outputs if o in self.contactors]
+            if not feeds:
+                continue
+            for mid in c.meters:
+                self._meters[mid].feed = lambda t, feeds=feeds: any(k.energized(t) for k in feeds)
+
+    def relay(self, output_id: str) -> SimRelayModule:
+        """The relay module that carries an output."""
+        o = self.cfg.output(output_id)
+        return self.relays[(o.bus, o.unit)]
+
+    def contactor(self, output_id: str) -> Contactor:
+        return self.contactors[output_id]
 
     @property
     def meters(self) -> dict[str, SimMeter]:

@@ -107,6 +107,14 @@ async def test_alarm_raised_published_acknowledged_and_cleared(tmp_path, mqtt_br
     # MQTT: the voltage alert is retained (still open); the offline one was deleted (empty retained payload)
     voltage_msgs = [json.loads(p) for t, p, _ in received if t == "wanhu/alerts/voltage-test/B01-stair" and p]
     assert voltage_msgs[0]["state"] == "active" and voltage_msgs[-1]["state"] == "acknowledged"
+    # every message stands alone for head office: its estate, an id unique across estates, and a
+    # revision growing by one with each change of the alarm
+    bodies = [json.loads(p) for _, p, _ in received if p]
+    assert bodies and all((m["site"], m["site_name"], m["alarm_id"], m["schema"]) == ("wanhu", "万户新居", f"wanhu/{m['id']}", 1)
+                          for m in bodies)
+    assert [m["revision"] for m in voltage_msgs] == list(range(1, len(voltage_msgs) + 1))
+    assert [m["revision"] for m in voltage_msgs] == [
+        c.alert.revision for c in seen if c.alert.id == alert_id]
     offline_msgs = [(p, r) for t, p, r in received if t == f"wanhu/alerts/offline/{offline_topic}"]
     assert offline_msgs[-1][0] == b"" and json.loads(offline_msgs[-2][0])["state"] == "cleared"
     async with aiomqtt.Client("127.0.0.1", broker.port) as c:  # a newcomer sees only what is open

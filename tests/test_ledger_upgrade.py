@@ -4,6 +4,7 @@ tests/ledger_v8.py) opened by this gateway loses and changes no row that anythin
 from __future__ import annotations
 
 import json
+from contextlib import closing
 import math
 import shutil
 import sqlite3
@@ -40,6 +41,19 @@ def stored(ledger) -> list[tuple]:
     """Every reading of the site's meters (DAMAGED's newest cannot be read whole, then or now)."""
     return [(r.id, r.meter, r.ts, {k: ("nan" if isinstance(v, float) and math.isnan(v) else v)
                                    for k, v in r.values.items()}, r.counters) for m in METERS for r in ledger.readings(m)]
+
+
+def with_later_fields(read: dict, path) -> dict:
+    """What the release read, with what later releases read besides: an alert's `revision` (head
+    office, issue 17: its changes in alert_history, counted in the release's own ledger) and the
+    lighting commands an episode holds (issue 15: that release had none)."""
+    with closing(sqlite3.connect(path)) as con:
+        revisions = dict(con.execute("SELECT alert_id, count(*) FROM alert_history GROUP BY alert_id"))
+    for a in read["alerts"]:
+        a["revision"] = revisions.get(a["id"], 0)
+    for e in read["unrepaired"]:
+        e["rows"]["lighting_commands"] = 0
+    return read
 
 
 def what_is_read(ledger) -> dict:
@@ -139,6 +153,7 @@ def test_upgrade_keeps_every_row_that_anything_reads(v8, tmp_path):
     want = what_is_read(old)
     want_points = drained(old)
     old.close()
+    want = with_later_fields(want, old_path)
     want_console = console(sqlite3.connect(new_path))
     before = sqlite3.connect(new_path)
     # the release's columns (later schemas may add columns, as allocation runs did)
@@ -184,7 +199,7 @@ def test_an_upgraded_ledger_goes_on_as_a_new_one(v8, tmp_path):
     moved = [ledger.repair_clock(fixes, to_us(T0 + timedelta(hours=4))) for ledger in (old, new)]
     assert moved[0] == moved[1] and moved[0][1]["readings"] > 0
     new.catch_up()
-    assert same(what_is_read(new), what_is_read(old))
+    assert same(what_is_read(new), with_later_fields(what_is_read(old), old.path))
     points = [drained(ledger) for ledger in (old, new)]
     assert sorted(points[1]) == sorted(points[0]) and len(points[0]) > 5 + 70   # repaired and new, once each
     old.close()
@@ -193,7 +208,8 @@ def test_an_upgraded_ledger_goes_on_as_a_new_one(v8, tmp_path):
 
 def test_an_upgrade_cut_short_goes_on_at_the_next_start(v8, tmp_path, monkeypatch):
     path = copy(v8, tmp_path)
-    want = what_is_read(store_v8.Ledger(copy(v8, tmp_path, "old.db")))
+    old = store_v8.Ledger(copy(v8, tmp_path, "old.db"))
+    want = with_later_fields(what_is_read(old), old.path)
     monkeypatch.setattr(store, "UPGRADE_ROWS", 100)
     chunks = []
 
@@ -214,3 +230,30 @@ def test_an_upgrade_cut_short_goes_on_at_the_next_start(v8, tmp_path, monkeypatc
     for k in want:
         assert same(got[k], want[k]), k
     ledger.close()
+
+
+def test_a_ledger_of_the_lighting_release_before_the_write_path_upgrades(tmp_path):
+    """The release that brought lighting numbered its migration 10, the write path's number here:
+    its ledgers have lighting's tables at version 10 and the old readings table."""
+    path = tmp_path / "lighting.db"
+    con = sqlite3.connect(path)
+    for v, script in enumerate(schema.MIGRATIONS[:schema.WRITE_PATH_VERSION - 1]):
+        con.executescript(script)
+        con.execute(f"PRAGMA user_version = {v + 1}")
+    con.executescript(schema.MIGRATIONS[-1])
+    con.execute(f"PRAGMA user_version = {schema.WRITE_PATH_VERSION}")
+    con.execute("INSERT INTO lighting_commands (ts_us, circuit, state, source, by, reason, result) "
+                "VALUES (1, 'L1', 1, 'plan', 'plan', 'dusk', 'confirmed')")
+    con.commit()
+    con.close()
+    ledger = store.Ledger(path)
+    try:
+        assert ledger.last_lighting_switch() == {"L1": (1, True)}
+        ledger.add(Reading("A-stair", T0, {"energy_kwh": 5.0}, {"energy_kwh": Decimal("5.00")}))
+        ledger.flush()
+        assert ledger.count_readings("A-stair") == 1
+    finally:
+        ledger.close()
+    con = sqlite3.connect(path)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
+    con.close()

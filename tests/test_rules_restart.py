@@ -537,6 +537,11 @@ async def test_gateway_restarted_takes_its_alerts_back(tmp_path, mqtt_broker):  
     assert [(c.what, c.alert.rule, c.alert.details.get("cleared_because")) for c in seen2 if c.what != "updated"] == \
         [("cleared", "old-test", "rule removed from the site file")]
     assert all(c.alert.id == raised.id for c in seen2 if c.what == "updated")
+    # revisions go on from the ledger's history: head office orders a restarted box's messages
+    old_changes = [c.alert.revision for c in seen1 if c.alert.rule == "old-test"]
+    assert old_changes == list(range(1, len(old_changes) + 1))
+    (cleared,) = [c.alert for c in seen2 if c.what == "cleared"]
+    assert cleared.revision == len(old_changes) + 1
     assert second.restored.alerts == 1 and second.restored.cleared == 1 and second.restored.counters == 2
     db = sqlite3.connect(tmp_path / "gw.db")
     assert sorted(db.execute("SELECT rule, state, id = ? FROM alerts", (raised.id,)).fetchall()) == \

@@ -149,7 +149,7 @@ async def test_scenario_alerts_reach_an_mqtt_subscriber(name, cfg, mqtt_broker):
     import aiomqtt
 
     from gateway.mqtt import MqttLink, MqttSettings
-    from gateway.runtime import alert_messages
+    from gateway.sinks.alert_message import alert_messages
 
     broker = mqtt_broker()
     link = MqttLink(MqttSettings(host="127.0.0.1", port=broker.port, client_id="replay-gateway"))

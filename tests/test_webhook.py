@@ -45,7 +45,8 @@ async def server(fail_first: int):
 
 async def test_failing_webhook_is_retried_in_order_and_filters_severity():
     runner, url, got, calls = await server(fail_first=3)
-    w = Webhook("duty", url, "json", {"critical"}, "万户新居", ZoneInfo("Asia/Shanghai"), backoff_max_s=0.2)
+    w = Webhook("duty", url, "json", {"critical"}, "万户新居", ZoneInfo("Asia/Shanghai"), backoff_max_s=0.2,
+                site_id="wanhu")
     task = asyncio.create_task(w.run())
     try:
         for n in (1, 2, 3):
@@ -55,6 +56,8 @@ async def test_failing_webhook_is_retried_in_order_and_filters_severity():
             while len(got) < 3:
                 await asyncio.sleep(0.05)
         assert [g["source"] for g in got] == ["B01-stair", "B02-stair", "B03-stair"]
+        assert {(g["site"], g["site_name"], g["alarm_id"]) for g in got} == {
+            ("wanhu", "万户新居", f"wanhu/{g['id']}") for g in got}     # the MQTT message's contract
         assert calls["n"] == 6 and w.failures == 3 and w.sent == 3
     finally:
         task.cancel()

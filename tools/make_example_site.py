@@ -73,12 +73,81 @@ def main() -> None:
         unit += 1
         lines.append(meter(f"SL{k:02d}", f"路灯回路{k}", "bus-guard", unit, "chint-ddsu666", 30,
                            "street_lighting"))
+    lines += outputs_and_lighting()
     lines += access_and_patrol()
     lines += rules()
     lines += tariffs_and_allocation()
     OUT.write_text("\n".join(lines) + "\n", encoding="utf-8")
     write_cards()
     write_households()
+
+
+RELAY_UNIT = 40  # the 16-channel relay module on each bus (no meter uses this unit id)
+
+
+def outputs_and_lighting() -> list[str]:
+    """Relay modules switching the street-light contactors (guard room) and the stairwell circuits
+    (one module per building meter room), and the switching plans (shared/domain/lighting.md)."""
+    out = ["", "# Relay outputs (16-channel Modbus relay modules, coils 0-15) driving the contactors of the",
+           "# lighting circuits: one module on the guard-room line for the 16 street-light circuits, one in",
+           "# each meter room for its 16 buildings' stairwell circuits. A module with holding registers:",
+           "#   {id: X, bus: B, unit: U, kind: holding, address: 0, on_value: 1, off_value: 0}",
+           "# A smart switch on MQTT:",
+           "#   {id: X, type: mqtt, command_topic: wanhu/sw/x/set, state_topic: wanhu/sw/x/state, payload_on: 'ON', payload_off: 'OFF'}",
+           "outputs:"]
+    for k in range(1, 17):
+        out.append(f"  - {{id: K-SL{k:02d}, name: 路灯回路{k}接触器, bus: bus-guard, unit: {RELAY_UNIT}, kind: coil, "
+                   f"address: {k - 1}}}")
+    for n in range(1, 7):
+        for i, b in enumerate(range(16 * (n - 1) + 1, 16 * n + 1)):
+            out.append(f"  - {{id: K-B{b:02d}-stair, name: {b}号楼楼道照明接触器, bus: bus-n{n}, unit: {RELAY_UNIT}, "
+                       f"kind: coil, address: {i}}}")
+    out += [
+        "",
+        "# Public lighting switched by plan and proven by the circuits' meters (gateway/lighting/).",
+        "# Each road has two circuits on alternate poles: the odd ones burn all night, the even ones",
+        "# go off at the curfew (半夜灯) and on again before dawn. Stairwell circuits (sound/light",
+        "# sensor switches on every landing) are powered from dusk to dawn; the eleven-storey",
+        "# buildings' inner stairwells are dark by day and stay powered.",
+        "lighting:",
+        "  min_on_minutes: 10",
+        "  min_off_minutes: 10",
+        "  stagger_s: 2",
+        "  verify_s: 120",
+        "  holidays:",
+        "    national_day: ['2026-09-30..2026-10-07', '2027-09-30..2027-10-07']",
+        "  schedules:",
+        "    - id: street-all",
+        "      name: 全夜灯",
+        "      lights_on: sunset+10",
+        "      lights_off: sunrise-10",
+        "    - id: street-half",
+        "      name: 半夜灯",
+        "      lights_on: sunset+10",
+        "      lights_off: sunrise-10",
+        "      curfew: {from: '23:30', until: '04:30'}",
+        "      exceptions:",
+        "        - {name: 春节(除夕至元宵)全夜, holidays: [spring_festival, national_day], curfew: none}",
+        "        - {name: 周末晚半小时, weekdays: [fri, sat], curfew: {from: '00:00', until: '04:30'}}",
+        "        - {name: 夏季, season: 05-01..08-31, curfew: {from: '23:30'}}",
+        "    - id: stairwell",
+        "      name: 楼道灯(声光控)",
+        "      lights_on: sunset-15",
+        "      lights_off: sunrise+15",
+        "    - id: stairwell-dark",
+        "      name: 暗楼道(全天)",
+        "      mode: always_on",
+        "  circuits:",
+    ]
+    for k in range(1, 17):
+        sch = "street-all" if k % 2 else "street-half"
+        out.append(f"    - {{id: SL{k:02d}, name: 路灯回路{k}, outputs: [K-SL{k:02d}], meters: [SL{k:02d}], "
+                   f"schedule: {sch}, idle_kw: 0.05, lit_kw: 0.5, baseline: 2026-10-01..2026-10-31}}")
+    for b in range(1, 97):
+        sch = "stairwell-dark" if b in TALL else "stairwell"
+        out.append(f"    - {{id: B{b:02d}-stair, name: {b}号楼楼道照明, outputs: [K-B{b:02d}-stair], "
+                   f"meters: [B{b:02d}-stair], schedule: {sch}, idle_kw: 0.01, lit_kw: 0.01}}")
+    return out
 
 
 def tariffs_and_allocation() -> list[str]:
@@ -164,12 +233,13 @@ def access_and_patrol() -> list[str]:
         out.append(f"  - {{id: {gid}, name: {name}, topic: wanhu/acs/{gid}/door, held_open_s: 60}}")
     out += ["", "# 8 gate readers: the guard-room gate (north) has two serial readers; each other gate has a",
             "# networked controller with an in and an out reader, bridged to MQTT (the message names the",
-            "# reader and the direction).", "card_readers:",
+            "# reader and the direction; `readers` lists the names it may use, any other is refused).", "card_readers:",
             "  - {id: gate-n-in, type: serial, port: /dev/ttyUSB1, format: rdm6300, door: gate-n, direction: in}",
             "  - {id: gate-n-out, type: serial, port: /dev/ttyUSB2, format: wiegand_text, encoding: decimal, "
             "bits: 26, door: gate-n, direction: out}"]
     for gid, _ in GATES[1:]:
-        out.append(f"  - {{id: acs-{gid}, type: mqtt, topic: wanhu/acs/{gid}/swipe, door: {gid}}}")
+        out.append(f"  - {{id: acs-{gid}, type: mqtt, topic: wanhu/acs/{gid}/swipe, door: {gid}, "
+                   f"readers: [{gid}-in, {gid}-out]}}")
     out += ["", "cards: {file: cards.example.csv, hash_key_env: CARD_HASH_KEY}", "", "patrol:", "  checkpoints:"]
     for k in range(1, 41):
         out.append(f"    - {{id: CP{k:02d}, tag: \"{0x04A10000 + k * 7919:08X}\", name: {k}号巡更点}}")

@@ -79,6 +79,10 @@ T: dict[str, dict[str, str]] = {
         "subtotals": "楼栋单元小计", "subtotal_cols": ["楼号", "单元", "户数", "建筑面积(m²)", "金额(元)"],
         "building_subtotal": "{b} 小计",
         "comparison": "与上月比较", "compare_with": "上月({m})第 {n} 次分摊,{state}",
+        "lighting_saved": "照明节能(住户少付的电费)",
+        "lighting_cols": ["回路", "基准期", "基准期用电(kWh)", "本月用电(kWh)", "按基准应用电(kWh)", "节约(kWh)", "节约(元)"],
+        "lighting_explain": "基准为同一回路调整开关时间前的用电,按黑夜时长(日落到次日日出)折算到本月;"
+                            "金额按本月电价在黑夜时段的平均价 {price} 元/kWh 计。",
         "compare_approved": "已批准", "compare_draft": "草稿,未批准",
         "no_previous": "上月({m})没有分摊结果,无从比较。",
         "compare_band": "金额变化超过 ±{pct} 的分摊组和住户标出(allocation.change_band);上月没有或本月没有的也标出。",
@@ -136,6 +140,11 @@ T: dict[str, dict[str, str]] = {
         "subtotal_cols": ["building", "unit", "households", "area_m2", "amount_yuan"],
         "building_subtotal": "{b} subtotal",
         "comparison": "Compared with last month", "compare_with": "{m}, run {n}, {state}",
+        "lighting_saved": "Lighting savings (what the households did not pay)",
+        "lighting_cols": ["circuit", "baseline", "baseline kWh", "month kWh", "expected kWh", "saved kWh", "saved yuan"],
+        "lighting_explain": "The baseline is the same circuit before its switching times changed, scaled to this "
+                            "month by the hours of darkness (sunset to sunrise); the money at the month's mean "
+                            "price over the dark hours, {price} yuan/kWh.",
         "compare_approved": "approved", "compare_draft": "a draft, not approved",
         "no_previous": "No allocation of {m} in the ledger: nothing to compare with.",
         "compare_band": "Groups and households whose amount changed by more than ±{pct} are flagged "
@@ -824,7 +833,7 @@ def _environment() -> Environment:
 
 
 def render_html(result: AllocationResult, lang: str = "zh", run: RunInfo | None = None,
-                comparison: Comparison | None = None) -> str:
+                comparison: Comparison | None = None, lighting: list | None = None) -> str:
     lang = _lang(lang)
     _check_amounts(result)
     t = T[lang]
@@ -912,15 +921,18 @@ def render_html(result: AllocationResult, lang: str = "zh", run: RunInfo | None 
         "compare_groups": [(c, _ratio(c), _flag(c, lang)) for c in (comparison.groups if comparison else [])],
         "compare_households": [(c, _ratio(c), _flag(c, lang)) for c in flagged[:HTML_FLAGGED]],
         "compare_more": max(0, len(flagged) - HTML_FLAGGED),
+        # what the lighting plans saved (gateway/lighting/savings.py): rows, or None for no section
+        "lighting": lighting or None,
+        "lighting_price": next((str(x.price) for x in lighting or () if x.price is not None), "—"),
     }
     return _environment().get_template("report.html").render(context)
 
 
 def write_html(result: AllocationResult, path: str | Path, lang: str = "zh", run: RunInfo | None = None,
-               comparison: Comparison | None = None) -> Path:
+               comparison: Comparison | None = None, lighting: list | None = None) -> Path:
     """A self-contained printable report (inline CSS and SVG, no script, no external resource)."""
     path = Path(path)
-    path.write_text(render_html(result, lang, run, comparison), encoding="utf-8")
+    path.write_text(render_html(result, lang, run, comparison, lighting), encoding="utf-8")
     return path
 
 
@@ -932,7 +944,8 @@ def report_names(month: str, run: int | None) -> str:
 
 
 def write_all(result: AllocationResult, out_dir: str | Path, lang: str = "zh", run: RunInfo | None = None,
-              comparison: Comparison | None = None, month_files: bool | None = None) -> dict[str, Path]:
+              comparison: Comparison | None = None, month_files: bool | None = None,
+              lighting: list | None = None) -> dict[str, Path]:
     """The CSV, XLSX and HTML in out_dir (created if missing): `allocation-<month>-run<id>.*` for a
     kept run, and the same files as `allocation-<month>.*` when the run is the month's answer
     (`month_files` None) or `month_files` says so; a trial (`run` None) writes only the month's.
@@ -942,7 +955,7 @@ def write_all(result: AllocationResult, out_dir: str | Path, lang: str = "zh", r
     out.mkdir(parents=True, exist_ok=True)
     stem = report_names(result.month, run.id if run else None)
     writers = {"csv": lambda p: write_csv(result, p, lang), "xlsx": lambda p: write_xlsx(result, p, lang, run, comparison),
-               "html": lambda p: write_html(result, p, lang, run, comparison)}
+               "html": lambda p: write_html(result, p, lang, run, comparison, lighting)}
     files: dict[str, Path] = {}
     for kind, write in writers.items():
         path = out / f"{stem}.{kind}"

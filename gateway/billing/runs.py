@@ -270,8 +270,9 @@ def reprint(cfg: SiteConfig, ledger: Ledger, run_id: int, month_files: bool | No
     ans = answer(runs(ledger, this.month))
     is_answer = ans is not None and ans.id == run_id
     info = this.info(ZoneInfo(cfg.site.timezone), is_answer)
+    from ..lighting.savings import for_report
     return write_all(result, this.out_dir, this.lang, run=info, comparison=comparison_for(cfg, ledger, result),
-                     month_files=month_files)
+                     month_files=month_files, lighting=for_report(cfg, this.month))
 
 
 @dataclass

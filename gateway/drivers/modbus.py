@@ -113,22 +113,21 @@ class ModbusBus(PolledBus):
 
     # ---- one exchange ----
 
-    async def read_registers(self, unit: int, req: ReadRequest, timeout: float) -> list[int]:
-        """One exchange (connecting first if needed); raises a PollError subclass on failure."""
+    async def _call(self, unit: int, function: int, count: int, call, timeout: float):
+        """One exchange (connecting first if needed): `call()` sends the request of `function`;
+        the answer is judged by the watch. Raises a PollError subclass on failure."""
         await self._ensure_connected(timeout)
         if self.bus.pause_ms:
             wait = self._last_exchange + self.bus.pause_ms / 1000 - self.clock.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
-        call = (self.client.read_holding_registers if req.function == 3
-                else self.client.read_input_registers)
         # pymodbus's own deadline is the meter's timeout (one timer per exchange, not two).
         params = self.client.ctx.comm_params
         if params.timeout_connect != timeout:
             params.timeout_connect = timeout
-        self._watch.arm(unit, req.function, req.count)  # it judges the answer before pymodbus does
+        self._watch.arm(unit, function, count)  # it judges the answer before pymodbus does
         try:
-            rr = await call(req.address, count=req.count, device_id=unit)
+            rr = await call()
         except ConnectionException as e:
             self._bus_trouble(f"connection lost: {e}")
             raise BusDown(f"bus {self.bus.id} not connected") from None
@@ -145,11 +144,48 @@ class ModbusBus(PolledBus):
             raise self._watch.refused
         if rr.isError():
             raise ExceptionReply(getattr(rr, "exception_code", 0))
+        return rr
+
+    async def read_registers(self, unit: int, req: ReadRequest, timeout: float) -> list[int]:
+        """One exchange (connecting first if needed); raises a PollError subclass on failure."""
+        def call():
+            # looked up at the call: a fresh client after a reconnect, and `gateway replay` wraps them
+            read = (self.client.read_holding_registers if req.function == 3 else self.client.read_input_registers)
+            return read(req.address, count=req.count, device_id=unit)
+        rr = await self._call(unit, req.function, req.count, call, timeout)
         regs = rr.registers
         if rr.function_code != req.function or len(regs) != req.count:  # the watch's job; kept as a last guard
             raise BadAnswer(f"answer with function {rr.function_code} and {len(regs)} registers to a read of "
                             f"{req.count} with function {req.function}")
         return regs
+
+    # ---- relay outputs (gateway/lighting): exchanges between polls, on the same line ----
+
+    async def write_output_now(self, unit: int, kind: str, address: int, value: int, timeout: float) -> None:
+        """Write one coil (FC05) or holding register (FC06). Call it through `submit` so that it
+        takes its turn on the line; the module's echo is checked by the watch."""
+        if kind == "coil":
+            call = lambda: self.client.write_coil(address, bool(value), device_id=unit)  # noqa: E731
+            function = 5
+        else:
+            call = lambda: self.client.write_register(address, value, device_id=unit)  # noqa: E731
+            function = 6
+        await self._call(unit, function, 1, call, timeout)
+
+    async def read_output_now(self, unit: int, kind: str, address: int, timeout: float) -> int:
+        """Read one coil (FC01: 0 or 1) or holding register (FC03) back."""
+        if kind == "coil":
+            rr = await self._call(unit, 1, 1, lambda: self.client.read_coils(address, count=1, device_id=unit), timeout)
+            return int(bool(rr.bits[0]))
+        rr = await self._call(unit, 3, 1, lambda: self.client.read_holding_registers(address, count=1, device_id=unit),
+                              timeout)
+        return rr.registers[0]
+
+    async def write_output(self, unit: int, kind: str, address: int, value: int, timeout: float | None = None) -> None:
+        await self.submit(lambda: self.write_output_now(unit, kind, address, value, timeout or self.bus.timeout_s))
+
+    async def read_output(self, unit: int, kind: str, address: int, timeout: float | None = None) -> int:
+        return await self.submit(lambda: self.read_output_now(unit, kind, address, timeout or self.bus.timeout_s))
 
     # ---- one poll of one meter (the scheduler's hooks) ----
 

@@ -49,6 +49,14 @@ class Verdict:
     stray: str = ""
 
 
+WRITES = (5, 6, 15, 16)   # answered by an echo of address and value (or quantity): 4 bytes
+
+
+def data_bytes(function: int, count: int) -> int:
+    """The byte count of the answer to a read of `count` bits (FC01/02) or registers (FC03/04)."""
+    return (count + 7) // 8 if function in (1, 2) else 2 * count
+
+
 def check_pdu(pdu: bytes, want: Expected) -> PollError | None:
     """A complete answer PDU: the read answer or exception answer asked for, or why not."""
     function = pdu[0]
@@ -56,10 +64,13 @@ def check_pdu(pdu: bytes, want: Expected) -> PollError | None:
         return None if len(pdu) == 2 else BadAnswer(f"exception answer of {len(pdu)} bytes ({_hex(pdu)})")
     if function != want.function:
         return BadAnswer(f"answer with function {function:#04x} to a read with function {want.function:#04x}")
-    size = 2 * want.count
+    if function in WRITES:
+        return None if len(pdu) == 5 else BadAnswer(f"answer to a write of {len(pdu)} bytes, 5 expected")
+    size = data_bytes(function, want.count)
     if len(pdu) < 2 or pdu[1] != size:
         got = f"byte count {pdu[1]}" if len(pdu) >= 2 else "no byte count"
-        return BadAnswer(f"answer with {got}, {size} expected for {want.count} registers")
+        what = "coils" if function in (1, 2) else "registers"
+        return BadAnswer(f"answer with {got}, {size} expected for {want.count} {what}")
     if len(pdu) != 2 + size:
         return BadAnswer(f"answer with byte count {size} carries {len(pdu) - 2} data bytes")
     return None
@@ -96,7 +107,9 @@ def judge_rtu(buf: bytes, want: Expected) -> Verdict:
         if buf[i] != want.unit:
             continue
         function = buf[i + 1]
-        if function == want.function:
+        if function == want.function and function in WRITES:
+            size = 8
+        elif function == want.function:
             if len(buf) - i < 3:
                 break
             size = buf[i + 2] + 5

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Awaitable
@@ -95,6 +96,8 @@ class PolledBus:
         self.clock = clock
         self.meters: list[MeterState] = []
         self._stop = asyncio.Event()
+        self._wake = asyncio.Event()      # a job was submitted, or stop
+        self._jobs: deque = deque()       # (job, future): exchanges other than polls (relay outputs)
         self.busy_s = 0.0
         self._bus_problem = ""
         self._next_connect = 0.0
@@ -230,6 +233,52 @@ class PolledBus:
     def stop(self) -> None:
         """Ask the scheduler to finish the exchange in flight and return."""
         self._stop.set()
+        self._wake.set()
+
+    def submit(self, job) -> asyncio.Future:
+        """Run `job()` (a coroutine function doing exchanges) on this bus between two polls: the
+        line carries one request at a time, so a relay command waits for the poll in flight and
+        then goes before the next poll. The future has the job's result or its error."""
+        fut = asyncio.get_running_loop().create_future()
+        if self._stop.is_set():
+            fut.set_exception(BusDown(f"bus {self.bus.id} is stopping"))
+            return fut
+        self._jobs.append((job, fut))
+        self._wake.set()
+        return fut
+
+    def poll_soon(self, meter_id: str) -> asyncio.Future | None:
+        """One extra poll of a meter, ahead of its grid (a lighting command wants its proof)."""
+        st = next((m for m in self.meters if m.meter.id == meter_id), None)
+        if st is None:
+            return None
+        fut = self.submit(lambda: self.poll(st))
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # a poll's trouble is the poll's to say
+        return fut
+
+    async def _run_jobs(self) -> None:
+        while self._jobs:
+            job, fut = self._jobs.popleft()
+            if fut.done():
+                continue
+            began = self.clock.monotonic()
+            try:
+                result = await job()
+            except asyncio.CancelledError:
+                fut.cancel()
+                raise
+            except Exception as e:  # noqa: BLE001 - the submitter gets it
+                fut.set_exception(e)
+            else:
+                fut.set_result(result)
+            finally:
+                self.busy_s += self.clock.monotonic() - began
+
+    def _fail_jobs(self) -> None:
+        while self._jobs:
+            _, fut = self._jobs.popleft()
+            if not fut.done():
+                fut.set_exception(BusDown(f"bus {self.bus.id} stopped"))
 
     async def run(self) -> None:
         now = self.clock.monotonic()
@@ -240,17 +289,20 @@ class PolledBus:
             st.due = now
         heapq.heapify(heap)
         try:
-            while heap and not self._stop.is_set():
-                due, i = heap[0]
-                delay = due - self.clock.monotonic()
-                if delay > 0:
+            while not self._stop.is_set():
+                await self._run_jobs()       # relay commands go before the next poll
+                delay = heap[0][0] - self.clock.monotonic() if heap else None
+                if delay is None or delay > 0:
+                    self._wake.clear()
+                    if self._jobs or self._stop.is_set():
+                        continue
                     try:
                         async with asyncio.timeout(delay):
-                            await self._stop.wait()
-                        break
+                            await self._wake.wait()
                     except TimeoutError:
                         pass
-                heapq.heappop(heap)
+                    continue
+                _, i = heapq.heappop(heap)
                 st = self.meters[i]
                 began = self.clock.monotonic()
                 await self.poll(st)
@@ -259,6 +311,7 @@ class PolledBus:
                 st.due = self._next_due(st, ended)
                 heapq.heappush(heap, (st.due, i))
         finally:
+            self._fail_jobs()
             await self.close()
 
     def stats(self) -> dict:

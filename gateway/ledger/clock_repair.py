@@ -41,7 +41,7 @@ class ClockEpisodes:
     _EPISODE_COLS = ("id", "boot", "state", "reason", "wall_us", "mono_us", "last_wall_us", "after_us", "before_us",
                      "offset_us", "rows", "repaired_us")
     CLOCK_TABLES = ("readings", "device_status", "swipes", "door_events", "patrol_checkins", "alerts",
-                    "alert_history")
+                    "alert_history", "lighting_commands")
 
     def clock_episodes(self, states: tuple[str, ...] | None = None) -> list[dict]:
         sql = f"SELECT {', '.join(self._EPISODE_COLS)} FROM clock_episodes"
@@ -108,6 +108,10 @@ class ClockEpisodes:
                 for t in ("device_status", "swipes", "door_events", "alert_history"):
                     n[t] = db.execute(f"UPDATE {t} SET ts_us = ts_us + ?, episode = NULL WHERE episode = ?",
                                       (off, ep)).rowcount
+                moved = db.execute("UPDATE lighting_commands SET ts_us = ts_us + ?, episode = NULL WHERE episode = ?",
+                                   (off, ep)).rowcount
+                if moved:   # said only where there is lighting
+                    n["lighting_commands"] = moved
                 args = {"off": off, "lo": lo, "hi": hi, "ep": ep}
                 n["patrol_checkins"] = db.execute(
                     "UPDATE OR REPLACE patrol_checkins SET received_us = received_us + :off, ts_us = CASE WHEN "

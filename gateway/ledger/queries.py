@@ -899,3 +899,34 @@ def clock_rows(db: sqlite3.Connection) -> ClockRows:
         out.append({"id": eid, "boot": boot, "state": state, "reason": reason, "wall_us": wall,
                     "last_wall_us": last_wall, "after_us": after, "before_us": before, "rows": rows, "held": held})
     return ClockRows(out, steps, tuple(last) if last else None)
+
+
+def counter_near(db: sqlite3.Connection, meter: str, ts_us: int, within_us: int) -> tuple[int, str] | None:
+    """The energy counter of `meter` nearest to `ts_us` within `within_us` either side (the last
+    at or before it if there is one, else the first after): what a savings figure reads at the
+    edge of a period (gateway/lighting/savings.py). The log's tail counts as `energy` does."""
+    before = energy_before(db, meter, ts_us + 1, ts_us - within_us)
+    after = energy_after(db, meter, ts_us, ts_us + within_us)
+    if before is None or after is None:
+        return before or after
+    return before if ts_us - before[0] <= after[0] - ts_us else after
+
+
+# ---- public lighting (the console's lighting page) ------------------------------------------------------
+
+def lighting_last_commands(db: sqlite3.Connection) -> dict[str, dict]:
+    """circuit -> its last command that was carried out (confirmed, or already so)."""
+    out = {}
+    for cid, state, source, by, reason, result, ts_us in db.execute(
+            "SELECT circuit, state, source, by, reason, result, max(ts_us) FROM lighting_commands "
+            "WHERE result IN ('confirmed', 'unchanged') GROUP BY circuit"):
+        out[cid] = {"on": bool(state), "source": source, "by": by, "reason": reason, "ts_us": ts_us}
+    return out
+
+
+def lighting_overrides(db: sqlite3.Connection, now_us: int) -> dict[str, dict]:
+    """circuit -> its newest override still active at `now_us` (until_us as stored)."""
+    return {cid: {"on": bool(state), "until_us": until_us, "by": by, "role": role, "reason": reason}
+            for cid, state, until_us, by, role, reason in db.execute(
+                "SELECT circuit, state, until_us, by, role, reason FROM lighting_overrides WHERE cancelled_us IS "
+                "NULL AND until_us > ? ORDER BY id", (now_us,))}

@@ -342,8 +342,41 @@ MIGRATIONS: list[str] = [
         l.vals AS vals, l.kwh AS kwh, l.counters AS counters, l.episode AS episode
         FROM reading_log l JOIN meters m ON m.id = l.meter;
     """,
+    """
+    -- Public lighting (gateway/lighting/): every command with who and why, and the overrides
+    -- people set from the console (back to the plan at until_us, or when cancelled). IF NOT
+    -- EXISTS: a ledger the lighting release made has these tables at version 10 (see migrate).
+    CREATE TABLE IF NOT EXISTS lighting_commands (
+        id        INTEGER PRIMARY KEY,
+        ts_us     INTEGER NOT NULL,
+        circuit   TEXT    NOT NULL,
+        state     INTEGER NOT NULL,         -- 1 on, 0 off
+        source    TEXT    NOT NULL,         -- plan | override | emergency | reassert | restart
+        by        TEXT    NOT NULL,
+        reason    TEXT    NOT NULL,
+        result    TEXT    NOT NULL,         -- confirmed | unchanged | mismatch | no_answer | held
+        detail    TEXT    NOT NULL DEFAULT '',
+        latency_s REAL,
+        episode   INTEGER
+    );
+    CREATE INDEX IF NOT EXISTS lighting_commands_circuit ON lighting_commands (circuit, ts_us);
+    CREATE TABLE IF NOT EXISTS lighting_overrides (
+        id           INTEGER PRIMARY KEY,
+        circuit      TEXT    NOT NULL,
+        state        INTEGER NOT NULL,
+        until_us     INTEGER NOT NULL,
+        by           TEXT    NOT NULL,
+        role         TEXT    NOT NULL,
+        reason       TEXT    NOT NULL,
+        created_us   INTEGER NOT NULL,
+        cancelled_us INTEGER,
+        cancelled_by TEXT
+    );
+    CREATE INDEX IF NOT EXISTS lighting_overrides_until ON lighting_overrides (until_us);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+WRITE_PATH_VERSION = 10   # reading_log, readings_by_meter (the migration before lighting's)
 PAGE_SIZE = 1024  # of a new ledger (docs/storage.md: measured)
 JOURNAL_SIZE_LIMIT = 4 * WAL_BYTES    # a ledger with a longer log (wal_bytes) keeps four times that
 
@@ -385,6 +418,11 @@ def migrate(db: sqlite3.Connection, path: Path) -> None:
     if version > SCHEMA_VERSION:
         raise LedgerError(f"ledger {path}: schema version {version} is newer than this gateway "
                           f"understands ({SCHEMA_VERSION}); upgrade the gateway")
+    if version == WRITE_PATH_VERSION and not _has_table(db, "reading_log") and _has_table(db, "lighting_commands"):
+        # Made by the release whose 10th migration was lighting's (the write path's came later
+        # and took number 10): it has lighting and lacks the write path. Lighting's migration
+        # runs again harmlessly (IF NOT EXISTS).
+        version = WRITE_PATH_VERSION - 1
     for v in range(version, SCHEMA_VERSION):
         try:
             with transaction(db, "IMMEDIATE"):
@@ -394,6 +432,10 @@ def migrate(db: sqlite3.Connection, path: Path) -> None:
         except sqlite3.Error as e:
             raise LedgerError(f"ledger {path}: migration to version {v + 1} failed: {e}") from None
         log.info("ledger %s: schema upgraded to version %d", path, v + 1)
+
+
+def _has_table(db: sqlite3.Connection, name: str) -> bool:
+    return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
 
 
 @contextmanager

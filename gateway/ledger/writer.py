@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..clock import from_us, to_us
-from ..events import AlertChange, CardSwipe, DeviceStatus, DoorEvent, GatewayStats, PatrolCheckin, Reading
+from ..events import (AlertChange, CardSwipe, DeviceStatus, DoorEvent, GatewayStats, LightingCommand, PatrolCheckin,
+                      Reading)
 from ..hub import Hub
 from ..private import replace_file, tighten
 from . import queries
@@ -31,6 +32,7 @@ from .codec import encodable_counter, encode_counter_values, encode_vals, varint
 from .indexer import Indexer
 from .allocations import AllocationRuns
 from .clock_repair import ClockEpisodes
+from .lighting import LightingRecords
 from .schema import INSERT_OUTBOX, LedgerError, connect, last_reading as _last_reading, migrate, transaction
 
 log = logging.getLogger(__name__)
@@ -70,7 +72,7 @@ class StoredReading:
 
 
 def _insert_field_events(db: sqlite3.Connection, events: list, ep: int | None = None) -> None:
-    """Swipes, door events, patrol reads and alert changes; `ep` is the clock episode they were
+    """Swipes, door events, patrol reads, alert changes and lighting commands; `ep` is the clock episode they were
     recorded in (None: the clock was trusted; see clock_episodes)."""
     swipes = [(to_us(e.ts), e.reader, e.door, e.direction, e.card_hash, e.card[-4:], e.category, e.holder,
                e.household, e.role, ep) for e in events if isinstance(e, CardSwipe)]
@@ -82,6 +84,10 @@ def _insert_field_events(db: sqlite3.Connection, events: list, ep: int | None = 
     db.executemany("INSERT INTO door_events (ts_us, door, state, source, episode) VALUES (?,?,?,?,?)", doors)
     db.executemany("INSERT OR IGNORE INTO patrol_checkins (ts_us, received_us, reader, checkpoint, tag, guard, "
                    "guard_hash, source, episode) VALUES (?,?,?,?,?,?,?,?,?)", checkins)
+    db.executemany("INSERT INTO lighting_commands (ts_us, circuit, state, source, by, reason, result, detail, "
+                   "latency_s, episode) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                   [(to_us(e.ts), e.circuit, int(e.on), e.source, e.by, e.reason, e.result, e.detail, e.latency_s, ep)
+                    for e in events if isinstance(e, LightingCommand)])
     for change in (e for e in events if isinstance(e, AlertChange)):
         a = change.alert
         us = lambda t: to_us(t) if t else None  # noqa: E731
@@ -119,7 +125,7 @@ def _log_row(event: Reading, *episode) -> tuple:
             None, json.dumps({k: str(v) for k, v in counters.items()}, separators=(",", ":")), *episode)
 
 
-class Ledger(AllocationRuns, ClockEpisodes):
+class Ledger(AllocationRuns, ClockEpisodes, LightingRecords):
     """Readings, statuses and the outbox. `encoder` (an event -> OutboxRow) turns the outbox on:
     every row is then committed in the same transaction as the reading it comes from."""
 
@@ -225,7 +231,7 @@ class Ledger(AllocationRuns, ClockEpisodes):
             self._readings.append(_log_row(event))
         elif isinstance(event, DeviceStatus):
             self._statuses.append((event.device, event.kind, to_us(event.ts), int(event.online), event.reason))
-        elif isinstance(event, (CardSwipe, DoorEvent, PatrolCheckin, AlertChange)):
+        elif isinstance(event, (CardSwipe, DoorEvent, PatrolCheckin, AlertChange, LightingCommand)):
             self._field_events.append(event)
 
     def _field_set(self, names: tuple[str, ...]) -> int:
@@ -326,7 +332,7 @@ class Ledger(AllocationRuns, ClockEpisodes):
         """
         self.influx_off()
         sub = hub.subscribe(Reading, DeviceStatus, GatewayStats, CardSwipe, DoorEvent, PatrolCheckin, AlertChange,
-                            name="ledger")
+                            LightingCommand, name="ledger")
         try:
             while True:
                 await asyncio.sleep(self.commit_interval_s)
@@ -840,10 +846,14 @@ class Ledger(AllocationRuns, ClockEpisodes):
     def alert_rows(self, states: tuple[str, ...] = ("active", "acknowledged"),
                    raised_since_us: int | None = None) -> list[dict]:
         """Alerts in these states (open ones by default), oldest first, as dicts keyed by the
-        `alerts` columns (details is the JSON text as stored)."""
+        `alerts` columns (details is the JSON text as stored), and `revision`: the changes of
+        the alert in its history (retention keeps an open alert's history whole)."""
         cols = ("id", "rule", "kind", "source", "severity", "state", "message", "message_en", "raised_us",
                 "updated_us", "cleared_us", "acked_by", "ack_note", "acked_us", "value", "details")
-        sql = (f"SELECT {', '.join(cols)} FROM alerts WHERE state IN ({','.join('?' * len(states))})"
+        revision = "(SELECT count(*) FROM alert_history h WHERE h.alert_id = alerts.id)"
+        cols_sql = ", ".join(cols + (revision,))
+        cols += ("revision",)
+        sql = (f"SELECT {cols_sql} FROM alerts WHERE state IN ({','.join('?' * len(states))})"
                + (" AND raised_us >= ?" if raised_since_us is not None else "") + " ORDER BY raised_us, id")
         args = tuple(states) + ((raised_since_us,) if raised_since_us is not None else ())
         return [dict(zip(cols, row)) for row in self._db.execute(sql, args)]
@@ -1031,7 +1041,7 @@ class Ledger(AllocationRuns, ClockEpisodes):
                     out["energy"].append((e.meter, row[1], row[4], ep))
             elif isinstance(e, DeviceStatus):
                 out["statuses"].append((e.device, e.kind, to_us(e.ts), int(e.online), e.reason, ep))
-            elif isinstance(e, (CardSwipe, DoorEvent, PatrolCheckin, AlertChange)):
+            elif isinstance(e, (CardSwipe, DoorEvent, PatrolCheckin, AlertChange, LightingCommand)):
                 out["fields"].setdefault(ep, []).append(e)
         return out
 

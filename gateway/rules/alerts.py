@@ -57,6 +57,7 @@ class AlertBook:
 
     # ---- changes ---------------------------------------------------------------------------
     def _emit(self, alert: Alert, what: str) -> None:
+        alert.revision += 1
         if self.keep_history:
             self.history.append((what, alert.snapshot()))
         if self.on_change is not None:

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any, Iterable
 
 from ..events import CardSwipe, DeviceStatus, DoorEvent, PatrolCheckin, Reading
+from ..identity import SITE_IDENTITY_RULE
 from .access import AccessRuleImpl, DoorRuleImpl
 from .alerts import DEFAULT_RENOTIFY_S, Alert, AlertBook, OnChange
 from .base import Rule, SiteView
@@ -159,7 +160,9 @@ class Engine:
             rule = self.by_id.get(a.rule)
             why = ""
             latching: bool | None = False
-            if rule is None:
+            if rule is None and a.rule == SITE_IDENTITY_RULE:
+                why = "judged again after the restart (gateway/identity.py)"
+            elif rule is None:
                 model = self.models.get(a.rule)
                 why = "rule removed from the site file" if model is None else "rule disabled in the site file"
             elif rule.kind != a.kind:

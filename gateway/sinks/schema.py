@@ -13,7 +13,8 @@ from typing import Any, Callable, Mapping
 
 from ..clock import to_us
 from ..config import SiteConfig
-from ..events import AlertChange, CardSwipe, DeviceStatus, DoorEvent, GatewayStats, PatrolCheckin, Reading
+from ..events import (AlertChange, CardSwipe, DeviceStatus, DoorEvent, GatewayStats, LightingCommand, PatrolCheckin,
+                      Reading)
 from .lineprotocol import Unwritable, line
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,13 @@ MEASUREMENTS: list[Measurement] = [
         fields=lambda e: {"id": e.alert.id, "event": e.what, "state": e.alert.state, "message": e.alert.message,
                           "message_en": e.alert.message_en,
                           **({"value": float(e.alert.value)} if e.alert.value is not None else {})},
+        priority=4,
+    ),
+    Measurement(
+        "lighting", LightingCommand,
+        tags=lambda e, s: {"site": s.site, "circuit": e.circuit, "source": e.source, "result": e.result},
+        fields=lambda e: {"on": e.on, "by": e.by, "reason": e.reason, "detail": e.detail,
+                          **({"latency_s": float(e.latency_s)} if e.latency_s is not None else {})},
         priority=4,
     ),
     Measurement(

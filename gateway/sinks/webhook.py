@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 import aiohttp
 
 from ..events import AlertChange
+from .alert_message import alert_body
 
 log = logging.getLogger(__name__)
 
@@ -24,12 +25,6 @@ SEVERITY_ZH = {"info": "提示", "warning": "警告", "critical": "严重"}
 WHAT_ZH = {"raised": "告警", "updated": "告警更新", "acknowledged": "已确认", "cleared": "已恢复", "renotify": "仍未处理"}
 
 
-def body_json(change: AlertChange) -> dict:
-    a = change.alert
-    return {"event": change.what, "id": a.id, "rule": a.rule, "kind": a.kind, "source": a.source,
-            "severity": a.severity, "state": a.state, "message": a.message, "message_en": a.message_en,
-            "raised_at": a.raised_at.isoformat(), "updated_at": a.updated_at.isoformat(),
-            "acked_by": a.acked_by, "ack_note": a.ack_note, "value": a.value}
 
 
 def body_wecom(change: AlertChange, site_name: str, tz: ZoneInfo) -> dict:
@@ -46,12 +41,13 @@ def body_wecom(change: AlertChange, site_name: str, tz: ZoneInfo) -> dict:
 
 class Webhook:
     def __init__(self, name: str, url: str, fmt: str, severities: set[str], site_name: str, tz: ZoneInfo,
-                 timeout_s: float = 10.0, backoff_max_s: float = 300.0, queue_max: int = 1000):
+                 timeout_s: float = 10.0, backoff_max_s: float = 300.0, queue_max: int = 1000, site_id: str = ""):
         self.name = name
         self.url = url
         self.fmt = fmt
         self.severities = severities
         self.site_name = site_name
+        self.site_id = site_id
         self.tz = tz
         self.timeout_s = timeout_s
         self.backoff_max_s = backoff_max_s
@@ -74,7 +70,7 @@ class Webhook:
         self._ready.set()
 
     def _body(self, change: AlertChange) -> dict:
-        return body_wecom(change, self.site_name, self.tz) if self.fmt == "wecom" else body_json(change)
+        return body_wecom(change, self.site_name, self.tz) if self.fmt == "wecom" else alert_body(change, self.site_id, self.site_name)
 
     async def run(self) -> None:
         backoff = 0.0

@@ -47,7 +47,8 @@ log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
 NAV = [("alarms", "/alarms", "alarms"), ("meters", "/meters", "meters"), ("patrol", "/patrol", "patrol"),
-       ("access", "/access", "access"), ("allocation", "/allocation", "allocation"), ("health", "/health", "health")]
+       ("access", "/access", "access"), ("lighting", "/lighting", "lighting"), ("allocation", "/allocation", "allocation"),
+       ("health", "/health", "health")]
 
 
 @dataclass

@@ -19,15 +19,16 @@ _hasher = PasswordHasher()
 
 # What each role may see or do. Pages and APIs name the permission they need.
 PERMISSIONS: dict[str, set[str]] = {
-    "guard": {"alarms", "ack_field", "patrol", "access", "health"},
-    "electrician": {"alarms", "ack_field", "ack_meter", "patrol", "access", "meters", "health"},
+    "guard": {"alarms", "ack_field", "patrol", "access", "health", "lighting"},
+    "electrician": {"alarms", "ack_field", "ack_meter", "patrol", "access", "meters", "health", "lighting"},
     "accountant": {"allocation", "allocation_sign", "health"},
     "admin": {"alarms", "ack_field", "ack_meter", "patrol", "access", "meters", "allocation", "allocation_sign",
-              "health"},
+              "health", "lighting"},
 }
 HOME = {"guard": "/alarms", "electrician": "/alarms", "accountant": "/allocation", "admin": "/alarms"}
 # Alarms from these rule kinds are the electrician's; the others (access, door, patrol) the guards'.
-METER_RULE_KINDS = {"threshold", "offline", "counter", "daylight", "consumption"}
+METER_RULE_KINDS = {"threshold", "offline", "counter", "daylight", "consumption",
+                    "lighting_stuck", "lighting_dark", "lighting_readback"}
 
 
 def hash_password(password: str) -> str:

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 STRINGS: dict[str, dict[str, str]] = {
     "zh": {
+        "lighting_savings": "本月照明节能", "lighting_saved_total": "比基准少用 {kwh} kWh，少付 {yuan} 元（{n}/{of} 个回路有完整读数；按黑夜时长折算）",
+        "lighting": "照明", "sunrise": "日出", "sunset": "日落", "plan_today": "今日计划", "plan_now": "按计划应为",
+        "commanded": "已下令", "measured": "实测功率", "override": "临时开关", "on": "开", "off": "关",
+        "until": "至", "reason": "原因", "switch": "执行", "back_to_plan": "恢复计划", "unknown": "未知",
+        "no_lighting": "没有配置照明回路", "lighting_not_live": "网关未运行：显示账本中最后的指令",
+        "override_rules": "临时开关最长 24 小时，到时恢复计划；保安只能开灯（应急），不能关灯；每条指令连同操作人和原因记入账本。",
+        "lighting_not_running": "照明控制未运行", "lighting_refused": "不允许此操作（保安只能开灯，最长 24 小时，须填写原因）",
         "title": "门卫室控制台", "login": "登录", "logout": "退出", "user": "用户名", "password": "密码",
         "login_failed": "用户名或密码不正确", "login_wait": "尝试次数过多，请 {s} 秒后再试",
         "alarms": "告警", "meters": "电表", "patrol": "巡更", "access": "门禁", "allocation": "公摊电费",
@@ -80,6 +87,18 @@ STRINGS: dict[str, dict[str, str]] = {
         "sign_no_name": "签字人不能为空", "sign_wrong_month": "分摊批次与月份不符",
     },
     "en": {
+        "lighting_savings": "Lighting savings this month",
+        "lighting_saved_total": "{kwh} kWh less than the baseline, {yuan} yuan not paid ({n} of {of} circuits with "
+                                "whole readings; scaled by the hours of darkness)",
+        "lighting": "Lighting", "sunrise": "sunrise", "sunset": "sunset", "plan_today": "Today's plan",
+        "plan_now": "Plan now", "commanded": "Commanded", "measured": "Measured", "override": "Override",
+        "on": "on", "off": "off", "until": "until", "reason": "reason", "switch": "Switch", "back_to_plan": "Back to plan",
+        "unknown": "unknown", "no_lighting": "No lighting circuits configured",
+        "lighting_not_live": "the gateway is not running: the ledger's last commands",
+        "override_rules": "An override lasts at most 24 h, then the plan takes over; a guard may switch on (emergency), "
+                          "never off; every command is kept in the ledger with who and why.",
+        "lighting_not_running": "Lighting control is not running",
+        "lighting_refused": "Not allowed (a guard may only switch on; at most 24 h; a reason is required)",
         "title": "Guard-room console", "login": "Log in", "logout": "Log out", "user": "User name",
         "password": "Password", "login_failed": "Wrong user name or password",
         "login_wait": "Too many attempts: try again in {s} s",

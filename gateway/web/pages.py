@@ -21,6 +21,7 @@ from .views import charts
 from .views.access import access_view
 from .views.allocation import KINDS, MONTH, allocation_view, latest_run, run_by_id, run_file
 from .views.health import bus_counters, clock_synced, health_view
+from .views.lighting import lighting_view
 from .views.meters import meter_detail, meters_overview
 from .views.patrol import patrol_day
 
@@ -163,6 +164,53 @@ def page_routes(ctx, guarded, render) -> list:
         for line in errors:
             log.warning("web: %s", line)
 
+    # ---- lighting -------------------------------------------------------------------------------
+    def controller():
+        return getattr(ctx.gateway, "lighting", None) if ctx.gateway is not None else None
+
+    async def lighting_data(request: Request) -> dict:
+        ctl = controller()
+        return await query(lambda db: lighting_view(ctx.cfg, db, now(), ctl, getattr(ctl, "planner", None)))
+
+    @guarded("lighting")
+    async def lighting_override(request: Request, user) -> Response:
+        """Switch a circuit on or off until a time (at most 24 h), with a reason; `cancel` goes
+        back to the plan. The controller checks who may do what (a guard: on only)."""
+        from ..lighting.control import OverrideRefused
+        ctl = controller()
+        circuit = request.path_params["circuit"]
+        if ctl is None:
+            raise Denied(409, "lighting_not_running")
+        if circuit not in ctl.circuits:
+            raise Denied(404, "not_found")
+        form = await request.form()
+        who = user.display_name or user.name
+        try:
+            if form.get("action") == "cancel":
+                ctl.cancel_override(circuit, who, user.role)
+                result = {"circuit": circuit, "override": None}
+            else:
+                state = str(form.get("state", ""))
+                if state not in ("on", "off"):
+                    raise OverrideRefused("state must be on or off")
+                try:
+                    until = datetime.fromisoformat(str(form.get("until", "")))
+                except ValueError:
+                    raise OverrideRefused("until: a local date and time, e.g. 2026-12-21T23:00") from None
+                if until.tzinfo is None:
+                    until = until.replace(tzinfo=ctx.tz)
+                done = ctl.override(circuit, state == "on", until, who, user.role, str(form.get("reason", "")))
+                result = {"circuit": circuit, "override": {"on": done["on"], "until": done["until"].isoformat()}}
+        except OverrideRefused as e:
+            log.info("web: lighting override of %s by %s (%s) refused: %s", circuit, who, user.role, e)
+            if wants_json(request):
+                return JSONResponse({"error": str(e)}, status_code=403 if "guard" in str(e) else 400)
+            raise Denied(403 if "guard" in str(e) or "may not" in str(e) else 400, "lighting_refused") from None
+        log.info("web: lighting %s: %s by %s (%s)", circuit, result, who, user.role)
+        if wants_json(request):
+            return JSONResponse(result)
+        return RedirectResponse("/lighting", status_code=303)
+
     # ---- health ---------------------------------------------------------------------------------
     async def health_data(request: Request) -> dict:
         synced = await asyncio.to_thread(clock_synced)
@@ -183,4 +231,6 @@ def page_routes(ctx, guarded, render) -> list:
         Route("/allocation/runs/{run_id}/download/{kind}", allocation_download),
         Route("/allocation/runs/{run_id}/sign", allocation_sign, methods=["POST"]),
         *twins("/health", "health", "health.html", health_data),
+        *twins("/lighting", "lighting", "lighting.html", lighting_data),
+        Route("/lighting/{circuit}/override", lighting_override, methods=["POST"]),
     ]
