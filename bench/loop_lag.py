@@ -48,6 +48,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import sqlite3
 import sys
 import tempfile
@@ -362,6 +363,8 @@ def main() -> None:
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("loop_lag: needs root (a loop-mounted ext4 and a blkio rule on its device)")
+    # a kill must still lift the rule: the next user of this loop device would be throttled too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("loop_lag: terminated"))
     base = Path(tempfile.mkdtemp(prefix="bench-loop-lag-", dir=args.dir))
     res: dict = {"site": "edge_config/site.example.yaml", "meters": 145, "tick_ms": TICK_S * 1000,
                  "target_ms": TARGET_MS, "runs": []}
