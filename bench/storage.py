@@ -519,38 +519,24 @@ def size_and_retention(base: Path, res: dict) -> None:
     ledger.close()
 
 
-def loop_lag_ms_max(where: Path | None) -> float | None:
-    """The longest event-loop lag of bench/loop_lag.py's throttled run (its last line's JSON)."""
+def loop_lag(where: Path | None) -> dict | None:
+    """bench/loop_lag.py's throttled run (its own process: it needs root, mounts its own loop
+    device and lifts its blkio rule when it ends): its last line's JSON, the run's lines shown."""
     script = Path(__file__).with_name("loop_lag.py")
-    if not script.exists():
-        out("  loop lag: bench/loop_lag.py is not here; loop_lag_ms_max stays null")
-        return None
     cmd = [sys.executable, str(script), "--only", "throttled"] + (["--dir", str(where)] if where else [])
     done = subprocess.run(cmd, capture_output=True, text=True)
     lines = done.stdout.strip().splitlines()
+    for line in lines[:-1]:
+        out(f"  | {line}")
     try:
         found = json.loads(lines[-1])
-    except (IndexError, ValueError):
-        out(f"  loop lag: bench/loop_lag.py gave no JSON (exit {done.returncode}); loop_lag_ms_max stays null")
+        lag = found["loop_lag_ms_max"]
+    except (IndexError, ValueError, KeyError, TypeError):
+        why = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        out(f"  loop lag: bench/loop_lag.py gave no result (exit {done.returncode}: {why}); loop_lag_ms_max stays null")
         return None
-
-    def dig(x):
-        if isinstance(x, dict):
-            if "loop_lag_ms_max" in x:
-                return x["loop_lag_ms_max"]
-            for v in x.values():
-                got = dig(v)
-                if got is not None:
-                    return got
-        if isinstance(x, list):
-            for v in x:
-                got = dig(v)
-                if got is not None:
-                    return got
-        return None
-    lag = dig(found)
     out(f"  loop lag on a throttled disk (bench/loop_lag.py): longest {lag} ms")
-    return lag
+    return found
 
 
 def main() -> None:
@@ -611,7 +597,11 @@ def main() -> None:
         if not args.writes_only:
             size_and_retention(base, res)
         # The throttled-disk measurement is its own bench (bench/loop_lag.py); null unless asked for.
-        res["loop_lag_ms_max"] = loop_lag_ms_max(args.dir) if args.lag else None
+        lag = loop_lag(args.dir) if args.lag else None
+        res["loop_lag_ms_max"] = lag["loop_lag_ms_max"] if lag else None
+        if lag:
+            res["loop_lag"] = {k: lag.get(k) for k in ("loop_lag_ms_p99", "seconds", "commits", "checkpoints",
+                                                       "index_batches", "throttle", "knobs")}
     finally:
         shutil.rmtree(base, ignore_errors=True)
     print(json.dumps(res, ensure_ascii=False), flush=True)
