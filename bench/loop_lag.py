@@ -61,7 +61,7 @@ from storage import MB, START, LoopFs, Values, poll_schedule, site   # bench/sto
 
 from gateway.hub import Hub  # noqa: E402
 from gateway.ledger.checkpoint import WAL_BYTES  # noqa: E402
-from gateway.store import Ledger  # noqa: E402
+from gateway.ledger import Ledger  # noqa: E402
 
 TICK_S = 0.005
 STALL_MS = 15.0                  # the watchdog samples the loop's thread when it is this late

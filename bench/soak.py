@@ -45,7 +45,7 @@ from gateway.clock import LoopClock  # noqa: E402
 from gateway.config import parse_site  # noqa: E402
 from gateway.replay_live import VirtualTimeLoop  # noqa: E402
 from gateway.runtime import Gateway  # noqa: E402
-from gateway.store import Ledger  # noqa: E402
+from gateway.ledger import Ledger  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SITE = ROOT / "edge_config" / "site.example.yaml"
