@@ -71,7 +71,7 @@ def stage(name: str, db: Path, month: str, out_dir: Path, every: int) -> dict:
     from gateway.billing.allocate import allocate
     from gateway.billing.monthly import run_month
     from gateway.billing.tariffs import plan_month
-    from gateway.store import Ledger
+    from gateway.ledger import Ledger
 
     cfg = site_for(db)
     t0 = time.perf_counter()

@@ -41,7 +41,7 @@ from gateway.sinks.drainer import Drainer  # noqa: E402
 from gateway.sinks.influxdb import make_writer  # noqa: E402
 from gateway.sinks.lineprotocol import PRECISION  # noqa: E402
 from gateway.sinks.schema import Encoder, SiteIndex  # noqa: E402
-from gateway.store import Ledger  # noqa: E402
+from gateway.ledger import Ledger  # noqa: E402
 
 SITE = {"id": "wanhu", "name": "万户新居", "latitude": 44.15, "longitude": 125.83}
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)

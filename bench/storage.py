@@ -6,18 +6,23 @@ MAIN every 15 s), with the real `Ledger` (WAL, synchronous=FULL, commits at most
 
 1. **Writes per day.** The polls are laid out as the bus schedulers make them (every meter due
    on its grid, one exchange at a time per bus, each taking the line time of its model's request
-   plan at 9600 8N1 plus 10 ms), for `--warm` simulated minutes (not counted) and then
-   `--minutes` more. Every simulated second the ledger takes what arrived and commits it, as
-   `Ledger.run` does; with the outbox, a drainer stand-in deletes what a server would have
-   confirmed (the real `outbox_confirmed` transaction, batch_age_s 5), and self metrics are
-   queued every 60 s. Measured: the bytes the filesystem sent to its block device
-   (`/sys/block/loopN/stat`, journal and metadata included) on a small ext4 mounted with
-   `noatime` on a loop device, as Raspberry Pi OS mounts its root; also the process's
-   `write_bytes` (`/proc/self/io`) and the WAL frames SQLite wrote (from the -shm header).
-   Extrapolated linearly to 24 h (the schedule repeats every 30 s). The baseline is the bytes
-   of the rows themselves (column values), and the line-protocol text for the outbox.
-   Variants: the defaults; with the outbox; `wal_autocheckpoint` 10,000 pages; commit every 5 s;
-   page size 1 KiB. Without root (no loop mount) only `write_bytes` is measured.
+   plan at 9600 8N1 plus 10 ms), after six hours of history, for `--warm` simulated minutes (not
+   counted) and then `--minutes` more. Every simulated second the ledger takes what arrived and
+   commits it as `Ledger.run` does (self metrics and InfluxDB confirmations wait for a commit of
+   rows); the ledger's two worker threads are run in step with the simulation instead of by
+   their own timers: the checkpoint after each commit when due, the per-meter batch every
+   `index_min` simulated minutes (whole hours). With the outbox, a drainer stand-in confirms what
+   a server would have (batch_age_s 5), and self metrics are queued every 60 s. The log is at its
+   kept size before measuring (a log that grows costs a filesystem journal commit per sync).
+   Measured: the bytes the filesystem sent to its block device (`/sys/block/loopN/stat`, journal
+   and metadata included) on a small ext4 mounted with `noatime` on a loop device, as Raspberry
+   Pi OS mounts its root; also the process's `write_bytes` (`/proc/self/io`) and the WAL frames
+   SQLite wrote (from the -shm header). Extrapolated linearly to 24 h. Baselines: the readings
+   as schema 8 stored them (`rows_mb_per_day`: meter name, time, float64 values, JSON counters
+   and the energy counter again) and as this ledger stores them (`stored_rows_mb_per_day`).
+   Time is simulated, so the filesystem's own 5-second journal commits of inode times happen far
+   less often than on a running box (see docs/storage.md). Variants: see VARIANTS. Without root
+   (no loop mount) only `write_bytes` is measured.
 2. **Size per day.** A whole day of the site written in bulk into a fresh ledger (readings with
    every field of their model, energy counters, and the access/patrol/alert traffic of a day as
    assumed below), then `dbstat` per table and index.
@@ -69,18 +74,27 @@ DAY_SWIPES, DAY_DOORS, DAY_CHECKINS, DAY_ALERT_CHANGES = 26_000, 10_000, 300, 20
 CARD_GB, CARD_PE_CYCLES, CARD_WAF = 32, 500, 4
 
 
+# Part 1's variants. `autocheckpoint` set: SQLite's own checkpoint inside the commit every that
+# many pages (the ledger's checkpoint thread stopped), as before the write path was reworked;
+# unset: the ledger's checkpoint thread at `wal_mb`. `page_size` None: what a new ledger gets.
 VARIANTS = {
     "defaults": dict(outbox=False),
     "outbox": dict(outbox=True),
-    "outbox+autocheckpoint10000": dict(outbox=True, autocheckpoint=10000),
-    "outbox+commit5s": dict(outbox=True, commit_s=5.0),
-    "outbox+page1024": dict(outbox=True, page_size=1024),
-    "outbox+page1024+autocheckpoint10000": dict(outbox=True, page_size=1024, autocheckpoint=10000),
-    "outbox+page2048+autocheckpoint5000": dict(outbox=True, page_size=2048, autocheckpoint=5000),
-    "outbox+autocheckpoint40000": dict(outbox=True, autocheckpoint=40000),
-    "outbox+page1024+autocheckpoint40000": dict(outbox=True, page_size=1024, autocheckpoint=40000),
+    "page4096": dict(outbox=False, page_size=4096),
+    "outbox+page4096": dict(outbox=True, page_size=4096),
+    "page2048": dict(outbox=False, page_size=2048),
+    "page512": dict(outbox=False, page_size=512),
+    "autocheckpoint1000": dict(outbox=False, autocheckpoint=1000),
+    "wal4mb": dict(outbox=False, wal_mb=4),
+    "wal8mb": dict(outbox=False, wal_mb=8),
+    "wal32mb": dict(outbox=False, wal_mb=32),
+    "wal64mb": dict(outbox=False, wal_mb=64),
+    "index30min": dict(outbox=False, index_min=30),
+    "index120min": dict(outbox=False, index_min=120),
+    "index240min": dict(outbox=False, index_min=240),
+    "commit5s": dict(outbox=False, commit_s=5.0),
 }
-DEFAULT_VARIANTS = list(VARIANTS)[:7]
+DEFAULT_VARIANTS = list(VARIANTS)
 
 
 def out(line: str = "") -> None:
@@ -223,31 +237,52 @@ def wal_frames(db_path: Path) -> int:
         return 0
 
 
-def row_bytes(ledger) -> int:
-    """The column values about to be committed: what a reading, its counter and its point are."""
-    n = sum(len(r[0]) + 8 + 1 + len(r[3]) + len(r[4]) for r in ledger._readings)
-    n += sum(len(e[0]) + 8 + len(e[2]) for e in ledger._energy)
+def row_bytes(event) -> int:
+    """What a reading is, as schema 8 stored it (the baseline of every variant, whatever its
+    layout): meter name, time, field set, float64 values, counters as JSON, and its energy
+    counter again (meter, time, text)."""
+    n = len(event.meter) + 8 + 1 + 8 * len(event.values) + len(json.dumps(
+        {k: str(v) for k, v in event.counters.items()}, separators=(",", ":")))
+    kwh = event.counters.get("energy_kwh")
+    return n + (len(event.meter) + 8 + len(str(kwh)) if kwh is not None else 0)
+
+
+def stored_bytes(ledger) -> int:
+    """The column values about to be committed, as the ledger stores them: its readings
+    (meter id, time, field set, values, energy counter, other counters) and outbox points."""
+    n = sum(1 + 8 + 1 + len(r[3]) + len(r[4] or "") + 1 + len(r[6]) for r in ledger._readings)
     n += sum(len(o[0]) + 1 + 8 + len(o[3]) + len(o[4] or "") for o in ledger._outbox)
     return n
 
 
 def simulate_writes(fs: LoopFs | None, base: Path, name: str, minutes: float, warm: float, outbox: bool,
-                    commit_s: float = 1.0, autocheckpoint: int = 1000, page_size: int = 4096,
-                    history_h: float = 6) -> dict:
+                    commit_s: float = 1.0, autocheckpoint: int | None = None, page_size: int | None = None,
+                    wal_mb: float | None = None, history_h: float = 6, index_min: float = 60) -> dict:
     from gateway.sinks.schema import Encoder, SiteIndex
-    from gateway.store import Ledger
+    from gateway.ledger import Ledger
     where = (fs.mnt if fs else base) / name
     where.mkdir(parents=True, exist_ok=True)
     db_path = where / "gw.db"
     cfg = site(db_path, outbox)
-    if page_size != 4096:
+    if page_size is not None:
         con = sqlite3.connect(db_path)
         con.execute(f"PRAGMA page_size = {page_size}")
         con.execute("CREATE TABLE _x (a)")
         con.execute("DROP TABLE _x")
         con.close()
-    ledger = Ledger(db_path, commit_s, Encoder(SiteIndex.from_config(cfg)) if outbox else None)
-    ledger._db.execute(f"PRAGMA wal_autocheckpoint = {autocheckpoint}")
+    from gateway.ledger.checkpoint import WAL_BYTES
+    wal_bytes = int(wal_mb * MB) if wal_mb is not None else WAL_BYTES
+    sim = {"now": 0.0}
+    ledger = Ledger(db_path, commit_s, Encoder(SiteIndex.from_config(cfg)) if outbox else None, wal_bytes=wal_bytes,
+                    monotonic=lambda: sim["now"])
+    # The checkpoint thread's work is done here, after each commit, with its own connection: the
+    # simulation runs hours in seconds, with no idle second between commits for the thread. The
+    # indexer's batches likewise, every `index_min` simulated minutes.
+    ledger.checkpointer.stop()
+    ledger.indexer.stop()
+    ckpt_db = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+    if autocheckpoint is not None:
+        ledger._db.execute(f"PRAGMA wal_autocheckpoint = {autocheckpoint}")
     page = ledger._db.execute("PRAGMA page_size").fetchone()[0]
     try:
         values = Values(cfg)
@@ -261,13 +296,20 @@ def simulate_writes(fs: LoopFs | None, base: Path, name: str, minutes: float, wa
                 ledger.flush()
                 while ledger.outbox_depth:
                     ledger.outbox_confirmed(ledger.outbox_batch(50_000), int(t * 1e6))
-        ledger._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        ledger.catch_up()
+        # The log at the size it keeps in a ledger that has run for a while: a log that grows
+        # costs a filesystem journal commit at every sync, one overwritten in place none.
+        ledger._db.executescript(f"BEGIN; CREATE TABLE _pad (b); INSERT INTO _pad VALUES (zeroblob({wal_bytes * 3 // 2}));"
+                                 " DROP TABLE _pad; COMMIT;")
+        ledger._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         polls = poll_schedule(cfg, t0, t0 + (warm + minutes) * 60)
         measure_from = t0 + warm * 60
         k = 0
         stats_at = t0 + 60
         buses = [b.id for b in cfg.buses]
-        counted = {"commits": 0, "deletes": 0, "rows_bytes": 0, "frames": 0, "readings": 0, "points": 0}
+        counted = {"commits": 0, "deletes": 0, "rows_bytes": 0, "stored_bytes": 0, "frames": 0, "readings": 0,
+                   "points": 0, "batches": 0}
+        index_at = t0 + index_min * 60
         began = None
         flush_s: list[float] = []        # each commit, autocheckpoints included: the event loop waits that long
         last_frames = wal_frames(db_path)
@@ -275,15 +317,20 @@ def simulate_writes(fs: LoopFs | None, base: Path, name: str, minutes: float, wa
         wall = time.perf_counter()
         for step in range(1, steps + 1):
             now = t0 + step * commit_s
+            sim["now"] = now
             if began is None and now > measure_from:
                 ledger._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 os.sync()
-                began = (proc_write_bytes(), fs.sectors_written() if fs else 0, ledger.commits)
+                began = (proc_write_bytes(), fs.sectors_written() if fs else 0, ledger.commits,
+                         ledger.checkpointer.checkpoints)
                 last_frames = wal_frames(db_path)
                 counted = {k2: 0 for k2 in counted}
             arrived = 0
             while k < len(polls) and polls[k][0] < now:
-                ledger.add(values.reading(polls[k][1], polls[k][0]))
+                reading = values.reading(polls[k][1], polls[k][0])
+                ledger.add(reading)
+                if began is not None:
+                    counted["rows_bytes"] += row_bytes(reading)
                 k += 1
                 arrived += 1
             if outbox and now >= stats_at:
@@ -293,13 +340,19 @@ def simulate_writes(fs: LoopFs | None, base: Path, name: str, minutes: float, wa
                                                                       "timeouts": 0, "overruns": 0, "busy_s": 1.0}, bus=b))
                 ledger.add(GatewayStats(from_us(int(now * 1e6)), {"readings_stored": step, "outbox_depth": 1}))
             if began is not None:
-                counted["rows_bytes"] += row_bytes(ledger)
+                counted["stored_bytes"] += stored_bytes(ledger)
                 counted["readings"] += arrived
                 counted["points"] += len(ledger._outbox)
-            c0, had = time.perf_counter(), ledger.pending
-            ledger._flush_logged()
-            if began is not None and had:
+            c0, before = time.perf_counter(), ledger.commits
+            ledger._flush_logged(lazy=True)          # as Ledger.run does
+            if began is not None and ledger.commits > before:
                 flush_s.append(time.perf_counter() - c0)
+            if now >= index_at:
+                index_at += index_min * 60
+                ledger.indexer.catch_up(whole_hours=True)     # what the worker does
+                counted["batches"] += 1
+            if autocheckpoint is None:
+                ledger.checkpointer.step(ckpt_db)
             if outbox:   # the drainer: a batch once its oldest point is 5 s old, deleted when "confirmed"
                 while ledger.outbox_depth:
                     rows = ledger.outbox_batch(5000)
@@ -317,15 +370,22 @@ def simulate_writes(fs: LoopFs | None, base: Path, name: str, minutes: float, wa
         os.sync()
         wrote = proc_write_bytes() - began[0]
         device = (fs.sectors_written() - began[1]) * 512 if fs else None
-        commits = ledger.commits - began[2] + counted["deletes"]
+        commits = ledger.commits - began[2]
+        checkpoints = ledger.checkpointer.checkpoints - began[3]
     finally:
+        ckpt_db.close()
         ledger.close()
+        shutil.rmtree(where, ignore_errors=True)       # the next variant's room on the small filesystem
     day = 1440 / minutes
     res = {
         "variant": name, "outbox": outbox, "commit_interval_s": commit_s, "wal_autocheckpoint": autocheckpoint,
+        "checkpoint_wal_mb": None if autocheckpoint is not None else round(wal_bytes / MB, 1),
+        "checkpoints_per_day": round(checkpoints * 1440 / minutes) if autocheckpoint is None else None,
         "page_size": page, "simulated_min": minutes, "readings_per_day": round(counted["readings"] * day),
         "commits_per_day": round(commits * day),
         "rows_mb_per_day": round(counted["rows_bytes"] * day / MB, 1),
+        "stored_rows_mb_per_day": round(counted["stored_bytes"] * day / MB, 1),
+        "index_batches_per_day": round(counted["batches"] * day),
         "wal_mb_per_day": round(counted["frames"] * (page + 24) * day / MB, 1),
         "process_write_mb_per_day": round(wrote * day / MB, 1),
         "device_write_mb_per_day": round(device * day / MB, 1) if device is not None else None,
@@ -346,7 +406,7 @@ def table_sizes(db: sqlite3.Connection) -> dict[str, dict]:
 
 
 def write_day(base: Path) -> tuple[object, object, dict]:
-    from gateway.store import Ledger
+    from gateway.ledger import Ledger
     db_path = base / "day" / "gw.db"
     cfg = site(db_path, False)
     ledger = Ledger(db_path, 1.0)
@@ -361,6 +421,7 @@ def write_day(base: Path) -> tuple[object, object, dict]:
             ledger.add(values.reading(polls[k][1], polls[k][0]))
             k += 1
         ledger.flush()
+    ledger.catch_up()
     rng = random.Random(3)
     day_us = to_us(START)
     at = lambda: from_us(day_us + rng.randrange(86_400_000_000))  # noqa: E731
@@ -392,13 +453,13 @@ def pct(xs: list[float], q: float) -> float:
 
 
 def size_and_retention(base: Path, res: dict) -> None:
-    from gateway.retention import Retention
+    from gateway.ledger.retention import Retention
     # ---- 2. size per day ----
     cfg, ledger, info = write_day(base)
     sizes = table_sizes(ledger._db)
     n = info["readings"]
     out(f"2. a day of the site in one ledger: {n:,} readings ({info['write_s']} s to write)")
-    groups = {"readings": ["readings", "readings_meter_ts"], "energy": ["energy"],
+    groups = {"readings": ["reading_log", "readings_by_meter", "meters"], "energy": ["energy"],
               "events": ["swipes", "swipes_ts", "door_events", "door_events_ts", "patrol_checkins",
                          "patrol_checkins_ts", "sqlite_autoindex_patrol_checkins_1", "alerts", "alerts_state",
                          "sqlite_autoindex_alerts_1", "alert_history", "alert_history_ts"]}
@@ -433,7 +494,7 @@ def size_and_retention(base: Path, res: dict) -> None:
         f"longest {run.longest_s * 1000:.1f} ms (the longest the event loop waited); {took:.1f} s in all "
         f"(the thinning check runs in a worker thread)")
     out(f"  energy of the day: {per['energy']['bytes'] / MB:.2f} MB -> {energy_thin / MB:.2f} MB thinned "
-        f"(payload {after.get('energy', {}).get('payload', 0) / MB:.2f} MB); {free_pages * 4096 / MB:.0f} MB of "
+        f"(payload {after.get('energy', {}).get('payload', 0) / MB:.2f} MB); {free_pages * ledger.page_size / MB:.0f} MB of "
         f"freed pages for the next rows")
     st = cfg.storage
     raw_day = per["readings"]["bytes"] + per["energy"]["bytes"]
@@ -458,17 +519,39 @@ def size_and_retention(base: Path, res: dict) -> None:
     ledger.close()
 
 
+def loop_lag(where: Path | None) -> dict | None:
+    """bench/loop_lag.py's throttled run (its own process: it needs root, mounts its own loop
+    device and lifts its blkio rule when it ends): its last line's JSON, the run's lines shown."""
+    script = Path(__file__).with_name("loop_lag.py")
+    cmd = [sys.executable, str(script), "--only", "throttled"] + (["--dir", str(where)] if where else [])
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    lines = done.stdout.strip().splitlines()
+    for line in lines[:-1]:
+        out(f"  | {line}")
+    try:
+        found = json.loads(lines[-1])
+        lag = found["loop_lag_ms_max"]
+    except (IndexError, ValueError, KeyError, TypeError):
+        why = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        out(f"  loop lag: bench/loop_lag.py gave no result (exit {done.returncode}: {why}); loop_lag_ms_max stays null")
+        return None
+    out(f"  loop lag on a throttled disk (bench/loop_lag.py): longest {lag} ms")
+    return found
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--minutes", type=float, default=60, help="simulated minutes measured per variant")
+    ap.add_argument("--minutes", type=float, default=360, help="simulated minutes measured per variant")
     ap.add_argument("--warm", type=float, default=10, help="simulated minutes before measuring")
     ap.add_argument("--quick", action="store_true", help="defaults and outbox only, 20 minutes")
     ap.add_argument("--only", default="", help="comma-separated variants of part 1: " + ", ".join(VARIANTS))
     ap.add_argument("--writes-only", action="store_true", help="part 1 only")
     ap.add_argument("--dir", type=Path, default=None, help="work directory (default: a temporary one)")
+    ap.add_argument("--lag", action="store_true",
+                    help="also the event loop's longest lag on a throttled disk (bench/loop_lag.py, root)")
     args = ap.parse_args()
     if args.quick:
-        args.minutes, args.warm = 20, 5
+        args.minutes, args.warm = 120, 5
     base = Path(tempfile.mkdtemp(prefix="bench-storage-", dir=args.dir))
     res: dict = {"site": "edge_config/site.example.yaml", "meters": 145}
     try:
@@ -513,6 +596,12 @@ def main() -> None:
 
         if not args.writes_only:
             size_and_retention(base, res)
+        # The throttled-disk measurement is its own bench (bench/loop_lag.py); null unless asked for.
+        lag = loop_lag(args.dir) if args.lag else None
+        res["loop_lag_ms_max"] = lag["loop_lag_ms_max"] if lag else None
+        if lag:
+            res["loop_lag"] = {k: lag.get(k) for k in ("loop_lag_ms_p99", "seconds", "commits", "checkpoints",
+                                                       "index_batches", "throttle", "knobs")}
     finally:
         shutil.rmtree(base, ignore_errors=True)
     print(json.dumps(res, ensure_ascii=False), flush=True)

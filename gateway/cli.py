@@ -57,7 +57,7 @@ def _run_until_signal(main) -> None:
 
 
 async def _gateway_until(gw, stop: asyncio.Event, seconds: float | None) -> None:
-    from .store import LedgerError
+    from .ledger import LedgerError
     task = asyncio.create_task(gw.run(status_every_s=60 if seconds is None else min(10.0, seconds)))
     waiter = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait({task, waiter}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
@@ -146,7 +146,7 @@ def run(config: Path = typer.Option(..., "-c", "--config", help="site file"),
         typer.echo(f"warning: {config}: {w}", err=True)
     setup_logging(verbose)
     from .service import run_service
-    from .store import LedgerError
+    from .ledger import LedgerError
 
     async def main(stop: asyncio.Event) -> None:
         try:
@@ -416,11 +416,11 @@ app.add_typer(alarms_app, name="alarms")
 
 
 def _ledger_ro(cfg: SiteConfig):
-    import sqlite3
+    from .ledger.queries import connect_read_only
     path = cfg.storage_path
     if not path.exists():
         raise fail(f"no ledger at {path} yet: has `gateway run -c ...` been started with this site file?")
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    return connect_read_only(path)
 
 
 def _local(us: int | None, cfg: SiteConfig) -> str:
@@ -544,7 +544,7 @@ def allocate(ctx: typer.Context,
     from .billing.monthly import run_month
     from .billing.runs import RunError, check_bill_period, parse_bill_period
     from .billing.tariffs import TariffError
-    from .store import LedgerError
+    from .ledger import LedgerError
 
     cfg = _load(config)
     if not cfg.storage_path.exists():
@@ -613,7 +613,7 @@ def allocate_approve(config: Path = typer.Option(..., "-c", "--config", help="si
                                               "is reviewed before it is approved")) -> None:
     """Sign a run off as reviewed or approved (the month's answer; supersedes its older runs)."""
     from .billing.runs import RunError, sign
-    from .store import Ledger, LedgerError
+    from .ledger import Ledger, LedgerError
 
     cfg = _load(config)
     if not cfg.storage_path.exists():
@@ -649,7 +649,7 @@ def allocate_runs(config: Path = typer.Option(..., "-c", "--config", help="site 
     from zoneinfo import ZoneInfo
 
     from .billing.runs import answer, runs
-    from .store import Ledger, LedgerError
+    from .ledger import Ledger, LedgerError
 
     cfg = _load(config)
     tz = ZoneInfo(cfg.site.timezone)
@@ -728,7 +728,7 @@ def meters_replace(meter: str = typer.Argument(..., help="meter id from the site
     from zoneinfo import ZoneInfo
 
     from .billing.replacement import Proposed, already_recorded, forced_note, replacement_problems
-    from .store import Ledger, LedgerError, Replacement
+    from .ledger import Ledger, LedgerError, Replacement
     cfg = _load(config)
     if meter not in {m.id for m in cfg.meters}:
         raise fail(f"no meter named {meter!r} in {config}", 2)
@@ -774,7 +774,7 @@ def meters_replacements(config: Path = typer.Option(..., "-c", "--config", help=
     """The recorded meter replacements."""
     from zoneinfo import ZoneInfo
 
-    from .store import Ledger
+    from .ledger import Ledger
     cfg = _load(config)
     if not cfg.storage_path.exists():
         raise fail(f"no ledger at {cfg.storage_path} yet", 2)

@@ -86,7 +86,7 @@ class SiteInfo(_Strict):
 class Storage(_Strict):
     path: PathText = "var/gateway.db"
     commit_interval_s: float = Field(default=1.0, gt=0, le=60)
-    # retention and disk care (gateway/retention.py; README "Storage care")
+    # retention and disk care (gateway/ledger/retention.py; README "Storage care")
     raw_days: int = Field(default=62, ge=31, le=36500, description="readings (every field) are kept this many "
                           "days; older months keep only the energy counters billing needs (at least a month: the "
                           "month just ended stays whole until it is billed)")

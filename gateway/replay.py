@@ -28,7 +28,7 @@ from .events import AlertChange, CardSwipe, DeviceStatus, DoorEvent, PatrolCheck
 from .mqtt import topic_matches
 from .recording import read
 from .runtime import Gateway
-from .store import Ledger
+from .ledger import Ledger
 
 log = logging.getLogger(__name__)
 

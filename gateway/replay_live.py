@@ -405,7 +405,7 @@ async def _replay(cfg: SiteConfig, header: dict, records: list[dict], tail_s: fl
     from simulators.replay import MqttPlayer, PollScript, PtyPort, ThreadedBroker, scripted_server
 
     from .drivers.modbus_plan import plan_for_model
-    from .store import Replacement
+    from .ledger import Replacement
 
     loop = asyncio.get_running_loop()
     if not isinstance(loop, VirtualTimeLoop):

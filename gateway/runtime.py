@@ -20,8 +20,8 @@ from .drivers.modbus import ModbusBus
 from .events import AlertChange, CardSwipe, DeviceStatus, DoorEvent, GatewayStats, PatrolCheckin, Reading
 from .hub import Hub
 from .ledger.queries import bus_statuses, read_only
+from .ledger import Ledger
 from .sinks.alert_message import alert_messages
-from .store import Ledger
 
 log = logging.getLogger(__name__)
 
@@ -500,8 +500,8 @@ class Gateway:
 
     def _storage_care(self) -> list:
         """Retention once after start and then hourly, and the disk guard the ledger asks before
-        each commit (gateway/retention.py). Nothing is removed while the wall clock is untrusted."""
-        from .retention import StorageCare
+        each commit (gateway/ledger/retention.py). Nothing is removed while the wall clock is untrusted."""
+        from .ledger.retention import StorageCare
 
         def trusted() -> bool:
             return getattr(getattr(self, "timesync", None), "trusted", True)

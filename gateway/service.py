@@ -92,7 +92,7 @@ class Health:
             elif now - seen[1] > self._bus_limit_s(bus):
                 return False, f"bus {bus.bus.id} made no poll for {now - seen[1]:.0f} s"
         commits = ledger.commits
-        # A ledger that holds rows on purpose (the disk is full, gateway/retention.py) is doing its
+        # A ledger that holds rows on purpose (the disk is full, gateway/ledger/retention.py) is doing its
         # job: restarting would lose what it holds.
         if self._commits is None or commits != self._commits[0] or not ledger.pending or getattr(ledger, "holding", False):
             self._commits = (commits, now)

@@ -13,7 +13,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from gateway.config import ConfigError, load_site
-from gateway.store import LedgerError
+from gateway.ledger import LedgerError
 
 from .month import generate_month
 from .site import SiteSimulation

@@ -20,7 +20,6 @@ import itertools
 import multiprocessing
 import os
 import random
-import struct
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from gateway.config import Meter, SiteConfig
-from gateway.store import INSERT_ENERGY, Ledger, Replacement
+from gateway.ledger import Ledger, Replacement
 
 from .profiles import Profile
 from .site import meter_seed
@@ -39,7 +38,6 @@ FIELDS = ("voltage_v", "current_a", "power_kw", "energy_kwh")
 LINE_LOSSES = 0.035      # the main meter also sees the losses of the estate's own cables
 SPIKE_CENTS = 500_000    # +5000 kWh: far beyond what any circuit can draw between two readings
 GAP_HOURS = 6
-_pack = struct.Struct("<4d").pack
 
 
 @dataclass(frozen=True)
@@ -198,15 +196,12 @@ def generate_month(cfg: SiteConfig, db_path: Path, month: str = "2026-10", seed:
         summary.faults.append(Fault(mid, "silent", a, f"no readings {a:%Y-%m-%d %H:%M}–{b:%Y-%m-%d %H:%M} UTC"))
 
     ledger = Ledger(Path(db_path))
-    db = ledger._db
     first_us = start_s * 1_000_000 + (1 if follow is not None else 0)   # a follower's first instant is written
     for m in meters:  # refuse to mix two runs: the counters would jump between them
-        if db.execute("SELECT 1 FROM readings WHERE meter = ? AND ts_us BETWEEN ? AND ? LIMIT 1",
-                      (m.id, first_us, end_s * 1_000_000)).fetchone():
+        if ledger.has_readings(m.id, first_us, end_s * 1_000_000):
             ledger.close()
             raise ValueError(f"{db_path} already has readings of {m.id} between {start} and {end}; "
                              f"use a new ledger file")
-    fs = ledger._field_set(FIELDS)
     site = cfg.site
     total = [0.0] * len(times)  # all sub-meters' power at each instant, for the main meter
     jobs = [(m.circuit, meter_seed(seed, m.id), site.timezone, site.latitude, site.longitude, times,
@@ -222,9 +217,10 @@ def generate_month(cfg: SiteConfig, db_path: Path, month: str = "2026-10", seed:
                 else:
                     power = next(series)
                     total = [a + b for a, b in zip(total, power)]
-                summary.rows += _write_meter(ledger, fs, m, times, power, start_cents[m.id], volt_seed[m.id],
+                summary.rows += _write_meter(ledger, m, times, power, start_cents[m.id], volt_seed[m.id],
                                              cfg.models[m.model].phases, every_s, plans.get(m.id, _Plan()),
                                              k_ms, k_me, summary, (silent or {}).get(m.id), follow is not None)
+        ledger.catch_up()      # into the per-meter form now: the month is read at once
     finally:
         ledger.close()
     summary.faults.sort(key=lambda f: (f.when or end, f.kind))
@@ -242,7 +238,7 @@ def _power_series(circuit: str, seed: int, tz: str, latitude: float, longitude: 
     return power
 
 
-def _write_meter(ledger: Ledger, fs: int, m: Meter, times: range, power: list[float], start: float,
+def _write_meter(ledger: Ledger, m: Meter, times: range, power: list[float], start: float,
                  volt_seed: int, phases: int, every_s: int, plan: _Plan, k_ms: int, k_me: int,
                  summary: MonthSummary, silent: tuple[datetime, datetime] | None, following: bool) -> int:
     # energy up to each reading (left rectangle rule, in cents): power holds until the next reading
@@ -292,25 +288,14 @@ def _write_meter(ledger: Ledger, fs: int, m: Meter, times: range, power: list[fl
     vrnd = random.Random(volt_seed).random
     amps_per_kw = 1000.0 / phases  # current per phase of a balanced load; pf taken as 1 for simplicity
     mid = m.id
-    rows = [(mid, t * 1_000_000, fs, _pack(v, p * amps_per_kw / v, p, c / 100.0),
-             '{"energy_kwh":"%d.%02d"}' % divmod(c, 100))
+    rows = [(t * 1_000_000, (v, p * amps_per_kw / v, p, c / 100.0), "%d.%02d" % divmod(c, 100))
             for t, p, c, v in zip(times, power, counters, (220.0 + 10.0 * vrnd() for _ in times))]
     if plan.gap is not None:
         del rows[plan.gap[0]:plan.gap[1]]
     if silent is not None:
         a_us, b_us = (int(x.timestamp()) * 1_000_000 for x in silent)
-        rows = [r for r in rows if not a_us <= r[1] < b_us]
+        rows = [r for r in rows if not a_us <= r[0] < b_us]
     if following:
-        rows = [r for r in rows if r[1] != times[0] * 1_000_000]   # the month before wrote that instant
-    db = ledger._db
-    db.execute("BEGIN")  # one transaction per meter: its readings and its replacement, or nothing
-    try:
-        db.executemany("INSERT INTO readings (meter, ts_us, field_set, vals, counters) VALUES (?,?,?,?,?)", rows)
-        db.executemany(INSERT_ENERGY, ((r[0], r[1], r[4][15:-2]) for r in rows))
-        if replacement is not None:
-            ledger.record_replacement(replacement)
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
-    return len(rows)
+        rows = [r for r in rows if r[0] != times[0] * 1_000_000]   # the month before wrote that instant
+    # one transaction per meter: its readings and its replacement, or nothing
+    return ledger.write_meter(mid, FIELDS, rows, replacement)

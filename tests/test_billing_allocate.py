@@ -17,7 +17,7 @@ from gateway.billing.tariffs import TariffError, plan_month, split_by_minutes
 from gateway.cli import app
 from gateway.config import ConfigError, Tariff, load_site, parse_site
 from gateway.events import Reading
-from gateway.store import Ledger, Replacement
+from gateway.ledger import Ledger, Replacement
 
 D = Decimal
 ZERO = D(0)

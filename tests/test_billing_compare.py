@@ -15,7 +15,7 @@ from gateway.billing.monthly import run_month
 from gateway.billing.stored import dumps, loads
 from gateway.cli import app
 from gateway.events import Reading
-from gateway.store import Ledger
+from gateway.ledger import Ledger
 
 from test_billing_allocate import make_site
 from test_billing_report import build

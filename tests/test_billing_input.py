@@ -17,7 +17,7 @@ from gateway.billing.tariffs import implausible_prices, plan_month
 from gateway.cli import app
 from gateway.config import ConfigError, load_site
 from gateway.events import Reading
-from gateway.store import Ledger
+from gateway.ledger import Ledger
 
 runner = CliRunner()
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from gateway.billing.allocate import AllocationError, allocate
 from gateway.billing.monthly import run_month
 from gateway.cli import app
-from gateway.store import Ledger
+from gateway.ledger import Ledger
 from simulators.month import generate_month
 from test_billing_allocate import make_site
 

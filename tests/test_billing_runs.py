@@ -17,7 +17,8 @@ from gateway.billing.monthly import run_month
 from gateway.billing.runs import RunError, answer, check_sign, parse_bill_period, runs, sign
 from gateway.cli import app
 from gateway.config import load_site
-from gateway.store import MIGRATIONS, Ledger
+from gateway.ledger import Ledger
+from gateway.ledger.schema import MIGRATIONS
 
 from test_billing_allocate import HOUSEHOLDS, SITE, fill, make_site
 

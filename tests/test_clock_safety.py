@@ -28,7 +28,7 @@ from gateway.runtime import Gateway
 from gateway.sinks.drainer import Drainer
 from gateway.sinks.influxdb import make_writer
 from gateway.sinks.schema import Encoder, SiteIndex
-from gateway.store import Ledger
+from gateway.ledger import Ledger
 from gateway.timesync import (STA_UNSYNC, TIME_ERROR, FakeClockSource, HeldEvents, KernelClock, SourceClock,
                               SyncState, SystemClockSource, TimeSync, _TimexHead, clock_report, read_adjtimex)
 from simulators.site import SiteSimulation

@@ -16,6 +16,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
+from gateway.clock import to_us
 from gateway.config import parse_site
 from gateway.events import CardSwipe, DeviceStatus, GatewayStats, Reading
 from gateway.runtime import Gateway
@@ -23,7 +24,8 @@ from gateway.sinks.drainer import Drainer
 from gateway.sinks.influxdb import make_writer
 from gateway.sinks.lineprotocol import Unwritable, line
 from gateway.sinks.schema import Encoder, SiteIndex
-from gateway.store import NEVER_SHED, Ledger
+from gateway.ledger import Ledger
+from gateway.ledger.writer import NEVER_SHED
 from servers import Influx1
 from simulators.site import SiteSimulation
 
@@ -271,6 +273,12 @@ def test_budget_sheds_self_metrics_first_and_never_energy_counters(tmp_path):
     for e in _events():
         ledger.add(e)
     ledger.flush()
+    # A reading's point is the reading itself until InfluxDB has been unreachable for longer than
+    # storage.raw_days: retention then deletes the reading and its point waits in the outbox as a
+    # line, under the outbox's budget.
+    ledger.catch_up()
+    first, last = ledger.reading_id_after(None, 10**6)
+    assert ledger.delete_readings(first, last, to_us(T0) + 10**12) == 100 and ledger.outbox_depth == 301
     full = ledger.outbox_bytes
     # 1) a budget that self metrics alone can satisfy
     shed = ledger.shed(full - 1000)
@@ -479,7 +487,8 @@ def test_budget_warns_at_80_percent_and_sheds_over_it(tmp_path, caplog):
     ledger = Ledger(tmp_path / "l.db", encoder=Encoder(SiteIndex.from_config(cfg)))
     drainer = Drainer(ledger, make_writer(cfg.influxdb, tmp_path), cfg.influxdb)
     budget = drainer.budget
-    events = iter(_events() * 10)
+    # points of their own in the outbox (a reading's point is the reading itself: no outbox space)
+    events = (GatewayStats(T0 + timedelta(seconds=i), {"polls": i, "outbox_depth": 5}) for i in itertools.count())
     while ledger.outbox_bytes < 0.85 * budget:
         ledger.add(next(events))
         ledger.flush()

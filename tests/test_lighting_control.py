@@ -18,7 +18,7 @@ from gateway.hub import Hub
 from gateway.lighting.control import LightingControl, OverrideRefused
 from gateway.lighting.outputs import make_ports
 from gateway.runtime import build_buses
-from gateway.store import Ledger
+from gateway.ledger import Ledger
 from simulators.site import SiteSimulation
 
 TZ = ZoneInfo("Asia/Shanghai")

@@ -12,7 +12,7 @@ from astral.sun import sun
 from gateway.clock import to_us
 from gateway.config import parse_site
 from gateway.lighting.savings import month_savings, totals
-from gateway.store import Ledger
+from gateway.ledger import Ledger
 
 TZ = ZoneInfo("Asia/Shanghai")
 

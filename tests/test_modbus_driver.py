@@ -10,7 +10,7 @@ from gateway.config import parse_site
 from gateway.drivers.modbus import ModbusBus
 from gateway.events import Reading
 from gateway.runtime import Gateway
-from gateway.store import Ledger
+from gateway.ledger import Ledger
 from simulators.site import SiteSimulation
 from collect import Collector, assert_reads_as
 

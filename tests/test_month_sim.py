@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from gateway.config import load_site
-from gateway.store import Ledger
+from gateway.ledger import Ledger
 from simulators.__main__ import main
 from simulators.month import LINE_LOSSES, generate_month
 
@@ -49,7 +49,7 @@ def write_site(path, **kw):
 def rows(db) -> list[tuple]:
     con = sqlite3.connect(db)
     try:
-        return con.execute("SELECT meter, ts_us, field_set, vals, counters FROM readings ORDER BY id").fetchall()
+        return con.execute("SELECT meter, ts_us, field_set, vals, kwh, counters FROM readings ORDER BY id").fetchall()
     finally:
         con.close()
 

@@ -22,7 +22,7 @@ import yaml
 
 from gateway.config import parse_site
 from gateway.recording import Recorder
-from gateway.store import Ledger, LedgerError
+from gateway.ledger import Ledger, LedgerError
 from gateway.web.auth import hash_password, verify_password
 from simulators.site import SiteSimulation
 

@@ -20,9 +20,10 @@ from gateway.billing.tariffs import SLOT_US
 from gateway.clock import to_us
 from gateway.config import ConfigError, parse_site
 from gateway.events import Alert, AlertChange, CardSwipe, DeviceStatus, DoorEvent, GatewayStats, PatrolCheckin, Reading
-from gateway.retention import DiskGuard, Retention, StorageCare, plan_thinning, thinnable, _Reader
+from gateway.ledger.retention import DiskGuard, Retention, StorageCare, plan_thinning, thinnable, _Reader
 from gateway.sinks.schema import Encoder, SiteIndex
-from gateway.store import INSERT_ENERGY, NEVER_SHED, Ledger, Replacement
+from gateway.ledger import Ledger, Replacement
+from gateway.ledger.writer import INSERT_ENERGY
 from test_billing_allocate import START, make_site
 
 D = Decimal
@@ -93,12 +94,13 @@ def test_retention_removes_exactly_what_is_older_than_its_limit_and_nothing_else
     db.executemany(INSERT_ENERGY, [("m1", to_us(energy_cut - s), "1.00"), ("m1", to_us(energy_cut + s), "2.00")])
     has_episode = "episode" in {r[1] for r in db.execute("PRAGMA table_info(readings)")}
     if has_episode:   # recorded while the clock was untrusted: its time is not known, so it stays
-        db.execute("INSERT INTO readings (meter, ts_us, field_set, vals, counters, episode) "
-                   "SELECT meter, ?, field_set, vals, counters, 7 FROM readings LIMIT 1", (to_us(NOW - 300 * DAY),))
+        db.execute("INSERT INTO reading_log (meter, ts_us, field_set, vals, kwh, counters, episode) "
+                   "SELECT meter, ?, field_set, vals, kwh, counters, 7 FROM reading_log LIMIT 1",
+                   (to_us(NOW - 300 * DAY),))
     outbox = ledger.outbox_depth
     readings_before = column(db, "SELECT ts_us FROM readings ORDER BY ts_us")
 
-    caplog.set_level(logging.INFO, logger="gateway.retention")
+    caplog.set_level(logging.INFO, logger="gateway.ledger.retention")
     r = run(Retention(ledger, cfg, offload=False))
 
     us = to_us
@@ -118,8 +120,9 @@ def test_retention_removes_exactly_what_is_older_than_its_limit_and_nothing_else
         ("A2", us(old)), ("A3", us(NOW - 10 * DAY))]
     assert column(db, "SELECT rejected_us FROM outbox_rejected") == [us(raw + s)]
     assert sorted(db.execute("SELECT ts_us, done FROM ack_requests")) == [(us(events - s), 0), (us(events + s), 1)]
-    # the outbox is a copy of its own: nothing in it is touched, even points of deleted readings
-    assert ledger.outbox_depth == outbox == column(db, "SELECT count(*) FROM outbox")[0]
+    # nothing waiting for InfluxDB is lost: the points of the deleted readings (not sent: InfluxDB is
+    # unreachable) wait in the outbox as lines; the two recent readings of m1 send their own
+    assert ledger.outbox_depth == outbox and column(db, "SELECT count(*) FROM outbox")[0] == outbox - 2
     lines = [rec.getMessage() for rec in caplog.records if rec.getMessage().startswith("retention:")]
     assert len(lines) == 1 and "3 readings" in lines[0] and "1 swipes" in lines[0], lines
 
@@ -296,9 +299,9 @@ def test_a_thinning_that_would_change_billing_is_refused(tmp_path, monkeypatch, 
                     drop.append(t)
                 seen.add(k)
         return drop
-    monkeypatch.setattr("gateway.retention.thinnable", one_per_slot)
+    monkeypatch.setattr("gateway.ledger.retention.thinnable", one_per_slot)
     counts = dict(ledger._db.execute("SELECT meter, count(*) FROM energy GROUP BY meter"))
-    caplog.set_level(logging.WARNING, logger="gateway.retention")
+    caplog.set_level(logging.WARNING, logger="gateway.ledger.retention")
     r = run(Retention(ledger, cfg, offload=False), datetime(2027, 1, 2, tzinfo=timezone.utc))
     # refused for every meter read off the boundaries, in both months it has; MAIN is read right on
     # the minute, so one counter per slot is exact for it, and the check lets that through
@@ -375,10 +378,11 @@ async def test_low_disk_is_said_once_sheds_the_outbox_and_clears(tmp_path, caplo
     assert [(p.device, p.kind, p.online) for p in published] == [("ledger", "storage", False)]
     assert guard.shed_wanted
     shed = await guard.shed()
-    assert shed == {"gateway": 50, "meter": 50}
+    # the readings' points are the readings themselves (no outbox space): they all stay, whole;
+    # meter points as lines are thinned to their counters (tests/test_influx.py, the budget)
+    assert shed == {"gateway": 50}
     db = ledger._db
-    assert db.execute("SELECT count(*), min(priority) FROM outbox").fetchone() == (50, NEVER_SHED)
-    assert all("voltage_v" not in line and "energy_kwh" in line for (line,) in db.execute("SELECT line FROM outbox"))
+    assert db.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0 and ledger.outbox_depth == 50
     assert guard.stats()["disk_low"] == 1 and guard.stats()["disk_free_mb"] == 150
     disk.free = 205 * MB                # not yet: space must come back with a margin
     guard.check()
@@ -413,13 +417,15 @@ def test_below_the_floor_readings_wait_in_memory_within_a_bound(tmp_path, caplog
     assert ledger.dropped["points"] >= 1 and ledger.dropped["readings"] == 0
     ledger.hold_max_bytes = 10 * ledger._HELD_ENERGY + 2 * ledger._HELD_READING + ledger._HELD_READING
     ledger._flush_logged()
-    # all 11 points (10 meter points and the status's), then 8 readings' rows (10 × 480 + 480 > the bound)
-    assert ledger.dropped["points"] == 11 and ledger.dropped["readings"] == 8 and ledger.dropped["energy"] == 0
+    # the status's point (a reading's point is the reading itself: not held apart), then 8 readings'
+    # rows (10 × 480 + 480 > the bound)
+    assert ledger.dropped["points"] == 1 and ledger.dropped["readings"] == 8 and ledger.dropped["energy"] == 0
     assert len([r for r in caplog.records if "dropping the oldest held rows" in r.getMessage()]) == 1
     disk.free = 500 * MB
     ledger._flush_logged()
     assert not guard.held and not ledger.holding
     db = ledger._db
+    ledger.catch_up()           # the readings' counters into `energy` now, not within the hour
     assert column(db, "SELECT count(*) FROM readings") == [2]
     assert column(db, "SELECT kwh FROM energy ORDER BY ts_us") == [f"{100 + i}.00" for i in range(10)]
     assert column(db, "SELECT count(*) FROM device_status WHERE device = 'm1'") == [1]
@@ -437,7 +443,7 @@ def test_sqlite_full_on_commit_keeps_the_batch_and_retries(tmp_path, caplog):
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     pages = db.execute("PRAGMA page_count").fetchone()[0]
     db.execute(f"PRAGMA max_page_count = {pages}")     # SQLite answers SQLITE_FULL as on a full disk
-    caplog.set_level(logging.WARNING, logger="gateway.store")
+    caplog.set_level(logging.WARNING, logger="gateway.ledger.writer")
     for i in range(1, 400):
         ledger.add(Reading("m1", NOW + i * timedelta(seconds=30), {"voltage_v": 230.0, "new_field": float(i),
                                                                    "energy_kwh": 100.0 + i},
@@ -451,6 +457,7 @@ def test_sqlite_full_on_commit_keeps_the_batch_and_retries(tmp_path, caplog):
     db.execute("PRAGMA max_page_count = 1073741823")
     ledger._flush_logged()
     assert ledger.commit_failures == 0 and ledger.pending == 0 and not ledger.holding
+    ledger.catch_up()           # the readings' counters into `energy` now, not within the hour
     assert ledger.count_readings() == 400 and db.execute("SELECT count(*) FROM energy").fetchone()[0] == 400
     assert [r.values.get("new_field") for r in ledger.readings("m1")][1:] == [float(i) for i in range(1, 400)]
     assert any("committing again after 3 failed attempts" in r.getMessage() for r in caplog.records)
@@ -482,7 +489,7 @@ def test_a_really_full_filesystem_keeps_the_batch_and_the_ledger_sound(small_fs,
                 f.flush()
         except OSError:
             pass
-    caplog.set_level(logging.WARNING, logger="gateway.store")
+    caplog.set_level(logging.WARNING, logger="gateway.ledger.writer")
     n = 1
     while not ledger.commit_failures and n < 5000:
         for _ in range(50):

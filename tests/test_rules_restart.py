@@ -27,7 +27,7 @@ from gateway.replay import replay
 from gateway.rules import Engine
 from gateway.rules.restore import restore
 from gateway.runtime import Gateway
-from gateway.store import Ledger, Replacement
+from gateway.ledger import Ledger, Replacement
 from simulators.site import SiteSimulation
 from test_rules_support import Rec, T0, checkin, reading, sec, site
 
@@ -399,11 +399,12 @@ def test_consumption_warm_up_skips_unreadable_rows_with_a_warning(ledger, caplog
         ledger.add(e)
     ledger.flush()
     edge = to_us(L(23, 0, day=10))
-    ledger._db.execute("INSERT INTO readings (meter, ts_us, field_set, vals, counters) "
-                       "SELECT meter, ?, field_set, vals, '{not json' FROM readings LIMIT 1", (edge - 1,))
-    ledger._db.execute("INSERT INTO readings (meter, ts_us, field_set, vals, counters) "
-                       "SELECT 'A01', ?, field_set, vals, '{\"energy_kwh\":\"lots\"}' FROM readings LIMIT 1",
-                       (edge + 1,))
+    # rows as schema 8 wrote them (counters as JSON text): a damaged one and one with a bad value
+    ledger._db.execute("INSERT INTO field_sets (names) VALUES ('') ON CONFLICT DO NOTHING")
+    legacy = ("INSERT INTO reading_log (meter, ts_us, field_set, vals, counters) SELECT "
+              "(SELECT id FROM meters WHERE name = ?), ?, (SELECT id FROM field_sets WHERE names = ''), x'', ?")
+    ledger._db.execute(legacy, ("A01", edge - 1, "{not json"))
+    ledger._db.execute(legacy, ("A01", edge + 1, '{"energy_kwh":"lots"}'))
     after = Run(ledger, [NIGHT, CTR])
     with caplog.at_level(logging.WARNING, logger="gateway.rules.restore"):
         out = after.restore(L(12, 0, day=16))

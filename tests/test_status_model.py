@@ -15,7 +15,7 @@ import yaml
 
 from gateway.config import parse_site
 from gateway.ledger.queries import (DeviceStatus, bus_statuses, meter_state, read_only, read_status)
-from gateway.store import Ledger
+from gateway.ledger import Ledger
 from web_fixtures import PASSWORDS, SITE_INFO, USERS, login, small_site
 
 

@@ -24,7 +24,7 @@ from gateway.clock import to_us
 from gateway.config import load_site, parse_site
 from gateway.events import CardSwipe, DeviceStatus, DoorEvent, PatrolCheckin, Reading
 from gateway.rules import Engine
-from gateway.store import Ledger
+from gateway.ledger import Ledger
 from gateway.web.app import WebContext
 from gateway.web.auth import hash_password
 from gateway.web.i18n import STRINGS

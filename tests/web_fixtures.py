@@ -193,7 +193,7 @@ def copy_allocations(source_db: Path, ledger_db: Path) -> int:
     """The allocation runs of `source_db` into `ledger_db` (what `gateway allocate` leaves in a
     ledger: the run with its out_dir, its charges, its result to print it again and its
     sign-offs); returns the number of runs."""
-    from gateway.store import Ledger
+    from gateway.ledger import Ledger
     Ledger(ledger_db).close()                    # the schema
     con = sqlite3.connect(ledger_db)
     try:

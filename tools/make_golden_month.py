@@ -29,7 +29,7 @@ def golden_month(work: Path):
     from gateway.billing.allocate import allocate
     from gateway.billing.report import write_csv
     from gateway.config import parse_site
-    from gateway.store import Ledger
+    from gateway.ledger import Ledger
     from simulators.month import generate_month
 
     site = ROOT / "edge_config" / "site.example.yaml"

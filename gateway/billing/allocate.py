@@ -30,7 +30,7 @@ from fractions import Fraction
 
 from ..config import AllocationGroup, Meter, SiteConfig
 from ..rules.models import MAX_POWER_KW
-from ..store import Ledger
+from ..ledger import Ledger
 from .households import site_households
 from .intervals import MeterIntervals, MeterLimits, Replaced, meter_intervals
 from .model import (FEN, QUALITY_KINDS, AllocationResult, GroupMonth, Household, HouseholdCharge, MeterMonth, QualityNote,

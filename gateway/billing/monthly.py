@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 from ..clock import to_us
 from ..config import SiteConfig
-from ..store import Ledger
+from ..ledger import Ledger
 from .allocate import allocate
 from .compare import Comparison
 from .model import AllocationResult, RunInfo

@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 from ..clock import from_us, to_us
 from ..config import Meter, SiteConfig
-from ..store import Ledger
+from ..ledger import Ledger
 from .allocate import meter_limits
 
 HOUR_US = 3_600_000_000

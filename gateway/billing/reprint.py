@@ -40,7 +40,7 @@ async def reprint_in_child(cfg: SiteConfig, run_id: int, superseded: list[int]) 
 
 def main() -> int:
     from ..config import parse_site
-    from ..store import Ledger
+    from ..ledger import Ledger
     from .runs import reprint_signed
     req = json.loads(sys.stdin.read())
     cfg = parse_site(req["site"], base_dir=Path(req["base_dir"]))

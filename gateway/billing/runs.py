@@ -33,7 +33,7 @@ from zoneinfo import ZoneInfo
 
 from ..clock import from_us, to_us
 from ..config import SiteConfig
-from ..store import Ledger
+from ..ledger import Ledger
 from .model import RunInfo, SignOff
 from .points import outbox_row, series_key, state_row, zero_row
 
@@ -97,7 +97,7 @@ def _dec(text: str | None) -> Decimal | None:
 
 
 def from_rows(rows: list[dict]) -> list[Run]:
-    """Runs from the ledger's rows (store.allocation_runs)."""
+    """Runs from the ledger's rows (ledger.allocation_runs)."""
     out = []
     for r in rows:
         try:

@@ -19,7 +19,7 @@
    still being judged (a wand rule's as far back as its look-back: they tell its last download),
    and round alerts acknowledged before the restart are not raised again.
 
-The ledger is duck-typed (gateway.store.Ledger: `replacements`, `alert_rows`, `last_counters`,
+The ledger is duck-typed (gateway.ledger.Ledger: `replacements`, `alert_rows`, `last_counters`,
 `counters_around`, `patrol_checkins_between`, `activity`); rules get plain data and never see
 it. A step that fails is logged as one line and the others go on; a row that cannot be read is
 skipped with a warning. The summary line says what came back and how long it took (about 0.2 s

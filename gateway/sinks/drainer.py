@@ -15,7 +15,7 @@ import random
 
 from ..clock import REAL_CLOCK, Clock, to_us
 from ..config import InfluxConfig
-from ..store import Ledger
+from ..ledger import Ledger
 from .influxdb import WriteError
 
 log = logging.getLogger(__name__)

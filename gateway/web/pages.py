@@ -118,7 +118,7 @@ def page_routes(ctx, guarded, render) -> list:
         is recorded in the ledger, the run's reports are printed again, and an approved run
         becomes the month's answer (its points replace the others' in InfluxDB)."""
         from ..billing.runs import RunError, sign
-        from ..store import Ledger, LedgerError
+        from ..ledger import Ledger, LedgerError
         run_id = _run_id(request.path_params["run_id"])
         if run_id is None:
             raise Denied(404, "sign_no_run")

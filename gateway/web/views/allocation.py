@@ -19,7 +19,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from ...billing.runs import Run, answer, from_rows
-from ...store import allocation_runs
+from ...ledger import allocation_runs
 
 MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 KINDS = {"csv": "text/csv; charset=utf-8",

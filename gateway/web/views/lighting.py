@@ -8,11 +8,11 @@ from datetime import datetime, timedelta
 
 from ...clock import from_us, to_us
 from ...lighting.plan import Planner
-from .meters import field_sets, last_reading
+from ...ledger import queries
 
 
-def _last_power(db, meter: str, sets) -> tuple[float | None, int | None]:
-    found = last_reading(db, meter, sets)
+def _last_power(db, meter: str, names) -> tuple[float | None, int | None]:
+    found = queries.last_reading(db, meter, names)
     if found is None:
         return None, None
     return found["values"].get("power_kw"), found["ts_us"]
@@ -27,24 +27,19 @@ def lighting_view(cfg, db, now: datetime, controller=None, planner: Planner | No
     last = {}
     overrides = {}
     if db is not None:
-        for cid, state, source, by, reason, result, ts_us in db.execute(
-                "SELECT circuit, state, source, by, reason, result, max(ts_us) FROM lighting_commands "
-                "WHERE result IN ('confirmed', 'unchanged') GROUP BY circuit"):
-            last[cid] = {"on": bool(state), "source": source, "by": by, "reason": reason, "ts_us": ts_us}
-        for cid, state, until_us, by, role, reason in db.execute(
-                "SELECT circuit, state, until_us, by, role, reason FROM lighting_overrides WHERE cancelled_us IS "
-                "NULL AND until_us > ? ORDER BY id", (to_us(now),)):
-            overrides[cid] = {"on": bool(state), "until": from_us(until_us).astimezone(tz).strftime("%m-%d %H:%M"),
-                              "by": by, "role": role, "reason": reason}
+        last = queries.lighting_last_commands(db)
+        overrides = {cid: {"on": o["on"], "until": from_us(o["until_us"]).astimezone(tz).strftime("%m-%d %H:%M"),
+                           "by": o["by"], "role": o["role"], "reason": o["reason"]}
+                     for cid, o in queries.lighting_overrides(db, to_us(now)).items()}
     rows = []
-    sets = field_sets(db) if db is not None else {}
+    names = queries.Names(db) if db is not None else None
     for c in cfg.lighting.circuits:
         at_midnight, switches = planner.day(c.id, today)
         wanted, iv = planner.state_at(c.id, now)
         l = live.get(c.id)
         kw, kw_us = None, None
         for m in c.meters:
-            p, ts = _last_power(db, m, sets) if db is not None else (None, None)
+            p, ts = _last_power(db, m, names) if db is not None else (None, None)
             if p is not None:
                 kw = (kw or 0.0) + p
                 kw_us = max(kw_us or 0, ts)

@@ -7,13 +7,12 @@ newest reading (a reading after an offline status means it answered again).
 
 from __future__ import annotations
 
-import json
-import struct
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
 from zoneinfo import ZoneInfo
 
 from ...clock import from_us, to_us
+from ...ledger import queries
 from ...ledger.queries import DeviceStatus, meter_state
 from .charts import downsample
 
@@ -27,14 +26,6 @@ HOUR_US = 60 * MINUTE_US
 DAY_US = 24 * HOUR_US
 
 
-def field_sets(db) -> dict[int, tuple[str, ...]]:
-    return {i: tuple(n.split(",")) for i, n in db.execute("SELECT id, names FROM field_sets")}
-
-
-def decode(names: tuple[str, ...], blob: bytes) -> dict[str, float]:
-    return dict(zip(names, struct.unpack(f"<{len(names)}d", blob)))
-
-
 def pick(values: dict[str, float], key: str) -> tuple[str | None, float | None]:
     for name in SHOWN[key]:
         if name in values:
@@ -42,23 +33,9 @@ def pick(values: dict[str, float], key: str) -> tuple[str | None, float | None]:
     return None, None
 
 
-def last_reading(db, meter: str, sets: dict[int, tuple[str, ...]]) -> dict | None:
-    row = db.execute("SELECT ts_us, field_set, vals, counters FROM readings WHERE meter = ? "
-                     "ORDER BY ts_us DESC LIMIT 1", (meter,)).fetchone()
-    if row is None:
-        return None
-    ts_us, fset, vals, counters = row
-    try:
-        exact = json.loads(counters)
-    except ValueError:
-        exact = {}
-    return {"ts_us": ts_us, "values": decode(sets[fset], vals), "counters": exact}
-
-
 def last_status(db, device: str) -> dict | None:
-    row = db.execute("SELECT online, ts_us, reason FROM device_status WHERE device = ? "
-                     "ORDER BY ts_us DESC, id DESC LIMIT 1", (device,)).fetchone()
-    return {"online": bool(row[0]), "ts_us": row[1], "reason": row[2]} if row else None
+    s = queries.device_status(db, device)
+    return {"online": s.online, "ts_us": s.ts_us, "reason": s.reason} if s else None
 
 
 def state_of(last: dict | None, status: dict | None) -> str:
@@ -95,12 +72,12 @@ def meter_row(m, last: dict | None, status: dict | None, now_us: int, tz: ZoneIn
 def meters_overview(cfg, db, now: datetime) -> dict:
     """All meters of the site grouped by bus, in the site file's order."""
     tz, now_us = ZoneInfo(cfg.site.timezone), to_us(now)
-    sets = field_sets(db) if db is not None else {}
+    lasts = queries.last_readings(db, [m.id for m in cfg.meters]) if db is not None else {}
     buses = []
     for b in cfg.buses:
         rows = []
         for m in (m for m in cfg.meters if m.bus == b.id):
-            last = last_reading(db, m.id, sets) if db is not None else None
+            last = lasts.get(m.id)
             status = last_status(db, m.id) if db is not None else None
             rows.append(meter_row(m, last, status, now_us, tz))
         buses.append({"id": b.id, "type": b.type, "meters": rows,
@@ -111,13 +88,11 @@ def meters_overview(cfg, db, now: datetime) -> dict:
 
 # ---- one meter --------------------------------------------------------------------------------
 
-def samples(db, meter: str, start_us: int, end_us: int, sets: dict[int, tuple[str, ...]],
+def samples(db, meter: str, start_us: int, end_us: int,
             keys=("power", "voltage")) -> dict[str, list[tuple[int, float]]]:
     """(ts_us, value) per shown key in [start_us, end_us), one index range of the meter."""
     out: dict[str, list[tuple[int, float]]] = {k: [] for k in keys}
-    for ts, fset, blob in db.execute("SELECT ts_us, field_set, vals FROM readings WHERE meter = ? "
-                                     "AND ts_us >= ? AND ts_us < ? ORDER BY ts_us", (meter, start_us, end_us)):
-        values = decode(sets[fset], blob)
+    for ts, values in queries.meter_rows(db, meter, start_us, end_us):
         for k in keys:
             _, v = pick(values, k)
             if v is not None:
@@ -140,16 +115,15 @@ def daily_kwh(db, meter: str, midnights: list[int], gap_us: int) -> list[dict]:
     or wrapped, the difference means nothing); no_data (no counter before the day's start or
     its end, or no reading during the day).
     """
-    edges = []
-    for m in midnights:
-        row = db.execute("SELECT ts_us, kwh FROM energy WHERE meter = ? AND ts_us < ? ORDER BY ts_us DESC LIMIT 1",
-                         (meter, m)).fetchone()
-        edges.append(row)
-    # where the counter went down: usually no row at all, so this costs one pass over the range
+    edges = [queries.energy_before(db, meter, m, -2**63) for m in midnights]
+    # where the counter went down
     first = next((e[0] for e in edges if e is not None), midnights[0])
-    downs = [ts for (ts,) in db.execute(
-        "SELECT ts_us FROM (SELECT ts_us, CAST(kwh AS REAL) < lag(CAST(kwh AS REAL)) OVER (ORDER BY ts_us) AS down "
-        "FROM energy WHERE meter = ? AND ts_us >= ? AND ts_us < ?) WHERE down", (meter, first, midnights[-1]))]
+    downs, prev = [], None
+    for ts, kwh in queries.energy_series(db, meter, first, midnights[-1] - 1):
+        v = _real(kwh)
+        if prev is not None and v is not None and v < prev:
+            downs.append(ts)
+        prev = v
     out = []
     for i in range(len(midnights) - 1):
         a, b = edges[i], edges[i + 1]
@@ -174,6 +148,13 @@ def daily_kwh(db, meter: str, midnights: list[int], gap_us: int) -> list[dict]:
     return out
 
 
+def _real(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def meter_detail(cfg, db, meter_id: str, now: datetime) -> dict | None:
     """The meter's row, all its last values, power and voltage over 24 h (2-minute means) and
     7 d (10-minute means; longer for a meter polled less often than every minute or five), and
@@ -182,14 +163,13 @@ def meter_detail(cfg, db, meter_id: str, now: datetime) -> dict | None:
     if m is None:
         return None
     tz, now_us = ZoneInfo(cfg.site.timezone), to_us(now)
-    sets = field_sets(db) if db is not None else {}
-    last = last_reading(db, m.id, sets) if db is not None else None
+    last = queries.last_reading(db, m.id) if db is not None else None
     status = last_status(db, m.id) if db is not None else None
     out = meter_row(m, last, status, now_us, tz)
     out["values"] = {k: _num(v) for k, v in (last["values"] if last else {}).items()}
     out["counters"] = last["counters"] if last else {}
     series = {}
-    week = samples(db, m.id, now_us - 7 * DAY_US, now_us + 1, sets) if db is not None else \
+    week = samples(db, m.id, now_us - 7 * DAY_US, now_us + 1) if db is not None else \
         {"power": [], "voltage": []}
     # a bucket holds at least two polls, so a slowly polled meter draws a line, not dots; an
     # empty bucket then really is a gap in the data
