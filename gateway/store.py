@@ -26,6 +26,7 @@ from .clock import from_us, to_us
 from .events import (AlertChange, CardSwipe, DeviceStatus, DoorEvent, GatewayStats, LightingCommand, PatrolCheckin,
                      Reading)
 from .hub import Hub
+from .ledger.maintenance import MIGRATION as MAINTENANCE_MIGRATION
 from .private import create_private, make_private_dir, replace_file, tighten
 
 log = logging.getLogger(__name__)
@@ -338,6 +339,7 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX lighting_overrides_until ON lighting_overrides (until_us);
     """,
+    MAINTENANCE_MIGRATION,
 ]
 ENERGY_FIELD = "energy_kwh"   # the counter billing uses, kept in the `energy` table
 # Two readings of one meter at one instant: the higher counter stands, whichever came first.
