@@ -108,6 +108,10 @@ MIGRATION = """
         by     TEXT    NOT NULL,
         PRIMARY KEY (task, item)
     );
+    -- an order shows its alarm's history; a handover and the monthly report look alarms up by time
+    CREATE INDEX alert_history_alert ON alert_history (alert_id);
+    CREATE INDEX alerts_raised ON alerts (raised_us);
+    CREATE INDEX alerts_acked ON alerts (acked_us) WHERE acked_us IS NOT NULL;
 """
 
 
