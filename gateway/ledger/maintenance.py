@@ -368,6 +368,11 @@ def ensure_tasks(path: Path, wanted: Iterable[tuple[str, str, int, int]]) -> int
         return n
 
 
+def task_plans(db: sqlite3.Connection) -> set[str]:
+    """The plans that have had a task."""
+    return {r[0] for r in db.execute("SELECT DISTINCT plan FROM inspection_tasks")}
+
+
 def tasks(db: sqlite3.Connection, since_us: int | None = None, until_us: int | None = None,
           open_only: bool = False) -> list[dict]:
     """Tasks whose period overlaps [since, until) (all without bounds), newest due first."""

@@ -27,16 +27,20 @@ def period_of(every: str, day: date) -> tuple[str, date, date]:
     return label, start, end
 
 
-def wanted_tasks(cfg: SiteConfig, now: datetime) -> list[tuple[str, str, int, int]]:
-    """(plan, period, starts_us, due_us) of the current and the previous period of every plan (a
-    gateway that was off across a period's end still owes that period's task)."""
+def wanted_tasks(cfg: SiteConfig, now: datetime, known_plans: set[str] = frozenset()) -> list[tuple[str, str, int, int]]:
+    """(plan, period, starts_us, due_us) of the current period of every plan, and of the previous
+    one for plans that already have tasks (a gateway that was off across a period's end still owes
+    that period's task; a plan new to the site starts with the current period, not overdue)."""
     tz = ZoneInfo(cfg.site.timezone)
     today = now.astimezone(tz).date()
     out = []
     for plan in cfg.maintenance.inspections:
         label, start, end = period_of(plan.every, today)
         plabel, pstart, pend = period_of(plan.every, start - timedelta(days=1))
-        for lab, s, e in ((plabel, pstart, pend), (label, start, end)):
+        periods = [(label, start, end)]
+        if plan.id in known_plans:
+            periods.insert(0, (plabel, pstart, pend))
+        for lab, s, e in periods:
             out.append((plan.id, lab, to_us(datetime.combine(s, time(0), tz)), to_us(datetime.combine(e, time(0), tz))))
     return out
 

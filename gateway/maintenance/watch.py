@@ -70,7 +70,9 @@ class MaintenanceWatch:
         now = self.clock.now()
         if not self._restored:
             self._restore(now)
-        book.ensure_tasks(self.cfg.storage_path, wanted_tasks(self.cfg, now))
+        with read_only(self.cfg.storage_path) as db:
+            known = book.task_plans(db)
+        book.ensure_tasks(self.cfg.storage_path, wanted_tasks(self.cfg, now, known))
         with read_only(self.cfg.storage_path) as db:
             open_orders = book.orders(db, OPEN_STATES)
             late_tasks = [t for t in book.tasks(db, open_only=True) if t["due_us"] <= to_us(now)]
