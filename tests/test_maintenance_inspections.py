@@ -92,3 +92,21 @@ async def test_an_overdue_inspection_alarms_and_recording_every_item_clears_it(t
             assert status == 200
             assert console.ledger_rows("SELECT origin, inspection_task, inspection_item FROM repair_orders WHERE id = ?",
                                        (made["id"],)) == [("inspection", tid, "running")]
+
+
+def test_a_new_plan_starts_with_the_current_period_and_a_known_one_owes_the_previous():
+    from gateway.config import parse_site
+    from gateway.maintenance.inspections import wanted_tasks
+    from web_fixtures import SITE_INFO
+    cfg = parse_site({"site": SITE_INFO}, base_dir=Path("."))
+    now = datetime(2026, 11, 20, 4, 0, tzinfo=timezone.utc)          # Friday 20 Nov, 12:00 in Shanghai
+    fresh = wanted_tasks(cfg, now)
+    assert sorted((p, period) for p, period, *_ in fresh) == sorted(
+        [("street_lights", "2026-11"), ("stairwell_lights", "2026-Q4"), ("water_electrical", "2026-W47"),
+         ("meters_lines", "2026-11"), ("fitness", "2026-H2"), ("access", "2026-11"), ("fire", "2026-11")])
+    assert all(start <= to_us(now) < due for _, _, start, due in fresh)
+    # the gateway made tasks since October: it owes October's monthly ones, not an older quarter
+    since_october = {p: to_us(datetime(2026, 10, 1, tzinfo=timezone.utc)) for p, *_ in fresh}
+    owed = {(p, period) for p, period, *_ in wanted_tasks(cfg, now, since_october)}
+    assert ("street_lights", "2026-10") in owed and ("water_electrical", "2026-W46") in owed
+    assert ("stairwell_lights", "2026-Q3") not in owed and ("fitness", "2026-H1") not in owed

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from gateway.cli import app
 from gateway.config import load_site
 from gateway.maintenance.register import (KINDS, OTHER_KINDS, RegisterError, export_csv, export_xlsx, import_register,
-                                          load_register, parse_register, site_devices)
+                                          load_register, parse_register)
 from web_fixtures import EXAMPLE_SITE
 
 GOOD_GBK = ("设备编号,类别,名称,楼栋,单元,位置,型号,序列号,安装日期,保修至,状态,备注\r\n"

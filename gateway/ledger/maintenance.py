@@ -368,9 +368,9 @@ def ensure_tasks(path: Path, wanted: Iterable[tuple[str, str, int, int]]) -> int
         return n
 
 
-def task_plans(db: sqlite3.Connection) -> set[str]:
-    """The plans that have had a task."""
-    return {r[0] for r in db.execute("SELECT DISTINCT plan FROM inspection_tasks")}
+def task_plans(db: sqlite3.Connection) -> dict[str, int]:
+    """plan -> the start of its first task (the plans that have had one)."""
+    return dict(db.execute("SELECT plan, min(starts_us) FROM inspection_tasks GROUP BY plan"))
 
 
 def tasks(db: sqlite3.Connection, since_us: int | None = None, until_us: int | None = None,

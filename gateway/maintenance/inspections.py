@@ -27,10 +27,13 @@ def period_of(every: str, day: date) -> tuple[str, date, date]:
     return label, start, end
 
 
-def wanted_tasks(cfg: SiteConfig, now: datetime, known_plans: set[str] = frozenset()) -> list[tuple[str, str, int, int]]:
+def wanted_tasks(cfg: SiteConfig, now: datetime, first_start_us: dict[str, int] | None = None
+                 ) -> list[tuple[str, str, int, int]]:
     """(plan, period, starts_us, due_us) of the current period of every plan, and of the previous
-    one for plans that already have tasks (a gateway that was off across a period's end still owes
-    that period's task; a plan new to the site starts with the current period, not overdue)."""
+    one for plans whose first task (`first_start_us`) began before the current period: a gateway
+    that was off across a period's end still owes that period's task, but a plan new to the site
+    starts with the current period, not overdue at once."""
+    first_start_us = first_start_us or {}
     tz = ZoneInfo(cfg.site.timezone)
     today = now.astimezone(tz).date()
     out = []
@@ -38,7 +41,8 @@ def wanted_tasks(cfg: SiteConfig, now: datetime, known_plans: set[str] = frozens
         label, start, end = period_of(plan.every, today)
         plabel, pstart, pend = period_of(plan.every, start - timedelta(days=1))
         periods = [(label, start, end)]
-        if plan.id in known_plans:
+        current_us = to_us(datetime.combine(start, time(0), tz))
+        if first_start_us.get(plan.id, current_us) < current_us:
             periods.insert(0, (plabel, pstart, pend))
         for lab, s, e in periods:
             out.append((plan.id, lab, to_us(datetime.combine(s, time(0), tz)), to_us(datetime.combine(e, time(0), tz))))
