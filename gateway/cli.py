@@ -791,6 +791,56 @@ def meters_replacements(config: Path = typer.Option(..., "-c", "--config", help=
                    f"{r.new_initial}  by {r.by}" + (f"  ({r.note})" if r.note else ""))
 
 
+equipment_app = typer.Typer(help="The equipment register (设备台账): import and export a spreadsheet.",
+                            no_args_is_help=True)
+app.add_typer(equipment_app, name="equipment")
+
+
+@equipment_app.command("import")
+def equipment_import(file: Path = typer.Argument(..., help="XLSX, or CSV in UTF-8 or GBK"),
+                     by: str = typer.Option(..., "--by", help="who imports it"),
+                     config: Path = typer.Option(..., "-c", "--config", help="site file")) -> None:
+    """Check the whole file (every problem with its row and column) and, only if it has none,
+    add or update its equipment in the ledger in one transaction."""
+    from datetime import datetime as _dt, timezone
+
+    from .clock import to_us
+    from .maintenance.register import RegisterError, import_register
+    cfg = _load(config)
+    try:
+        data = file.read_bytes()
+    except OSError as e:
+        raise fail(f"{file}: cannot read: {e.strerror or e}", 2) from None
+    try:
+        added, changed = import_register(cfg, data, str(file), by, to_us(_dt.now(timezone.utc)))
+    except RegisterError as e:
+        for line in e.problems:
+            typer.echo(line, err=True)
+        raise fail(f"{file}: {e.count} problem(s); nothing was imported", 2) from None
+    typer.echo(f"{file}: {added} added, {changed} updated")
+
+
+@equipment_app.command("export")
+def equipment_export(file: Path = typer.Argument(..., help="where to write: .xlsx or .csv"),
+                     encoding: str = typer.Option("utf-8", "--encoding", help="CSV: utf-8 (with BOM) or gbk"),
+                     english: bool = typer.Option(False, "--en", help="English headers and words"),
+                     config: Path = typer.Option(..., "-c", "--config", help="site file")) -> None:
+    """The whole register (the site's devices and the other equipment) as a spreadsheet."""
+    from .maintenance.register import export_register
+    cfg = _load(config)
+    kind = file.suffix.lower().lstrip(".")
+    if kind not in ("xlsx", "csv"):
+        raise fail(f"{file}: give a .xlsx or .csv file name", 2)
+    if encoding.lower() not in ("utf-8", "utf8", "gbk", "gb18030"):
+        raise fail(f"--encoding {encoding}: utf-8 or gbk", 2)
+    data = export_register(cfg, kind, encoding, "en" if english else "zh")
+    try:
+        file.write_bytes(data)
+    except OSError as e:
+        raise fail(f"{file}: cannot write: {e.strerror or e}", 2) from None
+    typer.echo(f"{file}: written")
+
+
 lighting_app = typer.Typer(help="Public lighting: the switching plan of a day, overrides, what it saved.",
                            no_args_is_help=True)
 app.add_typer(lighting_app, name="lighting")

@@ -843,6 +843,122 @@ class Lighting(_Strict):
     timeout_s: float | None = Field(default=None, gt=0, le=30, description="per exchange; default the bus's")
 
 
+class RepairCategory(_Strict):
+    """A kind of repair and the service plan's targets for it (around the clock: electrical faults
+    are answered at any hour)."""
+    id: Id
+    name: str
+    name_en: str = ""
+    respond_minutes: float = Field(gt=0, le=7 * 24 * 60, description="on site within this long of the report")
+    repair_hours: float = Field(gt=0, le=90 * 24, description="done within this long of the report")
+    severity: Literal["info", "warning", "critical"] = "warning"
+
+
+class ChecklistItem(_Strict):
+    id: Id
+    name: str
+    name_en: str = ""
+
+
+class InspectionPlan(_Strict):
+    """An inspection rhythm: one task per period, due at the period's end, with its checklist."""
+    id: Id
+    name: str
+    name_en: str = ""
+    every: Literal["week", "month", "quarter", "half_year", "year"]
+    kinds: list[str] = Field(default_factory=list, description="equipment kinds it covers (the register's)")
+    items: list[ChecklistItem] = Field(min_length=1)
+
+    @field_validator("items")
+    @classmethod
+    def _unique_items(cls, items: list[ChecklistItem]) -> list[ChecklistItem]:
+        seen = set()
+        for i in items:
+            if i.id in seen:
+                raise ValueError(f"item {i.id!r} is listed twice")
+            seen.add(i.id)
+        return items
+
+
+def _items(*pairs: tuple[str, str, str]) -> list[ChecklistItem]:
+    return [ChecklistItem(id=i, name=n, name_en=e) for i, n, e in pairs]
+
+
+def default_categories() -> list[RepairCategory]:
+    """The service plan's repair categories (licensed electrician for electrical faults, at any hour)."""
+    return [
+        RepairCategory(id="electrical", name="电气照明", name_en="electrical and lighting", respond_minutes=30,
+                       repair_hours=24),
+        RepairCategory(id="water", name="给排水", name_en="water and pumps", respond_minutes=60, repair_hours=24),
+        RepairCategory(id="lift", name="电梯", name_en="lifts", respond_minutes=30, repair_hours=24),
+        RepairCategory(id="access", name="门禁道闸", name_en="access control and gates", respond_minutes=60,
+                       repair_hours=24),
+        RepairCategory(id="fire", name="消防", name_en="fire equipment", respond_minutes=30, repair_hours=24),
+        RepairCategory(id="facility", name="公共设施", name_en="public facilities", respond_minutes=240,
+                       repair_hours=72),
+    ]
+
+
+def default_inspections() -> list[InspectionPlan]:
+    """The service plan's inspection rhythms (../shared/domain/maintenance.md)."""
+    return [
+        InspectionPlan(id="street_lights", name="路灯巡检", name_en="street lights", every="month",
+                       kinds=["street_light", "lighting_circuit", "lighting_output"],
+                       items=_items(("lamps", "灯具完好，坏灯已更换", "lamps working, broken ones replaced"),
+                                    ("poles", "灯杆无损坏、无倾斜", "poles undamaged and upright"),
+                                    ("cabinets", "配电箱及接线完好", "cabinets and wiring sound"))),
+        InspectionPlan(id="stairwell_lights", name="楼道灯巡检", name_en="stairwell lights", every="quarter",
+                       kinds=["lighting_circuit"],
+                       items=_items(("lamps", "灯具完好", "lamps working"),
+                                    ("switches", "开关、声控感应正常", "switches and sensors working"))),
+        InspectionPlan(id="water_electrical", name="水电设备巡检", name_en="water and electrical equipment",
+                       every="week", kinds=["pump", "lift", "bus", "serial_server"],
+                       items=_items(("running", "运行状态正常", "running normally"),
+                                    ("parameters", "电压、电流、压力等参数正常", "voltage, current, pressure normal"),
+                                    ("upkeep", "清洁、润滑等保养已做", "cleaning and lubrication done"))),
+        InspectionPlan(id="meters_lines", name="公共电表及线路巡检", name_en="public meters and lines", every="month",
+                       kinds=["meter"],
+                       items=_items(("meters", "电表运行、读数正常，铅封完好", "meters running, readings plausible, seals intact"),
+                                    ("lines", "线路无老化、无发热、无私接", "lines not aged, not hot, no taps"),
+                                    ("account", "与供电局电费账单核对", "checked against the utility bill"))),
+        InspectionPlan(id="fitness", name="健身器材巡检", name_en="fitness equipment", every="half_year",
+                       kinds=["fitness_equipment"],
+                       items=_items(("loose", "部件无松动", "no loose parts"), ("damage", "无破损", "no damage"))),
+        InspectionPlan(id="access", name="门禁系统巡检", name_en="access control", every="month",
+                       kinds=["card_reader", "door"],
+                       items=_items(("readers", "读卡器正常", "readers working"),
+                                    ("doors", "门及闭门器正常", "doors and closers working"),
+                                    ("cards", "卡记录已更新", "card records up to date"))),
+        InspectionPlan(id="fire", name="消防设施巡检", name_en="fire equipment", every="month",
+                       kinds=["fire_equipment"],
+                       items=_items(("extinguishers", "灭火器压力及有效期正常", "extinguishers charged and in date"),
+                                    ("hydrants", "消火栓完好", "hydrants sound"),
+                                    ("exits", "安全出口及应急照明正常", "exits and emergency lights working"))),
+    ]
+
+
+class Maintenance(_Strict):
+    """The estate's own work (gateway/maintenance/): repair targets, inspection rhythms."""
+    categories: list[RepairCategory] = Field(default_factory=default_categories)
+    inspections: list[InspectionPlan] = Field(default_factory=default_inspections)
+    check_every_s: float = Field(default=60, ge=1, le=3600, description="how often targets and due inspections "
+                                 "are looked at")
+    photo_max_mb: float = Field(default=5, gt=0, le=50, description="largest inspection photo accepted")
+    repeat_faults: int = Field(default=3, ge=2, le=100, description="orders for one device within repeat_days "
+                               "that make it a repeat fault")
+    repeat_days: int = Field(default=90, ge=1, le=3650)
+
+    @field_validator("categories", "inspections")
+    @classmethod
+    def _unique_ids(cls, items: list) -> list:
+        seen = set()
+        for x in items:
+            if x.id in seen:
+                raise ValueError(f"id {x.id!r} is listed twice")
+            seen.add(x.id)
+        return items
+
+
 class SiteConfig(_Strict):
     site: SiteInfo
     storage: Storage = Storage()
@@ -863,6 +979,7 @@ class SiteConfig(_Strict):
     users: list[User] = Field(default_factory=list)
     outputs: list[Output] = Field(default_factory=list)
     lighting: Lighting = Field(default_factory=lambda: Lighting())
+    maintenance: Maintenance = Field(default_factory=lambda: Maintenance())
 
     @field_validator("tariffs")
     @classmethod

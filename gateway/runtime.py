@@ -60,6 +60,7 @@ class Gateway:
         self.recorder = None
         self.field_drivers: list = []
         self.lighting = None                 # the lighting controller (gateway/lighting/control.py)
+        self.maintenance = None              # repair targets and inspections (gateway/maintenance/watch.py)
         self._stop = asyncio.Event()
         self.started_at = None               # when run() began: what the ledger holds is from before
         self.restored = None                 # what the rules got back from the ledger (rules.restore.Restored)
@@ -378,9 +379,26 @@ class Gateway:
         alert = self.rules.ack(alert_id, by, note, self.clock.now()) if self.rules is not None else None
         if alert is None and self.lighting is not None:
             alert = self.lighting.book.ack(alert_id, by, note, self.clock.now())
+        if alert is None and self.maintenance is not None:
+            alert = self.maintenance.book.ack(alert_id, by, note, self.clock.now())
         if alert is not None and self.recorder is not None:
             self.recorder.ack(self.clock.now(), alert.rule, alert.source, by, note)
         return alert
+
+    def _books(self) -> list:
+        return [x.book for x in (self.rules, self.lighting, self.maintenance) if x is not None]
+
+    def open_alerts(self) -> list:
+        """Every open alert the running rooms hold (rules, lighting, maintenance)."""
+        return [a for b in self._books() for a in b.active()]
+
+    def live_alert(self, alert_id: str):
+        """The open alert of this id in a running room, or None."""
+        for b in self._books():
+            a = b.by_id(alert_id)
+            if a is not None:
+                return a
+        return None
 
     async def _publish_alerts(self) -> None:
         """`<prefix>/<rule>/<source>`: JSON, retained while the alert is open; deleted when cleared."""
@@ -434,6 +452,7 @@ class Gateway:
         if self.cfg.mqtt:
             self.mqtt = self._mqtt_link()
         runs = (clock_runs + self._field_devices() + self._alerting() + self._lighting() + self._identity()
+                + self._maintenance()
                 + self._storage_care())
         if self.record_path:
             runs.append(("recorder", self._flush_recording))
@@ -497,6 +516,15 @@ class Gateway:
                                         poll_soon, readings=self.hub.subscribe(Reading, maxlen=100_000,
                                                                                name="lighting"))
         return [("lighting", self.lighting.run)]
+
+    def _maintenance(self) -> list:
+        """Repair targets and the inspection rhythm, raised as alarms (gateway/maintenance/watch.py)."""
+        from .maintenance.watch import MaintenanceWatch
+
+        def trusted() -> bool:
+            return self.timesync is None or self.timesync.trusted
+        self.maintenance = MaintenanceWatch(self.cfg, self.hub.publish, self.clock, trusted, self.ledger)
+        return [("maintenance", self.maintenance.run)]
 
     def _storage_care(self) -> list:
         """Retention once after start and then hourly, and the disk guard the ledger asks before

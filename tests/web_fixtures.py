@@ -33,12 +33,14 @@ CHROMIUM = "/usr/bin/chromium"        # Debian's chromium: Playwright never down
 ROLES = ("guard", "electrician", "accountant", "admin")
 USERS = {"guard": "wang-guard", "electrician": "zhang-elec", "accountant": "li-acct", "admin": "chen-admin"}
 PASSWORDS = {role: f"{role}-Pw-7c1e" for role in ROLES}
-PAGES = ("alarms", "meters", "patrol", "access", "lighting", "allocation", "health")
+PAGES = ("alarms", "orders", "meters", "patrol", "access", "lighting", "inspections", "equipment", "shift",
+         "allocation", "health")
 # What each role may see (the console's contract, written down here on its own so that a change
 # of gateway/web/auth.py that shows a page to the wrong role fails the tests).
 ROLE_PAGES = {
-    "guard": ("alarms", "patrol", "access", "lighting", "health"),
-    "electrician": ("alarms", "meters", "patrol", "access", "lighting", "health"),
+    "guard": ("alarms", "orders", "patrol", "access", "lighting", "equipment", "shift", "health"),
+    "electrician": ("alarms", "orders", "meters", "patrol", "access", "lighting", "inspections", "equipment",
+                    "health"),
     "accountant": ("allocation", "health"),
     "admin": PAGES,
 }

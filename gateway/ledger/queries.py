@@ -814,6 +814,13 @@ def alert_history(db: sqlite3.Connection, since_us: int, severity: str = "", rul
     return [dict(zip(HISTORY_KEYS, r)) for r in db.execute(sql, args)]
 
 
+def alert_changes(db: sqlite3.Connection, alert_id: str) -> list[dict]:
+    """One alert's changes, oldest first."""
+    sql = ("SELECT h.ts_us, h.what, h.state, h.message, a.message_en, h.alert_id, a.severity, a.rule, a.source, "
+           "a.acked_by FROM alert_history h JOIN alerts a ON a.id = h.alert_id WHERE h.alert_id = ? ORDER BY h.id")
+    return [dict(zip(HISTORY_KEYS, r)) for r in db.execute(sql, (alert_id,))]
+
+
 def request_ack(path: Path, alert_id: str, by: str, note: str, ts_us: int) -> None:
     """An acknowledgement asked for outside the gateway's process (the CLI, a console on its
     own): the running gateway applies it within a second (`Ledger.ack_requests`)."""

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..private import create_private, make_private_dir, tighten
 from .checkpoint import WAL_BYTES
+from .maintenance import MIGRATION as MAINTENANCE_MIGRATION
 
 log = logging.getLogger(__name__)
 
@@ -374,6 +375,7 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX IF NOT EXISTS lighting_overrides_until ON lighting_overrides (until_us);
     """,
+    MAINTENANCE_MIGRATION,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 WRITE_PATH_VERSION = 10   # reading_log, readings_by_meter (the migration before lighting's)

@@ -46,9 +46,10 @@ from .sessions import SessionStore
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
-NAV = [("alarms", "/alarms", "alarms"), ("meters", "/meters", "meters"), ("patrol", "/patrol", "patrol"),
-       ("access", "/access", "access"), ("lighting", "/lighting", "lighting"), ("allocation", "/allocation", "allocation"),
-       ("health", "/health", "health")]
+NAV = [("alarms", "/alarms", "alarms"), ("orders", "/orders", "orders"), ("meters", "/meters", "meters"),
+       ("patrol", "/patrol", "patrol"), ("access", "/access", "access"), ("lighting", "/lighting", "lighting"),
+       ("inspections", "/inspections", "inspections"), ("equipment", "/equipment", "equipment"),
+       ("shift", "/shift", "shift"), ("allocation", "/allocation", "allocation"), ("health", "/health", "health")]
 
 
 @dataclass
@@ -250,11 +251,12 @@ def create_app(ctx: WebContext) -> Starlette:
         gw = ctx.gateway
         if gw is not None and gw.rules is not None:
             # Inside the gateway the engine is the truth: the ledger commits up to a second later,
-            # and a page refreshed on a live event must already show that event.
+            # and a page refreshed on a live event must already show that event. Lighting and
+            # maintenance alarms are held by their own rooms.
             out = [{"id": a.id, "rule": a.rule, "kind": a.kind, "source": a.source, "severity": a.severity,
                     "state": a.state, "message": a.message, "message_en": a.message_en,
                     "raised_us": to_us(a.raised_at), "updated_us": to_us(a.updated_at), "acked_by": a.acked_by,
-                    "ack_note": a.ack_note} for a in gw.rules.active()]
+                    "ack_note": a.ack_note} for a in gw.open_alerts()]
             return _finish(out)
         with ctx.db() as db:
             if db is None:
@@ -268,19 +270,24 @@ def create_app(ctx: WebContext) -> Starlette:
         out.sort(key=lambda a: (a["state"] != "active", SEVERITY_ORDER.get(a["severity"], 9), -a["raised_us"]))
         return out
 
-    @guarded("alarms")
-    async def alarms(request: Request, user: User) -> Response:
-        rows = open_alarms()
+    def with_orders(rows: list[dict], user: User) -> list[dict]:
+        """Each alarm's permissions and the repair order made from it (one click makes one)."""
+        from ..ledger.maintenance import has_tables, orders_for_alerts
+        with ctx.db() as db:
+            made = orders_for_alerts(db, [a["id"] for a in rows]) if db is not None and has_tables(db) else {}
         for a in rows:
             a["may_ack"] = a["state"] == "active" and may(user.role, ack_permission(a["kind"]))
-        return render(request, "alarms.html", alarms=rows)
+            a["order"] = made[a["id"]][-1][0] if a["id"] in made else None
+            a["may_order"] = a["order"] is None and may(user.role, "order_create")
+        return rows
+
+    @guarded("alarms")
+    async def alarms(request: Request, user: User) -> Response:
+        return render(request, "alarms.html", alarms=with_orders(open_alarms(), user))
 
     @guarded("alarms")
     async def api_alarms(request: Request, user: User) -> Response:
-        rows = open_alarms()
-        for a in rows:
-            a["may_ack"] = a["state"] == "active" and may(user.role, ack_permission(a["kind"]))
-        return JSONResponse(rows)
+        return JSONResponse(with_orders(open_alarms(), user))
 
     @guarded("alarms")
     async def ack(request: Request, user: User) -> Response:
@@ -289,7 +296,7 @@ def create_app(ctx: WebContext) -> Starlette:
         with ctx.db() as db:
             row = alert_kind_state(db, alert_id) if db else None
         gw = ctx.gateway
-        live = gw.rules.book.by_id(alert_id) if gw is not None and gw.rules is not None else None
+        live = gw.live_alert(alert_id) if gw is not None else None
         kind, state = (live.kind, live.state) if live is not None else (row or (None, None))
         if kind is None:
             raise Denied(404, "not_found")
@@ -321,8 +328,12 @@ def create_app(ctx: WebContext) -> Starlette:
         severity, rule, what = q.get("severity", ""), q.get("rule", ""), q.get("what", "")
         with ctx.db() as db:
             items = alert_history(db, to_us(since), severity, rule, what, limit=1000) if db else []
+        from ..ledger.maintenance import has_tables, orders_for_alerts
+        with ctx.db() as db:
+            made = orders_for_alerts(db, [i["id"] for i in items]) if db is not None and has_tables(db) else {}
         for i in items:
             i["time"] = ctx.local(i["ts_us"], "%Y-%m-%d %H:%M:%S")
+            i["orders"] = made.get(i["id"], [])       # the repair orders made from the alarm, linked
         return render(request, "history.html", items=items, since=since_text, severity=severity, rule=rule,
                       what=what, rules=sorted({r.id for r in ctx.cfg.rules}))
 

@@ -1,8 +1,10 @@
 """Who may do what in the console: password hashes, roles, login throttling, CSRF tokens.
 
 Roles (site file `users:`): a guard watches alarms, patrol and access and acknowledges their
-alarms; an electrician also sees the meters and acknowledges meter alarms; an accountant sees
-the allocation and reviews and approves its runs; an admin sees and does everything.
+alarms, takes repair reports, dispatches and follows them up, and keeps the shift log; an
+electrician also sees the meters and acknowledges meter alarms, works and closes repair orders,
+inspects and keeps the equipment register; an accountant sees the allocation and reviews and
+approves its runs; an admin sees and does everything.
 """
 
 from __future__ import annotations
@@ -19,16 +21,21 @@ _hasher = PasswordHasher()
 
 # What each role may see or do. Pages and APIs name the permission they need.
 PERMISSIONS: dict[str, set[str]] = {
-    "guard": {"alarms", "ack_field", "patrol", "access", "health", "lighting"},
-    "electrician": {"alarms", "ack_field", "ack_meter", "patrol", "access", "meters", "health", "lighting"},
+    "guard": {"alarms", "ack_field", "patrol", "access", "health", "lighting",
+              # repair orders: the guard room takes reports, dispatches and calls the resident back
+              "orders", "order_create", "order_assign", "order_followup", "equipment", "shift"},
+    "electrician": {"alarms", "ack_field", "ack_meter", "patrol", "access", "meters", "health", "lighting",
+                    # ... the electrician goes, repairs and records; inspects; keeps the register
+                    "orders", "order_work", "equipment", "equipment_edit", "inspections", "inspection_record"},
     "accountant": {"allocation", "allocation_sign", "health"},
     "admin": {"alarms", "ack_field", "ack_meter", "patrol", "access", "meters", "allocation", "allocation_sign",
-              "health", "lighting"},
+              "health", "lighting", "orders", "order_create", "order_assign", "order_work", "order_followup",
+              "equipment", "equipment_edit", "inspections", "inspection_record", "shift", "service"},
 }
 HOME = {"guard": "/alarms", "electrician": "/alarms", "accountant": "/allocation", "admin": "/alarms"}
 # Alarms from these rule kinds are the electrician's; the others (access, door, patrol) the guards'.
 METER_RULE_KINDS = {"threshold", "offline", "counter", "daylight", "consumption",
-                    "lighting_stuck", "lighting_dark", "lighting_readback"}
+                    "lighting_stuck", "lighting_dark", "lighting_readback", "inspection_overdue"}
 
 
 def hash_password(password: str) -> str:

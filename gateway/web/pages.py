@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from .app import Denied, wants_json
 from .headers import REPORT_CSP
+from .maintenance_pages import maintenance_routes
 from .views import charts
 from .views.access import access_view
 from .views.allocation import KINDS, MONTH, allocation_view, latest_run, run_by_id, run_file
@@ -233,4 +234,5 @@ def page_routes(ctx, guarded, render) -> list:
         *twins("/health", "health", "health.html", health_data),
         *twins("/lighting", "lighting", "lighting.html", lighting_data),
         Route("/lighting/{circuit}/override", lighting_override, methods=["POST"]),
+        *maintenance_routes(ctx, guarded, render),
     ]

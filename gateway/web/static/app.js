@@ -59,6 +59,10 @@
     li.querySelector(".src").textContent = a.rule + " · " + a.source;
     const form = li.querySelector("form.ack");
     if (a.may_ack) form.action = "/alarms/" + a.id + "/ack"; else form.remove();
+    const link = li.querySelector("a.order-link"), order = li.querySelector("form.order");
+    if (a.order) { link.href = "/orders/" + a.order; link.textContent = (words.order_no || "#{n}").replace("{n}", a.order); }
+    else link.remove();
+    if (a.may_order) order.querySelector('input[name="alert_id"]').value = a.id; else order.remove();
     return li;
   }
 
@@ -100,6 +104,11 @@
       alert(e.error || r.status);
     }
     refresh();
+  });
+
+  // printable pages (the shift handover): a button, since no inline script may call print()
+  document.addEventListener("click", (ev) => {
+    if (ev.target.closest("[data-print]")) { ev.preventDefault(); window.print(); }
   });
 
   const live = document.getElementById("live-state");
