@@ -240,7 +240,7 @@ def test_a_ledger_of_the_lighting_release_before_the_write_path_upgrades(tmp_pat
     for v, script in enumerate(schema.MIGRATIONS[:schema.WRITE_PATH_VERSION - 1]):
         con.executescript(script)
         con.execute(f"PRAGMA user_version = {v + 1}")
-    con.executescript(schema.MIGRATIONS[-1])
+    con.executescript(schema.MIGRATIONS[schema.WRITE_PATH_VERSION])        # lighting's, after the write path's
     con.execute(f"PRAGMA user_version = {schema.WRITE_PATH_VERSION}")
     con.execute("INSERT INTO lighting_commands (ts_us, circuit, state, source, by, reason, result) "
                 "VALUES (1, 'L1', 1, 'plan', 'plan', 'dusk', 'confirmed')")
