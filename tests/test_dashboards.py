@@ -22,7 +22,7 @@ import yaml
 
 from gateway.config import Meter
 from gateway.drivers.modbus import MeterStats
-from gateway.events import DeviceStatus, GatewayStats, Reading
+from gateway.events import Alert, AlertChange, DeviceStatus, GatewayStats, Reading
 from gateway.runtime import Gateway
 from gateway.sinks.drainer import Drainer
 from gateway.sinks.schema import MEASUREMENTS, Encoder, SiteIndex
@@ -40,13 +40,17 @@ def _generator():
 
 
 GEN = _generator()
-DASH = {f: json.loads((GRAFANA / "dashboards" / f"meters-{f}.json").read_text(encoding="utf-8")) for f in FLAVOURS}
+NAMES = ("meters", "fleet")
+ALL_DASH = {(n, f): json.loads((GRAFANA / "dashboards" / f"{n}-{f}.json").read_text(encoding="utf-8"))
+            for n in NAMES for f in FLAVOURS}
+DASH = {f: ALL_DASH["meters", f] for f in FLAVOURS}
+FLEET = {f: ALL_DASH["fleet", f] for f in FLAVOURS}
 PROVISIONED = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "estate-gateway.yaml").read_text())
 DS_BY_UID = {d["uid"]: d for d in PROVISIONED["datasources"]}
 
 
-def panels(flavour: str) -> list[dict]:
-    return [p for p in DASH[flavour]["panels"] if p["type"] != "row"]
+def panels(flavour: str, name: str = "meters") -> list[dict]:
+    return [p for p in ALL_DASH[name, flavour]["panels"] if p["type"] != "row"]
 
 
 # ---- the schema, read from the code and the meter models -----------------------------------
@@ -65,6 +69,8 @@ SCHEMA = {
               "fields": set().union(*MODEL_FIELDS.values())},
     "device_status": {"tags": {"site", "device", "kind"}, "fields": {"online", "reason"}},
     "gateway": {"tags": {"site", "bus"}, "fields": _gateway_fields()},
+    "alert": {"tags": {"site", "rule", "kind", "source", "severity"},
+              "fields": {"id", "event", "state", "message", "message_en", "value"}},
 }
 SCHEMA_TAGS = set().union(*(m["tags"] for m in SCHEMA.values()))
 FLUX_COLUMNS = {"_measurement", "_field", "_value", "_time", "_start", "_stop"}
@@ -76,14 +82,25 @@ def test_schema_used_here_is_the_gateways():
             "meters", "online", "offline", "readings_stored", "outbox_depth", "outbox_bytes", "outbox_age_s",
             "points_written", "write_failures", "points_rejected"} <= SCHEMA["gateway"]["fields"]
     assert {"voltage_v", "current_a", "power_kw", "energy_kwh", "voltage_l1_v", "current_l1_a"} <= SCHEMA["meter"]["fields"]
+    assert "clock_trusted" in SCHEMA["gateway"]["fields"]
+    # the alert measurement as the gateway's encoder writes it
+    t = datetime(2026, 1, 5, 8, tzinfo=timezone.utc)
+    alert = Alert("a1", "voltage", "threshold", "B01-stair", "critical", "active", "电压高", "high", t, t, value=246.0)
+    row = Encoder(SiteIndex("wanhu", {}))(AlertChange(alert, "raised"))
+    head, fields, _ = row.line.split(" ")
+    assert {kv.split("=")[0] for kv in head.split(",")[1:]} == SCHEMA["alert"]["tags"]
+    assert {kv.split("=")[0] for kv in re.split(r',(?=\w+=)', fields)} == SCHEMA["alert"]["fields"]
 
 
 # ---- structure ------------------------------------------------------------------------------
 
 def test_dashboards_are_what_the_generator_writes():
-    for f in FLAVOURS:
-        text = (GRAFANA / "dashboards" / f"meters-{f}.json").read_text(encoding="utf-8")
-        assert text == GEN.render(f), f"run python3 tools/make_dashboards.py ({f} is stale)"
+    assert sorted(p.name for p in (GRAFANA / "dashboards").glob("*.json")) == \
+        sorted(f"{n}-{f}.json" for n in NAMES for f in FLAVOURS)
+    for n in NAMES:
+        for f in FLAVOURS:
+            text = (GRAFANA / "dashboards" / f"{n}-{f}.json").read_text(encoding="utf-8")
+            assert text == GEN.render(f, n), f"run python3 tools/make_dashboards.py ({n}-{f} is stale)"
 
 
 def test_provisioned_datasources_have_stable_uids_and_secrets_from_the_environment():
@@ -102,23 +119,25 @@ def test_provisioned_datasources_have_stable_uids_and_secrets_from_the_environme
     assert p["options"]["path"] in (GRAFANA / "README.md").read_text(encoding="utf-8")
 
 
+@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("flavour", FLAVOURS)
-def test_every_panel_uses_a_provisioned_datasource_of_its_flavour(flavour):
+def test_every_panel_uses_a_provisioned_datasource_of_its_flavour(flavour, name):
     want = GEN.DATASOURCES[flavour]["uid"]
     version = "InfluxQL" if flavour == "influxql" else "Flux"
     assert DS_BY_UID[want]["jsonData"]["version"] == version
-    for p in panels(flavour):
+    for p in panels(flavour, name):
         assert p["datasource"]["uid"] == want, p["title"]
         assert p["targets"], p["title"]
         for t in p["targets"]:
             assert t["datasource"]["uid"] == want, p["title"]
-    for v in DASH[flavour]["templating"]["list"]:
+    for v in ALL_DASH[name, flavour]["templating"]["list"]:
         assert v["datasource"]["uid"] == want
 
 
+@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("flavour", FLAVOURS)
-def test_panel_ids_unique_and_panels_do_not_overlap(flavour):
-    d = DASH[flavour]
+def test_panel_ids_unique_and_panels_do_not_overlap(flavour, name):
+    d = ALL_DASH[name, flavour]
     ids = [p["id"] for p in d["panels"]]
     assert len(ids) == len(set(ids))
     cells = set()
@@ -128,26 +147,31 @@ def test_panel_ids_unique_and_panels_do_not_overlap(flavour):
         mine = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
         assert not mine & cells, p["title"]
         cells |= mine
-    assert d["schemaVersion"] == 39 and d["uid"] == GEN.DASHBOARD_UID[flavour]
+    assert d["schemaVersion"] == 39 and d["uid"] == GEN.DASHBOARDS[name]["uid"][flavour]
+    assert len({ALL_DASH[k]["uid"] for k in ALL_DASH}) == len(ALL_DASH)
 
 
-def test_both_flavours_have_the_same_panels_and_variables():
-    a, b = DASH["influxql"], DASH["flux"]
+@pytest.mark.parametrize("name", NAMES)
+def test_both_flavours_have_the_same_panels_and_variables(name):
+    a, b = ALL_DASH[name, "influxql"], ALL_DASH[name, "flux"]
     assert [(p["id"], p["type"], p["title"], p["gridPos"]) for p in a["panels"]] == \
            [(p["id"], p["type"], p["title"], p["gridPos"]) for p in b["panels"]]
     keys = ("name", "label", "type", "multi", "includeAll", "allValue")
     assert [tuple(v[k] for k in keys) for v in a["templating"]["list"]] == \
            [tuple(v[k] for k in keys) for v in b["templating"]["list"]]
-    assert [v["name"] for v in a["templating"]["list"]] == ["site", "circuit", "building", "meter"]
-    for pa, pb in zip(panels("influxql"), panels("flux")):
+    assert [v["name"] for v in a["templating"]["list"]] == \
+        {"meters": ["site", "circuit", "building", "meter"], "fleet": ["site"]}[name]
+    for pa, pb in zip(panels("influxql", name), panels("flux", name)):
         assert [t["refId"] for t in pa["targets"]] == [t["refId"] for t in pb["targets"]]
         assert pa["fieldConfig"] == pb["fieldConfig"] and pa.get("transformations") == pb.get("transformations")
 
 
-def test_titles_are_chinese_with_english():
-    for p in DASH["influxql"]["panels"]:
+@pytest.mark.parametrize("name", NAMES)
+def test_titles_are_chinese_with_english(name):
+    d = ALL_DASH[name, "influxql"]
+    for p in [d, *d["panels"]]:
         assert re.search(r"[\u4e00-\u9fff]", p["title"]) and re.search(r"[A-Za-z]{3}", p["title"]), p["title"]
-    for v in DASH["influxql"]["templating"]["list"]:
+    for v in d["templating"]["list"]:
         assert re.search(r"[\u4e00-\u9fff]", v["label"]) and re.search(r"[A-Za-z]", v["label"])
 
 
@@ -168,16 +192,18 @@ def test_daylight_band_is_on_the_street_light_panel():
         assert region["timezone"] == "Asia/Shanghai" and region["cronExpr"] == "0 8 * * *"
 
 
-def test_variables_are_written_one_way_only():
-    defined = set(GEN.VARIABLES)
+@pytest.mark.parametrize("name", NAMES)
+def test_variables_are_written_one_way_only(name):
+    defined = set(GEN.DASHBOARDS[name]["variables"])
     for f in FLAVOURS:
-        text = json.dumps([p.get("targets") for p in panels(f)] + [v["query"] for v in DASH[f]["templating"]["list"]],
+        d = ALL_DASH[name, f]
+        text = json.dumps([p.get("targets") for p in panels(f, name)] + [v["query"] for v in d["templating"]["list"]],
                           ensure_ascii=False)
         used = set(re.findall(r"\$\{(\w+):regex\}", text))
         assert used <= defined and used == defined
         # no other form of a template variable ($site, [[site]], ${site} without :regex)
         assert not re.search(r"\$(site|circuit|building|meter)\b|\[\[\w+\]\]|\$\{(site|circuit|building|meter)\}", text)
-        for v in DASH[f]["templating"]["list"]:
+        for v in d["templating"]["list"]:
             assert v["includeAll"] and v["multi"] and v["allValue"] == ".*"
 
 
@@ -194,10 +220,10 @@ def grafana_regex(values: list[str] | None) -> str:
 ALL = {v: None for v in ("site", "circuit", "building", "meter")}
 
 
-def substitute(q: str, selection: dict[str, list[str] | None] = ALL) -> str:
+def substitute(q: str, selection: dict[str, list[str] | None] = ALL, time_filter: str = "time > now() - 6h") -> str:
     for name, values in {**ALL, **selection}.items():
         q = q.replace(f"${{{name}:regex}}", grafana_regex(values))
-    q = q.replace("$timeFilter", "time > now() - 6h").replace("$__interval", "1m")
+    q = q.replace("$timeFilter", time_filter).replace("$__interval", "1m")
     assert not re.search(r"\$[\w{]|\[\[", q), q  # every Grafana variable and macro was replaced
     return q
 
@@ -345,10 +371,11 @@ def estate(influx1):
     return influx1
 
 
-def influxql_targets():
-    for p in panels("influxql"):
-        for t in p["targets"]:
-            yield pytest.param(p, t, id=f"{p['id']}{t['refId']}")
+def influxql_targets(names=("meters",)):
+    for n in names:
+        for p in panels("influxql", n):
+            for t in p["targets"]:
+                yield pytest.param(p, t, id=f"{n}-{p['id']}{t['refId']}" if n != "meters" else f"{p['id']}{t['refId']}")
 
 
 SELECTIONS = {
@@ -480,23 +507,28 @@ def influxql_names(q: str) -> tuple[set[str], set[str], set[str]]:
     return measurements, idents, aliases
 
 
-@pytest.mark.parametrize("panel,target", list(influxql_targets()))
+@pytest.mark.parametrize("panel,target", list(influxql_targets(NAMES)))
 def test_influxql_names_only_fields_and_tags_of_the_schema(panel, target):
     measurements, idents, aliases = influxql_names(target["query"])
     (m,) = measurements
     known = SCHEMA[m]["tags"] | SCHEMA[m]["fields"]
     assert idents - aliases <= known, (panel["title"], idents - aliases - known)
-    assert aliases <= known | {"used_kwh", "change_kwh", "offline"}, panel["title"]
+    assert aliases <= known | {"used_kwh", "change_kwh", "offline", "reporting", "month_kwh", *GEN.SEVERITIES}, \
+        panel["title"]
 
 
 FLUX_NOW = "range(start: 0)"
 FLUX_WINDOW = "range(start: v.timeRangeStart, stop: v.timeRangeStop)"
+FLUX_RECENT = f"range(start: -{GEN.REPORTING_WINDOW})"
+IQ_RECENT = f"time > now() - {GEN.REPORTING_WINDOW}"
 
 
 def flux_pairs():
-    for pq, pf in zip(panels("influxql"), panels("flux")):
-        for tq, tf in zip(pq["targets"], pf["targets"]):
-            yield pytest.param(pf["title"], tq["query"], tf["query"], id=f"{pf['id']}{tf['refId']}")
+    for n in NAMES:
+        for pq, pf in zip(panels("influxql", n), panels("flux", n)):
+            for tq, tf in zip(pq["targets"], pf["targets"]):
+                yield pytest.param(pf["title"], tq["query"], tf["query"],
+                                   id=f"{n}-{pf['id']}{tf['refId']}" if n != "meters" else f"{pf['id']}{tf['refId']}")
 
 
 def test_series_are_named_alike_in_both_flavours():
@@ -540,10 +572,14 @@ def test_flux_query_is_consistent_with_the_schema_and_its_influxql_twin(title, i
     assert _balanced(flux), title
     for line in flux.splitlines()[1:]:
         assert line.startswith("  |> ") or line.startswith("  //"), (title, line)
-    # the time range: the dashboard's, or all history for "now" panels exactly where InfluxQL has no $timeFilter
+    # the time range: the dashboard's, the last few minutes (as InfluxQL's), or all history for "now"
+    # panels exactly where InfluxQL has no time condition
     if "$timeFilter" in influxql:
-        assert FLUX_WINDOW in flux and FLUX_NOW not in flux, title
+        assert FLUX_WINDOW in flux and FLUX_NOW not in flux and "now()" not in influxql, title
+    elif IQ_RECENT in influxql:
+        assert FLUX_RECENT in flux and FLUX_NOW not in flux and "v.timeRangeStart" not in flux, title
     else:
+        assert "time " not in influxql, title
         assert FLUX_NOW in flux and "v.timeRangeStart" not in flux, title
     (m,) = set(re.findall(r'r\._measurement == "(\w+)"', flux))
     assert m in SCHEMA
@@ -564,6 +600,10 @@ def test_flux_query_is_consistent_with_the_schema_and_its_influxql_twin(title, i
     if m == "gateway":
         assert ("not exists r.bus" in flux) == ("\"bus\" = ''" in influxql), title
     # energy counters: a drop is never counted as consumption
+    # an alarm is open when its newest state is not cleared, in both languages
+    if m == "alert":
+        assert "last(\"state\")" in influxql and "\"state\" != 'cleared'" in influxql, title
+        assert '|> last()' in flux and 'r._value != "cleared"' in flux, title
     if "energy_kwh" in fields:
         assert "nonNegative" not in re.sub(r"//[^\n]*", "", flux), title
         assert "|> filter(fn: (r) => r._value >= 0.0)" in flux or "|> filter(fn: (r) => r._value < 0.0)" in flux
@@ -578,3 +618,111 @@ def test_flux_variables_read_tag_values_of_the_meter_measurement():
         assert 'r._measurement == "meter"' in q and "start: v.timeRangeStart" in q and _balanced(q)
         assert set(re.findall(r"\br\.(\w+)", q)) <= SCHEMA["meter"]["tags"] | FLUX_COLUMNS
         assert v["name"] in SCHEMA["meter"]["tags"]
+
+
+# ---- the fleet overview against a real InfluxDB 1.x ---------------------------------------------
+# Three estates as head office's central InfluxDB holds them, written by the gateway's encoder:
+# wanhu reports now, its main supply counts a steady 1 kWh per 10 minutes; lvyuan went silent
+# 20 minutes ago and its main supply meter was replaced; hexie reports, has no main supply meter
+# and only cleared alarms.
+
+def _alarm(aid: str, rule: str, source: str, severity: str, state: str, at: datetime, what: str) -> AlertChange:
+    return AlertChange(Alert(aid, rule, "threshold", source, severity, state, "告警", "alarm", at, at), what)
+
+
+def fleet_lines(now: datetime, month_start: datetime) -> list[str]:
+    sites = ("wanhu", "lvyuan", "hexie")
+    encoders = {s: Encoder(SiteIndex(s, {f"{s}-MAIN": {"building": "", "circuit": "main_supply"},
+                                         f"{s}-B01": {"building": "B01", "circuit": "stairwell_lighting"}}))
+                for s in sites}
+    out: list[tuple[str, object]] = []
+    for minute in range(60):                       # self metrics every minute for the last hour
+        ts = now - timedelta(minutes=minute, seconds=10)
+        for site in sites:
+            if site == "lvyuan" and minute < 20:
+                continue
+            out.append((site, GatewayStats(ts, {"clock_trusted": 1, "outbox_depth": 1200 if site == "lvyuan" else 3,
+                                                "outbox_age_s": 900.0 if site == "lvyuan" else 0.8})))
+            out.append((site, GatewayStats(ts, {"polls": minute}, bus="b")))  # per bus: not the overall row
+    # main supply: one reading every 10 minutes from 2 h before the month until now
+    t = month_start - timedelta(hours=2)
+    energy = {"wanhu": Decimal("50000.00"), "lvyuan": Decimal("30000.00")}
+    while t <= now:
+        for site in energy:
+            if site == "lvyuan" and abs(t - (month_start + timedelta(hours=2, minutes=30))) < timedelta(minutes=5):
+                energy[site] = Decimal("0.50")     # the new meter
+            energy[site] += 1
+            out.append((site, Reading(f"{site}-MAIN", t, {"energy_kwh": float(energy[site])},
+                                      {"energy_kwh": energy[site]})))
+        out.append(("wanhu", Reading("wanhu-B01", t, {"energy_kwh": 900.0}, {"energy_kwh": Decimal("900.00")})))
+        t += timedelta(minutes=10)
+    at = lambda m: now - timedelta(minutes=m)  # noqa: E731
+    out += [
+        ("wanhu", _alarm("v1", "voltage", "wanhu-B01", "critical", "active", at(50), "raised")),
+        ("wanhu", _alarm("p1", "power", "wanhu-MAIN", "warning", "active", at(40), "raised")),
+        ("wanhu", _alarm("p1", "power", "wanhu-MAIN", "warning", "cleared", at(30), "cleared")),
+        ("wanhu", _alarm("p2", "power", "wanhu-MAIN", "warning", "active", at(20), "raised")),    # again: open
+        ("wanhu", _alarm("p2", "power", "wanhu-MAIN", "warning", "acknowledged", at(10), "acknowledged")),
+        ("wanhu", _alarm("o1", "offline", "wanhu-B01", "warning", "active", at(9), "raised")),
+        ("lvyuan", _alarm("d1", "door", "gate-s", "info", "active", at(45), "raised")),
+        ("hexie", _alarm("v9", "voltage", "hexie-B01", "critical", "active", at(55), "raised")),
+        ("hexie", _alarm("v9", "voltage", "hexie-B01", "critical", "cleared", at(5), "cleared")),
+    ]
+    return [ln for ln in (encoders[site](event).line for site, event in out) if ln]
+
+
+@pytest.fixture
+def fleet(influx1):
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    # "this month" begins 6 h ago on a whole hour: Grafana's now/M, made independent of the test's date
+    month_start = now.replace(minute=0, second=0) - timedelta(hours=6)
+    status, body = influx1.http(f"/write?db={influx1.database}&precision=ms",
+                                "\n".join(fleet_lines(now, month_start)).encode())
+    assert status == 204, body
+    return influx1, now, month_start
+
+
+def fleet_table(fleet, **sel) -> dict[str, dict]:
+    """The fleet table as Grafana builds it: every query's rows joined on `site`."""
+    influx, now, month_start = fleet
+    joined: dict[str, dict] = {}
+    (panel,) = panels("influxql", "fleet")
+    time_filter = f"time >= {int(month_start.timestamp() * 1000)}ms and time <= {int(now.timestamp() * 1000) + 1000}ms"
+    for t in panel["targets"]:
+        err, series = run(influx, substitute(t["query"], sel, time_filter))
+        assert err is None, f"{t['refId']}: {err}"
+        for r in rows(series):
+            joined.setdefault(r["site"], {}).update({k: v for k, v in r.items() if k in GEN.FLEET_COLUMNS})
+    return joined
+
+
+def test_fleet_overview_shows_each_estate(fleet):
+    _, now, month_start = fleet
+    table = fleet_table(fleet)
+    assert set(table) == {"wanhu", "lvyuan", "hexie"}
+    wanhu, lvyuan, hexie = table["wanhu"], table["lvyuan"], table["hexie"]
+    # up: self metrics in the last 5 minutes (one a minute); lvyuan has been silent for 20
+    assert 4 <= wanhu["reporting"] <= 6 and 4 <= hexie["reporting"] <= 6 and "reporting" not in lvyuan
+    # the latest self metrics, however old
+    assert (lvyuan["clock_trusted"], lvyuan["outbox_depth"], lvyuan["outbox_age_s"]) == (1, 1200, 900.0)
+    assert (wanhu["clock_trusted"], wanhu["outbox_depth"]) == (1, 3)
+    # open alarms by severity: newest state per (rule, source); a cleared one raised again is open
+    assert (wanhu.get("critical"), wanhu.get("warning"), wanhu.get("info")) == (1, 2, None)
+    assert (lvyuan.get("critical"), lvyuan.get("warning"), lvyuan.get("info")) == (None, None, 1)
+    assert not {"critical", "warning", "info"} & set(hexie)
+    # this month: 1 kWh per 10 minutes since the last reading of the month's first hour (the
+    # readings before the month and the stairwell meter are not counted)
+    last = month_start + timedelta(minutes=10 * ((now - month_start) // timedelta(minutes=10)))
+    want = (last - (month_start + timedelta(minutes=50))) // timedelta(minutes=10)
+    assert wanhu["month_kwh"] == pytest.approx(want)
+    # the replaced meter: its counter going down counts nothing, never -30,000 or +30,000
+    assert 0 < lvyuan["month_kwh"] <= want and "month_kwh" not in hexie
+
+
+def test_fleet_overview_follows_the_site_variable(fleet):
+    assert set(fleet_table(fleet, site=["wanhu"])) == {"wanhu"}
+    assert set(fleet_table(fleet, site=["wanhu", "hexie"])) == {"wanhu", "hexie"}
+    influx = fleet[0]
+    (v,) = FLEET["influxql"]["templating"]["list"]
+    err, series = run(influx, substitute(v["query"]))
+    assert err is None and {r["value"] for r in rows(series)} == {"wanhu", "lvyuan", "hexie"}

@@ -1,4 +1,7 @@
-"""Writes deploy/grafana/dashboards/meters-{influxql,flux}.json from one description.
+"""Writes deploy/grafana/dashboards/{meters,fleet}-{influxql,flux}.json from one description each.
+
+meters: one estate's public meters, devices and gateway health; fleet: head office's overview,
+one row per estate, from the company's central InfluxDB (deploy/headoffice/README.md).
 
 Both files show the same panels with the same variables; only the queries differ (InfluxQL for
 InfluxDB 1.x and 3.x's InfluxQL endpoint, Flux for InfluxDB 2.x). Edit the description here and
@@ -27,9 +30,6 @@ DATASOURCES = {
     "influxql": {"type": "influxdb", "uid": "estate-gateway-influxql"},
     "flux": {"type": "influxdb", "uid": "estate-gateway-flux"},
 }
-DASHBOARD_UID = {"influxql": "estate-meters-influxql", "flux": "estate-meters-flux"}
-DASHBOARD_TITLE = {"influxql": "小区公共用电 Estate meters (InfluxQL)",
-                   "flux": "小区公共用电 Estate meters (Flux)"}
 
 # Daylight all year at the reference site (44.15 N, 125.83 E, Asia/Shanghai): the latest sunrise
 # is about 07:11 and the earliest sunset about 15:58, so 08:00-15:30 is day on every date.
@@ -401,18 +401,18 @@ VARIABLE_QUERIES = {
 }
 
 
-def variable_query(name: str, flavour: str) -> str:
-    q = VARIABLE_QUERIES[name][flavour]
+def variable_query(name: str, flavour: str, queries: dict = VARIABLE_QUERIES, measurement: str = "meter") -> str:
+    q = queries[name][flavour]
     if flavour == "influxql":
         return q
-    pred = 'r._measurement == "meter"' + (f" and {q}" if q else "")
+    pred = f'r._measurement == "{measurement}"' + (f" and {q}" if q else "")
     return ('import "influxdata/influxdb/schema"\n\n'
             f'schema.tagValues(bucket: v.defaultBucket, tag: "{name}", predicate: (r) => {pred}, '
             "start: v.timeRangeStart, stop: v.timeRangeStop)")
 
 
-def variable(name: str, flavour: str) -> dict:
-    q = variable_query(name, flavour)
+def variable(name: str, flavour: str, queries: dict = VARIABLE_QUERIES, measurement: str = "meter") -> dict:
+    q = variable_query(name, flavour, queries, measurement)
     return {
         "name": name, "label": VARIABLE_LABELS[name], "type": "query",
         "datasource": DATASOURCES[flavour], "query": q, "definition": q,
@@ -422,6 +422,14 @@ def variable(name: str, flavour: str) -> dict:
         "current": {"selected": True, "text": ["All"], "value": ["$__all"]}, "options": [],
     }
 
+
+METERS = {
+    "uid": {"influxql": "estate-meters-influxql", "flux": "estate-meters-flux"},
+    "title": {"influxql": "小区公共用电 Estate meters (InfluxQL)", "flux": "小区公共用电 Estate meters (Flux)"},
+    "description": "小区公共区域电表、设备状态与网关运行情况 (estate-gateway).",
+    "panels": PANELS, "variables": VARIABLES, "variable_queries": VARIABLE_QUERIES, "variable_measurement": "meter",
+    "time": {"from": "now-24h", "to": "now"}, "refresh": "1m",
+}
 
 # ---- building the JSON -------------------------------------------------------------------------
 
@@ -456,7 +464,8 @@ def _target(q: dict, flavour: str, legend: list[str] | None) -> dict:
 def _panel(p: dict, pid: int, pos: dict, flavour: str) -> dict:
     if "row" in p:
         return {"type": "row", "id": pid, "title": p["row"], "collapsed": False, "gridPos": pos, "panels": []}
-    defaults: dict = {"unit": p.get("unit", "short"), "color": {"mode": "palette-classic"}, "mappings": []}
+    defaults: dict = {"unit": p.get("unit", "short"), "color": {"mode": "palette-classic"},
+                      "mappings": p.get("mappings", [])}
     if p["type"] == "timeseries":
         custom = {"drawStyle": "line", "lineWidth": 1, "fillOpacity": 10, "showPoints": "never",
                   "spanNulls": False, "axisSoftMin": 0, "thresholdsStyle": {"mode": "off"},
@@ -467,6 +476,8 @@ def _panel(p: dict, pid: int, pos: dict, flavour: str) -> dict:
         if "axisLabel" in p:
             custom["axisLabel"] = p["axisLabel"]
         defaults["custom"] = custom
+    elif "custom" in p:
+        defaults["custom"] = p["custom"]
     defaults["thresholds"] = _thresholds(p.get("thresholds", [("green", None)]))
     if p["type"] == "stat":
         defaults["color"] = {"mode": "thresholds"}
@@ -487,6 +498,8 @@ def _panel(p: dict, pid: int, pos: dict, flavour: str) -> dict:
     # Meters are polled every 30 s and the gateway reports its health every 60 s: finer buckets
     # than a minute would be empty ($__interval is never below the panel's interval).
     panel["interval"] = p.get("interval", "1m")
+    if "timeFrom" in p:
+        panel["timeFrom"] = p["timeFrom"]
     if "transformations" in p:
         panel["transformations"] = p["transformations"]
     return panel
@@ -510,23 +523,25 @@ def layout(panels: list[dict]) -> list[tuple[dict, int, dict]]:
     return out
 
 
-def dashboard(flavour: str) -> dict:
-    placed = layout(PANELS)
+ANNOTATIONS_BUILTIN = {"builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"}, "enable": True,
+                       "hide": True, "iconColor": "rgba(0, 211, 255, 1)", "name": "Annotations & Alerts",
+                       "type": "dashboard"}
+
+
+def dashboard(flavour: str, name: str = "meters") -> dict:
+    spec = DASHBOARDS[name]
+    placed = layout(spec["panels"])
     daylight_ids = [pid for p, pid, _ in placed if p.get("daylight")]
     return {
-        "uid": DASHBOARD_UID[flavour],
-        "title": DASHBOARD_TITLE[flavour],
-        "description": "小区公共区域电表、设备状态与网关运行情况 (estate-gateway). "
-                       "Generated by tools/make_dashboards.py: edit that, not this file.",
+        "uid": spec["uid"][flavour],
+        "title": spec["title"][flavour],
+        "description": spec["description"] + " Generated by tools/make_dashboards.py: edit that, not this file.",
         "tags": ["estate-gateway", flavour],
         "editable": True, "graphTooltip": 1, "schemaVersion": 39, "version": 1,
-        "time": {"from": "now-24h", "to": "now"}, "timezone": "browser", "refresh": "1m",
+        "time": spec["time"], "timezone": "browser", "refresh": spec["refresh"],
         "fiscalYearStartMonth": 0, "liveNow": False, "weekStart": "",
         "timepicker": {}, "links": [],
-        "annotations": {"list": [
-            {"builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"}, "enable": True,
-             "hide": True, "iconColor": "rgba(0, 211, 255, 1)", "name": "Annotations & Alerts",
-             "type": "dashboard"},
+        "annotations": {"list": [ANNOTATIONS_BUILTIN, *([
             {"datasource": {"type": "datasource", "uid": "grafana"}, "enable": True, "hide": False,
              "iconColor": "rgba(255, 214, 0, 0.12)", "name": "白天 Daylight (08:00–15:30)",
              "filter": {"exclude": False, "ids": daylight_ids},
@@ -534,22 +549,158 @@ def dashboard(flavour: str) -> dict:
                         "timeRegion": {"mode": "cron", "cronExpr": DAYLIGHT["cron"],
                                        "duration": DAYLIGHT["duration"], "from": DAYLIGHT["from"],
                                        "to": DAYLIGHT["to"], "timezone": DAYLIGHT["timezone"]}}},
-        ]},
-        "templating": {"list": [variable(v, flavour) for v in VARIABLES]},
+        ] if daylight_ids else [])]},
+        "templating": {"list": [variable(v, flavour, spec["variable_queries"], spec["variable_measurement"])
+                                for v in spec["variables"]]},
         "panels": [_panel(p, pid, pos, flavour) for p, pid, pos in placed],
     }
 
 
-def render(flavour: str) -> str:
-    return json.dumps(dashboard(flavour), ensure_ascii=False, indent=2) + "\n"
+# ---- the fleet overview: one row per estate, for head office's central InfluxDB -----------------
+# Each query answers one table keyed by the `site` tag; Grafana joins them on `site` (outer join,
+# so an estate missing from one query still has its row). The panel's time range is "this month
+# so far" (timeFrom now/M) for the kWh; the other columns say "now" whatever the range:
+# reporting looks at the last REPORTING_WINDOW, the latest values and open alarms at all history
+# (a gateway writes its self metrics every 60 s; an alarm point is written only when it changes).
+
+REPORTING_WINDOW = "5m"
+SEVERITIES = ("critical", "warning", "info")
+SEVERITY_ZH = {"critical": "严重", "warning": "警告", "info": "提示"}
+IQ_OVERALL = f'{IQ_SITE} AND "bus" = \'\''
+
+
+def iq_open_alarms(severity: str) -> str:
+    # An alarm is (rule, source) at a site: its newest point's state says whether it is open.
+    inner = (f'SELECT last("state") AS "state" FROM "alert" WHERE {IQ_SITE} AND "severity" = \'{severity}\' '
+             f'GROUP BY "site", "rule", "source"')
+    return f'SELECT count("state") AS "{severity}" FROM ({inner}) WHERE "state" != \'cleared\' GROUP BY "site"'
+
+
+def fx_open_alarms(severity: str) -> str:
+    return "\n".join([FX_FROM_ALL_TIME, fx_fields("alert", ["state"]),
+                      f'  |> filter(fn: (r) => {FX_SITE} and r.severity == "{severity}")',
+                      '  |> group(columns: ["site", "rule", "source"])',
+                      "  |> last()",
+                      '  |> filter(fn: (r) => r._value != "cleared")',
+                      '  |> group(columns: ["site"])',
+                      "  |> count()",
+                      f"  |> map(fn: (r) => ({{site: r.site, {severity}: r._value}}))"])
+
+
+FLEET_QUERIES = [
+    {"refId": "A", "format": "table",
+     "influxql": (f'SELECT count("clock_trusted") AS "reporting" FROM "gateway" WHERE {IQ_OVERALL} '
+                  f'AND time > now() - {REPORTING_WINDOW} GROUP BY "site"'),
+     "flux": "\n".join([f"from(bucket: v.defaultBucket)\n  |> range(start: -{REPORTING_WINDOW})",
+                        fx_fields("gateway", ["clock_trusted"]),
+                        f"  |> filter(fn: (r) => {FX_SITE} and not exists r.bus)",
+                        '  |> group(columns: ["site"])',
+                        "  |> count()",
+                        "  |> map(fn: (r) => ({site: r.site, reporting: r._value}))"])},
+    {"refId": "B", "format": "table",
+     "influxql": (f'SELECT {iq_select("last", ["clock_trusted", "outbox_depth", "outbox_age_s"])} FROM "gateway" '
+                  f'WHERE {IQ_OVERALL} GROUP BY "site"'),
+     "flux": "\n".join([FX_FROM_ALL_TIME, fx_fields("gateway", ["clock_trusted", "outbox_depth", "outbox_age_s"]),
+                        f"  |> filter(fn: (r) => {FX_SITE} and not exists r.bus)",
+                        "  |> last()",
+                        '  |> pivot(rowKey: ["site"], columnKey: ["_field"], valueColumn: "_value")',
+                        "  |> group()",
+                        '  |> keep(columns: ["site", "clock_trusted", "outbox_depth", "outbox_age_s"])'])},
+    *({"refId": ref, "format": "table", "influxql": iq_open_alarms(sev), "flux": fx_open_alarms(sev)}
+      for ref, sev in zip("CDE", SEVERITIES)),
+    # The main supply's counter, hour by hour as on the meters dashboard: a counter that went
+    # down (meter replaced) counts nothing, never a jump. What came in before the month's first
+    # full hour's last reading is not counted (at most an hour of the month).
+    {"refId": "F", "format": "table",
+     "influxql": (f'SELECT sum("used_kwh") AS "month_kwh" FROM (SELECT non_negative_difference(last("energy_kwh")) '
+                  f'AS "used_kwh" FROM "meter" WHERE {IQ_SITE} AND "circuit" = \'main_supply\' AND $timeFilter '
+                  f'GROUP BY time(1h), "site", "meter") WHERE $timeFilter GROUP BY "site"'),
+     "flux": "\n".join([FX_FROM, fx_fields("meter", ["energy_kwh"]),
+                        f'  |> filter(fn: (r) => {FX_SITE} and r.circuit == "main_supply")',
+                        '  |> aggregateWindow(every: 1h, fn: last, createEmpty: false)',
+                        "  |> difference()",
+                        "  |> filter(fn: (r) => r._value >= 0.0)",
+                        '  |> group(columns: ["site"])',
+                        "  |> sum()",
+                        "  |> map(fn: (r) => ({site: r.site, month_kwh: r._value}))"])},
+]
+FLEET_COLUMNS = ["site", "reporting", "clock_trusted", "outbox_depth", "outbox_age_s", *SEVERITIES, "month_kwh"]
+FLEET_RENAMES = {"site": "小区 Site", "reporting": f"网关在线 Up (last {REPORTING_WINDOW})",
+                 "clock_trusted": "时钟可信 Clock trusted", "outbox_depth": "发送队列 Outbox (points)",
+                 "outbox_age_s": "队列积压 Outbox age", "month_kwh": "本月总进线电量 This month (kWh)",
+                 **{s: f"未消除告警·{SEVERITY_ZH[s]} Open {s}" for s in SEVERITIES}}
+
+
+def _column(name: str, *props: tuple[str, object]) -> dict:
+    return {"matcher": {"id": "byName", "options": name},
+            "properties": [{"id": k, "value": v} for k, v in props]}
+
+
+COLORED = ("custom.cellOptions", {"type": "color-background", "mode": "basic"})
+FLEET_OVERRIDES = [
+    # reporting counts self-metric points in the window: an estate with none has no value
+    _column("reporting", COLORED, ("noValue", "无数据 silent"), ("mappings", [
+        {"type": "range", "options": {"from": 1, "to": 1e9, "result": {"text": "在线 up", "color": "green", "index": 0}}},
+        {"type": "special", "options": {"match": "null", "result": {"text": "无数据 silent", "color": "red", "index": 1}}}]),
+        ("thresholds", _thresholds([("red", None), ("green", 1)]))),
+    _column("clock_trusted", COLORED, ("mappings", [
+        {"type": "value", "options": {"1": {"text": "可信 trusted", "color": "green", "index": 0},
+                                      "0": {"text": "不可信 untrusted", "color": "red", "index": 1}}}])),
+    _column("outbox_depth", ("decimals", 0)),
+    _column("outbox_age_s", ("unit", "s"), COLORED, ("thresholds", _thresholds([("green", None), ("orange", 300),
+                                                                                 ("red", 3600)]))),
+    *(_column(sev, ("decimals", 0), ("noValue", "0"), COLORED, ("thresholds", _thresholds([("green", None), (color, 1)])))
+      for sev, color in zip(SEVERITIES, ("red", "orange", "blue"))),
+    _column("month_kwh", ("unit", "kwatth"), ("decimals", 0)),
+]
+
+FLEET_PANELS: list[dict] = [
+    {
+        "title": "各小区概况 Estates at a glance", "type": "table", "w": 24, "h": 16, "timeFrom": "now/M",
+        "description": "每个小区一行:网关近 5 分钟是否上报自身指标(没有:网关停机、网络断开,或时钟不可信"
+                       "——不可信时间的数据留在网关,修复后才发送)、最新的时钟状态与发送队列、未消除告警数(按级别)、"
+                       "本月总进线(main_supply 电表)用电量。"
+                       "One row per estate: whether the gateway reported its own metrics in the last 5 minutes "
+                       "(if not: it is down, its network is, or its clock is untrusted and its points wait for the "
+                       "repair), its latest clock state and outbox, open alarms by severity, and this month's kWh "
+                       "of its main supply meters.",
+        "options": {"showHeader": True, "cellHeight": "sm", "footer": {"show": False},
+                    "sortBy": [{"displayName": FLEET_RENAMES["site"], "desc": False}]},
+        "custom": {"align": "auto", "cellOptions": {"type": "auto"}, "inspect": False},
+        "overrides": FLEET_OVERRIDES,
+        "transformations": [
+            {"id": "joinByField", "options": {"byField": "site", "mode": "outer"}},
+            {"id": "filterFieldsByName", "options": {"include": {"names": FLEET_COLUMNS}}},
+            {"id": "organize", "options": {"indexByName": {c: i for i, c in enumerate(FLEET_COLUMNS)},
+                                           "renameByName": FLEET_RENAMES}},
+        ],
+        "queries": FLEET_QUERIES,
+    },
+]
+
+FLEET = {
+    "uid": {"influxql": "estate-fleet-influxql", "flux": "estate-fleet-flux"},
+    "title": {"influxql": "各小区总览 Estates overview (InfluxQL)", "flux": "各小区总览 Estates overview (Flux)"},
+    "description": "总部:各小区网关、时钟、发送队列、告警与本月用电 (estate-gateway, head office).",
+    "panels": FLEET_PANELS, "variables": ["site"],
+    "variable_queries": {"site": {"influxql": 'SHOW TAG VALUES FROM "gateway" WITH KEY = "site"', "flux": None}},
+    "variable_measurement": "gateway",
+    "time": {"from": "now-24h", "to": "now"}, "refresh": "1m",
+}
+DASHBOARDS = {"meters": METERS, "fleet": FLEET}
+
+
+def render(flavour: str, name: str = "meters") -> str:
+    return json.dumps(dashboard(flavour, name), ensure_ascii=False, indent=2) + "\n"
 
 
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    for flavour in DATASOURCES:
-        path = OUT / f"meters-{flavour}.json"
-        path.write_text(render(flavour), encoding="utf-8")
-        print(f"wrote {path.relative_to(ROOT)}")
+    for name in DASHBOARDS:
+        for flavour in DATASOURCES:
+            path = OUT / f"{name}-{flavour}.json"
+            path.write_text(render(flavour, name), encoding="utf-8")
+            print(f"wrote {path.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":
