@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
-from . import queries
+from .queries import SLOT_SQL, SLOT_US
 from .schema import INSERT_OUTBOX, last_reading as _last_reading, transaction
 
 
@@ -100,8 +100,8 @@ class ClockEpisodes:
             for ep, off, lo, hi in fixes:
                 n: dict[str, int] = {}
                 # the per-meter entries of those already moved there go with them
-                db.execute(f"UPDATE readings_by_meter SET ts_us = ts_us + :off, slot = (ts_us + :off) / {queries.SLOT_US} "
-                           f"WHERE (slot, meter, ts_us, id) IN (SELECT {queries.SLOT_SQL}, meter, ts_us, id FROM "
+                db.execute(f"UPDATE readings_by_meter SET ts_us = ts_us + :off, slot = (ts_us + :off) / {SLOT_US} "
+                           f"WHERE (slot, meter, ts_us, id) IN (SELECT {SLOT_SQL}, meter, ts_us, id FROM "
                            "reading_log WHERE episode = :ep)", {"off": off, "ep": ep})
                 n["readings"] = db.execute("UPDATE reading_log SET ts_us = ts_us + ?, episode = NULL WHERE episode = ?",
                                            (off, ep)).rowcount

@@ -26,7 +26,7 @@ from ..events import (AlertChange, CardSwipe, DeviceStatus, DoorEvent, GatewaySt
                       Reading)
 from ..hub import Hub
 from ..private import replace_file, tighten
-from . import queries
+from .queries import ENERGY_FIELD, LOG_COLS, Names, SLOT_SQL, activity, all_rows, count_readings, counters_around, counters_of, energy_after, energy_before, energy_series, has_readings, indexed, last_counters, slot, values_of
 from .checkpoint import WAL_BYTES, Checkpointer
 from .codec import encodable_counter, encode_counter_values, encode_vals, varint
 from .indexer import Indexer
@@ -37,7 +37,6 @@ from .schema import INSERT_OUTBOX, LedgerError, connect, last_reading as _last_r
 
 log = logging.getLogger(__name__)
 
-ENERGY_FIELD = queries.ENERGY_FIELD   # the counter billing uses, kept in the `energy` table
 UPGRADE_ROWS = 20_000   # schema-8 readings copied per transaction at the first start
 CONFIRM_DELAY_S = 60.0  # InfluxDB's confirmations are written this often (with a commit of rows)
 LAZY_S = 30.0           # self metrics wait this long at most for a commit of rows to go with
@@ -204,7 +203,7 @@ class Ledger(AllocationRuns, ClockEpisodes, LightingRecords):
                     "SELECT r.id, m.id, r.ts_us, r.field_set, r.vals, NULL, r.counters, r.episode "
                     "FROM readings_old r JOIN meters m ON m.name = r.meter WHERE r.id BETWEEN ? AND ? ORDER BY r.id",
                     (lo, hi)).rowcount
-                db.execute(f"INSERT INTO readings_by_meter (slot, meter, ts_us, id) SELECT {queries.SLOT_SQL}, meter, "
+                db.execute(f"INSERT INTO readings_by_meter (slot, meter, ts_us, id) SELECT {SLOT_SQL}, meter, "
                            "ts_us, id FROM reading_log WHERE id BETWEEN ? AND ? ORDER BY 1, 2, 3, 4", (lo, hi))
                 db.execute("DELETE FROM readings_old WHERE id BETWEEN ? AND ?", (lo, hi))
             self.checkpointer.note_commit()
@@ -553,7 +552,7 @@ class Ledger(AllocationRuns, ClockEpisodes, LightingRecords):
     def _reading_points(self, room: int, others: list[tuple]) -> list[tuple[tuple[int, int], str]]:
         """Up to `room` points: readings' after the cursor, with `others` (rows of `outbox`:
         id, line, after_reading) each put right after the reading it follows."""
-        names = queries.Names(self._db)
+        names = Names(self._db)
         out: list = []
         k = 0
 
@@ -565,7 +564,7 @@ class Ledger(AllocationRuns, ClockEpisodes, LightingRecords):
         first = self._scanned + 1
         handed: set[int] = set()
         while len(out) < room:
-            rows = self._db.execute(f"SELECT {queries.LOG_COLS} FROM reading_log WHERE id > ? ORDER BY id LIMIT ?",
+            rows = self._db.execute(f"SELECT {LOG_COLS} FROM reading_log WHERE id > ? ORDER BY id LIMIT ?",
                                     (self._scanned, max(256, room - len(out)))).fetchall()
             if not rows:
                 break
@@ -584,8 +583,8 @@ class Ledger(AllocationRuns, ClockEpisodes, LightingRecords):
                     continue                  # its point waits in outbox_held
                 try:
                     point = self._points(Reading(names.meter_name(mid), from_us(ts),
-                                                 queries.values_of(names, fset, vals, counters),
-                                                 queries.counters_of(names, kwh, counters)))
+                                                 values_of(names, fset, vals, counters),
+                                                 counters_of(names, kwh, counters)))
                 except (ValueError, ArithmeticError, struct.error):
                     point = None              # a damaged row of schema 8: nothing to send
                 if point is None:
@@ -832,14 +831,14 @@ class Ledger(AllocationRuns, ClockEpisodes, LightingRecords):
 
     def energy_series(self, meter: str, start_us: int, end_us: int) -> list[tuple[int, str]]:
         """(ts_us, exact counter text) of one meter in [start_us, end_us], in time order."""
-        return queries.energy_series(self._db, meter, start_us, end_us)
+        return energy_series(self._db, meter, start_us, end_us)
 
     def energy_before(self, meter: str, ts_us: int, limit_us: int) -> tuple[int, str] | None:
         """The last counter before `ts_us` but not before `limit_us`."""
-        return queries.energy_before(self._db, meter, ts_us, limit_us)
+        return energy_before(self._db, meter, ts_us, limit_us)
 
     def energy_after(self, meter: str, ts_us: int, limit_us: int) -> tuple[int, str] | None:
-        return queries.energy_after(self._db, meter, ts_us, limit_us)
+        return energy_after(self._db, meter, ts_us, limit_us)
 
     # ---- what the rules engine takes back after a restart (gateway/rules/restore.py) ----
 
@@ -862,12 +861,12 @@ class Ledger(AllocationRuns, ClockEpisodes, LightingRecords):
         """Per meter, its last reading before `before_us` that has the counter `field`:
         (meter, ts_us, counter as stored, corrupt) where corrupt is 1 when newer readings were
         passed over because their counters were not valid JSON. One index probe per meter."""
-        return queries.last_counters(self._db, meters, field, before_us)
+        return last_counters(self._db, meters, field, before_us)
 
     def counters_around(self, meters: list[str], field: str, times_us: list[int], max_gap_us: int,
                         before_us: int) -> list[tuple]:
         """The counter `field` either side of each instant, per meter (gateway/ledger/queries.py)."""
-        return queries.counters_around(self._db, meters, field, times_us, max_gap_us, before_us)
+        return counters_around(self._db, meters, field, times_us, max_gap_us, before_us)
 
     def patrol_checkins_between(self, start_us: int, end_us: int) -> list[tuple]:
         """Checkins recorded (ts) in [start_us, end_us), in the order they arrived: (ts_us,
@@ -884,7 +883,7 @@ class Ledger(AllocationRuns, ClockEpisodes, LightingRecords):
         buses, readers), a swipe, a door event, a patrol checkin (by arrival), an alert change.
         Sorted. Index ranges only."""
         args = {"s": start_us, "e": end_us, "b": bucket_us, "devices": json.dumps(list(devices))}
-        found = queries.activity(self._db, devices, start_us, end_us, bucket_us)
+        found = activity(self._db, devices, start_us, end_us, bucket_us)
         rows = self._db.execute(
             "SELECT ts_us / :b FROM device_status WHERE device IN (SELECT value FROM json_each(:devices)) "
             "AND ts_us >= :s AND ts_us < :e "
@@ -899,15 +898,15 @@ class Ledger(AllocationRuns, ClockEpisodes, LightingRecords):
     # ---- reading ----
 
     def count_readings(self, meter: str | None = None) -> int:
-        return queries.count_readings(self._db, meter)
+        return count_readings(self._db, meter)
 
     def readings(self, meter: str | None = None) -> Iterator[StoredReading]:
-        for rid, m, ts, values, counters in queries.all_rows(self._db, meter):
+        for rid, m, ts, values, counters in all_rows(self._db, meter):
             yield StoredReading(rid, m, from_us(ts), values, counters)
 
     def has_readings(self, meter: str, start_us: int, end_us: int) -> bool:
         """Any reading of `meter` in [start_us, end_us]."""
-        return queries.has_readings(self._db, meter, start_us, end_us)
+        return has_readings(self._db, meter, start_us, end_us)
 
     def write_meter(self, meter: str, names: tuple[str, ...], rows: Iterable[tuple[int, tuple, str | None]],
                     replacement: "Replacement | None" = None) -> int:
@@ -945,11 +944,11 @@ class Ledger(AllocationRuns, ClockEpisodes, LightingRecords):
         already in their per-meter form (their counters are in `energy`), with their per-meter
         entries; one transaction."""
         with transaction(self._db, "IMMEDIATE") as db:
-            hi = min(hi, queries.indexed(db))
+            hi = min(hi, indexed(db))
             args = (lo, hi, before_us)
-            self._park(db, f"SELECT {queries.LOG_COLS} FROM reading_log WHERE id BETWEEN ? AND ? AND ts_us < ? "
+            self._park(db, f"SELECT {LOG_COLS} FROM reading_log WHERE id BETWEEN ? AND ? AND ts_us < ? "
                            "AND episode IS NULL AND id > ?", (*args, self._cursor))
-            db.execute(f"DELETE FROM readings_by_meter WHERE (slot, meter, ts_us, id) IN (SELECT {queries.SLOT_SQL}, "
+            db.execute(f"DELETE FROM readings_by_meter WHERE (slot, meter, ts_us, id) IN (SELECT {SLOT_SQL}, "
                        "meter, ts_us, id FROM reading_log WHERE id BETWEEN ? AND ? AND ts_us < ? AND episode IS NULL)",
                        args)
             return db.execute("DELETE FROM reading_log WHERE id BETWEEN ? AND ? AND ts_us < ? AND episode IS NULL",
@@ -961,15 +960,15 @@ class Ledger(AllocationRuns, ClockEpisodes, LightingRecords):
         where the outbox's own budget (influxdb.outbox_max_mb, shedding) looks after them."""
         if self._points is None:
             return
-        names = queries.Names(db)
+        names = Names(db)
         last = _last_reading(db)
         rows = []
         for rid, mid, ts, fset, vals, kwh, counters, _ in db.execute(sql, args).fetchall():
             if self._in_done(rid) is not None:
                 continue
             try:
-                p = self._points(Reading(names.meter_name(mid), from_us(ts), queries.values_of(names, fset, vals, counters),
-                                         queries.counters_of(names, kwh, counters)))
+                p = self._points(Reading(names.meter_name(mid), from_us(ts), values_of(names, fset, vals, counters),
+                                         counters_of(names, kwh, counters)))
             except (ValueError, ArithmeticError, struct.error):
                 p = None
             self._r_depth -= 1
@@ -987,10 +986,10 @@ class Ledger(AllocationRuns, ClockEpisodes, LightingRecords):
             rows = db.execute("SELECT b.slot, b.meter, b.ts_us, b.id FROM readings_by_meter b JOIN reading_log r "
                               "ON r.id = b.id WHERE b.slot <= ? AND b.ts_us < ? AND b.id <= ? AND r.episode IS NULL "
                               "ORDER BY b.slot LIMIT ?",
-                              (queries.slot(before_us), before_us, queries.indexed(db), limit)).fetchall()
+                              (slot(before_us), before_us, indexed(db), limit)).fetchall()
             ids = [r[3] for r in rows if r[3] > self._cursor]
             if ids:
-                self._park(db, f"SELECT {queries.LOG_COLS} FROM reading_log WHERE id IN "
+                self._park(db, f"SELECT {LOG_COLS} FROM reading_log WHERE id IN "
                                "(SELECT value FROM json_each(?))", (json.dumps(ids),))
             db.executemany("DELETE FROM readings_by_meter WHERE slot = ? AND meter = ? AND ts_us = ? AND id = ?", rows)
             db.executemany("DELETE FROM reading_log WHERE id = ?", [(r[3],) for r in rows])
