@@ -17,7 +17,7 @@ MAIN every 15 s), with the real `Ledger` (WAL, synchronous=FULL, commits at most
    Measured: the bytes the filesystem sent to its block device (`/sys/block/loopN/stat`, journal
    and metadata included) on a small ext4 mounted with `noatime` on a loop device, as Raspberry
    Pi OS mounts its root; also the process's `write_bytes` (`/proc/self/io`) and the WAL frames
-   SQLite wrote (from the -shm header). Extrapolated linearly to 24 h. Baselines: the readings
+   SQLite wrote (from the -wal file, as the checkpoint thread counts them). Extrapolated linearly to 24 h. Baselines: the readings
    as schema 8 stored them (`rows_mb_per_day`: meter name, time, float64 values, JSON counters
    and the energy counter again) and as this ledger stores them (`stored_rows_mb_per_day`).
    Time is simulated, so the filesystem's own 5-second journal commits of inode times happen far
@@ -47,7 +47,6 @@ import os
 import random
 import shutil
 import sqlite3
-import struct
 import subprocess
 import sys
 import tempfile
@@ -60,6 +59,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gateway.clock import from_us, to_us  # noqa: E402
+from gateway.ledger.checkpoint import wal_frames  # noqa: E402
 from gateway.drivers.modbus_plan import line_time_s, plan_for_model  # noqa: E402
 from gateway.events import (Alert, AlertChange, CardSwipe, DoorEvent, GatewayStats, PatrolCheckin,  # noqa: E402
                             Reading)
@@ -226,15 +226,6 @@ def proc_write_bytes() -> int:
         if line.startswith("write_bytes:"):
             return int(line.split()[1])
     return 0
-
-
-def wal_frames(db_path: Path) -> int:
-    """mxFrame of the WAL index header: frames in the log since it last restarted."""
-    try:
-        with open(f"{db_path}-shm", "rb") as f:
-            return struct.unpack("=I", f.read(20)[16:20])[0]
-    except (OSError, struct.error):
-        return 0
 
 
 def row_bytes(event) -> int:

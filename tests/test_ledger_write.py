@@ -225,3 +225,39 @@ def test_vacuum_gives_an_old_ledger_the_small_pages_of_a_new_one(tmp_path):
     assert [(r.id, r.ts, r.values, r.counters) for r in ledger.readings()] == want
     assert ledger.energy_series("m1", 0, 2**62)[-1] == (to_us(T0 + timedelta(seconds=499)), "499")
     ledger.close()
+
+
+SHM_DMS_BYTE = 128   # the -shm byte whose shared lock says "a connection has this log open"
+                     # (SQLite's os_unix.c: UNIX_SHM_DMS, after the 8 lock bytes at 120)
+
+PROBE = """
+import fcntl, sys
+with open(sys.argv[1] + "-shm", "r+b") as f:
+    try:
+        fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, %d)
+    except OSError:
+        print("held")
+    else:
+        print("free")
+""" % SHM_DMS_BYTE
+
+
+def test_looking_at_the_log_keeps_the_ledgers_lock_on_its_wal_index(tmp_path):
+    """POSIX locks belong to the process and closing any descriptor of a file drops all of them:
+    a look at the log that opened and closed the -shm file let another process (`gateway
+    status`, a backup) think the log was closed, rebuild the index under the ledger's mapping of
+    it and crash the gateway with SIGBUS. Another process must find the lock still held."""
+    import subprocess
+    import sys
+    ledger = Ledger(tmp_path / "l.db", wal_bytes=256 * 1024)
+    for i in range(3000):
+        ledger.add(Reading("m1", T0 + timedelta(seconds=i), {"voltage_v": 230.0 + i}))
+        if i % 100 == 0:
+            ledger.flush()
+    ledger.flush()
+    wait_for(lambda: ledger.checkpointer.checkpoints >= 1)
+    ledger.checkpointer.due()
+    probe = subprocess.run([sys.executable, "-c", PROBE, str(tmp_path / "l.db")],
+                           capture_output=True, text=True, check=True)
+    assert probe.stdout.strip() == "held"
+    ledger.close()

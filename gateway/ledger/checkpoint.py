@@ -4,7 +4,7 @@ SQLite's automatic checkpoint runs inside whichever COMMIT pushes the log past i
 the event loop: it copies every page changed since the last one into the database file and
 syncs it, which on an SD card's random writes can take seconds. The ledger's connection runs
 with `wal_autocheckpoint=0` and this thread does it instead: after each commit it looks at the
-log's length in the WAL index (the -shm file's header) and runs `PRAGMA wal_checkpoint(PASSIVE)`
+log's length (the frames of the -wal file written since it last restarted) and runs `PRAGMA wal_checkpoint(PASSIVE)`
 once `wal_bytes` have been added to it since the last one. PASSIVE never waits for a reader or a
 writer, so a commit on the event loop is never held up by it; commits that land while it copies,
 or before the log restarted from its beginning, are copied by short further passes: SQLite
@@ -17,6 +17,7 @@ checkpoint: the log's size is chosen by measurement (docs/storage.md).
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import struct
 import threading
@@ -29,18 +30,39 @@ IDLE_CHECK_S = 30.0                # look at the log now and then even without a
 
 
 def wal_state(path: Path) -> tuple[int, int]:
-    """(frames in the log since it last restarted, the log's salt) from the WAL index header,
-    (0, 0) if unknown. The header is the first 48 bytes of the -shm file
-    (sqlite.org/walformat.html, "The WAL-Index Header"), in the machine's byte order: mxFrame
-    is the u32 at offset 16, the first salt (changed at every restart) the u32 at 32."""
+    """(frames in the log since it last restarted, the log's salt), (0, 0) if unknown.
+
+    Read from the -wal file (sqlite.org/fileformat2.html, "The Write-Ahead Log"), never from the
+    -shm file: POSIX locks belong to the process, and closing any descriptor of a file drops every
+    lock the process holds on it, SQLite's included. Without its lock on the WAL index another
+    process (`gateway status`, a backup) takes the log for closed, rebuilds the index under this
+    process's mapping of it and the gateway dies of SIGBUS. SQLite locks nothing in the -wal file.
+
+    The header's salt changes at every restart and each frame carries the salt of the log it was
+    written in, so the frames of the current log are the leading run of frames with the header's
+    salt: found by bisection, a few reads whatever the log's length."""
     try:
-        with open(f"{path}-shm", "rb") as f:
-            head = f.read(36)
+        with open(f"{path}-wal", "rb") as f:
+            head = f.read(32)
+            if len(head) < 32:
+                return 0, 0
+            page_size, salt = struct.unpack(">I", head[8:12])[0], head[16:24]
+            frame_bytes = page_size + 24
+            size = os.fstat(f.fileno()).st_size
+
+            def current(i: int) -> bool:
+                return os.pread(f.fileno(), 8, 32 + i * frame_bytes + 8) == salt
+
+            lo, hi = 0, (size - 32) // frame_bytes      # frames [0, lo) are current, [hi, ...) not
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if current(mid):
+                    lo = mid + 1
+                else:
+                    hi = mid
+            return lo, struct.unpack(">I", salt[:4])[0]
     except OSError:
         return 0, 0
-    if len(head) < 36:
-        return 0, 0
-    return struct.unpack("=I", head[16:20])[0], struct.unpack("=I", head[32:36])[0]
 
 
 def wal_frames(path: Path) -> int:
