@@ -332,6 +332,25 @@ async def test_outage_loses_and_doubles_nothing(tmp_path, kind, request):
     assert len(written) >= 2 * 6
 
 
+async def test_points_keep_going_out_while_readings_keep_coming(tmp_path, influx1):
+    """With `batch_age_s` above zero (the default is 5 s) a batch too young to go alone waits for
+    more: the points read for it must go with the next batch, not be skipped until a restart."""
+    cfg = small_site(tmp_path, influx_cfg("v1", influx1, batch_age_s=1))
+    async with SiteSimulation(cfg) as sim:
+        gw = Gateway(sim.patched_config())
+        task = asyncio.create_task(gw.run(status_every_s=None))
+        try:
+            async with asyncio.timeout(20):      # two meters polled every second
+                while len(influx_points(influx1)) < 16:
+                    await asyncio.sleep(0.2)
+        finally:
+            gw.stop()
+            await asyncio.wait_for(task, 10)
+    written = influx_points(influx1)
+    assert len(written) == len(set(written))
+    assert set(written) == ledger_points(cfg.storage_path)
+
+
 async def test_without_influxdb_the_ledger_alone_runs(tmp_path):
     cfg = small_site(tmp_path, None)
     async with SiteSimulation(cfg) as sim:

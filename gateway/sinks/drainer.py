@@ -89,14 +89,21 @@ class Drainer:
         """
         failures = 0
         cursor = 0  # highest id handed to a send
+        # Points read but too young to go alone: the ledger hands each point once, so they are
+        # kept here and the next batch starts with them.
+        held: list = []
         inflight: set[asyncio.Task] = set()
         try:
             while True:
                 self.check_budget()
                 while len(inflight) < self.cfg.max_in_flight:
-                    rows = self.ledger.outbox_batch(self.cfg.batch_size, cursor)
-                    if not rows or (len(rows) < self.cfg.batch_size and not self._stop
-                                    and not self._old_enough(rows)):
+                    rows = held + self.ledger.outbox_batch(self.cfg.batch_size - len(held),
+                                                           held[-1][0] if held else cursor)
+                    held = []
+                    if not rows:
+                        break
+                    if len(rows) < self.cfg.batch_size and not self._stop and not self._old_enough(rows):
+                        held = rows
                         break
                     inflight.add(asyncio.create_task(self._send(rows)))
                     cursor = rows[-1][0]
@@ -115,7 +122,7 @@ class Drainer:
                     await asyncio.wait(inflight)
                     errors += [t.exception() for t in inflight if t.exception() is not None]
                     inflight = set()
-                cursor = 0
+                cursor, held = 0, []      # from the oldest point not confirmed, held ones included
                 e = errors[0]
                 if not isinstance(e, WriteError):
                     raise e
