@@ -13,8 +13,10 @@ so the gateway's offline rule raises and clears alarms all the time. Measured:
   minus the gateway's own time of the change (`updated_at`: the whole way from the rule);
 - points/s into the central InfluxDB (influxd's own write counter) in the steady state;
 - catch-up after a partition (central broker and InfluxDB stopped, --partition-s, 60 s): from
-  their restart until head office has every alarm revision the estates published before it, and
-  until every estate's outbox has nothing older than the restart;
+  their restart until head office has every alarm revision the estates published before it,
+  until the central InfluxDB holds every reading the estates polled before it, and until every
+  estate's outbox has nothing older than it on disk (the ledger writes InfluxDB's confirmations
+  once a minute to spare the SD card, so this one lags the data by up to a minute);
 - CPU seconds (per minute of steady state) and RSS of each gateway process, and of the central
   mosquitto and influxd.
 
@@ -210,6 +212,17 @@ class Fleet:
             return False, -1
         return st.depth == 0 or (st.oldest_us is not None and st.oldest_us // 1000 > ms), st.depth
 
+    def readings_before(self, s: str, ms: int) -> int:
+        """Readings the estate's ledger holds from before `ms` (raw SQL: a bench may)."""
+        with read_only(Path(self.tmp / s / "gw.db")) as db:
+            return db.execute("SELECT count(*) FROM reading_log WHERE ts_us < ?", (ms * 1000,)).fetchone()[0]
+
+    def influx_has_all_before(self, ms: int, want: dict[str, int]) -> bool:
+        """Head office's InfluxDB holds every reading each estate polled before `ms`."""
+        doc = self.influx.query(f'SELECT count("energy_kwh") FROM "meter" WHERE time < {ms}ms GROUP BY "site"')
+        have = {ser["tags"]["site"]: ser["values"][0][1] for res in doc["results"] for ser in res.get("series", [])}
+        return all(have.get(s, 0) >= n for s, n in want.items())
+
     def check_alive(self) -> None:
         for s, p in self.gateways.items():
             if p.poll() is not None:
@@ -325,17 +338,20 @@ async def one_size(n: int, args, tmp: Path) -> dict:
             wanted = {k for s in fleet.sites for k, t in fleet.local[s].arrived.items() if t < t_back}
             during = sum(t_back - args.partition_s - 5 <= t < t_back for s in fleet.sites
                          for t in fleet.local[s].arrived.values())
-            alarms_at = outbox_at = None
+            alarms_at = outbox_at = influx_at = None
             backlog = {s: fleet.outbox_past(s, back_ms)[1] for s in fleet.sites}
+            polled = {s: fleet.readings_before(s, back_ms) for s in fleet.sites}
             rate_samples: list[tuple[float, int]] = [(t_back, p_back)]
             deadline = time.monotonic() + args.catchup_timeout_s
-            while (alarms_at is None or outbox_at is None) and time.monotonic() < deadline:
+            while (alarms_at is None or outbox_at is None or influx_at is None) and time.monotonic() < deadline:
                 await asyncio.sleep(0.2)
                 now = time.time()
                 if alarms_at is None and wanted <= fleet.head.arrived.keys():
                     alarms_at = now - t_back
                 if outbox_at is None and all(fleet.outbox_past(s, back_ms)[0] for s in fleet.sites):
                     outbox_at = now - t_back
+                if influx_at is None and fleet.influx_has_all_before(back_ms, polled):
+                    influx_at = now - t_back
                 if len(rate_samples) == 1 or now - rate_samples[-1][0] >= 1:
                     try:
                         rate_samples.append((now, influx_points(fleet.influx)))
@@ -344,8 +360,9 @@ async def one_size(n: int, args, tmp: Path) -> dict:
             missing = len(wanted - fleet.head.arrived.keys())
             peak = max(((b[1] - a[1]) / (b[0] - a[0]) for a, b in itertools.pairwise(rate_samples)), default=0)
             out(f"  catch-up after the partition: alarms {secs(alarms_at)} ({during} revisions during the "
-                f"partition, {missing} of {len(wanted)} missing), outboxes {secs(outbox_at)} (backlog {sum(backlog.values())} points, "
-                f"peak {peak:.0f} points/s into InfluxDB)")
+                f"partition, {missing} of {len(wanted)} missing), readings in InfluxDB {secs(influx_at)}, outboxes "
+                f"confirmed on disk {secs(outbox_at)} (backlog {sum(backlog.values())} points, peak {peak:.0f} points/s "
+                f"into InfluxDB)")
             out(f"  head office got {fleet.head.copies} alarm messages for {len(fleet.head.arrived)} revisions "
                 f"(copies from bridge redelivery)")
             fleet.check_alive()
@@ -359,6 +376,7 @@ async def one_size(n: int, args, tmp: Path) -> dict:
                     "central_influxd": {"cpu_s_per_min": round(central_cpu[1], 3), "rss_mb": round(central_rss[1], 1)},
                     "partition_s": args.partition_s,
                     "catchup_alarms_s": None if alarms_at is None else round(alarms_at, 1),
+                    "catchup_influx_s": None if influx_at is None else round(influx_at, 1),
                     "catchup_outbox_s": None if outbox_at is None else round(outbox_at, 1),
                     "catchup_alarm_revisions": len(wanted), "partition_alarm_revisions": during, "catchup_alarms_missing": missing,
                     "catchup_backlog_points": sum(backlog.values()), "catchup_peak_points_per_s": round(peak),
