@@ -138,12 +138,12 @@ def run(config: Path = typer.Option(..., "-c", "--config", help="site file"),
     from .config import missing_env, site_warnings
     from .runtime import Gateway
     cfg = _load(config)
-    for w in site_warnings(cfg):
-        typer.echo(f"warning: {config}: {w}", err=True)
     for problem in missing_env(cfg):
         typer.echo(f"{config}: {problem}", err=True)
     if missing_env(cfg):
         raise typer.Exit(2)
+    for w in site_warnings(cfg):          # after what stops it: a refusal stays one line
+        typer.echo(f"warning: {config}: {w}", err=True)
     setup_logging(verbose)
     from .service import run_service
     from .ledger import LedgerError
