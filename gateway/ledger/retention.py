@@ -387,19 +387,6 @@ class Retention:
         finally:
             if reader is not None:
                 reader.close()
-                _give_back_memory()
-
-
-def _give_back_memory() -> None:
-    """After a thinning pass: a meter-month's counters and billing's walk over them (twice) took
-    tens of MB in a worker thread's malloc arena, which glibc keeps for the process once freed
-    (the soak's largest RSS step, docs/storage.md "Memory over time"). malloc_trim hands the
-    free pages back; elsewhere than glibc there is nothing to do."""
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 # ---- the disk guard -----------------------------------------------------------------------------
