@@ -442,7 +442,10 @@ def test_sqlite_full_on_commit_keeps_the_batch_and_retries(tmp_path, caplog):
     db = ledger._db
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     pages = db.execute("PRAGMA page_count").fetchone()[0]
-    db.execute(f"PRAGMA max_page_count = {pages}")     # SQLite answers SQLITE_FULL as on a full disk
+    # SQLite answers SQLITE_FULL as on a full disk; the limit is a connection's: the commits' own
+    # connection (written in the commit thread) and the one new field sets are inserted with
+    for con in (db, ledger._writer):
+        con.execute(f"PRAGMA max_page_count = {pages}")
     caplog.set_level(logging.WARNING, logger="gateway.ledger.writer")
     for i in range(1, 400):
         ledger.add(Reading("m1", NOW + i * timedelta(seconds=30), {"voltage_v": 230.0, "new_field": float(i),
@@ -454,7 +457,8 @@ def test_sqlite_full_on_commit_keeps_the_batch_and_retries(tmp_path, caplog):
     fails = [r.getMessage() for r in caplog.records if "commit failed" in r.getMessage()]
     assert len(fails) == 1 and "full" in fails[0], fails          # the real error, said once
     assert ledger.count_readings() == 1
-    db.execute("PRAGMA max_page_count = 1073741823")
+    for con in (db, ledger._writer):
+        con.execute("PRAGMA max_page_count = 1073741823")
     ledger._flush_logged()
     assert ledger.commit_failures == 0 and ledger.pending == 0 and not ledger.holding
     ledger.catch_up()           # the readings' counters into `energy` now, not within the hour

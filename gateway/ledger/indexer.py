@@ -17,8 +17,12 @@ goes on from there at the next start; moving a reading twice would change nothin
 instant, as the commit did on schema 8). Readers do not wait for it: they read the tail after
 `indexed` with the per-meter form (gateway/ledger/queries.py).
 
-Its connection does not sync its commits (`synchronous=NORMAL`): what it writes can be made
-again from the log, and the next commit of the ledger syncs the log with it.
+Its connection syncs its own commits (`synchronous=FULL`), in its own thread: left unsynced,
+the ledger's next commit had to sync them (about 2 MB after a batch: 1.35 s on a throttled
+card, docs/storage.md "Stalls"). Each group transaction holds the ledger's write lock
+(`write_lock`), which the ledger's commits hold too: a commit waits for at most one group,
+where SQLite's busy handler, sleeping between retries, missed the short gaps between
+back-to-back groups for hundreds of milliseconds.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import logging
 import sqlite3
 import threading
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from .queries import SLOT_SQL, SLOT_US
@@ -88,12 +93,14 @@ def plan_groups(db: sqlite3.Connection, lo: int, hi: int, after_meter: int, grou
 
 
 def move(db: sqlite3.Connection, batch_rows: int = BATCH_ROWS, group_rows: int = GROUP_ROWS,
-         pause=None, whole_hours: bool = False) -> int:
+         pause=None, whole_hours: bool = False, lock=None) -> int:
     """Move everything appended so far, in transactions of about `group_rows` readings.
     Returns the readings moved. `pause` (if given) is called between two transactions of a batch.
     `whole_hours`: only up to the last reading before the newest reading's hour (the worker's
     batches: the hour still being written stays in the tail, and each batch adds whole hours at
-    the end of readings_by_meter)."""
+    the end of readings_by_meter). `lock` (a threading.Lock, if given) is held for each
+    transaction."""
+    guard = lock if lock is not None else nullcontext()
     moved = 0
     while True:
         lo, hi, after = state(db)
@@ -109,24 +116,25 @@ def move(db: sqlite3.Connection, batch_rows: int = BATCH_ROWS, group_rows: int =
         for k, end in enumerate(plan_groups(db, lo, hi, after, group_rows) + [None]):   # None: the batch is done
             if k and pause is not None:
                 pause()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                now = state(db)
-                if now[0] != lo or (now[1:] != (hi, after) and not (now[1] is None and after == 0)):
-                    db.execute("ROLLBACK")      # another process moved some meanwhile: look again
-                    break
-                if end is None:
-                    _set(db, "indexed", str(hi))
-                    _set(db, "indexing", None)
-                else:
-                    moved += db.execute(INSERT_BY_METER, (lo, hi, after, end)).rowcount
-                    db.execute(INSERT_ENERGY_FROM_LOG, (lo, hi, after, end))
-                    _set(db, "indexing", f"{hi} {end}")
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
+            with guard:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    now = state(db)
+                    if now[0] != lo or (now[1:] != (hi, after) and not (now[1] is None and after == 0)):
+                        db.execute("ROLLBACK")      # another process moved some meanwhile: look again
+                        break
+                    if end is None:
+                        _set(db, "indexed", str(hi))
+                        _set(db, "indexing", None)
+                    else:
+                        moved += db.execute(INSERT_BY_METER, (lo, hi, after, end)).rowcount
+                        db.execute(INSERT_ENERGY_FROM_LOG, (lo, hi, after, end))
+                        _set(db, "indexing", f"{hi} {end}")
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
             if end is not None:
                 after = end
 
@@ -136,11 +144,12 @@ class Indexer:
     `tail_rows` readings wait, at start when a batch was cut short, and on `catch_up()`."""
 
     def __init__(self, path: Path, every_s: float = EVERY_S, tail_rows: int = TAIL_ROWS,
-                 group_rows: int = GROUP_ROWS):
+                 group_rows: int = GROUP_ROWS, write_lock: threading.Lock | None = None):
         self.path = Path(path)
         self.every_s = every_s
         self.tail_rows = tail_rows
         self.group_rows = group_rows
+        self.write_lock = write_lock
         self.batches = 0
         self.moved = 0
         self.failures = 0
@@ -155,7 +164,7 @@ class Indexer:
         if self._db is None:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA busy_timeout=5000")
-            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA wal_autocheckpoint=0")
             self._db = db
         return self._db
@@ -179,7 +188,7 @@ class Indexer:
     def _batch(self, whole_hours: bool = True) -> int:
         db = self._connection()
         self._pending = 0
-        n = move(db, group_rows=self.group_rows, whole_hours=whole_hours)
+        n = move(db, group_rows=self.group_rows, whole_hours=whole_hours, lock=self.write_lock)
         self.batches += 1
         self.moved += n
         return n

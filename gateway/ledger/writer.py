@@ -9,13 +9,15 @@ migrations: gateway/ledger/schema.py; what is read: gateway/ledger/queries.py.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import logging
 import sqlite3
 import struct
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -124,6 +126,63 @@ def _log_row(event: Reading, *episode) -> tuple:
             None, json.dumps({k: str(v) for k, v in counters.items()}, separators=(",", ":")), *episode)
 
 
+class _Ids:
+    """Meter and field-set ids for one transaction, resolved on its connection: known ones from
+    the ledger's caches, new ones inserted in the transaction itself (in the commit thread, never
+    on the event loop: an insert of its own there waited for the commit thread's or the indexer's
+    write lock) and added to the caches only once it committed, since a rolled-back id may later
+    go to another name."""
+
+    def __init__(self, db: sqlite3.Connection, meters: dict, field_sets: dict):
+        self.db, self.meters, self.field_sets = db, meters, field_sets
+        self.new_meters: dict[str, int] = {}
+        self.new_field_sets: dict[tuple[str, ...], int] = {}
+
+    def meter(self, name: str) -> int:
+        found = self.meters.get(name, self.new_meters.get(name))
+        if found is None:
+            self.db.execute("INSERT INTO meters (name) VALUES (?) ON CONFLICT (name) DO NOTHING", (name,))
+            found = self.new_meters[name] = self.db.execute("SELECT id FROM meters WHERE name = ?",
+                                                            (name,)).fetchone()[0]
+        return found
+
+    def field_set(self, names: tuple[str, ...]) -> int:
+        found = self.field_sets.get(names, self.new_field_sets.get(names))
+        if found is None:
+            text = ",".join(names)
+            self.db.execute("INSERT INTO field_sets (names) VALUES (?) ON CONFLICT (names) DO NOTHING", (text,))
+            found = self.new_field_sets[names] = self.db.execute("SELECT id FROM field_sets WHERE names = ?",
+                                                                 (text,)).fetchone()[0]
+        return found
+
+    def row(self, row: tuple) -> tuple:
+        """A pending reading (see _log_row) as the reading_log row it is written as."""
+        meter, ts_us, names, vals, kwh, cnames, counters, *ep = row
+        if cnames is not None:          # compact counters: the counter set's id goes first
+            counters = varint(self.field_set(cnames) if cnames else 0) + counters
+        return (self.meter(meter), ts_us, self.field_set(names), vals, kwh, counters, *ep)
+
+    def committed(self) -> None:
+        self.meters.update(self.new_meters)
+        self.field_sets.update(self.new_field_sets)
+
+
+@dataclass
+class _Batch:
+    """One commit's rows, taken from the pending lists (as they were pending, put back as they
+    are if the commit fails) and, when due, the InfluxDB confirmations written with them."""
+    readings: list
+    statuses: list
+    outbox: list
+    energy: list
+    field_events: list
+    pending_marked: list
+    marked: dict | None
+    ok_us: int | None = None
+    confirmed_o: list = field(default_factory=list)
+    cursor: str | None = None
+
+
 class Ledger(AllocationRuns, ClockEpisodes, LightingRecords):
     """Readings, statuses and the outbox. `encoder` (an event -> OutboxRow) turns the outbox on:
     every row is then committed in the same transaction as the reading it comes from."""
@@ -142,7 +201,15 @@ class Ledger(AllocationRuns, ClockEpisodes, LightingRecords):
         self.checkpointer = Checkpointer(self.path, self.page_size, wal_bytes)
         self.checkpointer.start()
         self._finish_upgrade()
-        self.indexer = Indexer(self.path, **(index or {}))
+        # Commits run in a thread of their own ("ledger-commit") on a connection of their own:
+        # the event loop never waits for a commit's write lock or its sync (docs/storage.md,
+        # "Stalls"). `_write_lock` is held for each commit and each of the indexer's group
+        # transactions, so a commit waits at most one short group instead of SQLite's busy
+        # back-off, which sleeps past the gaps between groups.
+        self._writer = connect(self.path)
+        self._write_lock = threading.Lock()
+        self._committer: concurrent.futures.ThreadPoolExecutor | None = None
+        self.indexer = Indexer(self.path, write_lock=self._write_lock, **(index or {}))
         self.indexer.start()
         self._meters: dict[str, int] = {}
         self._readings: list[tuple] = []
@@ -233,30 +300,8 @@ class Ledger(AllocationRuns, ClockEpisodes, LightingRecords):
         elif isinstance(event, (CardSwipe, DoorEvent, PatrolCheckin, AlertChange, LightingCommand)):
             self._field_events.append(event)
 
-    def _field_set(self, names: tuple[str, ...]) -> int:
-        found = self._field_sets.get(names)
-        if found is None:
-            text = ",".join(names)
-            db = self._db
-            db.execute("INSERT INTO field_sets (names) VALUES (?) ON CONFLICT (names) DO NOTHING", (text,))
-            found = db.execute("SELECT id FROM field_sets WHERE names = ?", (text,)).fetchone()[0]
-            self._field_sets[names] = found
-        return found
-
-    def _meter_id(self, name: str) -> int:
-        found = self._meters.get(name)
-        if found is None:
-            db = self._db
-            db.execute("INSERT INTO meters (name) VALUES (?) ON CONFLICT (name) DO NOTHING", (name,))
-            found = self._meters[name] = db.execute("SELECT id FROM meters WHERE name = ?", (name,)).fetchone()[0]
-        return found
-
-    def _resolved(self, row: tuple) -> tuple:
-        """A pending reading (see _log_row) as the reading_log row it is written as."""
-        meter, ts_us, names, vals, kwh, cnames, counters, *ep = row
-        if cnames is not None:          # compact counters: the counter set's id goes first
-            counters = varint(self._field_set(cnames) if cnames else 0) + counters
-        return (self._meter_id(meter), ts_us, self._field_set(names), vals, kwh, counters, *ep)
+    def _ids(self, db: sqlite3.Connection) -> _Ids:
+        return _Ids(db, self._meters, self._field_sets)
 
     @property
     def pending(self) -> int:
@@ -279,34 +324,79 @@ class Ledger(AllocationRuns, ClockEpisodes, LightingRecords):
             or self._ok_us is not None and now - self._ok_since >= 2 * CONFIRM_DELAY_S
 
     def flush(self) -> int:
-        """Commit everything added so far in one transaction; returns the rows written."""
-        if not self.pending:
+        """Commit everything added so far in one transaction, in the caller's thread; returns
+        the rows written."""
+        batch = self._take()
+        if batch is None:
             return 0
-        readings = [self._resolved(r) for r in self._readings]
-        statuses, outbox = self._statuses, self._outbox
-        energy = self._energy
-        field_events = self._field_events
+        try:
+            self._write(batch)
+        except BaseException:
+            self._put_back(batch)
+            raise
+        return self._done(batch)
+
+    def _take(self) -> _Batch | None:
+        """On the event loop: what the next commit writes, taken out of the pending lists (rows
+        added while it is written wait for the commit after). Nothing here touches the database:
+        meters and field sets are resolved in the commit's transaction (_Ids)."""
+        if not self.pending:
+            return None
         marked = self._marked_rows() if self._marked else None
-        with transaction(self._db, "IMMEDIATE") as db:
-            last = _last_reading(db) if outbox else 0
-            _insert_field_events(db, field_events)
-            db.executemany("INSERT INTO reading_log (meter, ts_us, field_set, vals, kwh, counters) "
-                           "VALUES (?,?,?,?,?,?)", readings)
-            db.executemany(INSERT_ENERGY, energy)     # counters of readings dropped from memory
-            db.executemany("INSERT INTO device_status (device, kind, ts_us, online, reason) VALUES (?,?,?,?,?)",
-                           statuses)
-            db.executemany(INSERT_OUTBOX, [(*r, last) for r in outbox])
-            if marked is not None:
-                self._insert_marked(db, marked)
-            confirmed = self._confirmations_due()
-            if confirmed:
-                self._write_confirmations(db)
-        if confirmed:
-            self._confirmations_written()
+        b = _Batch(self._readings, self._statuses, self._outbox, self._energy, self._field_events,
+                   self._marked, marked)
+        if self._confirmations_due():
+            b.ok_us, b.confirmed_o = self._ok_us, list(self._confirmed_o)
+            b.cursor = self._cursor_text()
         self._readings, self._statuses, self._outbox, self._field_events = [], [], [], []
-        self._energy = []
+        self._energy, self._marked = [], []
+        return b
+
+    def _write(self, b: _Batch) -> None:
+        """The commit itself (any thread; `_write_lock` makes it one at a time, on the writer
+        connection): every row of the batch in one synced transaction."""
+        with self._write_lock:
+            ids = self._ids(self._writer)
+            with transaction(self._writer, "IMMEDIATE") as db:
+                self._write_rows(db, b, ids)
+            ids.committed()
+
+    def _write_rows(self, db: sqlite3.Connection, b: _Batch, ids: _Ids) -> None:
+        last = _last_reading(db) if b.outbox else 0
+        _insert_field_events(db, b.field_events)
+        db.executemany("INSERT INTO reading_log (meter, ts_us, field_set, vals, kwh, counters) "
+                       "VALUES (?,?,?,?,?,?)", [ids.row(r) for r in b.readings])
+        db.executemany(INSERT_ENERGY, b.energy)     # counters of readings dropped from memory
+        db.executemany("INSERT INTO device_status (device, kind, ts_us, online, reason) VALUES (?,?,?,?,?)",
+                       b.statuses)
+        db.executemany(INSERT_OUTBOX, [(*r, last) for r in b.outbox])
+        if b.marked is not None:
+            self._insert_marked(db, dict(b.marked, readings=[ids.row(r) for r in b.marked["readings"]]))
+        if b.ok_us is not None:
+            self._set_meta(db, "influx_last_ok_us", str(b.ok_us))
+            db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in b.confirmed_o])
+            if b.cursor is not None:
+                self._set_meta(db, "outbox_cursor", b.cursor)
+
+    def _put_back(self, b: _Batch) -> None:
+        """A commit that failed: its rows go back in front of what came meanwhile (retried)."""
+        self._readings[:0] = b.readings
+        self._statuses[:0] = b.statuses
+        self._outbox[:0] = b.outbox
+        self._energy[:0] = b.energy
+        self._field_events[:0] = b.field_events
+        self._marked[:0] = b.pending_marked
+
+    def _done(self, b: _Batch) -> int:
+        """On the event loop, after the commit: counters, the workers told, the drainer woken."""
+        if b.ok_us is not None:
+            # confirmations noted while the commit was written wait for the next one
+            if self._confirmed_o[:len(b.confirmed_o)] == b.confirmed_o:
+                del self._confirmed_o[:len(b.confirmed_o)]
+            if self._ok_us == b.ok_us and not self._confirmed_o:
+                self._ok_us = None
+        readings, marked, outbox = b.readings, b.marked, b.outbox
         if marked is not None:
-            self._marked = []
             self.outbox_held += len(marked["outbox"])
             self.readings_written += len(marked["readings"])
         self.readings_written += len(readings)
@@ -320,7 +410,7 @@ class Ledger(AllocationRuns, ClockEpisodes, LightingRecords):
             self._o_bytes += sum(len(r[3]) for r in outbox)
         if outbox or (readings and self._points is not None):
             self.committed.set()
-        return len(readings) + len(statuses) + len(outbox) + len(field_events)
+        return len(readings) + len(b.statuses) + len(outbox) + len(b.field_events)
 
     async def run(self, hub: Hub) -> None:
         """Take readings and statuses from the hub and commit them every `commit_interval_s`
@@ -337,7 +427,7 @@ class Ledger(AllocationRuns, ClockEpisodes, LightingRecords):
                 await asyncio.sleep(self.commit_interval_s)
                 for event in sub.take_all():
                     self.add(event)
-                self._flush_logged(lazy=True)
+                await self._commit_off_loop()
         finally:
             for event in sub.take_all():
                 self.add(event)
@@ -350,24 +440,69 @@ class Ledger(AllocationRuns, ClockEpisodes, LightingRecords):
         last commit failed; they are committed as soon as that is over."""
         return bool(self.pending) and (self.commit_failures > 0 or self.gate_closed)
 
-    def _flush_logged(self, force: bool = False, lazy: bool = False) -> None:
+    def _may_commit(self, force: bool, lazy: bool) -> bool:
         self.gate_closed = self.write_gate is not None and not self.write_gate()
         if self.gate_closed and not force:
             self._bound_pending()
-            return
-        if lazy and not self._due():
+            return False
+        return not (lazy and not self._due())
+
+    def _flush_logged(self, force: bool = False, lazy: bool = False) -> None:
+        if not self._may_commit(force, lazy):
             return
         try:
             written = self.flush()
         except sqlite3.Error as e:
-            # Keep the batch: the next flush retries it (disk full, locked file, ...). Said once
-            # per episode (and every 10 minutes while it lasts), not at every attempt.
-            self.commit_failures += 1
-            if self.commit_failures == 1 or self.commit_failures % max(1, int(600 / self.commit_interval_s)) == 0:
-                log.error("ledger %s: commit failed (%d attempts so far), %d rows kept in memory, will retry: %s",
-                          self.path, self.commit_failures, self.pending, e)
-            self._bound_pending()
+            self._commit_failed(e)
             return
+        self._commit_ok(written)
+
+    async def _commit_off_loop(self) -> None:
+        """Ledger.run's commit: taken on the loop, written and synced in the commit thread.
+        Cancelled meanwhile (the gateway stops), it waits for that commit to end before going
+        on: a batch is committed or put back, never both nor neither."""
+        if not self._may_commit(False, True):
+            return
+        batch = self._take()
+        if batch is None:
+            return
+        if self._committer is None:
+            self._committer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ledger-commit")
+        job = self._committer.submit(self._write, batch)
+        try:
+            await asyncio.wrap_future(job)
+        except asyncio.CancelledError:
+            # Cancelling the awaited future cancels a job the thread has not started yet: that
+            # batch was not written and goes back like a failed one.
+            try:
+                job.result()
+            except (sqlite3.Error, concurrent.futures.CancelledError):
+                self._put_back(batch)
+            except BaseException:
+                self._put_back(batch)
+                raise
+            else:
+                self._commit_ok(self._done(batch))
+            raise
+        except sqlite3.Error as e:
+            self._put_back(batch)
+            self._commit_failed(e)
+            return
+        except BaseException:
+            self._put_back(batch)     # as flush() does: a batch is never dropped by an error
+            raise
+        self._commit_ok(self._done(batch))
+
+    def _commit_failed(self, e: sqlite3.Error) -> None:
+        # Keep the batch: the next flush retries it (disk full, locked file, ...). Said once
+        # per episode (and every 10 minutes while it lasts), not at every attempt.
+        self.commit_failures += 1
+        if self.commit_failures == 1 or self.commit_failures % max(1, int(600 / self.commit_interval_s)) == 0:
+            log.error("ledger %s: commit failed (%d attempts so far), %d rows kept in memory, will retry: %s",
+                      self.path, self.commit_failures, self.pending, e)
+        self._bound_pending()
+
+    def _commit_ok(self, written: int) -> None:
         if self.commit_failures:
             log.warning("ledger %s: committing again after %d failed attempts; %d rows kept in memory were "
                         "written", self.path, self.commit_failures, written)
@@ -436,8 +571,12 @@ class Ledger(AllocationRuns, ClockEpisodes, LightingRecords):
         self._flush_logged(force=True)  # the last chance, even with the write gate closed
         if self.pending:
             log.error("ledger %s: %d rows could not be written before closing and are lost", self.path, self.pending)
+        if self._committer is not None:
+            self._committer.shutdown(wait=True)
+            self._committer = None
         self.indexer.stop()
         self.checkpointer.stop()
+        self._writer.close()
         self._db.close()
 
     # ---- the outbox (drained by a sink) ----
@@ -617,8 +756,13 @@ class Ledger(AllocationRuns, ClockEpisodes, LightingRecords):
 
     def _save_cursor(self, db: sqlite3.Connection) -> None:
         if self._points is not None:
-            done = [[a, b] for a, b, left in self._spans if not left]
-            self._set_meta(db, "outbox_cursor", json.dumps({"c": self._cursor, "done": done}))
+            self._set_meta(db, "outbox_cursor", self._cursor_text())
+
+    def _cursor_text(self) -> str | None:
+        if self._points is None:
+            return None
+        done = [[a, b] for a, b, left in self._spans if not left]
+        return json.dumps({"c": self._cursor, "done": done})
 
     def outbox_ts_ms(self, key) -> int | None:
         kind, rid = key
@@ -913,15 +1057,17 @@ class Ledger(AllocationRuns, ClockEpisodes, LightingRecords):
         """One meter's readings (ts_us, values in `names` order, energy counter text or None) in
         one transaction, with a meter replacement if given: a generated month
         (simulators/month.py), in the rows a commit writes. Returns the readings written."""
-        mid, fset = self._meter_id(meter), self._field_set(names)
-        with_kwh, without = varint(self._field_set((ENERGY_FIELD,))), varint(0)
-        data = [(mid, ts, fset, encode_vals(vals), kwh, without if kwh is None else with_kwh)
-                for ts, vals, kwh in rows]
+        ids = self._ids(self._db)
         with transaction(self._db, "IMMEDIATE") as db:
+            mid, fset = ids.meter(meter), ids.field_set(names)
+            with_kwh, without = varint(ids.field_set((ENERGY_FIELD,))), varint(0)
+            data = [(mid, ts, fset, encode_vals(vals), kwh, without if kwh is None else with_kwh)
+                    for ts, vals, kwh in rows]
             db.executemany("INSERT INTO reading_log (meter, ts_us, field_set, vals, kwh, counters) "
                            "VALUES (?,?,?,?,?,?)", data)
             if replacement is not None:
                 self.record_replacement(replacement)
+        ids.committed()
         self.readings_written += len(data)
         self.indexer.note_rows(len(data))
         self.checkpointer.note_commit()
@@ -1034,7 +1180,7 @@ class Ledger(AllocationRuns, ClockEpisodes, LightingRecords):
                                       int(isinstance(e, PatrolCheckin) and not shift_ts),
                                       len(out["readings"]) if isinstance(e, Reading) else None))
             if isinstance(e, Reading):
-                row = self._resolved(_log_row(e, ep))
+                row = _log_row(e, ep)       # meter and field sets resolved in the commit (_Ids)
                 out["readings"].append(row)
                 if row[4] is not None:
                     out["energy"].append((e.meter, row[1], row[4], ep))
