@@ -420,7 +420,8 @@ class TimeSync:
     def _plausible(self, wall: int) -> str:
         """'' when the wall clock can be right, else why not."""
         if wall < self.released_us:
-            return f"the wall clock ({when_text(wall)}) is before this software was released ({when_text(self.released_us)})"
+            return (f"the wall clock ({when_text(wall)}) is before this software was released "
+                    f"({when_text(self.released_us)})")
         if wall < self.floor_us:
             return (f"the wall clock ({when_text(wall)}) is before the newest time already in the ledger "
                     f"({when_text(self.floor_us)})")
@@ -450,8 +451,8 @@ class TimeSync:
             self.unrepairable.append(info)
             log.error("clock episode %d (boot %s, clock said %s … %s, reason: %s): the box restarted before the "
                       "clock was set, so its %d rows cannot be tied to true time; they stay marked in the ledger "
-                      "and are never sent", e["id"], e["boot"][:8], when_text(e["wall_us"]), when_text(e["last_wall_us"]),
-                      e["reason"], sum(rows.values()))
+                      "and are never sent", e["id"], e["boot"][:8], when_text(e["wall_us"]),
+                      when_text(e["last_wall_us"]), e["reason"], sum(rows.values()))
         for e in mine:   # the gateway restarted in this boot while the clock was untrusted
             self.timeline.spans.append(Span(e["id"], e["wall_us"] - e["mono_us"], e["wall_us"], e["last_wall_us"]))
 
