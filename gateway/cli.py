@@ -1164,9 +1164,8 @@ def scan(port: Optional[str] = typer.Option(None, "--port", help="serial port, e
     from pydantic import ValidationError
 
     from .config import Dlt645Bus, ModbusRtuBus, ModbusTcpBus
-    from .drivers.dlt645 import is_dlt645_model, load_dlt645_models
     from .drivers.modbus import BusDown
-    from .meter_models import load_models
+    from .meter_models import is_dlt645_model, load_dlt645_models, load_models
 
     if (port is None) == (host is None):
         raise fail("give either --port (serial) or --host (TCP)", 2)

@@ -53,3 +53,30 @@ def to_us(ts: datetime) -> int:
 
 def from_us(us: int) -> datetime:
     return datetime.fromtimestamp(us // 1_000_000, timezone.utc).replace(microsecond=us % 1_000_000)
+
+
+# ---- for people (logs, `gateway status`) ----
+
+def signed_duration(us: int) -> str:
+    """A signed duration: '+3 h 02 min 05.123456 s', '-4.000000 s', '+20424 d 01 h 00 min 00.000000 s'."""
+    sign = "-" if us < 0 else "+"
+    us = abs(us)
+    days, us = divmod(us, 86_400_000_000)
+    hours, us = divmod(us, 3_600_000_000)
+    minutes, us = divmod(us, 60_000_000)
+    seconds = f"{us // 1_000_000:02d}.{us % 1_000_000:06d} s"
+    if days:
+        return f"{sign}{days} d {hours:02d} h {minutes:02d} min {seconds}"
+    if hours:
+        return f"{sign}{hours} h {minutes:02d} min {seconds}"
+    if minutes:
+        return f"{sign}{minutes} min {seconds}"
+    return f"{sign}{us // 1_000_000}.{us % 1_000_000:06d} s"
+
+
+def when_text(us: int) -> str:
+    """An instant for a person (UTC, to the second); one out of datetime's range as it is."""
+    try:
+        return from_us(us).isoformat(timespec="seconds")
+    except (OverflowError, ValueError):
+        return f"{us} µs"

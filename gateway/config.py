@@ -19,7 +19,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Di
                       ValidationError, field_validator, model_validator)
 
 from .identity import EXAMPLE_SITE_ID
-from .meter_models import SHIPPED_MODELS_DIR, MeterModel, load_models
+from .meter_models import SHIPPED_MODELS_DIR, MeterModel, load_dlt645_models, load_models
 from .mqtt_topics import alert_topics, filter_problem, filters_overlap, prefix_problem
 from .rules.models import RULE_KINDS, Rule, check_rules
 from .yamlfile import YamlFileError, read_yaml_file
@@ -1393,7 +1393,6 @@ def parse_site(data: Any, base_dir: Path, source: str = "site file") -> SiteConf
         problems += [f"{_path(err['loc'])}: {_message(err)}" for err in e.errors()]
     dirs = model_dirs(base_dir, [d for _, d in _names(data.get("meter_models")) if "\x00" not in d])
     models, model_problems = load_models(dirs)
-    from .drivers.dlt645 import load_dlt645_models  # here: the driver imports this module
     dlt_models, dlt_problems = load_dlt645_models(dirs)
     model_problems += dlt_problems + [
         f"{dlt_models[name].path}: model '{name}' is also a Modbus register map ({models[name].path}): "

@@ -45,6 +45,8 @@ from typing import Callable, Iterable
 
 import aiomqtt
 
+from .backoff import Backoff
+
 log = logging.getLogger(__name__)
 # aiomqtt and paho log through this one. Our own lines already say everything an operator needs
 # (one per outage, one on recovery); paho would add an ERROR such as "failed to receive on
@@ -553,11 +555,6 @@ class MqttLink:
         except TimeoutError:
             return False
 
-    def _backoff(self, failures: int) -> float:
-        s = self.settings
-        delay = min(s.backoff_max_s, s.backoff_min_s * 2 ** max(0, failures - 1))
-        return delay * self._rng.uniform(0.5, 1.0)
-
     async def run(self) -> None:
         """Stay connected until `stop()` or cancellation; never raises MqttError."""
         if self._running:
@@ -572,7 +569,7 @@ class MqttLink:
             self._running = False
 
     async def _run(self) -> None:
-        failures = 0
+        backoff = Backoff(self.settings.backoff_min_s, self.settings.backoff_max_s, jitter=self._rng)
         while not self._stop.is_set():
             client = self._make_client()
             try:
@@ -580,8 +577,7 @@ class MqttLink:
             except aiomqtt.MqttError as e:
                 self._close_quietly(client)
                 self._connect_failed(e)
-                failures += 1
-                if await self._sleep_or_stop(self._backoff(failures)):
+                if await self._sleep_or_stop(backoff.failed()):
                     break
                 continue
             started = self._monotonic()
@@ -607,8 +603,9 @@ class MqttLink:
             self._connection_lost(lost)
             # A connection that lasted resets the back-off; one that drops at once (another
             # client with our id, a broker that kicks us) keeps backing off.
-            failures = 0 if self._monotonic() - started >= 10 else failures + 1
-            if failures and await self._sleep_or_stop(self._backoff(failures)):
+            if self._monotonic() - started >= 10:
+                backoff.reset()
+            elif await self._sleep_or_stop(backoff.failed()):
                 break
 
     async def _session_run(self, client: aiomqtt.Client) -> BaseException | None:

@@ -59,7 +59,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
-from .clock import Clock, from_us, to_us
+from .clock import Clock, from_us, signed_duration, to_us, when_text
 from .events import AlertChange, PatrolCheckin
 
 log = logging.getLogger(__name__)
@@ -362,30 +362,6 @@ class Repair:
         return sum(self.rows.values())
 
 
-def human(us: int) -> str:
-    """A signed duration: '+3 h 02 min 05.123456 s', '-4.000000 s', '+20424 d 01 h 00 min 00.000000 s'."""
-    sign = "-" if us < 0 else "+"
-    us = abs(us)
-    days, us = divmod(us, 86_400_000_000)
-    hours, us = divmod(us, 3_600_000_000)
-    minutes, us = divmod(us, 60_000_000)
-    seconds = f"{us // 1_000_000:02d}.{us % 1_000_000:06d} s"
-    if days:
-        return f"{sign}{days} d {hours:02d} h {minutes:02d} min {seconds}"
-    if hours:
-        return f"{sign}{hours} h {minutes:02d} min {seconds}"
-    if minutes:
-        return f"{sign}{minutes} min {seconds}"
-    return f"{sign}{us // 1_000_000}.{us % 1_000_000:06d} s"
-
-
-def _when(us: int) -> str:
-    try:
-        return from_us(us).isoformat(timespec="seconds")
-    except (OverflowError, ValueError):
-        return f"{us} µs"
-
-
 class TimeSync:
     """Watches a ClockSource, keeps the ledger's episodes and repairs them. `start()` once after
     the ledger is open (before anything is recorded), then `check()` every second (`run`)."""
@@ -444,10 +420,11 @@ class TimeSync:
     def _plausible(self, wall: int) -> str:
         """'' when the wall clock can be right, else why not."""
         if wall < self.released_us:
-            return f"the wall clock ({_when(wall)}) is before this software was released ({_when(self.released_us)})"
+            return (f"the wall clock ({when_text(wall)}) is before this software was released "
+                    f"({when_text(self.released_us)})")
         if wall < self.floor_us:
-            return (f"the wall clock ({_when(wall)}) is before the newest time already in the ledger "
-                    f"({_when(self.floor_us)})")
+            return (f"the wall clock ({when_text(wall)}) is before the newest time already in the ledger "
+                    f"({when_text(self.floor_us)})")
         return ""
 
     # ---- start -------------------------------------------------------------------------------
@@ -474,8 +451,8 @@ class TimeSync:
             self.unrepairable.append(info)
             log.error("clock episode %d (boot %s, clock said %s … %s, reason: %s): the box restarted before the "
                       "clock was set, so its %d rows cannot be tied to true time; they stay marked in the ledger "
-                      "and are never sent", e["id"], e["boot"][:8], _when(e["wall_us"]), _when(e["last_wall_us"]),
-                      e["reason"], sum(rows.values()))
+                      "and are never sent", e["id"], e["boot"][:8], when_text(e["wall_us"]),
+                      when_text(e["last_wall_us"]), e["reason"], sum(rows.values()))
         for e in mine:   # the gateway restarted in this boot while the clock was untrusted
             self.timeline.spans.append(Span(e["id"], e["wall_us"] - e["mono_us"], e["wall_us"], e["last_wall_us"]))
 
@@ -483,7 +460,7 @@ class TimeSync:
         why = ""
         same_boot = anchor is not None and anchor.get("boot") == self.boot
         if same_boot and abs(self._d - int(anchor.get("d_us", 0))) <= self.threshold_us:
-            how = f"same boot and no step since it was trusted at {_when(int(anchor.get('at_us', wall)))}"
+            how = f"same boot and no step since it was trusted at {when_text(int(anchor.get('at_us', wall)))}"
         else:
             why = self._plausible(wall)
             sync = src.sync_state()
@@ -527,10 +504,10 @@ class TimeSync:
         was = self.trusted
         self._d = wall - mono
         why = self._plausible(wall)
-        note = (f"wall clock advanced {human(wall - self._last_wall)} while the monotonic clock advanced "
-                f"{human(gap)}")
+        note = (f"wall clock advanced {signed_duration(wall - self._last_wall)} while the monotonic clock advanced "
+                f"{signed_duration(gap)}")
         log.warning("clock stepped %s by %s, now %s (%s); the clock %s", "forward" if step > 0 else "backward",
-                    human(step)[1:], _when(wall), note,
+                    signed_duration(step)[1:], when_text(wall), note,
                     ("stays trusted" if not why else f"is no longer trusted: {why}") if was
                     else ("is trusted now" if not why else f"is still untrusted: {why}"))
         self.steps = (self.steps + [{"wall_us": wall, "mono_us": mono, "step_us": step, "trusted": not why}])[-20:]
@@ -546,7 +523,7 @@ class TimeSync:
             # the step may have come right after the last look: the new timeline starts `gap` earlier
             self._untrusted(f"stepped to an implausible time: {why}", wall - gap, mono - gap)
         else:
-            self._trusted(f"clock trusted: stepped to a plausible time ({_when(wall)})", wall, mono)
+            self._trusted(f"clock trusted: stepped to a plausible time ({when_text(wall)})", wall, mono)
 
     # ---- transitions ---------------------------------------------------------------------------
     def _untrusted(self, why: str, wall: int, mono: int, reopen: Span | None = None) -> None:
@@ -613,9 +590,9 @@ class TimeSync:
             s.hi, s.state, s.offset = hi, "repaired", off
             r = Repair(ep, off, counts.get(ep, {}))
             out.append(r)
-            log.info("clock episode %d repaired: %d rows moved by %s (%s) — %s", ep, r.total, human(off),
+            log.info("clock episode %d repaired: %d rows moved by %s (%s) — %s", ep, r.total, signed_duration(off),
                      ", ".join(f"{n} {t}" for t, n in r.rows.items() if n) or "nothing recorded",
-                     f"{_when(lo)} … {_when(hi)} became {_when(lo + off)} … {_when(hi + off)}")
+                     f"{when_text(lo)} … {when_text(hi)} became {when_text(lo + off)} … {when_text(hi + off)}")
         self.repairs += out
         return out
 
@@ -628,7 +605,7 @@ class TimeSync:
 
     def status(self) -> dict:
         return {"trusted": self.trusted, "reason": self.reason,
-                "since": _when(self.since_us) if self.since_us is not None else None,
+                "since": when_text(self.since_us) if self.since_us is not None else None,
                 "episode": self._episode.id if self._episode is not None else None,
                 "steps": len(self.steps), "repaired": [(r.episode, r.offset_us, r.total) for r in self.repairs],
                 "unrepairable": [e["id"] for e in self.unrepairable]}
@@ -678,22 +655,3 @@ class HeldEvents:
                 self.unplaced += 1
         self._q.clear()
         return out
-
-
-# ---- for `gateway status` (a read-only connection to the ledger) -----------------------------------
-
-def clock_report(db) -> dict:
-    """What the ledger says about the clock, read only: whether the gateway is recording in an
-    untrusted episode now, the episodes not repaired (an earlier boot's are never repaired: their
-    rows stay marked and unsent), and the steps seen. `db`: a sqlite3 connection (mode=ro is fine);
-    a ledger older than clock safety gives an empty report."""
-    from .ledger.queries import clock_rows
-    rec = clock_rows(db)
-    out = [{"id": e["id"], "state": e["state"], "boot": e["boot"], "reason": e["reason"],
-            "clock_said": [_when(e["wall_us"]), _when(e["last_wall_us"])],
-            "true_time_between": [_when(e["after_us"]) if e["after_us"] is not None else None,
-                                  _when(e["before_us"]) if e["before_us"] is not None else None],
-            "rows": e["rows"], "points_held": e["held"]} for e in rec.episodes]
-    steps, last = rec.steps, rec.last_step
-    return {"untrusted_now": any(e["state"] == "untrusted" for e in out), "unrepaired": out, "steps": steps,
-            "last_step": {"at": _when(last[0]), "step": human(last[1])} if last else None}

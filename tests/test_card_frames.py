@@ -6,10 +6,10 @@ from datetime import datetime
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from gateway.cards import card_matches, parse_card_text
 from gateway.drivers.card_frames import (CardRead, PatternParser, Rdm6300Parser, WandBatch, WandParser,
-                                         WandRecord, WiegandTextParser, card_matches, parse_card_text,
-                                         rdm6300_frame, wand_download, wand_record_line, wiegand26_frame,
-                                         wiegand34_frame, wiegand_data)
+                                         WandRecord, WiegandTextParser, rdm6300_frame, wand_download,
+                                         wand_record_line, wiegand26_frame, wiegand34_frame, wiegand_data)
 
 
 def chunks(data: bytes, cuts: list[int]) -> list[bytes]:

@@ -29,8 +29,9 @@ from gateway.sinks.drainer import Drainer
 from gateway.sinks.influxdb import make_writer
 from gateway.sinks.schema import Encoder, SiteIndex
 from gateway.ledger import Ledger
+from gateway.ledger.queries import clock_report
 from gateway.timesync import (STA_UNSYNC, TIME_ERROR, FakeClockSource, HeldEvents, KernelClock, SourceClock,
-                              SyncState, SystemClockSource, TimeSync, _TimexHead, clock_report, read_adjtimex)
+                              SyncState, SystemClockSource, TimeSync, _TimexHead, read_adjtimex)
 from simulators.site import SiteSimulation
 
 UTC = timezone.utc

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.drivers.card_frames import (CardRead, Rdm6300Parser, WiegandTextParser, card_matches,
-                                         parse_card_text, wiegand26_frame)
+from gateway.cards import card_matches, parse_card_text
+from gateway.drivers.card_frames import CardRead, Rdm6300Parser, WiegandTextParser, wiegand26_frame
 from gateway.sinks.lineprotocol import line
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")

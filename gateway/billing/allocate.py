@@ -28,8 +28,8 @@ from datetime import datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from fractions import Fraction
 
+from ..circuit_ratings import MAX_POWER_KW
 from ..config import AllocationGroup, Meter, SiteConfig
-from ..rules.models import MAX_POWER_KW
 from ..ledger import Ledger
 from .households import site_households
 from .intervals import MeterIntervals, MeterLimits, Replaced, meter_intervals

@@ -6,7 +6,8 @@ read returns whatever bytes have arrived, frames split anywhere), never raises o
 it buffers, and finds every valid frame embedded in noise exactly once.
 
 Also here: the builders of the same frames (simulators and tests use them, so both ends share
-one definition of each format) and `parse_card_text` for numbers written by people.
+one definition of each format). The card-number rules (the canonical number, matching a read
+to a registered card, numbers written by people) are the card registry's, in gateway/cards.py.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Iterable
+
+from ..cards import FAC_SEPARATORS, card_number, parse_card_text
 
 # ---- card numbers ------------------------------------------------------------------------
 
@@ -36,82 +39,6 @@ class CardRead:
     @property
     def number(self) -> str:
         return card_number(self.value)
-
-
-def card_number(value: int) -> str:
-    """The canonical form: 10 decimal digits, the number printed on EM4100 cards."""
-    return f"{value:010d}"
-
-
-def card_matches(read_value: int, read_bits: int, registered_value: int) -> bool:
-    """Whether a read is the registered card: equal at 32 bits or more, else the low `read_bits`
-    bits (a 26-bit reader reports the low 24 bits of the 32-bit number printed on the card)."""
-    if read_bits >= 32:
-        return read_value == registered_value
-    if read_bits <= 0:
-        return False
-    mask = (1 << read_bits) - 1
-    return (read_value & mask) == (registered_value & mask)
-
-
-_FAC_SEPARATORS = ",:/"
-_HEX_LETTERS = set("abcdefABCDEF")
-
-
-def parse_card_text(text: str, fmt: str) -> tuple[int, int]:
-    """A card number written by a person or a controller -> (value, bits).
-
-    fmt "decimal": "0012345678" (bits 32); "hex": "00BC614E" or "0x00BC614E" (bits 4 per digit,
-    at most 64); "fac_card": facility and card, "123,45678" / "123:45678" / "123/45678"
-    ((fac << 16) | card; bits 24 for a Wiegand-26 facility ≤ 255, else 32); "auto": fac_card if
-    there is a separator, hex if there is a hex letter or 0x, else decimal.
-    Raises ValueError with a plain message (this is for config, CSV and JSON, where a person can
-    fix the text; the serial parsers never raise). The message never quotes the number: it is
-    logged, and a card number is never logged in clear.
-    """
-    if not isinstance(text, str):
-        raise ValueError(f"a card number must be text, not {type(text).__name__}")
-    s = text.strip()
-    if not s:
-        raise ValueError("empty card number")
-    if fmt == "auto":
-        if any(c in s for c in _FAC_SEPARATORS):
-            fmt = "fac_card"
-        elif s[:2].lower() == "0x" or any(c in _HEX_LETTERS for c in s):
-            fmt = "hex"
-        else:
-            fmt = "decimal"
-    if fmt == "decimal":
-        if not (s.isascii() and s.isdigit()):
-            raise ValueError("a decimal card number has digits only")
-        value = int(s)
-        if value < 1 << 32:
-            return value, 32
-        if value < 1 << 64:  # a reader that prints the whole 40-bit EM id in decimal
-            return value, 64
-        raise ValueError("too large for a card number (more than 64 bits)")
-    if fmt == "hex":
-        digits = s[2:] if s[:2].lower() == "0x" else s
-        if not digits or not all(c in "0123456789abcdefABCDEF" for c in digits):
-            raise ValueError("a hex card number has the digits 0-9 and A-F only (0x in front is allowed)")
-        value = int(digits, 16)
-        if value >= 1 << 64:
-            raise ValueError("too large for a card number (more than 64 bits)")
-        return value, min(4 * len(digits), 64)
-    if fmt == "fac_card":
-        parts = re.split(r"[,:/]", s)
-        if len(parts) != 2:
-            raise ValueError("facility and card are written as two numbers, e.g. 123,45678")
-        fac_s, card_s = (p.strip() for p in parts)
-        if not (fac_s.isascii() and fac_s.isdigit() and card_s.isascii() and card_s.isdigit()):
-            raise ValueError("facility and card must both be decimal numbers, e.g. 123,45678")
-        fac, card = int(fac_s), int(card_s)
-        if card > 0xFFFF:
-            raise ValueError("the card part is more than 65535 (16 bits)")
-        if fac > 0xFFFF:
-            raise ValueError("the facility is more than 65535 (16 bits)")
-        return (fac << 16) | card, (24 if fac <= 0xFF else 32)
-    raise ValueError(f"unknown card number format '{fmt}' (decimal, hex, fac_card or auto)")
 
 
 # ---- Wiegand frames -------------------------------------------------------------------------
@@ -324,7 +251,7 @@ class WiegandTextParser(_LineParser):
         enc = self.encoding
         try:
             if enc == "fac_card":
-                if not any(c in text for c in _FAC_SEPARATORS):
+                if not any(c in text for c in FAC_SEPARATORS):
                     return None
                 value, _ = parse_card_text(text, "fac_card")
             else:

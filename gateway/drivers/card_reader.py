@@ -11,13 +11,13 @@ import logging
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from ..cards import CardRegistry, card_hash
+from ..cards import CardRegistry, card_hash, parse_card_text
 from ..clock import REAL_CLOCK, Clock
 from ..config import Door, MqttCardReader, SerialCardReader
 from ..events import CardSwipe, DeviceStatus, DoorEvent
 from . import json_msg
 from .bad_input import BadInput
-from .card_frames import CardRead, PatternParser, Rdm6300Parser, WiegandTextParser, parse_card_text
+from .card_frames import CardRead, PatternParser, Rdm6300Parser, WiegandTextParser
 from .serial_line import SerialLine
 
 log = logging.getLogger(__name__)

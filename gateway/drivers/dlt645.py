@@ -1,4 +1,4 @@
-"""DL/T 645-2007 meters on RS-485: the frame codec, DI models as data, and the bus driver.
+"""DL/T 645-2007 meters on RS-485: the frame codec and the bus driver.
 
 Facts in shared/domain/dlt645.md. A frame is `68 A0..A5 68 C L DATA CS 16`, optionally after up
 to four FE wake-up bytes: the address is 12 BCD digits sent least significant byte first, every
@@ -9,7 +9,8 @@ hold the rest (asked for with 0x12), or 0xD1 with one error byte.
 
 A DL/T 645 meter model is data like a Modbus register map: a YAML file in a model directory's
 `dlt645/` folder (edge_config/meter_models/dlt645/*.yaml, or the site's own
-meter_models/dlt645/) naming, per shared field name, its DI and BCD format:
+meter_models/dlt645/) naming, per shared field name, its DI and BCD format (the schema and the
+BCD codec live in gateway/meter_models.py, beside the Modbus one, so the site file needs no driver):
 
     model: dlt645-1p
     name: DL/T 645-2007 single-phase meter
@@ -34,17 +35,14 @@ import asyncio
 import re
 import termios
 from dataclasses import dataclass
-from decimal import ROUND_FLOOR, Decimal
-from pathlib import Path
-from typing import Any, Callable, Literal
+from decimal import Decimal
+from typing import Any, Callable
 
 import serial
 import serial_asyncio_fast
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..clock import REAL_CLOCK, Clock
-from ..meter_models import check_field_names
-from ..yamlfile import YamlFileError, read_yaml_file
+from ..meter_models import DiField, Dlt645Model, is_dlt645_model
 from .scheduler import BusDown, Garbled, MeterState, NoAnswer, PolledBus, PollError
 
 # ---- frames ----------------------------------------------------------------------------------
@@ -200,184 +198,6 @@ class FrameScanner:
 def scan_frames(data: bytes) -> list[Frame | BadFrame]:
     """Every frame (and framed-but-bad candidate) in `data`, for one-shot use."""
     return FrameScanner().feed(data)
-
-
-# ---- values: BCD with a format ---------------------------------------------------------------
-
-FORMAT = re.compile(r"^(X+)(?:\.(X+))?$")
-
-
-@dataclass(frozen=True, slots=True)
-class DiField:
-    name: str
-    di: int
-    format: str       # e.g. XXXXXX.XX
-    digits: int
-    decimals: int
-    signed: bool
-    scale: Decimal
-    unit: str
-    counter: bool
-
-    @property
-    def nbytes(self) -> int:
-        return self.digits // 2
-
-    @property
-    def di_bytes(self) -> bytes:
-        return self.di.to_bytes(4, "little")
-
-    def raw(self, data: bytes) -> Decimal | None:
-        """The value bytes (least significant first, 0x33 removed) as the meter shows them;
-        None when they are not BCD (a meter's way of saying it has no such value)."""
-        if len(data) < self.nbytes:
-            return None
-        b = bytearray(data[:self.nbytes][::-1])
-        negative = False
-        if self.signed and b[0] & 0x80:
-            negative = True
-            b[0] &= 0x7F
-        text = b.hex()
-        if not text.isdigit():
-            return None
-        d = Decimal(int(text)).scaleb(-self.decimals)
-        return -d if negative else d
-
-    def exact(self, data: bytes) -> Decimal | None:
-        d = self.raw(data)
-        if d is None or self.scale == 1:
-            return d
-        return d * self.scale
-
-    def encode(self, value: float | Decimal) -> bytes:
-        """The value bytes a meter sends for `value` (for simulators): truncated to the format's
-        resolution; counters wrap like the meter's register, other values saturate."""
-        d = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
-        if self.scale != 1:
-            d /= self.scale
-        units = int((abs(d).scaleb(self.decimals)).to_integral_value(ROUND_FLOOR))
-        limit = 8 * 10 ** (self.digits - 1) if self.signed else 10 ** self.digits  # sign bit: top digit 0-7
-        if self.counter:
-            units %= limit
-        else:
-            units = min(units, limit - 1)
-        b = bytearray(bytes.fromhex(f"{units:0{self.digits}d}"))
-        if self.signed and d < 0 and units:
-            b[0] |= 0x80
-        return bytes(b[::-1])
-
-    def shown(self, value: float | Decimal) -> Decimal:
-        """What a correct decoder makes of `encode(value)`."""
-        out = self.exact(self.encode(value))
-        assert out is not None
-        return out
-
-
-@dataclass(frozen=True, slots=True)
-class Dlt645Model:
-    id: str
-    name: str
-    phases: int
-    fields: tuple[DiField, ...]
-    source: str = ""
-    path: Path | None = None
-    protocol: str = "dlt645"
-
-    def field(self, name: str) -> DiField:
-        for f in self.fields:
-            if f.name == name:
-                return f
-        raise KeyError(name)
-
-
-def is_dlt645_model(model: Any) -> bool:
-    return getattr(model, "protocol", "") == "dlt645"
-
-
-class _FieldDef(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    di: str = Field(pattern=r"^[0-9A-Fa-f]{8}$")
-    format: str
-    signed: bool = False
-    scale: Decimal = Field(default=Decimal(1), gt=0)
-    unit: str = ""
-    counter: bool = False
-    description: str = ""
-
-    @field_validator("di", mode="before")
-    @classmethod
-    def _di_text(cls, v: Any) -> Any:
-        if isinstance(v, int):
-            raise ValueError("write the data identifier in quotes, e.g. di: \"00010000\" (YAML reads "
-                             "digits without quotes as a number)")
-        return v
-
-    @field_validator("format")
-    @classmethod
-    def _format(cls, v: str) -> str:
-        m = FORMAT.match(v)
-        if not m:
-            raise ValueError(f"format {v!r}: expected X digits with an optional point, e.g. XXXXXX.XX")
-        digits = len(m.group(1)) + len(m.group(2) or "")
-        if digits % 2 or not 2 <= digits <= 16:
-            raise ValueError(f"format {v!r}: BCD needs an even number of digits (2-16), got {digits}")
-        return v
-
-
-class _ModelDef(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    model: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
-    name: str
-    protocol: Literal["dlt645-2007"]
-    source: str = ""
-    phases: Literal[1, 3] = 1
-    fields: dict[str, _FieldDef]
-
-    @field_validator("fields")
-    @classmethod
-    def _names(cls, v: dict[str, _FieldDef]) -> dict[str, _FieldDef]:
-        return check_field_names(v)
-
-
-def parse_model(data: Any, path: Path) -> Dlt645Model:
-    try:
-        m = _ModelDef.model_validate(data)
-    except ValidationError as e:
-        raise ValueError("\n".join(
-            f"{path}: {'.'.join(str(p) for p in err['loc']) or '(file)'}: {err['msg'].removeprefix('Value error, ')}"
-            for err in e.errors())) from None
-    if m.model != path.stem:
-        raise ValueError(f"{path}: model: '{m.model}' must match the file name '{path.stem}'")
-    fields = []
-    for name, f in m.fields.items():
-        whole, _, frac = f.format.partition(".")
-        fields.append(DiField(name, int(f.di, 16), f.format, len(whole) + len(frac), len(frac), f.signed,
-                              f.scale, f.unit, f.counter or name.endswith("_kwh")))
-    dis = [f.di for f in fields]
-    dupes = sorted({f"{d:08X}" for d in dis if dis.count(d) > 1})
-    if dupes:
-        raise ValueError(f"{path}: fields: data identifier(s) {', '.join(dupes)} used by more than one field")
-    return Dlt645Model(m.model, m.name, m.phases, tuple(fields), m.source, path)
-
-
-def load_dlt645_models(dirs: list[Path]) -> tuple[dict[str, Dlt645Model], list[str]]:
-    """DL/T 645 models from each model directory's `dlt645/` folder; a later one wins."""
-    models: dict[str, Dlt645Model] = {}
-    problems: list[str] = []
-    seen: set[Path] = set()
-    for d in dirs:
-        d = (d / "dlt645").resolve()
-        if d in seen or not d.is_dir():
-            continue
-        seen.add(d)
-        for path in sorted(d.glob("*.yaml")):
-            try:
-                models[path.stem] = parse_model(read_yaml_file(path), path)
-            except YamlFileError as e:
-                problems.append(e.line(str(path)))
-            except ValueError as e:
-                problems.extend(str(e).splitlines())
-    return models, problems
 
 
 # ---- one request of a plan -------------------------------------------------------------------

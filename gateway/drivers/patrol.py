@@ -13,12 +13,13 @@ from collections import OrderedDict
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from ..cards import parse_card_text
 from ..clock import REAL_CLOCK, Clock
 from ..config import MqttPatrolReader, Patrol, WandPatrolReader
 from ..events import DeviceStatus, PatrolCheckin
 from . import json_msg
 from .bad_input import BadInput
-from .card_frames import WandParser, parse_card_text
+from .card_frames import WandParser
 from .card_reader import CardDesk
 from .serial_line import SerialLine
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Awaitable
 
+from ..backoff import Backoff, backoff_delay
 from ..clock import REAL_CLOCK, Clock
 from ..config import Meter
 from ..events import DeviceStatus, Reading
@@ -101,7 +102,7 @@ class PolledBus:
         self.busy_s = 0.0
         self._bus_problem = ""
         self._next_connect = 0.0
-        self._connect_backoff = 0.0
+        self._connect_backoff = Backoff(0.5, 30.0)
         self.recorder = None  # a gateway.recording.Recorder while `run --record` records
         self._log = logging.getLogger(type(self).__module__)  # the protocol module's logger
 
@@ -125,12 +126,11 @@ class PolledBus:
 
     def _connect_failed(self, why: str) -> None:
         """A failed open/connect: one back-off, shared by all meters of the bus, decides the next try."""
-        self._connect_backoff = min(30.0, self._connect_backoff * 2 or 0.5)
-        self._next_connect = self.clock.monotonic() + self._connect_backoff
+        self._next_connect = self.clock.monotonic() + self._connect_backoff.failed()
         self._bus_trouble(why)
 
     def _connected(self) -> None:
-        self._connect_backoff = 0.0
+        self._connect_backoff.reset()
         self._bus_recovered()
 
     def _bus_trouble(self, why: str) -> None:
@@ -226,7 +226,7 @@ class PolledBus:
             due = st.due + (missed + 1) * period
         if st.failures > 1:
             # Back off a silent meter: skip whole periods, so it stays on its grid.
-            backoff = min(self.bus.backoff_max_s, period * 2 ** (st.failures - 2))
+            backoff = backoff_delay(st.failures - 1, period, self.bus.backoff_max_s)
             due += period * (int(backoff // period))
         return due
 

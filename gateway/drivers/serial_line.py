@@ -13,6 +13,8 @@ from typing import Callable
 import serial
 import serial_asyncio_fast
 
+from ..backoff import Backoff
+
 log = logging.getLogger(__name__)
 
 PARITY = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD}
@@ -32,7 +34,7 @@ class SerialLine:
         self._problem = ""
 
     async def run(self) -> None:
-        backoff = 0.0
+        backoff = Backoff(0.5, self.backoff_max_s)
         while True:
             try:
                 reader, writer = await serial_asyncio_fast.open_serial_connection(
@@ -40,10 +42,9 @@ class SerialLine:
                     parity=PARITY[self.cfg.parity], stopbits=self.cfg.stopbits)
             except (OSError, serial.SerialException) as e:
                 self._trouble(f"cannot open {self.cfg.port}: {e}")
-                backoff = min(self.backoff_max_s, backoff * 2 or 0.5)
-                await asyncio.sleep(backoff)
+                await asyncio.sleep(backoff.failed())
                 continue
-            backoff = 0.0
+            backoff.reset()
             self.opened += 1
             self.connected = True
             if self.on_status and (self._problem or self.opened == 1):

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
+from ..clock import signed_duration, when_text
 from ..config import SiteConfig
 from .codec import decode_counters, decode_vals
 
@@ -753,8 +754,6 @@ def bus_statuses(cfg: SiteConfig, db: sqlite3.Connection | None,
 def read_status(cfg: SiteConfig, db: sqlite3.Connection | None,
                 counters: dict[str, BusCounters] | None = None) -> Status:
     """The status of the site's ledger (and, with `counters`, of the running gateway's buses)."""
-    from ..timesync import clock_report
-
     buses = bus_statuses(cfg, db, counters)
     path = cfg.storage_path
     where = path.parent if path.parent.exists() else Path(".")
@@ -906,6 +905,22 @@ def clock_rows(db: sqlite3.Connection) -> ClockRows:
         out.append({"id": eid, "boot": boot, "state": state, "reason": reason, "wall_us": wall,
                     "last_wall_us": last_wall, "after_us": after, "before_us": before, "rows": rows, "held": held})
     return ClockRows(out, steps, tuple(last) if last else None)
+
+
+def clock_report(db) -> dict:
+    """What the ledger says about the clock, read only: whether the gateway is recording in an
+    untrusted episode now, the episodes not repaired (an earlier boot's are never repaired: their
+    rows stay marked and unsent), and the steps seen. `db`: a sqlite3 connection (mode=ro is fine);
+    a ledger older than clock safety gives an empty report."""
+    rec = clock_rows(db)
+    out = [{"id": e["id"], "state": e["state"], "boot": e["boot"], "reason": e["reason"],
+            "clock_said": [when_text(e["wall_us"]), when_text(e["last_wall_us"])],
+            "true_time_between": [when_text(e["after_us"]) if e["after_us"] is not None else None,
+                                  when_text(e["before_us"]) if e["before_us"] is not None else None],
+            "rows": e["rows"], "points_held": e["held"]} for e in rec.episodes]
+    steps, last = rec.steps, rec.last_step
+    return {"untrusted_now": any(e["state"] == "untrusted" for e in out), "unrepaired": out, "steps": steps,
+            "last_step": {"at": when_text(last[0]), "step": signed_duration(last[1])} if last else None}
 
 
 def counter_near(db: sqlite3.Connection, meter: str, ts_us: int, within_us: int) -> tuple[int, str] | None:

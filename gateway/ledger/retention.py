@@ -169,38 +169,19 @@ class _Reader:
 
 def plan_thinning(reader, cfg, meter: str, ym: tuple[int, int]) -> Thinning:
     """What can go of one meter's local month, checked against billing's interval walk."""
-    from ..billing.allocate import BRACKET_US, meter_limits
-    from ..billing.intervals import MeterLimits, Replaced, meter_intervals
+    from ..billing.thinning import thinning_check
     tz = ZoneInfo(cfg.site.timezone)
     s, e = month_bounds_us(*ym, tz)
     plan = Thinning(meter, f"{ym[0]:04d}-{ym[1]:02d}")
-    m = next((x for x in cfg.meters if x.id == meter), None)
-    a = cfg.allocation
-    limits = meter_limits(cfg, m) if m is not None else \
-        MeterLimits(None, None, a.resolution_kwh, int(a.gap_minutes * 60_000_000))
     # exactly what billing reads for the month (allocate.read_meter)
-    series = [(t, Decimal(c)) for t, c in reader.energy_series(meter, s, e)]
-    plan.counters = sum(1 for t, _ in series if t < e)
+    month = thinning_check(reader, cfg, meter, s, e, tz)
+    plan.counters = month.counters
     if plan.counters < 3:
         return plan
-    before = reader.energy_before(meter, s, s - BRACKET_US)
-    after = reader.energy_after(meter, e, e + BRACKET_US)
-    points = ([(before[0], Decimal(before[1]))] if before else []) + series + \
-        ([(after[0], Decimal(after[1]))] if after else [])
-    # as allocate.read_meter makes them
-    replaced = [Replaced(int(r.at.timestamp() * 1_000_000), r.old_final, r.new_initial)
-                for r in reader.replacements(meter)]
-    drop = thinnable(points, s, e, limits, [x.at_us for x in replaced])
+    drop = thinnable(month.points, s, e, month.limits, month.replacements_us)
     if not drop:
         return plan
-    gone = set(drop)
-    thinned = [p for p in points if p[0] not in gone]
-    was = meter_intervals(meter, points, s, e, limits, tz, replaced)
-    now = meter_intervals(meter, thinned, s, e, limits, tz, replaced)
-    same = (was.kwh == now.kwh and was.estimated == now.estimated and was.estimated_kwh == now.estimated_kwh
-            and was.first_counter == now.first_counter and was.last_counter == now.last_counter
-            and was.notes == now.notes)
-    if not same:
+    if not month.exact_without(drop):
         plan.kept_raw = "thinning would change what billing computes for the month"
         return plan
     plan.drop = drop

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Callable
 
+from ..backoff import backoff_delay
 from ..clock import REAL_CLOCK, Clock, from_us, to_us
 from ..config import LightingCircuit, SiteConfig
 from ..drivers.scheduler import PollError
@@ -210,7 +211,7 @@ class LightingControl:
             self._ask_meters(c)
         else:
             c.failures += 1
-            c.retry_at = self.clock.monotonic() + min(self.light.check_every_s, 2.0 ** min(c.failures, 12))
+            c.retry_at = self.clock.monotonic() + backoff_delay(c.failures, 2.0, self.light.check_every_s)
             what = "没有应答" if result == "no_answer" else "回读不一致"
             self.book.raise_("lighting:readback", cid, kind="lighting_readback", severity="critical", at=now_after,
                              message=f"照明回路 {c.cfg.name or cid} {'开' if on else '关'}灯指令{what}: {detail}",

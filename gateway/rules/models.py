@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..circuit_ratings import MAX_POWER_KW, OVERLOAD_A
+
 Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
 Circuit = Literal["stairwell_lighting", "street_lighting", "lift", "pump", "gate", "main_supply", "other"]
 Severity = Literal["info", "warning", "critical"]
@@ -239,13 +241,6 @@ NOMINAL_V = 220.0
 VOLTAGE_HIGH_V = round(NOMINAL_V * 1.07, 1)   # 235.4
 VOLTAGE_LOW_V = round(NOMINAL_V * 0.90, 1)    # 198.0
 PHASE_VOLTAGES = ["voltage_v", "voltage_l1_v", "voltage_l2_v", "voltage_l3_v"]
-
-# Assumed circuit ratings of the reference site (breaker current, and the most the circuit can draw).
-# The public supply's main breaker is 630 A at 0.4 kV: at most about 436 kW.
-OVERLOAD_A = {"stairwell_lighting": 16, "street_lighting": 32, "lift": 63, "pump": 80, "gate": 16,
-              "main_supply": 630}
-MAX_POWER_KW = {"stairwell_lighting": 4, "street_lighting": 22, "lift": 45, "pump": 55, "gate": 4,
-                "main_supply": 440, "other": 10}
 
 
 def example_rules(routes: dict[str, list[str]] | None = None) -> list[dict]:

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import random
 
+from ..backoff import Backoff
 from ..clock import REAL_CLOCK, Clock, to_us
 from ..config import InfluxConfig
 from ..ledger import Ledger
@@ -76,10 +77,6 @@ class Drainer:
         self.points_written += len(rows)
         self.batches_written += 1
 
-    def _backoff(self, failures: int) -> float:
-        # Full jitter keeps a fleet of boxes from hammering a restarted server in step.
-        return random.uniform(0.5, 1.0) * min(self.cfg.backoff_max_s, 0.5 * 2 ** min(failures, 20))
-
     async def run(self) -> None:
         """Send until stopped; once stopped, send what is left if the server takes it, then return.
 
@@ -87,7 +84,8 @@ class Drainer:
         SQLite work; each batch is deleted when its own confirmation arrives. After a failure all
         batches in flight are let finish, and sending starts again from the oldest row left.
         """
-        failures = 0
+        # Jitter keeps a fleet of boxes from hammering a restarted server in step.
+        backoff = Backoff(1.0, self.cfg.backoff_max_s, jitter=random.Random())
         cursor = 0  # highest id handed to a send
         # Points read but too young to go alone: the ledger hands each point once, so they are
         # kept here and the next batch starts with them.
@@ -115,7 +113,7 @@ class Drainer:
                 done, inflight = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
                 errors = [t.exception() for t in done if t.exception() is not None]
                 if not errors:
-                    failures = 0
+                    backoff.reset()
                     self._recovered()
                     continue
                 if inflight:
@@ -126,12 +124,12 @@ class Drainer:
                 e = errors[0]
                 if not isinstance(e, WriteError):
                     raise e
-                failures += 1
+                delay = backoff.failed()
                 self.write_failures += 1
                 self._outage(e)
                 if self._stop:
                     break  # the outbox keeps them for the next start
-                await self._sleep(self._backoff(failures))
+                await self._sleep(delay)
         finally:
             for t in inflight:
                 t.cancel()

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 import aiohttp
 
+from ..backoff import Backoff
 from ..events import AlertChange
 from .alert_message import alert_body
 
@@ -73,7 +74,7 @@ class Webhook:
         return body_wecom(change, self.site_name, self.tz) if self.fmt == "wecom" else alert_body(change, self.site_id, self.site_name)
 
     async def run(self) -> None:
-        backoff = 0.0
+        backoff = Backoff(1.0, self.backoff_max_s, jitter=random.Random())
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s)) as session:
             while True:
                 while not self._queue:
@@ -88,13 +89,12 @@ class Webhook:
                         log.error("webhook %s: cannot deliver alarms (%s); retrying, %d waiting",
                                   self.name, e, len(self._queue))
                     self._down = str(e)
-                    backoff = min(self.backoff_max_s, backoff * 2 or 1.0)
-                    await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+                    await asyncio.sleep(backoff.failed())
                     continue
                 if self._queue and self._queue[0] is change:
                     self._queue.popleft()
                 self.sent += 1
-                backoff = 0.0
+                backoff.reset()
                 if self._down:
                     log.info("webhook %s: delivering again", self.name)
                     self._down = ""

@@ -38,9 +38,11 @@ from ..clock import from_us, to_us
 from ..config import SiteConfig, User
 from ..ledger.queries import alert_history, alert_kind_state, open_alerts, read_only, request_ack
 from .auth import HOME, LoginThrottle, ack_permission, check_login, csrf_ok, may, new_csrf
+from .handlers import Denied, wants_json
 from .headers import SecurityHeaders
 from .i18n import translator
 from .live import Broadcaster
+from .pages import page_routes
 from .sessions import SessionStore
 
 log = logging.getLogger(__name__)
@@ -90,15 +92,6 @@ class WebContext:
 
     def local(self, us: int | None, fmt: str = "%m-%d %H:%M:%S") -> str:
         return from_us(us).astimezone(self.tz).strftime(fmt) if us else ""
-
-
-class Denied(Exception):
-    def __init__(self, status: int, what: str):
-        self.status, self.what = status, what
-
-
-def wants_json(request: Request) -> bool:
-    return request.url.path.startswith("/api/") or "application/json" in request.headers.get("accept", "")
 
 
 def local_path(target: str) -> str | None:
@@ -402,7 +395,6 @@ def create_app(ctx: WebContext) -> Starlette:
         Route("/metrics", metrics),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
-    from .pages import page_routes
     routes += page_routes(ctx, guarded, render)
     cookie_secure = ctx.cfg.web.tls_cert is not None
     middleware = [Middleware(SecurityHeaders),

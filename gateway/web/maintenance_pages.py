@@ -25,8 +25,8 @@ from ..maintenance import orders as order_logic
 from ..maintenance.inspections import plan as plan_of
 from ..maintenance.register import RegisterError, export_register, import_register
 from ..private import make_private_dir, replace_file
-from .app import Denied, wants_json
 from .auth import may
+from .handlers import Denied, wants_json
 from .views.maintenance import (equipment_view, handover_view, inspections_view, order_view, orders_view, shift_view,
                                 task_view)
 

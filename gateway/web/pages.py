@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from .app import Denied, wants_json
+from .handlers import Denied, wants_json
 from .headers import REPORT_CSP
 from .maintenance_pages import maintenance_routes
 from .views import charts
