@@ -74,6 +74,12 @@ def generate(cfg, months: list[str], seed: int = 1, busy: float = 1.0, resident_
             alerts.append((f"{kind}-rule/{src}/{raised}", f"{kind}-rule", kind, src, rng.choice(("warning", "critical")),
                            state, "告警", "alarm", raised, cleared or acked or raised, cleared,
                            "值班" if acked else "", "", acked, None, "{}"))
+        if (day + timedelta(days=1)).day == 1:
+            # the month's last alarm: raised at 23:50, acknowledged and cleared in the next month
+            raised = to_us(midnight + timedelta(hours=23, minutes=50))
+            alerts.append((f"offline-rule/late/{raised}", "offline-rule", "offline", "late", "warning", "cleared",
+                           "告警", "alarm", raised, raised + 5 * 3_600_000_000, raised + 5 * 3_600_000_000, "值班", "",
+                           raised + 2 * 3_600_000_000, None, "{}"))
         # ---- repair orders
         n_orders = int(rng.randint(0, 3) * busy)
         # most orders name no device (a resident's report); those that do rarely name the same one
