@@ -371,3 +371,51 @@ def test_an_alarm_counts_in_the_month_it_was_raised_whatever_it_took(scratch, mo
     assert (got.to_clear.n, got.to_clear.p50, got.to_clear.p90) == (len(clears), nearest_rank(clears, 50),
                                                                     nearest_rank(clears, 90))
     assert math.isclose(got.to_clear.mean or 0, sum(clears) / len(clears) if clears else 0)
+
+
+# ---- the console ----------------------------------------------------------------------------------
+
+async def test_the_admin_reads_the_report_in_the_console(tmp_path):
+    from gateway.web.headers import REPORT_CSP
+    from web_fixtures import login, small_site, until
+
+    async with small_site(tmp_path) as console:
+        await until(lambda: console.ledger_rows("SELECT count(*) FROM alerts")[0][0] >= 1, "the test alarm kept")
+        month = datetime.now(TZ).strftime("%Y-%m")
+        async with console.session() as guard:
+            await login(guard, "guard")
+            async with guard.get("/service", allow_redirects=False) as r:
+                assert r.status == 403
+            async with guard.get(f"/service/{month}/xlsx", allow_redirects=False) as r:
+                assert r.status == 403
+            async with guard.get("/alarms") as r:
+                assert 'data-nav="service"' not in await r.text()
+        async with console.session() as admin:
+            await login(admin, "admin")
+            async with admin.get(f"/service?month={month}") as r:
+                page = await r.text()
+            assert r.status == 200 and 'data-nav="service"' in page and "月度服务与安全报告" in page
+            raised = console.ledger_rows("SELECT count(*) FROM alerts WHERE raised_us >= ?",
+                                         (month_bounds(month, TZ)[0],))[0][0]
+            assert f'<tr data-figure="alarms"><th>告警</th><td>{raised}</td></tr>' in page
+            assert "本月尚未结束" in page                      # this month: figures so far
+            async with admin.get(f"/api/service?month={month}") as r:
+                body = await r.json()
+            assert body["month"] == month and body["report"]["alarm_total"]["raised"] == raised
+            assert body["months"][0] == month and len(body["months"]) == 13
+            async with admin.get(f"/service/{month}/report") as r:
+                html = await r.text()
+                assert r.headers["Content-Security-Policy"] == REPORT_CSP
+            assert html.count("<svg ") == 4 and "<script" not in html
+            async with admin.get(f"/service/{month}/xlsx") as r:
+                data = await r.read()
+                assert r.status == 200 and data[:2] == b"PK"
+                assert f'service-{month}.xlsx' in r.headers["Content-Disposition"]
+            for bad in ("2026-13", "2999-01"):
+                async with admin.get(f"/service/{bad}/report", allow_redirects=False) as r:
+                    assert r.status == 404
+            # English, as the console's language
+            async with admin.get("/lang/en", allow_redirects=False):
+                pass
+            async with admin.get(f"/service/{month}/report") as r:
+                assert "Monthly service and safety report" in await r.text()
