@@ -334,26 +334,30 @@ def inspection_plans(cfg: SiteConfig, rows: list[rm.TaskDue]) -> list[Inspection
 def patrol(cfg: SiteConfig, db, start_us: int, end_us: int, as_of: datetime
            ) -> tuple[list[PatrolRow], list[PatrolRow]]:
     """Per route and per guard, over the rounds starting in [start, end)."""
-    from ..web.views.patrol import judge, schedules
+    from ..web.views.patrol import judge, nearest_start, schedules
     tz = ZoneInfo(cfg.site.timezone)
     # reads a day either side: a round near midnight takes reads of the next or previous day
     rows = patrol_checkins(db, start_us - DAY_US, end_us + DAY_US)
-    by_day: dict[date, list[tuple]] = defaultdict(list)
-    for r in rows:
-        by_day[from_us(r[0]).astimezone(tz).date()].append(r)
     first = from_us(start_us).astimezone(tz).date()
     last = from_us(end_us - 1).astimezone(tz).date()
     routes: list[PatrolRow] = []
     guards: dict[str, list[int]] = defaultdict(lambda: [0] * 7)   # rounds, due, read, on_time, late, early, missed
     readers = sorted(r.id for r in cfg.patrol.readers)
     for route in schedules(cfg):
+        # each read to the day of the round it belongs to (judge's own rule), so that a day's
+        # judgement sees only its reads: a month of reads is matched to rounds twice, not thrice
+        index = {cp: k for k, cp in enumerate(route.checkpoints)}
+        by_day: dict[date, list[tuple]] = defaultdict(list)
+        for r in rows:
+            k = index.get(r[2])
+            if k is not None:
+                by_day[nearest_start(route, k, from_us(r[0]), tz).astimezone(tz).date()].append(r)
         c = [0] * 7
         # a wand route's unread checkpoints are pending until a download after the round (as the page)
         downloaded = last_download_us(db, start_us - DAY_US, sorted(route.readers or readers)) if route.wand else None
         day = first
         while day <= last:
-            near = [r for d in (day - timedelta(days=1), day, day + timedelta(days=1)) for r in by_day.get(d, ())]
-            for rd in judge(route, day, near, as_of, tz, downloaded):
+            for rd in judge(route, day, by_day.get(day, []), as_of, tz, downloaded):
                 if not start_us <= rd["start_us"] < end_us:
                     continue
                 n = rd["counts"]
