@@ -201,6 +201,10 @@ def test_trend_against_the_previous_months(site):
         known = {"2026-10": october.headline()}
         again = build(cfg, db, MONTH, AS_OF, trend=1, known=known)
     assert r.trend[1] == october.headline() and again.trend == r.trend[1:] and known[MONTH] == r.headline()
+    # a month before anything was recorded: no round is judged (not every checkpoint missed)
+    with read_only(cfg.storage_path) as db:
+        august = build(cfg, db, "2026-08", AS_OF, trend=0)
+    assert [(p.rounds, p.due) for p in august.routes] == [(0, 0)] * 3 and august.headline().patrol_completeness is None
 
 
 def test_html_is_printable_with_svg_charts_and_xlsx_reads_back(site, tmp_path):

@@ -117,6 +117,11 @@ def door_alarms(db: sqlite3.Connection, start_us: int, end_us: int) -> list[Door
         "ORDER BY ts_us, id", (start_us, end_us, *DOOR_ALARMS))]
 
 
+def first_checkin_us(db: sqlite3.Connection) -> int | None:
+    """When the oldest patrol read the ledger holds was recorded (None: none yet)."""
+    return db.execute("SELECT min(ts_us) FROM patrol_checkins").fetchone()[0]
+
+
 def queue_points(path: Path, rows: Iterable[tuple]) -> int:
     """Outbox rows (measurement, priority, ts_ms, line, essential) queued for InfluxDB in one
     transaction, as `gateway allocate` queues a month's: the gateway's sender reads the outbox

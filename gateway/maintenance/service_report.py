@@ -15,7 +15,8 @@ What happened in it, counted where it began:
   not done;
 - patrol rounds starting in the month, judged as the patrol page judges them at `as_of`: per
   route, and per guard, the guard who read most of a round's checkpoints answering for its
-  missed ones (a round nobody read is nobody's: guard "");
+  missed ones (a round nobody read is nobody's: guard ""); rounds before the ledger's oldest
+  patrol read are not judged (nothing was recorded then);
 - refused cards (unknown, revoked, expired) and door alarms (forced open, held open) by gate and
   by local hour;
 - the trend: the headline figures of this month and the `trend` months before it.
@@ -343,6 +344,9 @@ def patrol(cfg: SiteConfig, db, start_us: int, end_us: int, as_of: datetime
     routes: list[PatrolRow] = []
     guards: dict[str, list[int]] = defaultdict(lambda: [0] * 7)   # rounds, due, read, on_time, late, early, missed
     readers = sorted(r.id for r in cfg.patrol.readers)
+    # rounds before the ledger's first read are not judged: patrol was not recorded yet (a new
+    # gateway, or reads gone with retention), which is not the guards' miss
+    since = rm.first_checkin_us(db)
     for route in schedules(cfg):
         # each read to the day of the round it belongs to (judge's own rule), so that a day's
         # judgement sees only its reads: a month of reads is matched to rounds twice, not thrice
@@ -358,7 +362,7 @@ def patrol(cfg: SiteConfig, db, start_us: int, end_us: int, as_of: datetime
         day = first
         while day <= last:
             for rd in judge(route, day, by_day.get(day, []), as_of, tz, downloaded):
-                if not start_us <= rd["start_us"] < end_us:
+                if not start_us <= rd["start_us"] < end_us or since is None or rd["start_us"] < since:
                     continue
                 n = rd["counts"]
                 judged = n["on_time"] + n["late"] + n["early"] + n["missed"]
