@@ -357,6 +357,9 @@ def patrol(cfg: SiteConfig, db, start_us: int, end_us: int, as_of: datetime
             if k is not None:
                 by_day[nearest_start(route, k, from_us(r[0]), tz).astimezone(tz).date()].append(r)
         c = [0] * 7
+        if since is None or since >= end_us:
+            routes.append(PatrolRow(route.id, route.name, *c))
+            continue
         # a wand route's unread checkpoints are pending until a download after the round (as the page)
         downloaded = last_download_us(db, start_us - DAY_US, sorted(route.readers or readers)) if route.wand else None
         day = first
