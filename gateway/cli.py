@@ -841,6 +841,42 @@ def equipment_export(file: Path = typer.Argument(..., help="where to write: .xls
     typer.echo(f"{file}: written")
 
 
+report_app = typer.Typer(help="Monthly reports of the estate's own work: `service`, the service and safety report.",
+                         no_args_is_help=True)
+app.add_typer(report_app, name="report")
+
+
+@report_app.command("service")
+def report_service(config: Path = typer.Option(..., "-c", "--config", help="site file"),
+                   month: str = typer.Option(..., "--month", help="the month, e.g. 2026-11"),
+                   out: Path = typer.Option(Path("reports"), "--out", help="directory for the HTML and XLSX"),
+                   english: bool = typer.Option(False, "--en", help="the report in English"),
+                   trend: int = typer.Option(5, "--trend", min=0, max=24, help="months before it in the trend"),
+                   no_points: bool = typer.Option(False, "--no-points", help="do not queue InfluxDB points")) -> None:
+    """The month's service and safety report (月度服务与安全报告): alarms, repair orders against
+    their targets and repeat faults, inspections, patrol, refused cards and forced doors, and the
+    trend; HTML (printable) and XLSX, and InfluxDB points for Grafana when the site has InfluxDB."""
+    from .maintenance.service_run import ServiceReportError, run_service
+    from .maintenance.service_render import pct
+    cfg = _load(config)
+    try:
+        run = run_service(cfg, month, out, "en" if english else "zh", trend, send=not no_points)
+    except ServiceReportError as e:
+        raise fail(str(e), 2) from None
+    h = run.report.trend[-1]
+    flagged = [d.device for d in run.report.repeats if d.flagged]
+    typer.echo(f"{cfg.site.name} {month}{'' if run.complete else ' (so far: the month is not over)'}: "
+               f"{h.alarms} alarms, {h.orders} repair orders (response on time {pct(h.response_on_time)}, repair on "
+               f"time {pct(h.repair_on_time)}), inspections on time {pct(h.inspections_on_time)}, patrol "
+               f"{pct(h.patrol_completeness)} complete, {h.card_refusals} refused cards, {h.forced_doors} forced doors")
+    if flagged:
+        typer.echo(f"repeat faults: {', '.join(flagged)}")
+    for kind, path in run.files.items():
+        typer.echo(f"{kind:<5} {path}")
+    if run.points:
+        typer.echo(f"{run.points} points queued for InfluxDB")
+
+
 lighting_app = typer.Typer(help="Public lighting: the switching plan of a day, overrides, what it saved.",
                            no_args_is_help=True)
 app.add_typer(lighting_app, name="lighting")

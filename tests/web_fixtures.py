@@ -34,7 +34,7 @@ ROLES = ("guard", "electrician", "accountant", "admin")
 USERS = {"guard": "wang-guard", "electrician": "zhang-elec", "accountant": "li-acct", "admin": "chen-admin"}
 PASSWORDS = {role: f"{role}-Pw-7c1e" for role in ROLES}
 PAGES = ("alarms", "orders", "meters", "patrol", "access", "lighting", "inspections", "equipment", "shift",
-         "allocation", "health")
+         "service", "allocation", "health")
 # What each role may see (the console's contract, written down here on its own so that a change
 # of gateway/web/auth.py that shows a page to the wrong role fails the tests).
 ROLE_PAGES = {

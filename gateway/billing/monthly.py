@@ -61,6 +61,7 @@ def run_month(cfg: SiteConfig, month: str, out_dir: Path, bill: Decimal | None =
     make it the month's answer when no run of the month is approved (runs.py), and write its
     reports. `by`: who ran it; `invoice` and `bill_period`: the utility bill it answers."""
     from ..lighting.savings import for_report
+    from ..maintenance.inspections import for_report as inspection_for
     from .report import write_all
     now = now or datetime.now(timezone.utc)
     ledger = Ledger(cfg.storage_path)
@@ -71,7 +72,8 @@ def run_month(cfg: SiteConfig, month: str, out_dir: Path, bill: Decimal | None =
                           allow_partial=allow_partial, force=force)
         comparison = comparison_for(cfg, ledger, result)
         if not keep:
-            files = write_all(result, out_dir, lang=lang, comparison=comparison, lighting=for_report(cfg, month))
+            files = write_all(result, out_dir, lang=lang, comparison=comparison, lighting=for_report(cfg, month),
+                              inspection=inspection_for(cfg, month))
             return MonthRun(result, files, None, 0, comparison)
         where = {m.meter: (m.building, m.circuit, m.group) for m in result.meters + result.reference}
         points = outbox_rows(result, plan, {k: v for k, v in intervals.items() if k in where}, where)
@@ -95,7 +97,7 @@ def run_month(cfg: SiteConfig, month: str, out_dir: Path, bill: Decimal | None =
         this = next(r for r in month_runs if r.id == run_id)
         info = this.info(ZoneInfo(cfg.site.timezone), ans is not None and ans.id == run_id)
         files = write_all(result, out_dir, lang=lang, run=info, comparison=comparison,
-                          lighting=for_report(cfg, month))
+                          lighting=for_report(cfg, month), inspection=inspection_for(cfg, month))
         mine = published if published is not None and published.run == run_id else None
         return MonthRun(result, files, run_id, mine.queued if mine else 0, comparison, info, mine,
                         ans.id if ans else None)

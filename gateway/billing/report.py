@@ -91,6 +91,12 @@ T: dict[str, dict[str, str]] = {
         "compare_household_cols": ["户号", "上月(元)", "本月(元)", "变化(元)", "变化率", "标记"],
         "flag_beyond": "超出", "flag_new": "新增", "flag_gone": "本月无",
         "compare_households": "变化超出范围的住户", "compare_more": "另有 {n} 户,见 XLSX 的比较表。",
+        "inspection_quality": "电表及线路巡检与数据质量", "inspection_head": "{name}({period})",
+        "inspection_done": "{when} 由 {by} 完成", "inspection_open": "未完成(应于 {due} 前完成)",
+        "inspection_missing": "本月没有巡检任务:无从核对电表及线路。",
+        "insp_ok": "正常", "insp_fail": "异常", "insp_none": "未记录",
+        "insp_cols": ["巡检项目", "结果", "说明", "记录人"], "insp_meter_cols": ["表号", "名称", "数据质量"],
+        "insp_meters_none": "本月各表无数据质量问题。",
     },
     "en": {
         "title": "Public electricity allocation", "site": "Site", "month": "Month", "period": "Period",
@@ -156,6 +162,12 @@ T: dict[str, dict[str, str]] = {
                                    "flag"],
         "flag_beyond": "beyond", "flag_new": "new", "flag_gone": "gone",
         "compare_households": "Households beyond the band", "compare_more": "{n} more: see the XLSX comparison sheet.",
+        "inspection_quality": "Meter and line inspection beside data quality", "inspection_head": "{name} ({period})",
+        "inspection_done": "done {when} by {by}", "inspection_open": "not done (due before {due})",
+        "inspection_missing": "No inspection task this month: nobody checked the meters and lines.",
+        "insp_ok": "ok", "insp_fail": "fault", "insp_none": "not recorded",
+        "insp_cols": ["item", "result", "note", "by"], "insp_meter_cols": ["meter", "name", "data quality"],
+        "insp_meters_none": "No meter has data-quality notes this month.",
     },
 }
 
@@ -190,9 +202,11 @@ TARIFF_COLS = {
 }
 SHEETS = {
     "zh": {"summary": "汇总", "meters": "电表", "groups": "分摊组", "households": "住户", "lines": "分摊明细",
-           "quality": "数据质量", "subtotals": "楼栋单元小计", "comparison": "与上月比较"},
+           "quality": "数据质量", "subtotals": "楼栋单元小计", "comparison": "与上月比较",
+           "inspection": "巡检与数据质量"},
     "en": {"summary": "Summary", "meters": "Meters", "groups": "Groups", "households": "Households",
-           "lines": "Lines", "quality": "Data quality", "subtotals": "Subtotals", "comparison": "Comparison"},
+           "lines": "Lines", "quality": "Data quality", "subtotals": "Subtotals", "comparison": "Comparison",
+           "inspection": "Inspection"},
 }
 
 # Data-quality kinds: (short name, what the accountant should understand by it).
@@ -466,6 +480,44 @@ def comparison_lines(comparison: Comparison | None, lang: str) -> list[str]:
                                        pct=_band(comparison))]
 
 
+def inspection_side(inspection: dict | None, result: AllocationResult, lang: str) -> dict | None:
+    """The month's meter-and-line inspection (gateway/maintenance/inspections.py `for_report`) and
+    the meters' data-quality notes, to be read side by side: a meter the electrician passed but
+    whose readings had gaps (or the other way round) is what the accountant should ask about.
+    None: the site has no such inspection plan (no section)."""
+    if inspection is None:
+        return None
+    from zoneinfo import ZoneInfo
+
+    from ..clock import from_us
+    t = T[lang]
+    tz = ZoneInfo(result.timezone)
+
+    def when(us: int | None) -> str:
+        return "" if us is None else f"{from_us(us).astimezone(tz):%Y-%m-%d %H:%M}"
+
+    name = inspection["name"] if lang == "zh" else (inspection.get("name_en") or inspection["plan"])
+    if inspection.get("missing"):
+        status = t["inspection_missing"]
+    elif inspection["done_us"] is not None:
+        status = t["inspection_done"].format(when=when(inspection["done_us"]), by=inspection["done_by"] or "")
+    else:
+        status = t["inspection_open"].format(due=when(inspection["due_us"]))
+    items = [(i["name"] if lang == "zh" else (i.get("name_en") or i["id"]),
+              t["insp_none"] if i["ok"] is None else t["insp_ok"] if i["ok"] else t["insp_fail"],
+              i["note"], i["by"], i["ok"]) for i in inspection["items"]]
+    names = _meter_names(result)
+    per_meter: dict[str, dict[str, int]] = {}
+    for n in _sorted_notes(result):
+        kinds = per_meter.setdefault(n.meter, {})
+        kinds[n.kind] = kinds.get(n.kind, 0) + 1
+    sep = "、" if lang == "zh" else ", "
+    meters = [(m, names.get(m, ""), sep.join(f"{_kind_name(k, lang)} {c}" for k, c in kinds.items()))
+              for m, kinds in per_meter.items()]
+    return {"head": t["inspection_head"].format(name=name, period=inspection["period"]), "status": status,
+            "missing": bool(inspection.get("missing")), "items": items, "meters": meters}
+
+
 # --- CSV ---------------------------------------------------------------------------------------
 
 def write_csv(result: AllocationResult, path: str | Path, lang: str = "zh") -> Path:
@@ -534,7 +586,7 @@ def _sheet(wb: Workbook, title: str, headers: Sequence[str], widths: Sequence[in
 
 
 def write_xlsx(result: AllocationResult, path: str | Path, lang: str = "zh", run: RunInfo | None = None,
-               comparison: Comparison | None = None) -> Path:
+               comparison: Comparison | None = None, inspection: dict | None = None) -> Path:
     """The accountant's workbook: summary (with the run, its sign-off and the warnings), meters,
     groups, households, household × group lines, data quality, subtotals per building and unit,
     and the comparison with last month. Every amount and kWh is written already rounded to 0.01
@@ -665,6 +717,19 @@ def write_xlsx(result: AllocationResult, path: str | Path, lang: str = "zh", run
             _row(ws, [c.key, c.last, c.this, c.delta, _ratio(c) or None, _flag(c, lang) or None],
                  [None, MONEY, MONEY, MONEY],
                  font=WARN if c.flagged else None)
+
+    side = inspection_side(inspection, result, lang)
+    if side is not None:
+        # the inspection's items on the left, the meters with data-quality notes on the right
+        ws = _sheet(wb, sheets["inspection"], t["insp_cols"] + [None] + t["insp_meter_cols"],
+                    [28, 10, 30, 10, 3, 12, 24, 40])
+        _row(ws, [side["head"], side["status"]], font=WARN if side["missing"] or any(
+            i[4] is False for i in side["items"]) else None)
+        left = [list(i[:4]) for i in side["items"]]
+        right = [list(m) for m in side["meters"]] or [[t["insp_meters_none"]]]
+        for k in range(max(len(left), len(right))):
+            row = (left[k] if k < len(left) else [None] * 4) + [None] + (right[k] if k < len(right) else [])
+            _row(ws, row, font=WARN if k < len(side["items"]) and side["items"][k][4] is False else None)
 
     wb.save(path)
     return path
@@ -833,7 +898,8 @@ def _environment() -> Environment:
 
 
 def render_html(result: AllocationResult, lang: str = "zh", run: RunInfo | None = None,
-                comparison: Comparison | None = None, lighting: list | None = None) -> str:
+                comparison: Comparison | None = None, lighting: list | None = None,
+                inspection: dict | None = None) -> str:
     lang = _lang(lang)
     _check_amounts(result)
     t = T[lang]
@@ -924,15 +990,17 @@ def render_html(result: AllocationResult, lang: str = "zh", run: RunInfo | None 
         # what the lighting plans saved (gateway/lighting/savings.py): rows, or None for no section
         "lighting": lighting or None,
         "lighting_price": next((str(x.price) for x in lighting or () if x.price is not None), "—"),
+        "inspection": inspection_side(inspection, result, lang),
     }
     return _environment().get_template("report.html").render(context)
 
 
 def write_html(result: AllocationResult, path: str | Path, lang: str = "zh", run: RunInfo | None = None,
-               comparison: Comparison | None = None, lighting: list | None = None) -> Path:
+               comparison: Comparison | None = None, lighting: list | None = None,
+               inspection: dict | None = None) -> Path:
     """A self-contained printable report (inline CSS and SVG, no script, no external resource)."""
     path = Path(path)
-    path.write_text(render_html(result, lang, run, comparison, lighting), encoding="utf-8")
+    path.write_text(render_html(result, lang, run, comparison, lighting, inspection), encoding="utf-8")
     return path
 
 
@@ -945,7 +1013,7 @@ def report_names(month: str, run: int | None) -> str:
 
 def write_all(result: AllocationResult, out_dir: str | Path, lang: str = "zh", run: RunInfo | None = None,
               comparison: Comparison | None = None, month_files: bool | None = None,
-              lighting: list | None = None) -> dict[str, Path]:
+              lighting: list | None = None, inspection: dict | None = None) -> dict[str, Path]:
     """The CSV, XLSX and HTML in out_dir (created if missing): `allocation-<month>-run<id>.*` for a
     kept run, and the same files as `allocation-<month>.*` when the run is the month's answer
     (`month_files` None) or `month_files` says so; a trial (`run` None) writes only the month's.
@@ -954,8 +1022,9 @@ def write_all(result: AllocationResult, out_dir: str | Path, lang: str = "zh", r
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = report_names(result.month, run.id if run else None)
-    writers = {"csv": lambda p: write_csv(result, p, lang), "xlsx": lambda p: write_xlsx(result, p, lang, run, comparison),
-               "html": lambda p: write_html(result, p, lang, run, comparison, lighting)}
+    writers = {"csv": lambda p: write_csv(result, p, lang),
+               "xlsx": lambda p: write_xlsx(result, p, lang, run, comparison, inspection),
+               "html": lambda p: write_html(result, p, lang, run, comparison, lighting, inspection)}
     files: dict[str, Path] = {}
     for kind, write in writers.items():
         path = out / f"{stem}.{kind}"

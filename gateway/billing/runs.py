@@ -271,8 +271,10 @@ def reprint(cfg: SiteConfig, ledger: Ledger, run_id: int, month_files: bool | No
     is_answer = ans is not None and ans.id == run_id
     info = this.info(ZoneInfo(cfg.site.timezone), is_answer)
     from ..lighting.savings import for_report
+    from ..maintenance.inspections import for_report as inspection_for
     return write_all(result, this.out_dir, this.lang, run=info, comparison=comparison_for(cfg, ledger, result),
-                     month_files=month_files, lighting=for_report(cfg, this.month))
+                     month_files=month_files, lighting=for_report(cfg, this.month),
+                     inspection=inspection_for(cfg, this.month))
 
 
 @dataclass

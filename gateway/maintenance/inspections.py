@@ -70,3 +70,22 @@ def month_inspection(cfg: SiteConfig, db, month: str, plan_id: str = "meters_lin
                        "ok": None if i.id not in found else bool(found[i.id]["ok"]),
                        "note": found.get(i.id, {}).get("note", ""), "by": found.get(i.id, {}).get("by", "")}
                       for i in p.items]}
+
+
+def for_report(cfg: SiteConfig, month: str, plan_id: str = "meters_lines") -> dict | None:
+    """The allocation report's inspection beside its data-quality notes: the month's task with its
+    results, or the plan's checklist marked `missing` when the month has no task (nobody was due
+    to inspect, or the gateway was off): the report says so rather than leave the section out.
+    None when the site has no such monthly plan (no section)."""
+    p = plan(cfg, plan_id)
+    if p is None or p.every != "month":
+        return None
+    from ..ledger.queries import read_only
+    with read_only(cfg.storage_path) as db:
+        found = month_inspection(cfg, db, month, plan_id) if db is not None else None
+    if found is not None:
+        return {**found, "missing": False}
+    return {"plan": p.id, "name": p.name, "name_en": p.name_en, "period": month, "done_us": None, "done_by": None,
+            "due_us": None, "missing": True,
+            "items": [{"id": i.id, "name": i.name, "name_en": i.name_en, "ok": None, "note": "", "by": ""}
+                      for i in p.items]}

@@ -51,7 +51,8 @@ SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
 NAV = [("alarms", "/alarms", "alarms"), ("orders", "/orders", "orders"), ("meters", "/meters", "meters"),
        ("patrol", "/patrol", "patrol"), ("access", "/access", "access"), ("lighting", "/lighting", "lighting"),
        ("inspections", "/inspections", "inspections"), ("equipment", "/equipment", "equipment"),
-       ("shift", "/shift", "shift"), ("allocation", "/allocation", "allocation"), ("health", "/health", "health")]
+       ("shift", "/shift", "shift"), ("service", "/service", "service"), ("allocation", "/allocation", "allocation"),
+       ("health", "/health", "health")]
 
 
 @dataclass

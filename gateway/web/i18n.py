@@ -227,6 +227,8 @@ MAINTENANCE_STRINGS: dict[str, dict[str, str]] = {
         "order_reason_missing": "请填写重开原因", "order_conflict": "工单状态已变化，请刷新页面",
         "order_bad_origin": "工单来源不对", "equipment_no_file": "请选择文件", "photo_too_large": "照片太大",
         "photo_not_image": "只接受 JPEG、PNG 或 WebP 照片", "shift_conflict": "值班状态已变化，请刷新页面",
+        "service": "服务报告", "service_title": "月度服务与安全报告", "service_so_far": "本月尚未结束：截至现在的数字",
+        "service_open_report": "打开可打印报告", "service_bad_month": "月份不对（例如 2026-11）",
     },
     "en": {
         "orders": "Repairs", "inspections": "Inspections", "equipment": "Equipment", "shift": "Shift",
@@ -269,6 +271,9 @@ MAINTENANCE_STRINGS: dict[str, dict[str, str]] = {
         "order_conflict": "The order has changed: reload the page", "order_bad_origin": "Unknown origin",
         "equipment_no_file": "Choose a file", "photo_too_large": "The photo is too large",
         "photo_not_image": "JPEG, PNG or WebP photos only", "shift_conflict": "The shift has changed: reload the page",
+        "service": "Service report", "service_title": "Monthly service and safety report",
+        "service_so_far": "The month is not over: figures so far", "service_open_report": "Open the printable report",
+        "service_bad_month": "Not a month (e.g. 2026-11)",
     },
 }
 for _lang, _words in MAINTENANCE_STRINGS.items():

@@ -27,6 +27,7 @@ from ..maintenance.register import RegisterError, export_register, import_regist
 from ..private import make_private_dir, replace_file
 from .auth import may
 from .handlers import Denied, wants_json
+from .headers import REPORT_CSP
 from .views.maintenance import (equipment_view, handover_view, inspections_view, order_view, orders_view, shift_view,
                                 task_view)
 
@@ -310,6 +311,68 @@ def maintenance_routes(ctx, guarded, render) -> list:
         log.info("web: shift %s by %s (shift %s)", action, who(user), sid)
         return done(request, "/shift", {"shift": sid, "action": action})
 
+    # ---- the monthly service and safety report (admin) ----------------------------------------------
+    def lang_of(request: Request) -> str:
+        lang = request.cookies.get("lang") or ctx.cfg.web.language
+        return lang if lang in ("zh", "en") else "zh"
+
+    def service_month(month: str):
+        from ..maintenance.service_report import build, month_bounds
+        try:
+            start, _ = month_bounds(month, ctx.tz)
+        except ValueError:
+            raise Denied(404, "service_bad_month") from None
+        at = now()
+        if start > to_us(at):
+            raise Denied(404, "service_bad_month")
+        with ctx.db() as db:
+            if db is None:
+                raise Denied(409, "not_found")
+            return build(ctx.cfg, db, month, at)
+
+    def recent_months(at: datetime) -> list[str]:
+        from ..maintenance.service_report import previous_months
+        this = at.astimezone(ctx.tz).strftime("%Y-%m")
+        return [this] + previous_months(this, 12)[::-1]
+
+    async def service_data(request: Request, user) -> dict:
+        from ..maintenance.service_render import context
+        months = recent_months(now())
+        # the last month that is over, unless one is asked for
+        month = request.query_params.get("month") or months[1]
+        report = await asyncio.to_thread(service_month, month)
+        if wants_json(request) or request.url.path.startswith("/api/"):
+            return {"month": month, "months": months, "report": report.as_json()}
+        lang = lang_of(request)
+        rows = context(report, lang)
+        return {"month": month, "months": months, "so_far": report.end_us > report.as_of_us, "rows": rows}
+
+    @guarded("service")
+    async def service_report_page(request: Request, user) -> Response:
+        from ..maintenance.service_render import render_html
+        report = await asyncio.to_thread(service_month, request.path_params["month"])
+        html = await asyncio.to_thread(render_html, report, lang_of(request))
+        return Response(html, media_type="text/html; charset=utf-8",
+                        headers={"Content-Security-Policy": REPORT_CSP})
+
+    @guarded("service")
+    async def service_xlsx(request: Request, user) -> Response:
+        import tempfile
+        from pathlib import Path
+
+        from ..maintenance.service_render import write_xlsx
+        month = request.path_params["month"]
+        report = await asyncio.to_thread(service_month, month)
+
+        def workbook() -> bytes:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "service.xlsx"
+                write_xlsx(report, path, lang_of(request))
+                return path.read_bytes()
+        data = await asyncio.to_thread(workbook)
+        return Response(data, media_type="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+                        headers={"Content-Disposition": f'attachment; filename="service-{month}.xlsx"'})
+
     return [
         *twins("/orders", "orders", "orders.html", orders_data),
         Route("/orders/new", order_create, methods=["POST"]),
@@ -325,4 +388,7 @@ def maintenance_routes(ctx, guarded, render) -> list:
         *twins("/shift", "shift", "shift.html", shift_data),
         Route("/shift/{action}", shift_action, methods=["POST"]),
         *twins("/shift/{shift_id}/handover", "shift", "handover.html", handover_data),
+        *twins("/service", "service", "service.html", service_data),
+        Route("/service/{month}/report", service_report_page),
+        Route("/service/{month}/xlsx", service_xlsx),
     ]

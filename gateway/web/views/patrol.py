@@ -69,16 +69,25 @@ def starts_on(route: RouteSchedule, d: date, tz: ZoneInfo) -> tuple[datetime, ..
     return tuple(round_starts_on(route.shifts, d, tz))
 
 
+@lru_cache(maxsize=256)
+def _dues_around(route: RouteSchedule, d: date, tz: ZoneInfo) -> tuple[tuple[datetime, tuple[int, ...]], ...]:
+    """(start, due µs of each checkpoint) of the rounds of the shifts beginning the day before d,
+    on d and the day after, in that order. Due times as `judge` makes them (start + offset on the
+    aware local time), in µs because comparing integers is what makes a month of reads cheap to
+    judge (the monthly report judges every round of a month, and of the months before it)."""
+    return tuple((s, tuple(to_us(s + o) for o in route.offsets))
+                 for day in (d - timedelta(days=1), d, d + timedelta(days=1)) for s in starts_on(route, day, tz))
+
+
 def nearest_start(route: RouteSchedule, k: int, ts: datetime, tz: ZoneInfo) -> datetime:
     """The start of the round whose due time for checkpoint k is nearest to ts (the earlier
     round on a tie, as the rule)."""
-    d = ts.astimezone(tz).date()
+    t = to_us(ts)
     best = None
-    for day in (d - timedelta(days=1), d, d + timedelta(days=1)):
-        for s in starts_on(route, day, tz):
-            delta = abs(ts - (s + route.offsets[k]))
-            if best is None or delta < best[0]:
-                best = (delta, s)
+    for s, dues in _dues_around(route, ts.astimezone(tz).date(), tz):
+        delta = abs(t - dues[k])
+        if best is None or delta < best[0]:
+            best = (delta, s)
     return best[1]
 
 
