@@ -80,6 +80,13 @@ class Ticker:
             await self.task
 
 
+def commit_threads(before=()) -> list[threading.Thread]:
+    """The ledger's commit threads alive now and not in `before` (another test's ledger may
+    still have its own): the first is started by the first job the ledger hands its commit
+    thread (here: retention's first batch; `flush()` commits in the caller's thread)."""
+    return [t for t in threading.enumerate() if t.name.startswith("ledger-commit") and t not in before]
+
+
 def counts(path) -> tuple[str, int, int]:
     db = sqlite3.connect(path)
     try:
@@ -98,11 +105,11 @@ async def test_the_event_loop_goes_on_while_a_retention_batch_waits_for_the_disk
     ret.after_batch = lambda what, n: batches.append(n)
     blocker = Blocker(cfg.storage_path)
     ticker = Ticker()
+    others = commit_threads()
     try:
         run = asyncio.create_task(ret.run_once(NOW))
-        await asyncio.sleep(0)
         # the first batch waits for the write lock; the loop must go on meanwhile
-        await until(lambda: ticker.ticks >= 50)
+        await until(lambda: commit_threads(others) and ticker.ticks >= 50)
         assert batches == [] and not run.done() and ledger.count_readings() == 6000
         blocker.release()
         result = await run
@@ -124,9 +131,10 @@ async def test_a_run_cancelled_during_a_batch_lets_it_end_and_nothing_writes_aft
     ret.after_batch = lambda what, n: batches.append(n)
     blocker = Blocker(cfg.storage_path)
     ticker = Ticker()
+    others = commit_threads()
     try:
         run = asyncio.create_task(ret.run_once(NOW))
-        await until(lambda: ticker.ticks >= 20)
+        await until(lambda: commit_threads(others) and ticker.ticks >= 20)
         assert batches == [] and not run.done()
         run.cancel()                   # the gateway stops while the first batch waits for the disk
         seen = ticker.ticks
@@ -140,7 +148,7 @@ async def test_a_run_cancelled_during_a_batch_lets_it_end_and_nothing_writes_aft
         blocker.close()
     assert batches == []               # stopped: no hook, no next batch
     ledger.close()
-    assert not [t for t in threading.enumerate() if t.name.startswith("ledger-commit")]
+    assert commit_threads(others) == []
     # the batch in flight ended whole: exactly its 500 readings gone, with their per-meter entries
     assert counts(cfg.storage_path) == ("ok", 5500, 5500)
     with pytest.raises(sqlite3.ProgrammingError):
