@@ -15,11 +15,11 @@ import time
 from datetime import timedelta
 
 import pytest
+from test_retention import DAY, NOW, site
 
 from gateway.events import Reading
 from gateway.ledger import Ledger
 from gateway.ledger.retention import Retention
-from test_retention import DAY, NOW, site
 
 HOLD_MAX_S = 5.0     # the blocker lets go by itself after this (the old code blocked the loop meanwhile)
 

@@ -195,12 +195,9 @@ async def to_the_end(fut: asyncio.Future) -> tuple[object, asyncio.CancelledErro
     cancelled = None
     while not fut.done():
         try:
-            await asyncio.shield(fut)
+            await asyncio.wait((fut,))     # unlike awaiting it, cancels nothing but the wait
         except asyncio.CancelledError as e:
-            if not fut.done():
-                cancelled = e
-        except BaseException:
-            break
+            cancelled = e
     return fut.result(), cancelled
 
 
@@ -520,7 +517,7 @@ class Ledger(AllocationRuns, ClockEpisodes, LightingRecords):
             self._committer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ledger-commit")
         return self._committer
 
-    def _write_job(self, fn, args: tuple) -> "WriteDone":
+    def _write_job(self, fn, args: tuple) -> WriteDone:
         """In the commit thread: `fn(db, *args)` in one synced transaction on the writer
         connection, holding the write lock as commits and the indexer's groups do."""
         with self._write_lock:
@@ -529,7 +526,7 @@ class Ledger(AllocationRuns, ClockEpisodes, LightingRecords):
                 result = fn(db, *args)
             return WriteDone(result, time.perf_counter() - began)
 
-    async def write_off_loop(self, fn, *args, done=None) -> "WriteDone":
+    async def write_off_loop(self, fn, *args, done=None) -> WriteDone:
         """For the ledger package's background batches (retention): `fn(db, *args)` in one
         transaction in the commit thread, queued with the commits; the event loop goes on
         meanwhile. Returns fn's result and how long the transaction took in the thread.
