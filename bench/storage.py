@@ -28,7 +28,8 @@ MAIN every 15 s), with the real `Ledger` (WAL, synchronous=FULL, commits at most
    assumed below), then `dbstat` per table and index.
 3. **Retention.** On that ledger, 62 days later: the real `Retention` run deletes the day's
    readings and thins its energy counters (the day is the last of its month) in batches; the
-   longest batch is how long polling could wait. The size after a year with retention applied
+   longest batch is how long a commit could wait behind it (batches run in the ledger's commit
+   thread; the event loop does not wait for them). The size after a year with retention applied
    is then projected from the per-day figures: `raw_days` days of readings and whole energy
    counters, the rest of the year of thinned counters, a year of events (`events_days` 400 >
    365). A full year (150 million readings) would take hours to write here; the per-day figures
@@ -482,7 +483,7 @@ def size_and_retention(base: Path, res: dict) -> None:
     free_pages = ledger._db.execute("PRAGMA freelist_count").fetchone()[0]
     out(f"3. retention 62 days later: {run.line()}")
     out(f"  batches of 2000 rows: p50 {pct(ret.pauses, 50) * 1000:.1f} ms, p99 {pct(ret.pauses, 99) * 1000:.1f} ms, "
-        f"longest {run.longest_s * 1000:.1f} ms (the longest the event loop waited); {took:.1f} s in all "
+        f"longest {run.longest_s * 1000:.1f} ms (in the commit thread: a commit waits that long at most); {took:.1f} s in all "
         f"(the thinning check runs in a worker thread)")
     out(f"  energy of the day: {per['energy']['bytes'] / MB:.2f} MB -> {energy_thin / MB:.2f} MB thinned "
         f"(payload {after.get('energy', {}).get('payload', 0) / MB:.2f} MB); {free_pages * ledger.page_size / MB:.0f} MB of "

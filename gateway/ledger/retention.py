@@ -2,9 +2,13 @@
 
 **Retention** (`Retention`, run by the runtime once shortly after start and then every
 `storage.retention_every_h`; also `python3 -m gateway.ledger.retention run -c SITE`). Every delete is a
-small transaction of at most `batch_rows` rows, and the task yields to the event loop between
-two of them, so a poll is never held up by more than one batch (`bench/storage.py` measures
-the longest).
+small transaction of at most `batch_rows` rows, written and synced in the ledger's commit
+thread on its connection (`Ledger.write_off_loop`, holding the ledger's write lock as commits and
+the indexer do): the event loop goes on while a batch waits for the card, and a commit waits for
+at most one batch (`bench/storage.py` measures the longest). A run stopped during a batch lets
+that batch end first: nothing is left half deleted, and nothing writes after the ledger closed.
+What a run still does on the loop's connection is read: the keys it walks, the id spans, how far
+each meter's thinning got.
 
 - `readings` (every field of every poll) are kept `storage.raw_days` (62).
 - `energy` (each reading's energy counter again, what billing reads) is kept
@@ -73,7 +77,7 @@ from zoneinfo import ZoneInfo
 
 from ..clock import REAL_CLOCK, Clock, to_us
 from ..events import DeviceStatus
-from .writer import Ledger
+from .writer import Ledger, to_the_end
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +198,7 @@ def plan_thinning(reader, cfg, meter: str, ym: tuple[int, int]) -> Thinning:
 class RetentionRun:
     removed: Counter = field(default_factory=Counter)   # what -> rows
     batches: int = 0
-    longest_s: float = 0.0                              # the longest batch: how long the loop waited
+    longest_s: float = 0.0                              # the longest batch's transaction, in the commit thread
     thinned_months: int = 0
     raw_months: list[str] = field(default_factory=list)  # "meter month: why" kept raw
     seconds: float = 0.0
@@ -239,13 +243,15 @@ class Retention:
 
     # -- one batch ---------------------------------------------------------------------------------
     async def _batch(self, run: RetentionRun, what: str, sql: str, args: tuple) -> int:
-        return await self._call(run, what, lambda *a: self.ledger.connection.execute(sql, a).rowcount, args)
+        return await self._call(run, what, self.ledger.write_off_loop, lambda db, *a: db.execute(sql, a).rowcount,
+                                *args)
 
-    async def _call(self, run: RetentionRun, what: str, fn, args: tuple) -> int:
-        """One batch: `fn(*args)` returns the rows it removed."""
-        began = time.perf_counter()
-        n = fn(*args)
-        took = time.perf_counter() - began
+    async def _call(self, run: RetentionRun, what: str, write, *args) -> int:
+        """One batch: `write(*args)` runs its transaction in the ledger's commit thread
+        (Ledger.write_off_loop) and returns the rows it removed and how long it took there.
+        Cancelled meanwhile, the batch still ends before the cancellation goes on."""
+        done = await write(*args)
+        n, took = done.result, done.seconds
         if n:
             run.batches += 1
             run.removed[what] += n
@@ -293,11 +299,11 @@ class Retention:
         await self.ledger.catch_up_async()
         span = self.ledger.reading_id_after(None, self.batch_rows)
         while span is not None:
-            if not await self._call(run, "readings", self.ledger.delete_readings, (*span, raw_cut)):
+            if not await self._call(run, "readings", self.ledger.delete_readings_off_loop, *span, raw_cut):
                 break
             span = self.ledger.reading_id_after(span[1] + 1, self.batch_rows)
-        while await self._call(run, "readings", self.ledger.delete_old_readings,
-                               (raw_cut, self.batch_rows)) == self.batch_rows:
+        while await self._call(run, "readings", self.ledger.delete_old_readings_off_loop,
+                               raw_cut, self.batch_rows) == self.batch_rows:
             pass
         meters = self._keys("energy", "meter")
         for meter in meters:
@@ -348,7 +354,11 @@ class Retention:
                     if reader is None:
                         reader = _Reader(self.ledger.path)
                     if self.offload:
-                        plan = await asyncio.to_thread(plan_thinning, reader, self.cfg, meter, ym)
+                        # the reader is closed below: a cancelled run waits for the plan first
+                        plan, cancelled = await to_the_end(asyncio.ensure_future(
+                            asyncio.to_thread(plan_thinning, reader, self.cfg, meter, ym)))
+                        if cancelled is not None:
+                            raise cancelled
                     else:
                         plan = plan_thinning(reader, self.cfg, meter, ym)
                     for k in range(0, len(plan.drop), self.batch_rows):
@@ -362,8 +372,9 @@ class Retention:
                         run.raw_months.append(f"{meter} {plan.month}: {plan.kept_raw}")
                         log.warning("retention: energy counters of %s in %s kept as they are: %s", meter, plan.month,
                                     plan.kept_raw)
-                    db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET "
-                               "value = excluded.value", (THINNED_KEY + meter, plan.month))
+                    await self.ledger.write_off_loop(
+                        lambda w, *a: w.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) "
+                                                "DO UPDATE SET value = excluded.value", a), THINNED_KEY + meter, plan.month)
                     ym = next_month(ym)
         finally:
             if reader is not None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, NamedTuple
 
 from ..clock import from_us, to_us
 from ..events import (AlertChange, CardSwipe, DeviceStatus, DoorEvent, GatewayStats, LightingCommand, PatrolCheckin,
@@ -183,6 +183,24 @@ class _Batch:
     cursor: str | None = None
 
 
+class WriteDone(NamedTuple):
+    result: object
+    seconds: float       # the transaction in its thread, write lock held
+
+
+async def to_the_end(fut: asyncio.Future) -> tuple[object, asyncio.CancelledError | None]:
+    """Await a worker thread's job until it has ended, even when the awaiting task is cancelled
+    meanwhile (a cancellation cannot stop a thread halfway through a transaction). Returns the
+    job's result (its exception is raised) and the cancellation to re-raise, if any."""
+    cancelled = None
+    while not fut.done():
+        try:
+            await asyncio.wait((fut,))     # unlike awaiting it, cancels nothing but the wait
+        except asyncio.CancelledError as e:
+            cancelled = e
+    return fut.result(), cancelled
+
+
 class Ledger(AllocationRuns, ClockEpisodes, LightingRecords):
     """Readings, statuses and the outbox. `encoder` (an event -> OutboxRow) turns the outbox on:
     every row is then committed in the same transaction as the reading it comes from."""
@@ -209,6 +227,7 @@ class Ledger(AllocationRuns, ClockEpisodes, LightingRecords):
         self._writer = connect(self.path)
         self._write_lock = threading.Lock()
         self._committer: concurrent.futures.ThreadPoolExecutor | None = None
+        self._closed = False
         self.indexer = Indexer(self.path, write_lock=self._write_lock, **(index or {}))
         self.indexer.start()
         self._meters: dict[str, int] = {}
@@ -466,9 +485,7 @@ class Ledger(AllocationRuns, ClockEpisodes, LightingRecords):
         batch = self._take()
         if batch is None:
             return
-        if self._committer is None:
-            self._committer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ledger-commit")
-        job = self._committer.submit(self._write, batch)
+        job = self._commit_thread().submit(self._write, batch)
         try:
             await asyncio.wrap_future(job)
         except asyncio.CancelledError:
@@ -492,6 +509,36 @@ class Ledger(AllocationRuns, ClockEpisodes, LightingRecords):
             self._put_back(batch)     # as flush() does: a batch is never dropped by an error
             raise
         self._commit_ok(self._done(batch))
+
+    def _commit_thread(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._closed:
+            raise sqlite3.ProgrammingError(f"ledger {self.path} is closed")
+        if self._committer is None:
+            self._committer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ledger-commit")
+        return self._committer
+
+    def _write_job(self, fn, args: tuple) -> WriteDone:
+        """In the commit thread: `fn(db, *args)` in one synced transaction on the writer
+        connection, holding the write lock as commits and the indexer's groups do."""
+        with self._write_lock:
+            began = time.perf_counter()
+            with transaction(self._writer, "IMMEDIATE") as db:
+                result = fn(db, *args)
+            return WriteDone(result, time.perf_counter() - began)
+
+    async def write_off_loop(self, fn, *args, done=None) -> WriteDone:
+        """For the ledger package's background batches (retention): `fn(db, *args)` in one
+        transaction in the commit thread, queued with the commits; the event loop goes on
+        meanwhile. Returns fn's result and how long the transaction took in the thread.
+        `done(result)`, if given, is called on the loop once it committed. Cancelled
+        meanwhile, it waits for the transaction to end (committed or rolled back, never half
+        done, nothing left writing when the ledger closes), calls `done`, then re-raises."""
+        out, cancelled = await to_the_end(asyncio.wrap_future(self._commit_thread().submit(self._write_job, fn, args)))
+        if done is not None:
+            done(out.result)
+        if cancelled is not None:
+            raise cancelled
+        return out
 
     def _commit_failed(self, e: sqlite3.Error) -> None:
         # Keep the batch: the next flush retries it (disk full, locked file, ...). Said once
@@ -563,7 +610,8 @@ class Ledger(AllocationRuns, ClockEpisodes, LightingRecords):
     @property
     def connection(self) -> sqlite3.Connection:
         """The ledger's own connection, on the event loop's thread: for the ledger package's own
-        modules (retention's batches), never for code outside gateway/ledger/."""
+        modules (retention's reads; its batches go through write_off_loop), never for code
+        outside gateway/ledger/."""
         return self._db
 
     def close(self) -> None:
@@ -571,6 +619,7 @@ class Ledger(AllocationRuns, ClockEpisodes, LightingRecords):
         self._flush_logged(force=True)  # the last chance, even with the write gate closed
         if self.pending:
             log.error("ledger %s: %d rows could not be written before closing and are lost", self.path, self.pending)
+        self._closed = True             # no more jobs for the commit thread; those queued run first
         if self._committer is not None:
             self._committer.shutdown(wait=True)
             self._committer = None
@@ -1088,58 +1137,93 @@ class Ledger(AllocationRuns, ClockEpisodes, LightingRecords):
     def delete_readings(self, lo: int, hi: int, before_us: int) -> int:
         """Delete the readings with lo <= id <= hi older than `before_us`, of trusted time and
         already in their per-meter form (their counters are in `energy`), with their per-meter
-        entries; one transaction."""
+        entries; one transaction, on the loop's connection (tools and tests; retention awaits
+        `delete_readings_off_loop`)."""
         with transaction(self._db, "IMMEDIATE") as db:
-            hi = min(hi, indexed(db))
-            args = (lo, hi, before_us)
-            self._park(db, f"SELECT {LOG_COLS} FROM reading_log WHERE id BETWEEN ? AND ? AND ts_us < ? "
-                           "AND episode IS NULL AND id > ?", (*args, self._cursor))
-            db.execute(f"DELETE FROM readings_by_meter WHERE (slot, meter, ts_us, id) IN (SELECT {SLOT_SQL}, "
-                       "meter, ts_us, id FROM reading_log WHERE id BETWEEN ? AND ? AND ts_us < ? AND episode IS NULL)",
-                       args)
-            return db.execute("DELETE FROM reading_log WHERE id BETWEEN ? AND ? AND ts_us < ? AND episode IS NULL",
-                              args).rowcount
+            n, parked = self._delete_readings(db, self._sent(), lo, hi, before_us)
+        return self._parked(n, parked)
 
-    def _park(self, db: sqlite3.Connection, sql: str, args: tuple) -> None:
+    async def delete_readings_off_loop(self, lo: int, hi: int, before_us: int) -> WriteDone:
+        """delete_readings in the commit thread (write_off_loop): the rows deleted, and how long it took."""
+        d = await self.write_off_loop(self._delete_readings, self._sent(), lo, hi, before_us,
+                                         done=lambda r: self._parked(*r))
+        return WriteDone(d.result[0], d.seconds)
+
+    def _delete_readings(self, db: sqlite3.Connection, sent, lo: int, hi: int, before_us: int) -> tuple[int, list]:
+        hi = min(hi, indexed(db))
+        args = (lo, hi, before_us)
+        parked = self._park(db, sent, f"SELECT {LOG_COLS} FROM reading_log WHERE id BETWEEN ? AND ? AND ts_us < ? "
+                                      "AND episode IS NULL AND id > ?", (*args, sent[0]))
+        db.execute(f"DELETE FROM readings_by_meter WHERE (slot, meter, ts_us, id) IN (SELECT {SLOT_SQL}, "
+                   "meter, ts_us, id FROM reading_log WHERE id BETWEEN ? AND ? AND ts_us < ? AND episode IS NULL)",
+                   args)
+        return db.execute("DELETE FROM reading_log WHERE id BETWEEN ? AND ? AND ts_us < ? AND episode IS NULL",
+                          args).rowcount, parked
+
+    def _sent(self) -> tuple[int, list[tuple[int, int]]]:
+        """On the loop: the readings whose points are done (the cursor, and the spans beyond it
+        whose points were all confirmed), for a park in another thread. Confirmed after this,
+        a point may be parked and sent once more; InfluxDB keeps it once."""
+        return self._cursor, [(a, b) for a, b, left in self._spans if not left]
+
+    def _park(self, db: sqlite3.Connection, sent, sql: str, args: tuple) -> list:
         """Readings about to be deleted whose points InfluxDB has not taken yet (it has been
         unreachable for longer than storage.raw_days): their points go into `outbox` as lines,
-        where the outbox's own budget (influxdb.outbox_max_mb, shedding) looks after them."""
+        where the outbox's own budget (influxdb.outbox_max_mb, shedding) looks after them.
+        Any thread, in the caller's transaction; returns the points parked, for `_parked`."""
         if self._points is None:
-            return
+            return []
         names = Names(db)
         last = _last_reading(db)
         rows = []
         for rid, mid, ts, fset, vals, kwh, counters, _ in db.execute(sql, args).fetchall():
-            if self._in_done(rid) is not None:
+            if any(a <= rid <= b for a, b in sent[1]):
                 continue
             try:
                 p = self._points(Reading(names.meter_name(mid), from_us(ts), values_of(names, fset, vals, counters),
                                          counters_of(names, kwh, counters)))
             except (ValueError, ArithmeticError, struct.error):
                 p = None
-            self._r_depth -= 1
-            if p is not None:
-                rows.append((p.measurement, p.priority, p.ts_ms, p.line, p.essential, last))
-        db.executemany(INSERT_OUTBOX, rows)
+            rows.append(None if p is None else (p.measurement, p.priority, p.ts_ms, p.line, p.essential, last))
+        db.executemany(INSERT_OUTBOX, [r for r in rows if r is not None])
+        return rows
+
+    def _parked(self, n: int, parked: list) -> int:
+        """On the loop, once the park committed: the outbox's figures."""
+        self._r_depth -= len(parked)
+        rows = [r for r in parked if r is not None]
         self._o_depth += len(rows)
         self._o_bytes += sum(len(r[3]) for r in rows)
+        return n
 
     def delete_old_readings(self, before_us: int, limit: int) -> int:
         """Delete up to `limit` readings older than `before_us` (of trusted time, already in
         their per-meter form) by time, oldest first: those the pass in id order did not reach
-        (they arrived late). The per-meter form is ordered by hour: they are its first rows."""
+        (they arrived late). The per-meter form is ordered by hour: they are its first rows.
+        On the loop's connection (tools and tests; retention awaits the _off_loop one)."""
         with transaction(self._db, "IMMEDIATE") as db:
-            rows = db.execute("SELECT b.slot, b.meter, b.ts_us, b.id FROM readings_by_meter b JOIN reading_log r "
-                              "ON r.id = b.id WHERE b.slot <= ? AND b.ts_us < ? AND b.id <= ? AND r.episode IS NULL "
-                              "ORDER BY b.slot LIMIT ?",
-                              (slot(before_us), before_us, indexed(db), limit)).fetchall()
-            ids = [r[3] for r in rows if r[3] > self._cursor]
-            if ids:
-                self._park(db, f"SELECT {LOG_COLS} FROM reading_log WHERE id IN "
-                               "(SELECT value FROM json_each(?))", (json.dumps(ids),))
-            db.executemany("DELETE FROM readings_by_meter WHERE slot = ? AND meter = ? AND ts_us = ? AND id = ?", rows)
-            db.executemany("DELETE FROM reading_log WHERE id = ?", [(r[3],) for r in rows])
-        return len(rows)
+            n, parked = self._delete_old_readings(db, self._sent(), before_us, limit)
+        return self._parked(n, parked)
+
+    async def delete_old_readings_off_loop(self, before_us: int, limit: int) -> WriteDone:
+        """delete_old_readings in the commit thread (write_off_loop): the rows deleted, and how long it took."""
+        d = await self.write_off_loop(self._delete_old_readings, self._sent(), before_us, limit,
+                                         done=lambda r: self._parked(*r))
+        return WriteDone(d.result[0], d.seconds)
+
+    def _delete_old_readings(self, db: sqlite3.Connection, sent, before_us: int, limit: int) -> tuple[int, list]:
+        rows = db.execute("SELECT b.slot, b.meter, b.ts_us, b.id FROM readings_by_meter b JOIN reading_log r "
+                          "ON r.id = b.id WHERE b.slot <= ? AND b.ts_us < ? AND b.id <= ? AND r.episode IS NULL "
+                          "ORDER BY b.slot LIMIT ?",
+                          (slot(before_us), before_us, indexed(db), limit)).fetchall()
+        ids = [r[3] for r in rows if r[3] > sent[0]]
+        parked = []
+        if ids:
+            parked = self._park(db, sent, f"SELECT {LOG_COLS} FROM reading_log WHERE id IN "
+                                          "(SELECT value FROM json_each(?))", (json.dumps(ids),))
+        db.executemany("DELETE FROM readings_by_meter WHERE slot = ? AND meter = ? AND ts_us = ? AND id = ?", rows)
+        db.executemany("DELETE FROM reading_log WHERE id = ?", [(r[3],) for r in rows])
+        return len(rows), parked
 
     # ---- the per-meter form (gateway/ledger/indexer.py) ----
 
