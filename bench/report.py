@@ -132,6 +132,8 @@ def main() -> None:
     try:
         db = work / "gateway.db"
         shutil.copy(source, db)        # the year queues points in the outbox: every run starts alike
+        from gateway.ledger import Ledger
+        Ledger(db).close()             # the current schema (a cache made by an older release lacks its indexes)
         for name in ("year", "cold"):
             result[name] = run_stage(name, db, work / "out", args.swipes)
         year, cold = result["year"], result["cold"]

@@ -1,7 +1,7 @@
 """The estate's own work in a real browser at a phone's width (Debian's chromium through
 Playwright, as tests/test_web_browser.py): an alarm becomes a repair order in one click, the
 electrician works and closes it, the guard records the resident's follow-up, the closed list
-counts it; an overdue inspection alarms on the alarm screen; a handover shows exactly the
+and the month's service report (this month, so far) count it; an overdue inspection alarms on the alarm screen; a handover shows exactly the
 shift's events and prints."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import re
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 import pytest_asyncio
@@ -19,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gateway.clock import to_us  # noqa: E402
 from gateway.ledger.maintenance import ensure_tasks  # noqa: E402
+from gateway.maintenance.service_report import month_bounds  # noqa: E402
 from test_maintenance_orders import running  # noqa: E402
 from web_fixtures import ARTIFACTS, CHROMIUM, HOME, PASSWORDS, USERS, until  # noqa: E402
 
@@ -112,6 +114,41 @@ async def test_an_alarm_becomes_an_order_closed_followed_up_and_counted(site, op
     await expect(row).to_contain_text("5/5")
     assert site.ledger_rows("SELECT state, satisfaction FROM repair_orders WHERE id = ?", (oid,)) == \
         [("followed_up", 5)]
+
+    # ... and the month's service report counts it: the current month, built so far
+    admin = await open_as("admin")
+    await _counted_in_the_service_report(site, admin, oid)
+
+
+async def _counted_in_the_service_report(site, admin, oid: int) -> None:
+    """The admin opens the service report of the order's month (this month, built so far) and
+    finds the order's category counted as the ledger has it: reported, followed up, satisfaction."""
+    tz = ZoneInfo(site.cfg.site.timezone)
+    ((category, created_us),) = site.ledger_rows("SELECT category, created_us FROM repair_orders WHERE id = ?", (oid,))
+    month = datetime.fromtimestamp(created_us / 1e6, tz).strftime("%Y-%m")
+    start, end = month_bounds(month, tz)
+    in_month = site.ledger_rows("SELECT state, satisfaction FROM repair_orders WHERE category = ? AND created_us >= ? "
+                                "AND created_us < ?", (category, start, end))
+    sat = [x for _, x in in_month if x is not None]
+    await admin.goto("/service")
+    await admin.locator('form.filters select[name="month"]').select_option(month)
+    await admin.locator("form.filters button").click()
+    await admin.wait_for_url(re.compile(rf"/service\?month={month}$"))
+    page = admin.locator('section[data-page="service"]')
+    await expect(page.locator("h1")).to_contain_text(month)
+    await expect(page.locator("p.hint").first).to_have_text("本月尚未结束：截至现在的数字")   # the month so far
+    row = page.locator(f'#order-table tr[data-key="{category}"]')
+    await expect(row.locator('td[data-col="created"]')).to_have_text(str(len(in_month)))
+    await expect(row.locator('td[data-col="followed_up"]')).to_have_text(
+        str(sum(1 for st, _ in in_month if st == "followed_up")))
+    await expect(row.locator('td[data-col="satisfaction"]')).to_have_text(f"{sum(sat) / len(sat):.2f}")
+    assert ("followed_up", 5) in in_month
+    await _shot(admin, "service-month-so-far")
+    await admin.locator('a[href="/lang/en"]').first.click()              # back to the report, in English
+    await admin.wait_for_url(re.compile(rf"/service\?month={month}$"))
+    await expect(page.locator("p.hint").first).to_have_text("The month is not over: figures so far")
+    await expect(row.locator('td[data-col="followed_up"]')).to_have_text(
+        str(sum(1 for st, _ in in_month if st == "followed_up")))
 
 
 async def test_an_overdue_inspection_alarms_on_the_alarm_screen(site, open_as):

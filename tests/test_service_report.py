@@ -183,6 +183,23 @@ def test_refused_cards_and_forced_doors_by_gate_and_hour(site):
     assert sum(r.hours[h]["unknown"] for h in (0, 1, 2, 3, 4, 22, 23)) > sum(r.hours[h]["unknown"] for h in (9, 10, 11))
 
 
+def test_refused_cards_and_door_alarms_are_found_by_their_partial_indexes(site):
+    """A month's few hundred refused cards among its ~240,000 swipes: the report's queries are
+    answered by the partial indexes (schema), not by reading every swipe of the month."""
+    start, end = site["bounds"]
+    db = sqlite3.connect(site["cfg"].storage_path)
+    try:
+        sent: list[str] = []
+        db.set_trace_callback(sent.append)                 # the statements with their values bound
+        assert rm.card_refusals(db, start, end) and rm.door_alarms(db, start, end)
+        db.set_trace_callback(None)
+        plans = [" ".join(r[3] for r in db.execute("EXPLAIN QUERY PLAN " + q)) for q in sent]
+    finally:
+        db.close()
+    assert len(plans) == 2
+    assert "USING INDEX swipes_refused" in plans[0] and "USING INDEX door_events_alarms" in plans[1], plans
+
+
 def test_trend_against_the_previous_months(site):
     cfg, r = site["cfg"], site["report"]
     assert [p.month for p in r.trend] == ["2026-09", "2026-10", MONTH]

@@ -190,6 +190,33 @@ def test_wand_route_waits_for_a_download_before_calling_missed(tmp_path):
     assert not judged["awaiting_download"]
 
 
+def test_the_handover_judges_a_wand_route_with_its_download(tmp_path):
+    """The handover's rounds (shift.patrol_rounds) wait for the wand's download as the patrol page
+    does: before the download an unread checkpoint is pending, after it missed."""
+    from gateway.maintenance.shift import patrol_rounds
+    cfg = field_site(tmp_path, patrol={**PATROL, "readers": [{"id": "wand-1", "type": "wand", "port": "/dev/null"}]},
+                     rules=[{"id": "pn", "kind": "patrol", "routes": ["north"], "readers": ["wand-1"]}], mqtt=None)
+    day = date(2026, 10, 15)
+    start, end, now = to_us(L(day, 8, 0)), to_us(L(day, 16, 0)), L(day, 16, 0)
+
+    def ten_oclock(read: datetime, received: datetime) -> dict:
+        ledger = Ledger(cfg.storage_path)
+        ledger.add(PatrolCheckin("wand-1", "CP01", "TAG", "李强", "g1", read, received, "wand"))
+        ledger.flush()
+        ledger.close()
+        db = sqlite3.connect(cfg.storage_path)
+        try:
+            return next(r for r in patrol_rounds(cfg, db, start, end, now) if r["start_us"] == to_us(L(day, 10, 0)))
+        finally:
+            db.close()
+
+    waiting = ten_oclock(L(day, 10, 0), L(day, 10, 1))    # downloaded within the round: the rest unread yet
+    assert waiting["counts"]["on_time"] == 1 and waiting["counts"]["pending"] == 3 and waiting["missed"] == []
+    judged = ten_oclock(L(day, 14, 0), L(day, 14, 5))     # the next download, after the round: the rest missed
+    assert judged["counts"]["on_time"] == 1 and judged["counts"]["missed"] == 3
+    assert judged["missed"] == ["2号巡更点", "3号巡更点", "4号巡更点"]
+
+
 # ---- meters: state, daily kWh, charts ------------------------------------------------------------
 
 def test_meter_state_from_status_and_last_reading():

@@ -169,6 +169,11 @@ def alarm_rows(r: ServiceMonth, lang: str, numbers: bool = False) -> list[list]:
             for a in r.alarms + [r.alarm_total]]
 
 
+ORDER_COLS = ["category", "targets", "created", "responded", "response_on_time", "response_missed", "response_p50",
+              "response_p90", "done", "repair_on_time", "repair_missed", "repair_p50", "repair_p90", "open",
+              "reopened", "followed_up", "satisfaction"]
+
+
 def order_rows(r: ServiceMonth, lang: str, numbers: bool = False) -> list[list]:
     f = (lambda s: minutes(s)) if numbers else (lambda s: duration(s, lang))
     out = []
@@ -356,6 +361,9 @@ def context(r: ServiceMonth, lang: str) -> dict:
         "alarm_rows": alarm_rows(r, lang), "alarm_svg": svg_hbars(
             [(kind_name(a.kind, lang), a.raised) for a in r.alarms], t["alarms"], "alarms", lang),
         "order_rows": order_rows(r, lang),
+        # each row's category id ("" the total) and each column's name: what a page or a test finds a
+        # figure by, whatever the language
+        "order_keys": [o.category for o in r.orders + [r.order_total]], "order_col_keys": ORDER_COLS,
         "repeat_rows": repeat_rows(r, lang),
         "repeat_cols": [c.format(days=r.repeat_days) for c in t["repeat_cols"]],
         "repeats_explain": t["repeats_explain"].format(n=r.repeat_faults, days=r.repeat_days),

@@ -335,7 +335,7 @@ def inspection_plans(cfg: SiteConfig, rows: list[rm.TaskDue]) -> list[Inspection
 def patrol(cfg: SiteConfig, db, start_us: int, end_us: int, as_of: datetime
            ) -> tuple[list[PatrolRow], list[PatrolRow]]:
     """Per route and per guard, over the rounds starting in [start, end)."""
-    from ..web.views.patrol import judge, nearest_start, schedules
+    from ..web.views.patrol import judge, match, schedules
     tz = ZoneInfo(cfg.site.timezone)
     # reads a day either side: a round near midnight takes reads of the next or previous day
     rows = patrol_checkins(db, start_us - DAY_US, end_us + DAY_US)
@@ -348,14 +348,8 @@ def patrol(cfg: SiteConfig, db, start_us: int, end_us: int, as_of: datetime
     # gateway, or reads gone with retention), which is not the guards' miss
     since = rm.first_checkin_us(db)
     for route in schedules(cfg):
-        # each read to the day of the round it belongs to (judge's own rule), so that a day's
-        # judgement sees only its reads: a month of reads is matched to rounds twice, not thrice
-        index = {cp: k for k, cp in enumerate(route.checkpoints)}
-        by_day: dict[date, list[tuple]] = defaultdict(list)
-        for r in rows:
-            k = index.get(r[2])
-            if k is not None:
-                by_day[nearest_start(route, k, from_us(r[0]), tz).astimezone(tz).date()].append(r)
+        # each read matched to its round once for the month (judge's own rule), not once per day
+        matched = match(route, rows, tz)
         c = [0] * 7
         if since is None or since >= end_us:
             routes.append(PatrolRow(route.id, route.name, *c))
@@ -364,7 +358,7 @@ def patrol(cfg: SiteConfig, db, start_us: int, end_us: int, as_of: datetime
         downloaded = last_download_us(db, start_us - DAY_US, sorted(route.readers or readers)) if route.wand else None
         day = first
         while day <= last:
-            for rd in judge(route, day, by_day.get(day, []), as_of, tz, downloaded):
+            for rd in judge(route, day, [], as_of, tz, downloaded, matched):
                 if not start_us <= rd["start_us"] < end_us or since is None or rd["start_us"] < since:
                     continue
                 n = rd["counts"]

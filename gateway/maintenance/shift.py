@@ -11,22 +11,26 @@ from zoneinfo import ZoneInfo
 from ..clock import from_us
 from ..config import SiteConfig
 from ..ledger import maintenance as book
-from ..ledger.queries import patrol_checkins
+from ..ledger.queries import last_download_us, patrol_checkins
 
 
 def patrol_rounds(cfg: SiteConfig, db, start_us: int, end_us: int, now: datetime) -> list[dict]:
-    """Every route's rounds that started in [start, end), judged as the patrol page judges them."""
+    """Every route's rounds that started in [start, end), judged as the patrol page judges them:
+    a wand route's unread checkpoint is missed only once a download has arrived after the round."""
     from ..web.views.patrol import judge, schedules
     tz = ZoneInfo(cfg.site.timezone)
     first = from_us(start_us).astimezone(tz).date()
     last = from_us(max(start_us, end_us - 1)).astimezone(tz).date()
-    rows = patrol_checkins(db, start_us - 86_400_000_000, end_us + 86_400_000_000)
+    lo = start_us - 86_400_000_000
+    rows = patrol_checkins(db, lo, end_us + 86_400_000_000)
     out = []
     names = {c.id: c.name or c.id for c in cfg.patrol.checkpoints}
+    kinds = [r.id for r in cfg.patrol.readers]
     for route in schedules(cfg):
+        downloaded = last_download_us(db, lo, sorted(route.readers or kinds)) if route.wand else None
         day = first
         while day <= last:
-            for rd in judge(route, day, rows, now, tz):
+            for rd in judge(route, day, rows, now, tz, downloaded):
                 if start_us <= rd["start_us"] < end_us:
                     missed = [names.get(p["checkpoint"], p["checkpoint"]) for p in rd["checkpoints"]
                               if p["status"] == "missed"]

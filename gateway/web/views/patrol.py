@@ -97,23 +97,34 @@ def rounds_of_day(route: RouteSchedule, day: date, tz: ZoneInfo) -> list[datetim
     return sorted(found)
 
 
-def judge(route: RouteSchedule, day: date, checkins: list[tuple], now: datetime, tz: ZoneInfo,
-          downloaded_us: int | None = None) -> list[dict]:
-    """The route's rounds starting on `day`. checkins: (ts_us, reader, checkpoint, guard) of
-    reads recorded around the day; downloaded_us: the latest arrival of a read from the
-    route's readers (wand routes only)."""
+Matched = dict[tuple[datetime, int], tuple[datetime, str, str]]   # (round start, k) -> earliest read
+
+
+def match(route: RouteSchedule, checkins: list[tuple], tz: ZoneInfo, wanted: set[datetime] | None = None
+          ) -> Matched:
+    """Each read of the route's checkpoints by its readers to its round (the nearest due time):
+    the earliest read of each checkpoint of each round (of the rounds `wanted`, default all)."""
     index = {cp: i for i, cp in enumerate(route.checkpoints)}
-    starts = rounds_of_day(route, day, tz)
-    wanted = set(starts)
-    first: dict[tuple[datetime, int], tuple[datetime, str, str]] = {}   # (round, k) -> earliest read
+    first: Matched = {}
     for ts_us, reader, checkpoint, guard in checkins:
         k = index.get(checkpoint)
         if k is None or (route.readers and reader not in route.readers):
             continue
         ts = from_us(ts_us)
         s = nearest_start(route, k, ts, tz)
-        if s in wanted and ((s, k) not in first or ts < first[(s, k)][0]):
+        if (wanted is None or s in wanted) and ((s, k) not in first or ts < first[(s, k)][0]):
             first[(s, k)] = (ts, reader, guard)
+    return first
+
+
+def judge(route: RouteSchedule, day: date, checkins: list[tuple], now: datetime, tz: ZoneInfo,
+          downloaded_us: int | None = None, matched: Matched | None = None) -> list[dict]:
+    """The route's rounds starting on `day`. checkins: (ts_us, reader, checkpoint, guard) of
+    reads recorded around the day; downloaded_us: the latest arrival of a read from the
+    route's readers (wand routes only); matched: the reads already matched by `match` (then
+    checkins is not read), so that judging many days matches each read once."""
+    starts = rounds_of_day(route, day, tz)
+    first = matched if matched is not None else match(route, checkins, tz, set(starts))
     tol = route.tolerance
     out = []
     for s in starts:
