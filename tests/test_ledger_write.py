@@ -67,7 +67,7 @@ def test_checkpoints_run_in_the_worker_thread_once_the_log_is_long_enough(tmp_pa
     ledger.close()
     db = sqlite3.connect(tmp_path / "l.db")
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    assert db.execute("SELECT count(*) FROM readings").fetchone()[0] == 3001
+    assert db.execute("SELECT count(*) FROM readings").fetchone()[0] == 3001 + i
 
 
 # ---- the appended log and its per-meter form -----------------------------------------------------
