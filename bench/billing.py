@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -44,6 +43,9 @@ TARGET_S, TARGET_MB = 30.0, 300.0
 SITE = ROOT / "edge_config" / "site.example.yaml"
 
 
+from common import peak_mb  # noqa: E402  (bench/ is sys.path[0])
+
+
 def site_for(db: Path):
     import yaml
 
@@ -52,17 +54,6 @@ def site_for(db: Path):
     data["storage"]["path"] = str(db)
     data["influxdb"] = {"version": 1, "url": "http://127.0.0.1:8086", "database": "bench"}  # points are queued
     return parse_site(data, base_dir=SITE.parent)
-
-
-def peak_mb() -> float:
-    """This process's peak resident memory: VmHWM, which starts afresh at exec; else ru_maxrss."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def stage(name: str, db: Path, month: str, out_dir: Path, every: int) -> dict:

@@ -13,6 +13,7 @@ import cProfile
 import json
 import logging
 import pstats
+import resource
 import signal
 import sys
 import time
@@ -22,6 +23,17 @@ ROOT = Path(__file__).resolve().parent.parent
 for p in (ROOT, ROOT / "tests"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
+
+
+def peak_mb() -> float:
+    """This process's peak resident memory: VmHWM, which starts afresh at exec; else ru_maxrss."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def out(line: str = "") -> None:

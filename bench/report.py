@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -43,23 +42,15 @@ MONTHS = [f"2026-{m:02d}" for m in range(1, 13)]
 AS_OF = datetime(2027, 1, 2, 3, 0, tzinfo=timezone.utc)
 
 
+from common import peak_mb  # noqa: E402  (bench/ is sys.path[0])
+
+
 def site_for(db: Path):
     from service_history import example_site
     data, _ = example_site(db)
     data["influxdb"] = {"version": 1, "url": "http://127.0.0.1:8086", "database": "bench"}   # points are queued
     from gateway.config import parse_site
     return parse_site(data, base_dir=ROOT / "edge_config")
-
-
-def peak_mb() -> float:
-    """This process's peak resident memory: VmHWM, which starts afresh at exec; else ru_maxrss."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def stage(name: str, db: Path, out_dir: Path, swipes: int) -> dict:
